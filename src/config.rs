@@ -1,0 +1,309 @@
+//! Configuration: `RawConfig` (serde, as written) → `Config` (validated types).
+//!
+//! Layers: the built-in defaults (`webhookd.example.toml`, compiled in), then the
+//! `--config` file, then `WEBHOOKD_*` environment variables. Errors name the key.
+//! Must not import other crate modules.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Toml};
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// The documented defaults; also the source of truth for every key's default value.
+pub const DEFAULTS_TOML: &str = include_str!("../webhookd.example.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration key `{key}`: {msg}")]
+    Invalid { key: &'static str, msg: String },
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+}
+
+fn invalid(key: &'static str, msg: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        msg: msg.to_string(),
+    }
+}
+
+/// A list given either as a TOML array or as one comma-separated string (as env vars are).
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+enum ListOrString {
+    List(Vec<String>),
+    String(String),
+}
+
+impl ListOrString {
+    fn items(&self) -> Vec<String> {
+        let items: Vec<&str> = match self {
+            Self::List(v) => v.iter().map(String::as_str).collect(),
+            Self::String(s) => s.split(',').collect(),
+        };
+        items
+            .into_iter()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: String,
+    data_dir: PathBuf,
+    admin_token: String,
+    retry_schedule: ListOrString,
+    request_timeout: String,
+    allow_subnets: ListOrString,
+    max_payload_bytes: u64,
+    delivery: RawDelivery,
+    api: RawApi,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    max_in_flight: u32,
+    max_per_endpoint: u32,
+    retry_jitter: f64,
+    retry_after_max: String,
+    lease_margin: String,
+    max_response_body_bytes: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    idempotency_ttl: String,
+}
+
+/// The validated configuration. Only `app` reads it; each module gets its sub-struct.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `None`: use (or generate) the token file in the data dir.
+    pub admin_token: Option<String>,
+    pub delivery: DeliveryConfig,
+    pub api: ApiConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Delays before the 2nd, 3rd, … attempt. Its length is the number of retries.
+    pub retry_schedule: Vec<Duration>,
+    pub request_timeout: Duration,
+    pub allow_subnets: Vec<IpNet>,
+    pub max_in_flight: usize,
+    pub max_per_endpoint: usize,
+    pub retry_jitter: f64,
+    pub retry_after_max: Duration,
+    pub lease_margin: Duration,
+    pub max_response_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub max_payload_bytes: usize,
+    pub idempotency_ttl: Duration,
+}
+
+fn duration(key: &'static str, s: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| invalid(key, format!("`{s}` is not a duration like 500ms, 5s or 2h ({e})")))
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
+        let listen = raw
+            .listen
+            .parse()
+            .map_err(|_| invalid("listen", format!("`{}` is not an address:port", raw.listen)))?;
+        if raw.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        let retry_schedule = raw
+            .retry_schedule
+            .items()
+            .iter()
+            .map(|s| duration("retry_schedule", s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let request_timeout = duration("request_timeout", &raw.request_timeout)?;
+        if request_timeout.is_zero() {
+            return Err(invalid("request_timeout", "must be greater than zero"));
+        }
+        let allow_subnets = raw
+            .allow_subnets
+            .items()
+            .iter()
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| invalid("allow_subnets", format!("`{s}` is not a CIDR like 10.0.0.0/8")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if raw.max_payload_bytes == 0 {
+            return Err(invalid("max_payload_bytes", "must be greater than zero"));
+        }
+        let d = raw.delivery;
+        if d.max_in_flight == 0 {
+            return Err(invalid("delivery.max_in_flight", "must be greater than zero"));
+        }
+        if d.max_per_endpoint == 0 {
+            return Err(invalid("delivery.max_per_endpoint", "must be greater than zero"));
+        }
+        if !(0.0..1.0).contains(&d.retry_jitter) {
+            return Err(invalid("delivery.retry_jitter", "must be at least 0 and below 1"));
+        }
+        let token = raw.admin_token.trim().to_owned();
+        if !token.is_empty() && token.len() < 16 {
+            return Err(invalid("admin_token", "must be at least 16 characters"));
+        }
+        Ok(Config {
+            listen,
+            data_dir: raw.data_dir,
+            admin_token: (!token.is_empty()).then_some(token),
+            delivery: DeliveryConfig {
+                retry_schedule,
+                request_timeout,
+                allow_subnets,
+                max_in_flight: d.max_in_flight as usize,
+                max_per_endpoint: d.max_per_endpoint as usize,
+                retry_jitter: d.retry_jitter,
+                retry_after_max: duration("delivery.retry_after_max", &d.retry_after_max)?,
+                lease_margin: duration("delivery.lease_margin", &d.lease_margin)?,
+                max_response_body_bytes: d.max_response_body_bytes as usize,
+            },
+            api: ApiConfig {
+                max_payload_bytes: raw.max_payload_bytes as usize,
+                idempotency_ttl: duration("api.idempotency_ttl", &raw.api.idempotency_ttl)?,
+            },
+        })
+    }
+}
+
+/// Keys whose environment values must stay strings even when they look like numbers.
+const RAW_STRING_KEYS: [&str; 3] = ["admin_token", "data_dir", "listen"];
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(file, &env)
+    }
+
+    /// Like `load`, with the environment passed in (tests).
+    pub fn load_from(file: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Toml::string(DEFAULTS_TOML));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path.to_owned()));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        // Environment variables: `WEBHOOKD_A__B` sets key `a.b`. Values are parsed like
+        // TOML scalars, except keys that must stay strings even when they look numeric.
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("WEBHOOKD_") else {
+                continue;
+            };
+            let key = rest.to_lowercase().replace("__", ".");
+            fig = if RAW_STRING_KEYS.contains(&key.as_str()) {
+                fig.merge((key, value.clone()))
+            } else {
+                let parsed: figment::value::Value = value.parse().expect("parsing a value is infallible");
+                fig.merge((key, parsed))
+            };
+        }
+        let raw: RawConfig = fig.extract().map_err(Box::new)?;
+        Config::try_from(raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let c = Config::load_from(None, &[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8071");
+        assert_eq!(c.data_dir, PathBuf::from("./webhookd-data"));
+        assert_eq!(c.admin_token, None);
+        assert_eq!(c.delivery.retry_schedule.len(), 7);
+        assert_eq!(c.delivery.retry_schedule[0], Duration::from_secs(5));
+        assert_eq!(c.delivery.request_timeout, Duration::from_secs(15));
+        assert!(c.delivery.allow_subnets.is_empty());
+        assert_eq!(c.api.max_payload_bytes, 1_048_576);
+    }
+
+    #[test]
+    fn env_overrides_and_keeps_numeric_strings() {
+        let c = Config::load_from(
+            None,
+            &env(&[
+                ("WEBHOOKD_LISTEN", "127.0.0.1:0"),
+                ("WEBHOOKD_ADMIN_TOKEN", "0123456789012345678"),
+                ("WEBHOOKD_RETRY_SCHEDULE", "500ms,5s"),
+                ("WEBHOOKD_ALLOW_SUBNETS", "127.0.0.0/8, ::1/128"),
+                ("WEBHOOKD_MAX_PAYLOAD_BYTES", "2048"),
+                ("WEBHOOKD_DELIVERY__MAX_IN_FLIGHT", "7"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.admin_token.as_deref(), Some("0123456789012345678"));
+        assert_eq!(
+            c.delivery.retry_schedule,
+            vec![Duration::from_millis(500), Duration::from_secs(5)]
+        );
+        assert_eq!(c.delivery.allow_subnets.len(), 2);
+        assert_eq!(c.api.max_payload_bytes, 2048);
+        assert_eq!(c.delivery.max_in_flight, 7);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("WEBHOOKD_LISTEN", "nope", "listen"),
+            ("WEBHOOKD_RETRY_SCHEDULE", "5s,soon", "retry_schedule"),
+            ("WEBHOOKD_REQUEST_TIMEOUT", "0s", "request_timeout"),
+            ("WEBHOOKD_ALLOW_SUBNETS", "10.0.0.0/33", "allow_subnets"),
+            ("WEBHOOKD_MAX_PAYLOAD_BYTES", "lots", "max_payload_bytes"),
+            ("WEBHOOKD_NO_SUCH_KEY", "1", "no_such_key"),
+            ("WEBHOOKD_DELIVERY__RETRY_JITTER", "3", "delivery.retry_jitter"),
+        ];
+        for (k, v, key) in cases {
+            let err = Config::load_from(None, &env(&[(k, v)])).unwrap_err().to_string();
+            assert!(err.contains(key), "{k}={v}: `{err}` does not name `{key}`");
+        }
+    }
+
+    #[test]
+    fn file_layer_and_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "request_timeout = \"3s\"\n[delivery]\nmax_per_endpoint = 2\n").unwrap();
+        let c = Config::load_from(Some(&path), &env(&[("WEBHOOKD_REQUEST_TIMEOUT", "4s")])).unwrap();
+        assert_eq!(c.delivery.request_timeout, Duration::from_secs(4));
+        assert_eq!(c.delivery.max_per_endpoint, 2);
+        let err = Config::load_from(Some(&dir.path().join("none.toml")), &[]).unwrap_err();
+        assert!(matches!(err, ConfigError::MissingFile(_)));
+    }
+}

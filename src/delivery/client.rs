@@ -1,0 +1,189 @@
+//! The outbound HTTP client: the only `use awc` in the crate.
+//!
+//! `awc::Client` is `!Send` (it holds an `Rc`), so one is built on the worker's
+//! thread and never shared. Connections go through `GuardedConnector`, which
+//! resolves the host itself and refuses internal addresses at connect time.
+
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use actix_rt::net::TcpStream;
+use actix_service::Service;
+use actix_tls::connect::{ConnectError, ConnectInfo, Connection, tcp::TcpConnector};
+use actix_web::http::Uri;
+use futures_util::StreamExt as _;
+use futures_util::future::LocalBoxFuture;
+
+use super::netguard::NetGuard;
+use super::retry::parse_retry_after;
+
+/// Resolves, filters through the `NetGuard`, then connects to what is left.
+#[derive(Clone)]
+struct GuardedConnector {
+    guard: Rc<NetGuard>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("refusing to connect to {host}: {addrs} is in a blocked (internal) network")]
+struct Blocked {
+    host: String,
+    addrs: String,
+}
+
+impl Service<ConnectInfo<Uri>> for GuardedConnector {
+    type Response = Connection<Uri, TcpStream>;
+    type Error = ConnectError;
+    type Future = LocalBoxFuture<'static, Result<Self::Response, ConnectError>>;
+
+    actix_service::always_ready!();
+
+    fn call(&self, req: ConnectInfo<Uri>) -> Self::Future {
+        let guard = Rc::clone(&self.guard);
+        Box::pin(async move {
+            let host = req.hostname().trim_start_matches('[').trim_end_matches(']').to_owned();
+            let port = req.port();
+            let resolved: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+                Ok(ip) => vec![SocketAddr::new(ip, port)],
+                Err(_) => tokio::net::lookup_host((host.as_str(), port))
+                    .await
+                    .map_err(|e| ConnectError::Resolver(Box::new(e)))?
+                    .collect(),
+            };
+            if resolved.is_empty() {
+                return Err(ConnectError::NoRecords);
+            }
+            let (allowed, refused): (Vec<_>, Vec<_>) =
+                resolved.into_iter().partition(|a| guard.allows(a.ip()));
+            if allowed.is_empty() {
+                let addrs = refused.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>().join(", ");
+                return Err(ConnectError::Resolver(Box::new(Blocked { host, addrs })));
+            }
+            TcpConnector::default().service().call(req.set_addrs(allowed)).await
+        })
+    }
+}
+
+/// One outbound POST.
+pub struct Request<'a> {
+    pub url: &'a str,
+    pub headers: &'a [(String, String)],
+    pub body: actix_web::web::Bytes,
+}
+
+/// What came back, or why nothing did.
+#[derive(Debug)]
+pub struct Response {
+    /// 0 when no response arrived.
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub duration: Duration,
+    pub error: Option<String>,
+    pub retry_after: Option<Duration>,
+}
+
+pub struct Sender {
+    client: awc::Client,
+    timeout: Duration,
+    max_body: usize,
+}
+
+impl Sender {
+    /// Must be called on the thread that will use it (an actix/tokio local context).
+    pub fn new(guard: NetGuard, timeout: Duration, max_connections: usize, max_body: usize) -> Self {
+        let connector = awc::Connector::new()
+            .connector(GuardedConnector {
+                guard: Rc::new(guard),
+            })
+            .timeout(timeout)
+            .limit(max_connections);
+        let client = awc::Client::builder()
+            .connector(connector)
+            .disable_redirects()
+            .disable_timeout()
+            .no_default_headers()
+            .finish();
+        Self {
+            client,
+            timeout,
+            max_body,
+        }
+    }
+
+    /// POSTs once, with the whole exchange (connect, send, read the response body
+    /// up to `max_body`) bounded by the request timeout. Never fails: a failure is
+    /// a `Response` with status 0 and an `error`.
+    pub async fn send(&self, req: Request<'_>) -> Response {
+        let started = Instant::now();
+        let exchange = async {
+            let mut builder = self.client.post(req.url);
+            for (name, value) in req.headers {
+                builder = builder.insert_header((name.as_str(), value.as_str()));
+            }
+            let mut resp = builder.send_body(req.body).await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let headers: Vec<(String, String)> = resp
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect();
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            let mut body = Vec::new();
+            let mut note = None;
+            while let Some(chunk) = resp.next().await {
+                match chunk {
+                    Ok(bytes) => {
+                        let room = self.max_body - body.len();
+                        if bytes.len() > room {
+                            body.extend_from_slice(&bytes[..room]);
+                            note = Some(format!("response body truncated at {} bytes", self.max_body));
+                            break;
+                        }
+                        body.extend_from_slice(&bytes);
+                    }
+                    Err(e) => {
+                        note = Some(format!("reading response body: {e}"));
+                        break;
+                    }
+                }
+            }
+            Ok::<_, String>((status, headers, body, retry_after, note))
+        };
+        let outcome = tokio::time::timeout(self.timeout, exchange).await;
+        let duration = started.elapsed();
+        match outcome {
+            Ok(Ok((status, headers, body, retry_after, note))) => Response {
+                status,
+                headers,
+                body,
+                duration,
+                error: note,
+                retry_after,
+            },
+            Ok(Err(e)) => Response::failed(duration, e),
+            Err(_) => Response::failed(duration, format!("timed out after {:?}", self.timeout)),
+        }
+    }
+}
+
+impl Response {
+    fn failed(duration: Duration, error: String) -> Self {
+        Self {
+            status: 0,
+            headers: Vec::new(),
+            body: Vec::new(),
+            duration,
+            error: Some(error),
+            retry_after: None,
+        }
+    }
+
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}

@@ -1,0 +1,278 @@
+//! The delivery worker: claims due deliveries, signs and POSTs them, records
+//! every attempt and schedules retries.
+//!
+//! Runs on one thread (`awc::Client` is `!Send`) as many concurrent local
+//! tasks, capped overall (`max_in_flight`) and per endpoint
+//! (`max_per_endpoint`) so a slow endpoint cannot hold every slot. Must not
+//! import actix-web's server side; the API wakes it through `DeliveryHandle`.
+
+pub mod client;
+pub mod netguard;
+pub mod retry;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info_span, warn};
+
+use crate::config::DeliveryConfig;
+use crate::domain::{AttemptId, AttemptTrigger, EndpointId, MessageStatus, now_ms};
+use crate::signing;
+use crate::store::{AttemptRecord, Claim, Next, Store, StoreError, TaskRecord};
+use client::{Request, Sender};
+use netguard::NetGuard;
+
+/// The `user-agent` of every delivery.
+pub const USER_AGENT: &str = concat!("webhookd/", env!("CARGO_PKG_VERSION"));
+
+/// Wakes the worker when new work was queued. Cheap to clone; `Send`.
+#[derive(Clone, Default)]
+pub struct DeliveryHandle {
+    notify: Arc<Notify>,
+}
+
+impl DeliveryHandle {
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+}
+
+/// How often expired leases are looked for while running.
+const LEASE_SWEEP: Duration = Duration::from_secs(10);
+/// How far a due delivery is pushed back when its endpoint is at its concurrency cap.
+const CAP_DEFER: Duration = Duration::from_millis(250);
+/// Longest the worker sleeps without looking at the queue (a safety net; wake-ups are explicit).
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
+struct Worker {
+    store: Store,
+    cfg: DeliveryConfig,
+    sender: Sender,
+    lease_ms: i64,
+    /// Attempts in flight per endpoint. Only touched on the worker thread.
+    per_endpoint: RefCell<HashMap<EndpointId, usize>>,
+    in_flight: RefCell<usize>,
+    /// Signalled whenever an attempt finishes and frees a slot.
+    freed: Notify,
+}
+
+/// Runs the worker until `shutdown` is cancelled, then waits (at most the request
+/// timeout) for attempts in flight. Must run inside a local task set (actix runtime).
+pub async fn run(
+    store: Store,
+    cfg: DeliveryConfig,
+    handle: DeliveryHandle,
+    shutdown: CancellationToken,
+) -> Result<(), StoreError> {
+    // No worker is alive at start, so every lease is stale: make them due now.
+    let now = now_ms();
+    let recovered = store.release_expired_leases(i64::MAX, now)?;
+    if recovered > 0 {
+        tracing::info!(recovered, "re-queued deliveries that were in flight at the last stop");
+    }
+    let sender = Sender::new(
+        NetGuard::new(cfg.allow_subnets.clone()),
+        cfg.request_timeout,
+        cfg.max_in_flight,
+        cfg.max_response_body_bytes,
+    );
+    let worker = Rc::new(Worker {
+        lease_ms: (cfg.request_timeout + cfg.lease_margin).as_millis() as i64,
+        store,
+        cfg,
+        sender,
+        per_endpoint: RefCell::new(HashMap::new()),
+        in_flight: RefCell::new(0),
+        freed: Notify::new(),
+    });
+    let mut next_sweep = tokio::time::Instant::now() + LEASE_SWEEP;
+    while !shutdown.is_cancelled() {
+        let now = now_ms();
+        if tokio::time::Instant::now() >= next_sweep {
+            let n = worker.store.release_expired_leases(now, now)?;
+            if n > 0 {
+                warn!(released = n, "deliveries whose lease expired were re-queued");
+            }
+            next_sweep = tokio::time::Instant::now() + LEASE_SWEEP;
+        }
+        let claimed = worker.claim(now)?;
+        for (task, lease) in claimed {
+            let w = Rc::clone(&worker);
+            actix_rt::spawn(async move {
+                let span = info_span!("deliver", message_id = %task.msg_id, endpoint_id = %task.ep_id, attempt = task.attempt);
+                if let Err(e) = w.deliver(&task, lease).instrument(span).await {
+                    tracing::error!(error = %e, message_id = %task.msg_id, "recording a delivery failed; its lease will expire and it will be retried");
+                }
+                w.finish(&task.ep_id);
+            });
+        }
+        let wait = match worker.store.next_due_ms()? {
+            _ if *worker.in_flight.borrow() >= worker.cfg.max_in_flight => IDLE_TICK,
+            Some(due) if due > now => Duration::from_millis((due - now) as u64).min(IDLE_TICK),
+            // Due now but every candidate was capped or we just claimed: look again when a slot frees.
+            Some(_) => IDLE_TICK,
+            None => IDLE_TICK,
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = handle.notify.notified() => {}
+            _ = worker.freed.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    // Let attempts in flight finish, within the request timeout.
+    let deadline = tokio::time::Instant::now() + worker.cfg.request_timeout;
+    while *worker.in_flight.borrow() > 0 {
+        if tokio::time::timeout_at(deadline, worker.freed.notified()).await.is_err() {
+            warn!(in_flight = *worker.in_flight.borrow(), "stopping with attempts in flight; they are re-queued at the next start");
+            break;
+        }
+    }
+    Ok(())
+}
+
+impl Worker {
+    /// Leases as many due deliveries as there are free slots, honouring the per-endpoint cap.
+    /// Returns each task with the expiry of its lease.
+    fn claim(&self, now: i64) -> Result<Vec<(TaskRecord, i64)>, StoreError> {
+        let free = self.cfg.max_in_flight.saturating_sub(*self.in_flight.borrow());
+        if free == 0 {
+            return Ok(Vec::new());
+        }
+        let cap = self.cfg.max_per_endpoint;
+        let mut per_ep = self.per_endpoint.borrow_mut();
+        let defer_to = now + CAP_DEFER.as_millis() as i64;
+        let lease = now + self.lease_ms;
+        let tasks = self.store.claim_due(now, lease, free, free * 4 + 64, |t| {
+            let n = per_ep.entry(t.ep_id.clone()).or_insert(0);
+            if *n >= cap {
+                Claim::Defer(defer_to)
+            } else {
+                *n += 1;
+                Claim::Take
+            }
+        })?;
+        *self.in_flight.borrow_mut() += tasks.len();
+        Ok(tasks.into_iter().map(|t| (t, lease)).collect())
+    }
+
+    fn finish(&self, ep: &EndpointId) {
+        let mut per_ep = self.per_endpoint.borrow_mut();
+        if let Some(n) = per_ep.get_mut(ep) {
+            *n -= 1;
+            if *n == 0 {
+                per_ep.remove(ep);
+            }
+        }
+        *self.in_flight.borrow_mut() -= 1;
+        self.freed.notify_one();
+    }
+
+    /// One attempt of one task, recorded with what follows it.
+    async fn deliver(&self, task: &TaskRecord, lease: i64) -> Result<(), StoreError> {
+        let store = &self.store;
+        let Some(ep) = store.get_endpoint(&task.app_id, &task.ep_id)? else {
+            return store.drop_task(task, lease, None); // endpoint or app deleted
+        };
+        let Some(msg) = store.get_message(&task.app_id, &task.msg_id)? else {
+            return store.drop_task(task, lease, None);
+        };
+        if task.trigger == AttemptTrigger::Scheduled && task.attempt > 0 {
+            // A manual resend may have delivered it since this retry was scheduled.
+            if store.dest(&task.msg_id, &task.ep_id)?.is_some_and(|d| d.status == MessageStatus::Success) {
+                return store.drop_task(task, lease, None);
+            }
+        }
+        if ep.disabled || msg.expunged {
+            return store.drop_task(task, lease, Some(MessageStatus::Fail));
+        }
+        let Some(payload) = store.payload(&msg.id)? else {
+            return store.drop_task(task, lease, Some(MessageStatus::Fail));
+        };
+
+        let now = now_ms();
+        let ts = now / 1000;
+        let signature = signing::signature_header(ep.signing_secrets(now), msg.id.as_str(), ts, &payload);
+        let mut headers: Vec<(String, String)> = ep
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let ts = ts.to_string();
+        for (k, v) in [
+            ("content-type", "application/json"),
+            ("user-agent", USER_AGENT),
+            ("webhook-id", msg.id.as_str()),
+            ("webhook-timestamp", &ts),
+            ("webhook-signature", &signature),
+            ("svix-id", msg.id.as_str()),
+            ("svix-timestamp", &ts),
+            ("svix-signature", &signature),
+        ] {
+            headers.retain(|(name, _)| !name.eq_ignore_ascii_case(k));
+            headers.push((k.to_owned(), v.to_owned()));
+        }
+        let resp = self
+            .sender
+            .send(Request {
+                url: ep.url.as_str(),
+                headers: &headers,
+                body: payload.into(),
+            })
+            .await;
+
+        let success = resp.is_success();
+        let gone = resp.status == 410;
+        let next = if success || gone || task.trigger == AttemptTrigger::Manual {
+            Next::Done
+        } else {
+            match retry::next_delay(
+                &self.cfg.retry_schedule,
+                task.attempt,
+                self.cfg.retry_jitter,
+                rand::random::<f64>(),
+                resp.retry_after.filter(|_| matches!(resp.status, 429 | 503)),
+                self.cfg.retry_after_max,
+            ) {
+                Some(d) => Next::RetryAt(now_ms() + d.as_millis() as i64),
+                None => Next::Done,
+            }
+        };
+        if success {
+            tracing::debug!(status = resp.status, latency_ms = resp.duration.as_millis() as u64, "delivered");
+        } else {
+            warn!(status = resp.status, latency_ms = resp.duration.as_millis() as u64, error = resp.error.as_deref().unwrap_or(""), "delivery failed");
+        }
+        let attempt = AttemptRecord {
+            id: AttemptId::new(now),
+            app_id: task.app_id.clone(),
+            msg_id: task.msg_id.clone(),
+            ep_id: task.ep_id.clone(),
+            url: ep.url.as_str().to_owned(),
+            timestamp_ms: now,
+            trigger: task.trigger,
+            status: if success { MessageStatus::Success } else { MessageStatus::Fail },
+            response_status_code: resp.status,
+            response_headers: resp.headers,
+            response_body: resp.body,
+            request_headers: headers,
+            duration_ms: resp.duration.as_millis() as u64,
+            error: resp.error,
+        };
+        store.record_attempt(task, lease, &attempt, next)?;
+        if gone {
+            if let Some(mut current) = store.get_endpoint(&task.app_id, &task.ep_id)? {
+                current.disabled = true;
+                current.updated_ms = now_ms();
+                store.put_endpoint(&current)?;
+                warn!("endpoint answered 410 Gone and was disabled");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,321 @@
+//! Domain vocabulary: prefixed IDs, validated names and URLs, secrets, statuses.
+//!
+//! Owns parsing at the boundary: once a value is one of these types it is valid.
+//! Must not import other crate modules or do IO (the clock is read only by
+//! `now_ms`, which callers use to pass time in).
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+use ulid::Ulid;
+
+/// Milliseconds since the Unix epoch; the one clock reading the rest of the code passes around.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Builds a fresh ID body: 48 bits of milliseconds then 80 random bits, Crockford base32.
+/// Sorting the strings sorts by creation time; the random part makes them unguessable.
+fn new_id_body(at_ms: i64) -> String {
+    Ulid::from_parts(at_ms.max(0) as u64, rand::random::<u128>()).to_string()
+}
+
+/// The millisecond timestamp encoded in an ID body, if it is a well-formed ULID.
+fn id_body_time(body: &str) -> Option<i64> {
+    Ulid::from_string(body).ok().map(|u| u.timestamp_ms() as i64)
+}
+
+macro_rules! prefixed_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub const PREFIX: &'static str = $prefix;
+
+            pub fn new(at_ms: i64) -> Self {
+                Self(format!("{}{}", $prefix, new_id_body(at_ms)))
+            }
+
+            /// Accepts only strings that look like IDs this server issued.
+            pub fn parse(s: &str) -> Option<Self> {
+                let body = s.strip_prefix($prefix)?;
+                (body.len() == 26 && Ulid::from_string(body).is_ok()).then(|| Self(s.to_owned()))
+            }
+
+            /// The smallest ID that could have been issued at `at_ms`: a range-scan bound.
+            pub fn lower_bound(at_ms: i64) -> Self {
+                Self(format!("{}{}", $prefix, Ulid::from_parts(at_ms.max(0) as u64, 0)))
+            }
+
+            pub fn created_ms(&self) -> i64 {
+                id_body_time(&self.0[$prefix.len()..]).unwrap_or(0)
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+prefixed_id!(
+    /// An application (tenant).
+    AppId,
+    "app_"
+);
+prefixed_id!(
+    /// An endpoint of an application.
+    EndpointId,
+    "ep_"
+);
+prefixed_id!(
+    /// A published message.
+    MessageId,
+    "msg_"
+);
+prefixed_id!(
+    /// One recorded delivery attempt.
+    AttemptId,
+    "atmpt_"
+);
+prefixed_id!(
+    /// One queued delivery (a message to one endpoint, one attempt).
+    TaskId,
+    "qtask_"
+);
+
+/// A user-chosen unique identifier (`uid`, `eventId`): `[a-zA-Z0-9\-_.]{1,256}`.
+pub fn valid_uid(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 256
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// An event type name: `[a-zA-Z0-9\-_.]{1,256}`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventTypeName(String);
+
+impl EventTypeName {
+    pub fn parse(s: &str) -> Option<Self> {
+        valid_uid(s).then(|| Self(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EventTypeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A channel name: `[a-zA-Z0-9\-_.:]{1,128}`.
+pub fn valid_channel(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// An endpoint URL: absolute http or https with a host, at most 65,536 bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EndpointUrl(String);
+
+impl EndpointUrl {
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        if s.len() > 65_536 {
+            return Err("URL is longer than 65536 characters");
+        }
+        let uri: http_uri::Uri = s.parse().map_err(|_| "not a valid URL")?;
+        match uri.scheme_str() {
+            Some("http") | Some("https") => {}
+            _ => return Err("URL scheme must be http or https"),
+        }
+        match uri.host() {
+            Some(h) if !h.is_empty() => {}
+            _ => return Err("URL must have a host"),
+        }
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err("URL must not contain credentials");
+        }
+        Ok(Self(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The URI type of the HTTP stack, reached through actix-web so the crate graph has one copy.
+mod http_uri {
+    pub use actix_web::http::Uri;
+}
+
+/// An endpoint signing secret: the raw key bytes. `Debug` never shows them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub const PREFIX: &'static str = "whsec_";
+
+    /// 24 random bytes, as Svix and Standard Webhooks generate.
+    pub fn generate() -> Self {
+        Self(rand::random::<[u8; 24]>().to_vec())
+    }
+
+    /// Parses `whsec_` + base64 of 24 to 64 bytes.
+    pub fn parse(s: &str) -> Option<Self> {
+        let body = s.strip_prefix(Self::PREFIX)?;
+        let bytes = B64.decode(body).ok()?;
+        (24..=64).contains(&bytes.len()).then_some(Self(bytes))
+    }
+
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
+    pub fn key(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The `whsec_…` form shown to the endpoint's owner.
+    pub fn expose(&self) -> String {
+        format!("{}{}", Self::PREFIX, B64.encode(&self.0))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// Delivery status of a message to one endpoint, with Svix's numeric codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageStatus {
+    /// Delivered: some attempt got a 2xx.
+    Success,
+    /// Waiting for its first attempt.
+    Pending,
+    /// Every scheduled attempt failed: dead-lettered until redelivered.
+    Fail,
+    /// An attempt failed and a retry is scheduled.
+    Sending,
+}
+
+impl MessageStatus {
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Success => 0,
+            Self::Pending => 1,
+            Self::Fail => 2,
+            Self::Sending => 3,
+        }
+    }
+    pub fn from_code(code: i64) -> Option<Self> {
+        Some(match code {
+            0 => Self::Success,
+            1 => Self::Pending,
+            2 => Self::Fail,
+            3 => Self::Sending,
+            _ => return None,
+        })
+    }
+}
+
+/// Why an attempt was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttemptTrigger {
+    Scheduled,
+    Manual,
+}
+
+impl AttemptTrigger {
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Scheduled => 0,
+            Self::Manual => 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_sort_by_time_and_round_trip() {
+        let a = MessageId::new(1_000);
+        let b = MessageId::new(2_000);
+        assert!(a < b);
+        assert_eq!(a.created_ms(), 1_000);
+        assert_eq!(MessageId::parse(a.as_str()), Some(a.clone()));
+        assert!(MessageId::lower_bound(1_000) <= a);
+        assert!(MessageId::lower_bound(1_001) > a);
+        assert_eq!(MessageId::parse("msg_short"), None);
+        assert_eq!(MessageId::parse(&a.as_str().replace("msg_", "ep_")), None);
+        assert_eq!(a.as_str().len(), 4 + 26);
+    }
+
+    #[test]
+    fn endpoint_urls() {
+        assert!(EndpointUrl::parse("https://example.com/hook").is_ok());
+        assert!(EndpointUrl::parse("http://127.0.0.1:8080/x?y=1").is_ok());
+        assert!(EndpointUrl::parse("ftp://example.com").is_err());
+        assert!(EndpointUrl::parse("example.com/hook").is_err());
+        assert!(EndpointUrl::parse("https://").is_err());
+        assert!(EndpointUrl::parse("https://user:pw@example.com/").is_err());
+        assert!(EndpointUrl::parse("not a url").is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert!(EventTypeName::parse("user.signup-v2_x").is_some());
+        assert!(EventTypeName::parse("").is_none());
+        assert!(EventTypeName::parse("bad name").is_none());
+        assert!(EventTypeName::parse(&"a".repeat(257)).is_none());
+        assert!(valid_channel("project:123"));
+        assert!(!valid_channel("a b"));
+    }
+
+    #[test]
+    fn secrets() {
+        let s = Secret::generate();
+        assert_eq!(s.key().len(), 24);
+        assert_eq!(Secret::parse(&s.expose()), Some(s.clone()));
+        assert_eq!(format!("{s:?}"), "Secret([redacted])");
+        assert!(Secret::parse("whsec_").is_none());
+        assert!(Secret::parse("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_none());
+        assert!(Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_some());
+    }
+
+    #[test]
+    fn status_codes_round_trip() {
+        for s in [
+            MessageStatus::Success,
+            MessageStatus::Pending,
+            MessageStatus::Fail,
+            MessageStatus::Sending,
+        ] {
+            assert_eq!(MessageStatus::from_code(s.code() as i64), Some(s));
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! webhookd: a self-hosted webhook delivery appliance.
+//!
+//! Providers publish events over a Svix-compatible HTTP API (`api`); each event
+//! is stored durably (`store`), fanned out to the subscribed endpoints, signed
+//! (`signing`) and POSTed with retries by the delivery worker (`delivery`).
+//! `app` wires it together; `config` and `telemetry` set it up.
+
+pub mod config;
+pub mod domain;
+pub mod signing;
+pub mod store;
+pub mod delivery;

@@ -1,0 +1,65 @@
+//! Group commit: one thread makes writes durable for every waiter at once.
+//!
+//! sled 0.34's `flush()` writes with `sync_file_range`, which survives a process
+//! crash but not a power loss, and concurrent `flush_async()` calls can deadlock
+//! (sled issue 1308). So a single thread collects every waiting writer, runs one
+//! `flush()` plus an `fdatasync` of the database file, then answers them all:
+//! concurrent publishes share one sync instead of paying one each.
+
+use std::fs::File;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+type Waiter = oneshot::Sender<Result<(), Arc<std::io::Error>>>;
+
+#[derive(Clone)]
+pub struct GroupCommit {
+    tx: mpsc::Sender<Waiter>,
+}
+
+impl GroupCommit {
+    /// Starts the commit thread; `db_file` is synced after each flush (none for a
+    /// temporary database). It ends when the last handle is dropped.
+    pub fn start(db: sled::Db, db_file: Option<File>) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Waiter>();
+        std::thread::Builder::new()
+            .name("webhookd-commit".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    let result = db
+                        .flush()
+                        .map(|_| ())
+                        .map_err(std::io::Error::other)
+                        .and_then(|()| db_file.as_ref().map_or(Ok(()), File::sync_data))
+                        .map_err(Arc::new);
+                    if let Err(e) = &result {
+                        tracing::error!(error = %e, waiters = batch.len(), "group commit failed");
+                    }
+                    for w in batch {
+                        let _ = w.send(result.clone());
+                    }
+                }
+            })?;
+        Ok(Self { tx })
+    }
+
+    /// Resolves once everything written before the call is on stable storage.
+    pub async fn commit(&self) -> Result<(), Arc<std::io::Error>> {
+        let (tx, rx) = oneshot::channel();
+        let closed = || Arc::new(std::io::Error::other("commit thread stopped"));
+        self.tx.send(tx).map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    /// Blocking form, for code that is not async (CLI commands, shutdown).
+    pub fn commit_blocking(&self) -> Result<(), Arc<std::io::Error>> {
+        let (tx, rx) = oneshot::channel();
+        let closed = || Arc::new(std::io::Error::other("commit thread stopped"));
+        self.tx.send(tx).map_err(|_| closed())?;
+        rx.blocking_recv().map_err(|_| closed())?
+    }
+}

@@ -1,0 +1,179 @@
+//! Byte encodings of every key in the database.
+//!
+//! Everything lives in one sled tree so that a publish (message, payload, one
+//! queue entry and one status row per endpoint) is a single atomic `Batch`
+//! instead of a multi-tree transaction. A key is a one-byte namespace tag
+//! followed by fixed-width parts; IDs have a fixed length per type and
+//! timestamps are big-endian, so byte order is the order we scan in.
+
+use crate::domain::{AppId, AttemptId, EndpointId, MessageId, TaskId};
+
+/// Namespace tags. Each one owns the keys that start with it.
+pub mod ns {
+    /// app_id → AppRecord
+    pub const APP: u8 = b'A';
+    /// uid → app_id
+    pub const APP_UID: u8 = b'a';
+    /// event type name → EventTypeRecord
+    pub const EVENT_TYPE: u8 = b'T';
+    /// app_id ep_id → EndpointRecord
+    pub const ENDPOINT: u8 = b'E';
+    /// app_id uid → ep_id
+    pub const ENDPOINT_UID: u8 = b'e';
+    /// app_id msg_id → MessageRecord
+    pub const MESSAGE: u8 = b'M';
+    /// msg_id → raw payload bytes
+    pub const PAYLOAD: u8 = b'P';
+    /// app_id eventId → msg_id
+    pub const EVENT_ID: u8 = b'I';
+    /// msg_id ep_id → DestRecord (delivery status of a message to one endpoint)
+    pub const DEST: u8 = b'D';
+    /// ep_id msg_id → () (the messages sent to an endpoint)
+    pub const ENDPOINT_MSG: u8 = b'd';
+    /// att_id → AttemptRecord
+    pub const ATTEMPT: u8 = b'R';
+    /// msg_id att_id → ()
+    pub const ATTEMPT_BY_MSG: u8 = b'r';
+    /// ep_id att_id → ()
+    pub const ATTEMPT_BY_EP: u8 = b's';
+    /// due_ms task_id → TaskRecord (the delivery queue)
+    pub const QUEUE: u8 = b'Q';
+    /// lease_expiry_ms task_id → TaskRecord (claimed by a worker)
+    pub const LEASE: u8 = b'L';
+    /// sha256(scope) → IdempotencyRecord
+    pub const IDEMPOTENCY: u8 = b'K';
+}
+
+fn key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let len = 1 + parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut k = Vec::with_capacity(len);
+    k.push(tag);
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+pub fn app(id: &AppId) -> Vec<u8> {
+    key(ns::APP, &[id.as_str().as_bytes()])
+}
+pub fn app_uid(uid: &str) -> Vec<u8> {
+    key(ns::APP_UID, &[uid.as_bytes()])
+}
+pub fn event_type(name: &str) -> Vec<u8> {
+    key(ns::EVENT_TYPE, &[name.as_bytes()])
+}
+pub fn endpoint(app: &AppId, ep: &EndpointId) -> Vec<u8> {
+    key(ns::ENDPOINT, &[app.as_str().as_bytes(), ep.as_str().as_bytes()])
+}
+pub fn endpoints_of(app: &AppId) -> Vec<u8> {
+    key(ns::ENDPOINT, &[app.as_str().as_bytes()])
+}
+pub fn endpoint_uid(app: &AppId, uid: &str) -> Vec<u8> {
+    key(ns::ENDPOINT_UID, &[app.as_str().as_bytes(), uid.as_bytes()])
+}
+pub fn message(app: &AppId, msg: &MessageId) -> Vec<u8> {
+    key(ns::MESSAGE, &[app.as_str().as_bytes(), msg.as_str().as_bytes()])
+}
+pub fn messages_of(app: &AppId) -> Vec<u8> {
+    key(ns::MESSAGE, &[app.as_str().as_bytes()])
+}
+pub fn payload(msg: &MessageId) -> Vec<u8> {
+    key(ns::PAYLOAD, &[msg.as_str().as_bytes()])
+}
+pub fn event_id(app: &AppId, event_id: &str) -> Vec<u8> {
+    key(ns::EVENT_ID, &[app.as_str().as_bytes(), event_id.as_bytes()])
+}
+pub fn dest(msg: &MessageId, ep: &EndpointId) -> Vec<u8> {
+    key(ns::DEST, &[msg.as_str().as_bytes(), ep.as_str().as_bytes()])
+}
+pub fn dests_of(msg: &MessageId) -> Vec<u8> {
+    key(ns::DEST, &[msg.as_str().as_bytes()])
+}
+pub fn endpoint_msg(ep: &EndpointId, msg: &MessageId) -> Vec<u8> {
+    key(ns::ENDPOINT_MSG, &[ep.as_str().as_bytes(), msg.as_str().as_bytes()])
+}
+pub fn endpoint_msgs_of(ep: &EndpointId) -> Vec<u8> {
+    key(ns::ENDPOINT_MSG, &[ep.as_str().as_bytes()])
+}
+pub fn attempt(att: &AttemptId) -> Vec<u8> {
+    key(ns::ATTEMPT, &[att.as_str().as_bytes()])
+}
+pub fn attempt_by_msg(msg: &MessageId, att: &AttemptId) -> Vec<u8> {
+    key(ns::ATTEMPT_BY_MSG, &[msg.as_str().as_bytes(), att.as_str().as_bytes()])
+}
+pub fn attempts_of_msg(msg: &MessageId) -> Vec<u8> {
+    key(ns::ATTEMPT_BY_MSG, &[msg.as_str().as_bytes()])
+}
+pub fn attempt_by_ep(ep: &EndpointId, att: &AttemptId) -> Vec<u8> {
+    key(ns::ATTEMPT_BY_EP, &[ep.as_str().as_bytes(), att.as_str().as_bytes()])
+}
+pub fn attempts_of_ep(ep: &EndpointId) -> Vec<u8> {
+    key(ns::ATTEMPT_BY_EP, &[ep.as_str().as_bytes()])
+}
+/// Timestamps are clamped at zero and stored big-endian so byte order is time order.
+fn time(ms: i64) -> [u8; 8] {
+    (ms.max(0) as u64).to_be_bytes()
+}
+pub fn queue(due_ms: i64, task: &TaskId) -> Vec<u8> {
+    key(ns::QUEUE, &[&time(due_ms), task.as_str().as_bytes()])
+}
+/// Upper bound (exclusive) of the queue entries due at or before `now_ms`.
+pub fn queue_due_end(now_ms: i64) -> Vec<u8> {
+    key(ns::QUEUE, &[&time(now_ms.saturating_add(1))])
+}
+pub fn lease(expiry_ms: i64, task: &TaskId) -> Vec<u8> {
+    key(ns::LEASE, &[&time(expiry_ms), task.as_str().as_bytes()])
+}
+/// Upper bound (exclusive) of the leases that expired at or before `now_ms`.
+pub fn lease_expired_end(now_ms: i64) -> Vec<u8> {
+    key(ns::LEASE, &[&time(now_ms.saturating_add(1))])
+}
+pub fn idempotency(scope_hash: &[u8; 32]) -> Vec<u8> {
+    key(ns::IDEMPOTENCY, &[scope_hash])
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0xff; prefix.len() + 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn queue_keys_sort_by_due_time(a in 0i64..i64::MAX / 2, b in 0i64..i64::MAX / 2) {
+            let t = TaskId::new(0);
+            prop_assert_eq!(a.cmp(&b), queue(a, &t).cmp(&queue(b, &t)));
+            prop_assert!(queue(a, &t) < queue_due_end(a));
+            prop_assert!((queue(a, &t) < queue_due_end(b)) == (a <= b));
+        }
+
+        #[test]
+        fn prefix_end_bounds_every_extension(p in proptest::collection::vec(any::<u8>(), 1..8),
+                                            tail in proptest::collection::vec(any::<u8>(), 0..8)) {
+            let mut k = p.clone();
+            k.extend(tail);
+            prop_assert!(k.as_slice() < prefix_end(&p).as_slice());
+        }
+    }
+
+    #[test]
+    fn ids_in_keys_sort_by_time() {
+        let app = AppId::new(0);
+        let m1 = MessageId::new(1);
+        let m2 = MessageId::new(2);
+        assert!(message(&app, &m1) < message(&app, &m2));
+        assert!(message(&app, &m2).starts_with(&messages_of(&app)));
+    }
+}

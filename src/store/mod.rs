@@ -1,0 +1,954 @@
+//! The durable store: one sled database behind domain operations.
+//!
+//! Owns every byte on disk. Its API speaks domain operations (`publish`,
+//! `claim_due`, `record_attempt`, …), never sled types, so another engine can
+//! implement the same interface later. Must not know about HTTP; nothing else
+//! in the crate may `use sled`.
+//!
+//! Writes that belong together go into one `sled::Batch` on one tree (atomic,
+//! and far cheaper than a multi-tree transaction). Uniqueness (an app's `uid`,
+//! a message's `eventId`, an idempotency key) is claimed first with a
+//! compare-and-swap on its index key, so concurrent writers cannot both win.
+//! Durability is separate: `commit()` waits for the group committer.
+
+mod commit;
+pub mod keys;
+pub mod records;
+
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::domain::{
+    AppId, AttemptId, AttemptTrigger, EndpointId, MessageId, MessageStatus, TaskId,
+};
+pub use commit::GroupCommit;
+pub use records::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record under key {key:?}: {source}")]
+    Decode {
+        key: String,
+        #[source]
+        source: postcard::Error,
+    },
+    #[error("could not make writes durable: {0}")]
+    Commit(#[source] Arc<std::io::Error>),
+    #[error("opening the database: {0}")]
+    Open(#[source] std::io::Error),
+}
+
+/// A unique name (uid, eventId) that is already taken, and by whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken(pub String);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    Ascending,
+    Descending,
+}
+
+/// Which page of a listing. `cursor` is the last ID of the previous page.
+#[derive(Clone, Debug)]
+pub struct PageReq {
+    pub cursor: Option<String>,
+    pub order: Order,
+    pub limit: usize,
+    /// Inclusive lower bound on the ID (e.g. `MessageId::lower_bound(after)`).
+    pub min_id: Option<String>,
+    /// Exclusive upper bound on the ID.
+    pub max_id: Option<String>,
+}
+
+impl PageReq {
+    pub fn first(limit: usize) -> Self {
+        Self {
+            cursor: None,
+            order: Order::Descending,
+            limit,
+            min_id: None,
+            max_id: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub done: bool,
+}
+
+/// What publish did.
+#[derive(Debug)]
+pub enum Published {
+    /// Stored, with one queued delivery per endpoint in `endpoints`.
+    Created { endpoints: usize },
+    /// The app already has a message with this `eventId`.
+    DuplicateEventId(MessageId),
+}
+
+/// What the worker does with a due task it looked at.
+pub enum Claim {
+    Take,
+    /// Not now (its endpoint is at its concurrency cap): move it back in the queue
+    /// to this due time, so it does not sit in front of deliveries that can go.
+    Defer(i64),
+}
+
+/// After an attempt: try again at a time, or stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    RetryAt(i64),
+    Done,
+}
+
+/// How an idempotency key was claimed.
+pub enum IdemClaim {
+    /// First use: handle the request, then `idempotency_finish`.
+    New,
+    /// A request with this key is still being handled.
+    InProgress,
+    /// Seen before: answer with this.
+    Replay(StoredResponse),
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    /// Every record lives in the default tree (see `keys`).
+    tree: sled::Tree,
+    committer: GroupCommit,
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("records contain only postcard-encodable types")
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|source| StoreError::Decode {
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    })
+}
+
+impl Store {
+    /// Opens (or creates) the database under `dir`.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        let path = dir.join("db");
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(cache_bytes)
+            .open()?;
+        let file = std::fs::File::open(path.join("db")).map_err(StoreError::Open)?;
+        Self::with_db(db, Some(file))
+    }
+
+    /// A throw-away database for tests.
+    pub fn temporary() -> Result<Store, StoreError> {
+        let db = sled::Config::new().temporary(true).open()?;
+        Self::with_db(db, None)
+    }
+
+    fn with_db(db: sled::Db, file: Option<std::fs::File>) -> Result<Store, StoreError> {
+        let committer = GroupCommit::start(db.clone(), file).map_err(StoreError::Open)?;
+        let tree: sled::Tree = (*db).clone();
+        Ok(Store {
+            db,
+            tree,
+            committer,
+        })
+    }
+
+    /// Waits until every write made before the call is durable (shared group commit).
+    pub async fn commit(&self) -> Result<(), StoreError> {
+        self.committer.commit().await.map_err(StoreError::Commit)
+    }
+
+    pub fn commit_blocking(&self) -> Result<(), StoreError> {
+        self.committer.commit_blocking().map_err(StoreError::Commit)
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    /// Can the store write? Used by the health check.
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.tree.get(b"\0health")?;
+        Ok(())
+    }
+
+    fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.tree.get(key)? {
+            Some(v) => Ok(Some(decode(key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Atomically takes `key` for `value` if it is free; returns the current owner if not.
+    fn claim_unique(&self, key: &[u8], value: &str) -> Result<Result<(), Taken>, StoreError> {
+        match self
+            .tree
+            .compare_and_swap(key, None as Option<&[u8]>, Some(value.as_bytes()))?
+        {
+            Ok(()) => Ok(Ok(())),
+            Err(e) => Ok(Err(Taken(
+                e.current
+                    .map(|v| String::from_utf8_lossy(&v).into_owned())
+                    .unwrap_or_default(),
+            ))),
+        }
+    }
+
+    fn get_str(&self, key: &[u8]) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .tree
+            .get(key)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// One page of the keys under `prefix`, whose remainder is an ID, mapped by `f`
+    /// (which may drop an entry by returning `None`).
+    fn page<T>(
+        &self,
+        prefix: &[u8],
+        req: &PageReq,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<Option<T>, StoreError>,
+    ) -> Result<Page<T>, StoreError> {
+        let with = |id: &str| {
+            let mut k = prefix.to_vec();
+            k.extend_from_slice(id.as_bytes());
+            k
+        };
+        let mut lo = Bound::Included(prefix.to_vec());
+        let mut hi = Bound::Excluded(keys::prefix_end(prefix));
+        if let Some(min) = &req.min_id {
+            lo = Bound::Included(with(min));
+        }
+        if let Some(max) = &req.max_id {
+            hi = Bound::Excluded(with(max));
+        }
+        if let Some(cursor) = &req.cursor {
+            match req.order {
+                Order::Descending => hi = tighter_hi(hi, with(cursor)),
+                Order::Ascending => lo = tighter_lo(lo, with(cursor)),
+            }
+        }
+        if range_is_empty(&lo, &hi) {
+            return Ok(Page {
+                items: Vec::new(),
+                done: true,
+            });
+        }
+        let range = self.tree.range::<Vec<u8>, _>((lo, hi));
+        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+            match req.order {
+                Order::Ascending => Box::new(range),
+                Order::Descending => Box::new(range.rev()),
+            };
+        let mut items = Vec::with_capacity(req.limit.min(256));
+        for entry in iter {
+            let (k, v) = entry?;
+            if let Some(item) = f(&k[prefix.len()..], &v)? {
+                if items.len() == req.limit {
+                    return Ok(Page { items, done: false });
+                }
+                items.push(item);
+            }
+        }
+        Ok(Page { items, done: true })
+    }
+
+    // ----- applications -------------------------------------------------
+
+    pub fn create_app(&self, app: &AppRecord) -> Result<Result<(), Taken>, StoreError> {
+        if let Some(uid) = &app.uid {
+            if let Err(taken) = self.claim_unique(&keys::app_uid(uid), app.id.as_str())? {
+                return Ok(Err(taken));
+            }
+        }
+        self.tree.insert(keys::app(&app.id), encode(app))?;
+        Ok(Ok(()))
+    }
+
+    /// Finds an app by ID or by `uid`.
+    pub fn find_app(&self, id_or_uid: &str) -> Result<Option<AppRecord>, StoreError> {
+        if let Some(id) = AppId::parse(id_or_uid) {
+            if let Some(app) = self.get(&keys::app(&id))? {
+                return Ok(Some(app));
+            }
+        }
+        match self.get_str(&keys::app_uid(id_or_uid))?.and_then(|s| AppId::parse(&s)) {
+            Some(id) => self.get(&keys::app(&id)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn list_apps(&self, req: &PageReq) -> Result<Page<AppRecord>, StoreError> {
+        self.page(&[keys::ns::APP], req, |k, v| Ok(Some(decode(k, v)?)))
+    }
+
+    /// Replaces an app; moves its `uid` index if the uid changed.
+    pub fn update_app(&self, old: &AppRecord, new: &AppRecord) -> Result<Result<(), Taken>, StoreError> {
+        if new.uid != old.uid {
+            if let Some(uid) = &new.uid {
+                if let Err(taken) = self.claim_unique(&keys::app_uid(uid), new.id.as_str())? {
+                    return Ok(Err(taken));
+                }
+            }
+        }
+        let mut batch = sled::Batch::default();
+        batch.insert(keys::app(&new.id), encode(new));
+        if new.uid != old.uid {
+            if let Some(uid) = &old.uid {
+                batch.remove(keys::app_uid(uid));
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(Ok(()))
+    }
+
+    /// Deletes an app with its endpoints, messages, statuses and attempts.
+    /// Queued deliveries of a deleted app are dropped by the worker when they come due.
+    pub fn delete_app(&self, app: &AppRecord) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        batch.remove(keys::app(&app.id));
+        if let Some(uid) = &app.uid {
+            batch.remove(keys::app_uid(uid));
+        }
+        for ep in self.endpoints_of(&app.id)? {
+            self.delete_endpoint_into(&mut batch, &ep)?;
+        }
+        let msgs_prefix = keys::messages_of(&app.id);
+        for entry in self.tree.scan_prefix(&msgs_prefix) {
+            let (k, v) = entry?;
+            let msg: MessageRecord = decode(&k, &v)?;
+            batch.remove(k);
+            batch.remove(keys::payload(&msg.id));
+            if let Some(eid) = &msg.event_id {
+                batch.remove(keys::event_id(&app.id, eid));
+            }
+            for k in self.tree.scan_prefix(keys::dests_of(&msg.id)).keys() {
+                batch.remove(k?);
+            }
+            let attempts = keys::attempts_of_msg(&msg.id);
+            for k in self.tree.scan_prefix(&attempts).keys() {
+                let k = k?;
+                if let Some(att) = AttemptId::parse(&String::from_utf8_lossy(&k[attempts.len()..])) {
+                    batch.remove(keys::attempt(&att));
+                }
+                batch.remove(k);
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    // ----- event types --------------------------------------------------
+
+    pub fn get_event_type(&self, name: &str) -> Result<Option<EventTypeRecord>, StoreError> {
+        self.get(&keys::event_type(name))
+    }
+
+    /// Creates an event type; an existing (not archived) one is `Taken`.
+    pub fn create_event_type(&self, et: &EventTypeRecord) -> Result<Result<(), Taken>, StoreError> {
+        let key = keys::event_type(et.name.as_str());
+        let current = self.tree.get(&key)?;
+        if let Some(cur) = &current {
+            let cur: EventTypeRecord = decode(&key, cur)?;
+            if !cur.archived {
+                return Ok(Err(Taken(cur.name.to_string())));
+            }
+        }
+        match self.tree.compare_and_swap(&key, current, Some(encode(et)))? {
+            Ok(()) => Ok(Ok(())),
+            Err(_) => Ok(Err(Taken(et.name.to_string()))),
+        }
+    }
+
+    pub fn put_event_type(&self, et: &EventTypeRecord) -> Result<(), StoreError> {
+        self.tree.insert(keys::event_type(et.name.as_str()), encode(et))?;
+        Ok(())
+    }
+
+    pub fn delete_event_type(&self, name: &str) -> Result<(), StoreError> {
+        self.tree.remove(keys::event_type(name))?;
+        Ok(())
+    }
+
+    /// Event types by name; archived ones only when asked for.
+    pub fn list_event_types(
+        &self,
+        req: &PageReq,
+        include_archived: bool,
+    ) -> Result<Page<EventTypeRecord>, StoreError> {
+        self.page(&[keys::ns::EVENT_TYPE], req, |k, v| {
+            let et: EventTypeRecord = decode(k, v)?;
+            Ok((include_archived || !et.archived).then_some(et))
+        })
+    }
+
+    // ----- endpoints ----------------------------------------------------
+
+    pub fn create_endpoint(&self, ep: &EndpointRecord) -> Result<Result<(), Taken>, StoreError> {
+        if let Some(uid) = &ep.uid {
+            if let Err(taken) = self.claim_unique(&keys::endpoint_uid(&ep.app_id, uid), ep.id.as_str())? {
+                return Ok(Err(taken));
+            }
+        }
+        self.tree.insert(keys::endpoint(&ep.app_id, &ep.id), encode(ep))?;
+        Ok(Ok(()))
+    }
+
+    /// Finds an endpoint of `app` by ID or `uid`.
+    pub fn find_endpoint(&self, app: &AppId, id_or_uid: &str) -> Result<Option<EndpointRecord>, StoreError> {
+        if let Some(id) = EndpointId::parse(id_or_uid) {
+            if let Some(ep) = self.get(&keys::endpoint(app, &id))? {
+                return Ok(Some(ep));
+            }
+        }
+        match self
+            .get_str(&keys::endpoint_uid(app, id_or_uid))?
+            .and_then(|s| EndpointId::parse(&s))
+        {
+            Some(id) => self.get(&keys::endpoint(app, &id)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn get_endpoint(&self, app: &AppId, id: &EndpointId) -> Result<Option<EndpointRecord>, StoreError> {
+        self.get(&keys::endpoint(app, id))
+    }
+
+    pub fn endpoints_of(&self, app: &AppId) -> Result<Vec<EndpointRecord>, StoreError> {
+        self.tree
+            .scan_prefix(keys::endpoints_of(app))
+            .map(|e| {
+                let (k, v) = e?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    pub fn list_endpoints(&self, app: &AppId, req: &PageReq) -> Result<Page<EndpointRecord>, StoreError> {
+        self.page(&keys::endpoints_of(app), req, |k, v| Ok(Some(decode(k, v)?)))
+    }
+
+    pub fn update_endpoint(
+        &self,
+        old: &EndpointRecord,
+        new: &EndpointRecord,
+    ) -> Result<Result<(), Taken>, StoreError> {
+        if new.uid != old.uid {
+            if let Some(uid) = &new.uid {
+                if let Err(taken) =
+                    self.claim_unique(&keys::endpoint_uid(&new.app_id, uid), new.id.as_str())?
+                {
+                    return Ok(Err(taken));
+                }
+            }
+        }
+        let mut batch = sled::Batch::default();
+        batch.insert(keys::endpoint(&new.app_id, &new.id), encode(new));
+        if new.uid != old.uid {
+            if let Some(uid) = &old.uid {
+                batch.remove(keys::endpoint_uid(&old.app_id, uid));
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(Ok(()))
+    }
+
+    /// Writes an endpoint whose uid did not change (disable, rotate, headers).
+    pub fn put_endpoint(&self, ep: &EndpointRecord) -> Result<(), StoreError> {
+        self.tree.insert(keys::endpoint(&ep.app_id, &ep.id), encode(ep))?;
+        Ok(())
+    }
+
+    fn delete_endpoint_into(&self, batch: &mut sled::Batch, ep: &EndpointRecord) -> Result<(), StoreError> {
+        batch.remove(keys::endpoint(&ep.app_id, &ep.id));
+        if let Some(uid) = &ep.uid {
+            batch.remove(keys::endpoint_uid(&ep.app_id, uid));
+        }
+        for k in self.tree.scan_prefix(keys::endpoint_msgs_of(&ep.id)).keys() {
+            let k = k?;
+            if let Some(msg) = MessageId::parse(&String::from_utf8_lossy(&k[1 + ep.id.as_str().len()..])) {
+                batch.remove(keys::dest(&msg, &ep.id));
+            }
+            batch.remove(k);
+        }
+        for k in self.tree.scan_prefix(keys::attempts_of_ep(&ep.id)).keys() {
+            batch.remove(k?);
+        }
+        Ok(())
+    }
+
+    /// Deletes an endpoint and its delivery statuses. Its attempts stay listed under
+    /// their messages; queued deliveries to it are dropped when they come due.
+    pub fn delete_endpoint(&self, ep: &EndpointRecord) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        self.delete_endpoint_into(&mut batch, ep)?;
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    // ----- messages -----------------------------------------------------
+
+    /// Stores a message and queues one delivery per endpoint in `endpoints`, atomically.
+    /// Not durable until `commit()` returns.
+    pub fn publish(
+        &self,
+        msg: &MessageRecord,
+        payload: &[u8],
+        endpoints: &[&EndpointRecord],
+        now_ms: i64,
+    ) -> Result<Published, StoreError> {
+        if let Some(eid) = &msg.event_id {
+            let key = keys::event_id(&msg.app_id, eid);
+            if let Err(Taken(owner)) = self.claim_unique(&key, msg.id.as_str())? {
+                // A crash between claiming the eventId and writing the message leaves an
+                // index entry without a message: take it over rather than refuse forever.
+                let owner_id = MessageId::parse(&owner);
+                let owner_exists = match &owner_id {
+                    Some(id) => self.tree.contains_key(keys::message(&msg.app_id, id))?,
+                    None => false,
+                };
+                match owner_id {
+                    Some(id) if owner_exists => return Ok(Published::DuplicateEventId(id)),
+                    _ => {
+                        if self
+                            .tree
+                            .compare_and_swap(&key, Some(owner.as_bytes()), Some(msg.id.as_str().as_bytes()))?
+                            .is_err()
+                        {
+                            let winner = self.get_str(&key)?.and_then(|s| MessageId::parse(&s));
+                            return Ok(Published::DuplicateEventId(winner.unwrap_or(msg.id.clone())));
+                        }
+                    }
+                }
+            }
+        }
+        let mut batch = sled::Batch::default();
+        batch.insert(keys::message(&msg.app_id, &msg.id), encode(msg));
+        batch.insert(keys::payload(&msg.id), payload);
+        for ep in endpoints {
+            let task = TaskRecord {
+                id: TaskId::new(now_ms),
+                app_id: msg.app_id.clone(),
+                msg_id: msg.id.clone(),
+                ep_id: ep.id.clone(),
+                attempt: 0,
+                trigger: AttemptTrigger::Scheduled,
+                due_ms: now_ms,
+            };
+            let dest = DestRecord {
+                msg_id: msg.id.clone(),
+                ep_id: ep.id.clone(),
+                app_id: msg.app_id.clone(),
+                status: MessageStatus::Pending,
+                attempts: 0,
+                next_attempt_ms: Some(now_ms),
+                last_attempt_ms: None,
+                last_status_code: None,
+            };
+            batch.insert(keys::dest(&msg.id, &ep.id), encode(&dest));
+            batch.insert(keys::endpoint_msg(&ep.id, &msg.id), &[]);
+            batch.insert(keys::queue(now_ms, &task.id), encode(&task));
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(Published::Created {
+            endpoints: endpoints.len(),
+        })
+    }
+
+    /// Finds a message of `app` by ID or by `eventId`.
+    pub fn find_message(&self, app: &AppId, id_or_event_id: &str) -> Result<Option<MessageRecord>, StoreError> {
+        if let Some(id) = MessageId::parse(id_or_event_id) {
+            if let Some(m) = self.get(&keys::message(app, &id))? {
+                return Ok(Some(m));
+            }
+        }
+        match self
+            .get_str(&keys::event_id(app, id_or_event_id))?
+            .and_then(|s| MessageId::parse(&s))
+        {
+            Some(id) => self.get(&keys::message(app, &id)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn get_message(&self, app: &AppId, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
+        self.get(&keys::message(app, id))
+    }
+
+    /// Messages of an app, filtered by `keep`.
+    pub fn list_messages(
+        &self,
+        app: &AppId,
+        req: &PageReq,
+        mut keep: impl FnMut(&MessageRecord) -> bool,
+    ) -> Result<Page<MessageRecord>, StoreError> {
+        self.page(&keys::messages_of(app), req, |k, v| {
+            let m: MessageRecord = decode(k, v)?;
+            Ok(keep(&m).then_some(m))
+        })
+    }
+
+    /// The raw payload bytes, unless expunged.
+    pub fn payload(&self, msg: &MessageId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(keys::payload(msg))?.map(|v| v.to_vec()))
+    }
+
+    /// Removes a message's payload (and the bodies its attempts recorded); keeps metadata.
+    pub fn expunge_content(&self, msg: &MessageRecord) -> Result<(), StoreError> {
+        let mut updated = msg.clone();
+        updated.expunged = true;
+        let mut batch = sled::Batch::default();
+        batch.insert(keys::message(&msg.app_id, &msg.id), encode(&updated));
+        batch.remove(keys::payload(&msg.id));
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    // ----- delivery statuses ------------------------------------------
+
+    pub fn dest(&self, msg: &MessageId, ep: &EndpointId) -> Result<Option<DestRecord>, StoreError> {
+        self.get(&keys::dest(msg, ep))
+    }
+
+    /// The endpoints a message was sent to, with its status at each.
+    pub fn dests_of(&self, msg: &MessageId, req: &PageReq) -> Result<Page<DestRecord>, StoreError> {
+        self.page(&keys::dests_of(msg), req, |k, v| Ok(Some(decode(k, v)?)))
+    }
+
+    /// Messages sent to an endpoint (newest first by default), with their status there.
+    pub fn endpoint_messages(
+        &self,
+        ep: &EndpointId,
+        req: &PageReq,
+        mut keep: impl FnMut(&DestRecord) -> bool,
+    ) -> Result<Page<DestRecord>, StoreError> {
+        self.page(&keys::endpoint_msgs_of(ep), req, |k, _| {
+            let Some(msg) = MessageId::parse(&String::from_utf8_lossy(k)) else {
+                return Ok(None);
+            };
+            Ok(self.dest(&msg, ep)?.filter(|d| keep(d)))
+        })
+    }
+
+    // ----- attempts -----------------------------------------------------
+
+    pub fn get_attempt(&self, id: &AttemptId) -> Result<Option<AttemptRecord>, StoreError> {
+        self.get(&keys::attempt(id))
+    }
+
+    fn attempts_via(
+        &self,
+        index_prefix: &[u8],
+        req: &PageReq,
+        mut keep: impl FnMut(&AttemptRecord) -> bool,
+    ) -> Result<Page<AttemptRecord>, StoreError> {
+        self.page(index_prefix, req, |k, _| {
+            let Some(id) = AttemptId::parse(&String::from_utf8_lossy(k)) else {
+                return Ok(None);
+            };
+            Ok(self.get_attempt(&id)?.filter(|a| keep(a)))
+        })
+    }
+
+    pub fn attempts_of_msg(
+        &self,
+        msg: &MessageId,
+        req: &PageReq,
+        keep: impl FnMut(&AttemptRecord) -> bool,
+    ) -> Result<Page<AttemptRecord>, StoreError> {
+        self.attempts_via(&keys::attempts_of_msg(msg), req, keep)
+    }
+
+    pub fn attempts_of_ep(
+        &self,
+        ep: &EndpointId,
+        req: &PageReq,
+        keep: impl FnMut(&AttemptRecord) -> bool,
+    ) -> Result<Page<AttemptRecord>, StoreError> {
+        self.attempts_via(&keys::attempts_of_ep(ep), req, keep)
+    }
+
+    // ----- the delivery queue -------------------------------------------
+
+    /// Queues one more delivery (manual resend, recover) and marks its status as waiting.
+    pub fn enqueue(&self, task: &TaskRecord) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        if let Some(mut dest) = self.dest(&task.msg_id, &task.ep_id)? {
+            if dest.status != MessageStatus::Success {
+                dest.status = if dest.attempts == 0 {
+                    MessageStatus::Pending
+                } else {
+                    MessageStatus::Sending
+                };
+            }
+            dest.next_attempt_ms = Some(task.due_ms);
+            batch.insert(keys::dest(&task.msg_id, &task.ep_id), encode(&dest));
+        } else {
+            let dest = DestRecord {
+                msg_id: task.msg_id.clone(),
+                ep_id: task.ep_id.clone(),
+                app_id: task.app_id.clone(),
+                status: MessageStatus::Pending,
+                attempts: 0,
+                next_attempt_ms: Some(task.due_ms),
+                last_attempt_ms: None,
+                last_status_code: None,
+            };
+            batch.insert(keys::dest(&task.msg_id, &task.ep_id), encode(&dest));
+            batch.insert(keys::endpoint_msg(&task.ep_id, &task.msg_id), &[]);
+        }
+        batch.insert(keys::queue(task.due_ms, &task.id), encode(task));
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Due time of the earliest queued delivery.
+    pub fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
+        let first = self.tree.scan_prefix([keys::ns::QUEUE]).next().transpose()?;
+        Ok(first.map(|(_, v)| v).and_then(|v| postcard::from_bytes::<TaskRecord>(&v).ok().map(|t| t.due_ms)))
+    }
+
+    /// Moves up to `limit` due deliveries to leases expiring at `lease_until_ms`.
+    /// `decide` sees each due task in due order and may defer it. At most
+    /// `scan_limit` entries are looked at, so a long run of deferred tasks cannot
+    /// make one call expensive.
+    pub fn claim_due(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+        scan_limit: usize,
+        mut decide: impl FnMut(&TaskRecord) -> Claim,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        let mut taken = Vec::new();
+        let mut batch = sled::Batch::default();
+        let range = self
+            .tree
+            .range(vec![keys::ns::QUEUE]..keys::queue_due_end(now_ms))
+            .take(scan_limit);
+        for entry in range {
+            if taken.len() == limit {
+                break;
+            }
+            let (k, v) = entry?;
+            let task: TaskRecord = decode(&k, &v)?;
+            batch.remove(k);
+            match decide(&task) {
+                Claim::Take => {
+                    batch.insert(keys::lease(lease_until_ms, &task.id), v);
+                    taken.push(task);
+                }
+                Claim::Defer(due_ms) => {
+                    let task = TaskRecord { due_ms, ..task };
+                    batch.insert(keys::queue(due_ms, &task.id), encode(&task));
+                }
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(taken)
+    }
+
+    /// Puts leases that expired at or before `now_ms` back on the queue, due now.
+    /// At startup (no worker alive) pass `i64::MAX` to release every lease.
+    pub fn release_expired_leases(&self, now_ms: i64, due_ms: i64) -> Result<usize, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for entry in self
+            .tree
+            .range(vec![keys::ns::LEASE]..keys::lease_expired_end(now_ms))
+        {
+            let (k, v) = entry?;
+            let mut task: TaskRecord = decode(&k, &v)?;
+            task.due_ms = due_ms;
+            batch.remove(k);
+            batch.insert(keys::queue(due_ms, &task.id), encode(&task));
+            n += 1;
+        }
+        if n > 0 {
+            self.tree.apply_batch(batch)?;
+        }
+        Ok(n)
+    }
+
+    /// Deliveries waiting (queued) and in flight (leased).
+    pub fn queue_depth(&self) -> (usize, usize) {
+        let queued = self.tree.scan_prefix([keys::ns::QUEUE]).count();
+        let leased = self.tree.scan_prefix([keys::ns::LEASE]).count();
+        (queued, leased)
+    }
+
+    /// Finishes a leased task without an attempt (its endpoint or app is gone, or it
+    /// is no longer needed); `status` updates the delivery status if it still exists.
+    pub fn drop_task(
+        &self,
+        task: &TaskRecord,
+        lease_until_ms: i64,
+        status: Option<MessageStatus>,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        batch.remove(keys::lease(lease_until_ms, &task.id));
+        if let Some(status) = status {
+            if let Some(mut dest) = self.dest(&task.msg_id, &task.ep_id)? {
+                dest.status = status;
+                dest.next_attempt_ms = None;
+                batch.insert(keys::dest(&task.msg_id, &task.ep_id), encode(&dest));
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Records an attempt and what follows it, in one batch: the lease goes away, the
+    /// attempt and its indexes are written, the delivery status is updated, and a
+    /// retry (if any) is queued.
+    pub fn record_attempt(
+        &self,
+        task: &TaskRecord,
+        lease_until_ms: i64,
+        attempt: &AttemptRecord,
+        next: Next,
+    ) -> Result<DestRecord, StoreError> {
+        let mut batch = sled::Batch::default();
+        batch.remove(keys::lease(lease_until_ms, &task.id));
+        batch.insert(keys::attempt(&attempt.id), encode(attempt));
+        batch.insert(keys::attempt_by_msg(&task.msg_id, &attempt.id), &[]);
+        batch.insert(keys::attempt_by_ep(&task.ep_id, &attempt.id), &[]);
+        let mut dest = self.dest(&task.msg_id, &task.ep_id)?.unwrap_or(DestRecord {
+            msg_id: task.msg_id.clone(),
+            ep_id: task.ep_id.clone(),
+            app_id: task.app_id.clone(),
+            status: MessageStatus::Pending,
+            attempts: 0,
+            next_attempt_ms: None,
+            last_attempt_ms: None,
+            last_status_code: None,
+        });
+        dest.attempts += 1;
+        dest.last_attempt_ms = Some(attempt.timestamp_ms);
+        dest.last_status_code = Some(attempt.response_status_code);
+        match next {
+            _ if attempt.status == MessageStatus::Success => {
+                dest.status = MessageStatus::Success;
+                dest.next_attempt_ms = None;
+            }
+            Next::RetryAt(due_ms) => {
+                let retry = TaskRecord {
+                    id: TaskId::new(attempt.timestamp_ms),
+                    attempt: task.attempt + 1,
+                    trigger: AttemptTrigger::Scheduled,
+                    due_ms,
+                    ..task.clone()
+                };
+                batch.insert(keys::queue(due_ms, &retry.id), encode(&retry));
+                dest.status = MessageStatus::Sending;
+                dest.next_attempt_ms = Some(due_ms);
+            }
+            Next::Done => {
+                dest.status = MessageStatus::Fail;
+                dest.next_attempt_ms = None;
+            }
+        }
+        batch.insert(keys::dest(&task.msg_id, &task.ep_id), encode(&dest));
+        batch.insert(keys::endpoint_msg(&task.ep_id, &task.msg_id), &[]);
+        self.tree.apply_batch(batch)?;
+        Ok(dest)
+    }
+
+    // ----- idempotency --------------------------------------------------
+
+    /// Claims an idempotency scope (token, path, key) for a new request, or reports
+    /// what happened to the first one. Entries older than `ttl_ms` count as free.
+    pub fn idempotency_begin(&self, scope: &[u8; 32], now_ms: i64, ttl_ms: i64) -> Result<IdemClaim, StoreError> {
+        let key = keys::idempotency(scope);
+        let fresh = encode(&IdempotencyRecord {
+            created_ms: now_ms,
+            response: None,
+        });
+        loop {
+            let current = self.tree.get(&key)?;
+            if let Some(cur) = &current {
+                let rec: IdempotencyRecord = decode(&key, cur)?;
+                if rec.created_ms + ttl_ms > now_ms {
+                    return Ok(match rec.response {
+                        Some(r) => IdemClaim::Replay(r),
+                        None => IdemClaim::InProgress,
+                    });
+                }
+            }
+            if self.tree.compare_and_swap(&key, current, Some(fresh.clone()))?.is_ok() {
+                return Ok(IdemClaim::New);
+            }
+        }
+    }
+
+    /// Stores the response for an idempotency scope (`None`: forget it, e.g. after a
+    /// server error, so that a retry is handled anew).
+    pub fn idempotency_finish(
+        &self,
+        scope: &[u8; 32],
+        now_ms: i64,
+        response: Option<StoredResponse>,
+    ) -> Result<(), StoreError> {
+        let key = keys::idempotency(scope);
+        match response {
+            Some(r) => {
+                self.tree.insert(
+                    key,
+                    encode(&IdempotencyRecord {
+                        created_ms: now_ms,
+                        response: Some(r),
+                    }),
+                )?;
+            }
+            None => {
+                self.tree.remove(key)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn tighter_hi(current: Bound<Vec<u8>>, candidate: Vec<u8>) -> Bound<Vec<u8>> {
+    match current {
+        Bound::Excluded(c) if c <= candidate => Bound::Excluded(c),
+        Bound::Included(c) if c < candidate => Bound::Included(c),
+        _ => Bound::Excluded(candidate),
+    }
+}
+
+fn tighter_lo(current: Bound<Vec<u8>>, candidate: Vec<u8>) -> Bound<Vec<u8>> {
+    match current {
+        Bound::Included(c) if c > candidate => Bound::Included(c),
+        Bound::Excluded(c) if c >= candidate => Bound::Excluded(c),
+        _ => Bound::Excluded(candidate),
+    }
+}
+
+fn range_is_empty(lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>) -> bool {
+    let (l, l_incl) = match lo {
+        Bound::Included(l) => (l, true),
+        Bound::Excluded(l) => (l, false),
+        Bound::Unbounded => return false,
+    };
+    match hi {
+        Bound::Included(h) => l > h || (l == h && !l_incl),
+        Bound::Excluded(h) => l >= h,
+        Bound::Unbounded => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,158 @@
+//! Stored records. Each is a compatibility promise for data already on disk:
+//! add fields only at the end, as `Option`, and never reorder (postcard is positional).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    AppId, AttemptId, AttemptTrigger, EndpointId, EndpointUrl, EventTypeName, MessageId,
+    MessageStatus, Secret, TaskId,
+};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AppRecord {
+    pub id: AppId,
+    pub uid: Option<String>,
+    pub name: String,
+    pub rate_limit: Option<u32>,
+    pub metadata: BTreeMap<String, String>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EventTypeRecord {
+    pub name: EventTypeName,
+    pub description: String,
+    pub archived: bool,
+    pub deprecated: bool,
+    pub feature_flag: Option<String>,
+    /// JSON Schemas by version, as JSON text (`{"1": {...}}`).
+    pub schemas: Option<String>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// A previous signing key that keeps signing until `expires_ms` (secret rotation).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RetiredSecret {
+    pub secret: Secret,
+    pub expires_ms: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    pub id: EndpointId,
+    pub app_id: AppId,
+    pub uid: Option<String>,
+    pub url: EndpointUrl,
+    pub description: String,
+    pub version: i32,
+    pub rate_limit: Option<u32>,
+    pub disabled: bool,
+    /// Empty: every event type.
+    pub event_types: Vec<String>,
+    /// Empty: every message, whatever its channels.
+    pub channels: Vec<String>,
+    pub headers: BTreeMap<String, String>,
+    pub metadata: BTreeMap<String, String>,
+    pub secret: Secret,
+    pub retired_secrets: Vec<RetiredSecret>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+impl EndpointRecord {
+    /// Does a message of `event_type` on `channels` go to this endpoint?
+    pub fn subscribes(&self, event_type: &str, channels: &[String]) -> bool {
+        !self.disabled
+            && (self.event_types.is_empty() || self.event_types.iter().any(|t| t == event_type))
+            && (self.channels.is_empty() || self.channels.iter().any(|c| channels.contains(c)))
+    }
+
+    /// Every key that signs at `now_ms`: the current one first, then unexpired retired ones.
+    pub fn signing_secrets(&self, now_ms: i64) -> Vec<&Secret> {
+        std::iter::once(&self.secret)
+            .chain(
+                self.retired_secrets
+                    .iter()
+                    .filter(|r| r.expires_ms > now_ms)
+                    .map(|r| &r.secret),
+            )
+            .collect()
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MessageRecord {
+    pub id: MessageId,
+    pub app_id: AppId,
+    pub event_type: String,
+    pub event_id: Option<String>,
+    pub channels: Vec<String>,
+    pub tags: Vec<String>,
+    pub created_ms: i64,
+    /// The payload was removed (expunge or retention); only metadata remains.
+    pub expunged: bool,
+}
+
+/// Delivery state of one message to one endpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DestRecord {
+    pub msg_id: MessageId,
+    pub ep_id: EndpointId,
+    pub app_id: AppId,
+    pub status: MessageStatus,
+    pub attempts: u32,
+    pub next_attempt_ms: Option<i64>,
+    pub last_attempt_ms: Option<i64>,
+    pub last_status_code: Option<u16>,
+}
+
+/// One queued delivery attempt.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub id: TaskId,
+    pub app_id: AppId,
+    pub msg_id: MessageId,
+    pub ep_id: EndpointId,
+    /// 0 for the first attempt of a scheduled series; indexes the retry schedule after that.
+    pub attempt: u32,
+    pub trigger: AttemptTrigger,
+    pub due_ms: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub id: AttemptId,
+    pub app_id: AppId,
+    pub msg_id: MessageId,
+    pub ep_id: EndpointId,
+    pub url: String,
+    pub timestamp_ms: i64,
+    pub trigger: AttemptTrigger,
+    pub status: MessageStatus,
+    /// 0 when no response arrived (timeout, refused, blocked).
+    pub response_status_code: u16,
+    pub response_headers: Vec<(String, String)>,
+    pub response_body: Vec<u8>,
+    pub request_headers: Vec<(String, String)>,
+    pub duration_ms: u64,
+    /// Why no response arrived, or why the body was cut.
+    pub error: Option<String>,
+}
+
+/// A remembered response to a request that carried an `idempotency-key`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub created_ms: i64,
+    /// `None` while the first request is still being handled.
+    pub response: Option<StoredResponse>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
