@@ -119,8 +119,12 @@ pub struct ApiConfig {
 }
 
 fn duration(key: &'static str, s: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| invalid(key, format!("`{s}` is not a duration like 500ms, 5s or 2h ({e})")))
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        invalid(
+            key,
+            format!("`{s}` is not a duration like 500ms, 5s or 2h ({e})"),
+        )
+    })
 }
 
 impl TryFrom<RawConfig> for Config {
@@ -151,7 +155,12 @@ impl TryFrom<RawConfig> for Config {
             .map(|s| {
                 s.parse::<IpNet>()
                     .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-                    .map_err(|_| invalid("allow_subnets", format!("`{s}` is not a CIDR like 10.0.0.0/8")))
+                    .map_err(|_| {
+                        invalid(
+                            "allow_subnets",
+                            format!("`{s}` is not a CIDR like 10.0.0.0/8"),
+                        )
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         if raw.max_payload_bytes == 0 {
@@ -159,13 +168,22 @@ impl TryFrom<RawConfig> for Config {
         }
         let d = raw.delivery;
         if d.max_in_flight == 0 {
-            return Err(invalid("delivery.max_in_flight", "must be greater than zero"));
+            return Err(invalid(
+                "delivery.max_in_flight",
+                "must be greater than zero",
+            ));
         }
         if d.max_per_endpoint == 0 {
-            return Err(invalid("delivery.max_per_endpoint", "must be greater than zero"));
+            return Err(invalid(
+                "delivery.max_per_endpoint",
+                "must be greater than zero",
+            ));
         }
         if !(0.0..1.0).contains(&d.retry_jitter) {
-            return Err(invalid("delivery.retry_jitter", "must be at least 0 and below 1"));
+            return Err(invalid(
+                "delivery.retry_jitter",
+                "must be at least 0 and below 1",
+            ));
         }
         let token = raw.admin_token.trim().to_owned();
         if !token.is_empty() && token.len() < 16 {
@@ -191,6 +209,65 @@ impl TryFrom<RawConfig> for Config {
                 idempotency_ttl: duration("api.idempotency_ttl", &raw.api.idempotency_ttl)?,
             },
         })
+    }
+}
+
+impl Config {
+    /// The effective configuration as TOML-like lines, with the admin token masked.
+    pub fn masked(&self) -> String {
+        let d = &self.delivery;
+        let join = |v: Vec<String>| v.join(",");
+        [
+            format!("listen = \"{}\"", self.listen),
+            format!("data_dir = {:?}", self.data_dir),
+            format!(
+                "admin_token = \"{}\"",
+                if self.admin_token.is_some() {
+                    "********"
+                } else {
+                    ""
+                }
+            ),
+            format!(
+                "retry_schedule = \"{}\"",
+                join(
+                    d.retry_schedule
+                        .iter()
+                        .map(|x| humantime::format_duration(*x).to_string())
+                        .collect()
+                )
+            ),
+            format!(
+                "request_timeout = \"{}\"",
+                humantime::format_duration(d.request_timeout)
+            ),
+            format!(
+                "allow_subnets = \"{}\"",
+                join(d.allow_subnets.iter().map(|n| n.to_string()).collect())
+            ),
+            format!("max_payload_bytes = {}", self.api.max_payload_bytes),
+            String::new(),
+            "[delivery]".into(),
+            format!("max_in_flight = {}", d.max_in_flight),
+            format!("max_per_endpoint = {}", d.max_per_endpoint),
+            format!("retry_jitter = {}", d.retry_jitter),
+            format!(
+                "retry_after_max = \"{}\"",
+                humantime::format_duration(d.retry_after_max)
+            ),
+            format!(
+                "lease_margin = \"{}\"",
+                humantime::format_duration(d.lease_margin)
+            ),
+            format!("max_response_body_bytes = {}", d.max_response_body_bytes),
+            String::new(),
+            "[api]".into(),
+            format!(
+                "idempotency_ttl = \"{}\"",
+                humantime::format_duration(self.api.idempotency_ttl)
+            ),
+        ]
+        .join("\n")
     }
 }
 
@@ -223,7 +300,8 @@ impl Config {
             fig = if RAW_STRING_KEYS.contains(&key.as_str()) {
                 fig.merge((key, value.clone()))
             } else {
-                let parsed: figment::value::Value = value.parse().expect("parsing a value is infallible");
+                let parsed: figment::value::Value =
+                    value.parse().expect("parsing a value is infallible");
                 fig.merge((key, parsed))
             };
         }
@@ -237,7 +315,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -287,10 +368,16 @@ mod tests {
             ("WEBHOOKD_ALLOW_SUBNETS", "10.0.0.0/33", "allow_subnets"),
             ("WEBHOOKD_MAX_PAYLOAD_BYTES", "lots", "max_payload_bytes"),
             ("WEBHOOKD_NO_SUCH_KEY", "1", "no_such_key"),
-            ("WEBHOOKD_DELIVERY__RETRY_JITTER", "3", "delivery.retry_jitter"),
+            (
+                "WEBHOOKD_DELIVERY__RETRY_JITTER",
+                "3",
+                "delivery.retry_jitter",
+            ),
         ];
         for (k, v, key) in cases {
-            let err = Config::load_from(None, &env(&[(k, v)])).unwrap_err().to_string();
+            let err = Config::load_from(None, &env(&[(k, v)]))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(key), "{k}={v}: `{err}` does not name `{key}`");
         }
     }
@@ -299,8 +386,13 @@ mod tests {
     fn file_layer_and_missing_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "request_timeout = \"3s\"\n[delivery]\nmax_per_endpoint = 2\n").unwrap();
-        let c = Config::load_from(Some(&path), &env(&[("WEBHOOKD_REQUEST_TIMEOUT", "4s")])).unwrap();
+        std::fs::write(
+            &path,
+            "request_timeout = \"3s\"\n[delivery]\nmax_per_endpoint = 2\n",
+        )
+        .unwrap();
+        let c =
+            Config::load_from(Some(&path), &env(&[("WEBHOOKD_REQUEST_TIMEOUT", "4s")])).unwrap();
         assert_eq!(c.delivery.request_timeout, Duration::from_secs(4));
         assert_eq!(c.delivery.max_per_endpoint, 2);
         let err = Config::load_from(Some(&dir.path().join("none.toml")), &[]).unwrap_err();

@@ -28,7 +28,9 @@ fn new_id_body(at_ms: i64) -> String {
 
 /// The millisecond timestamp encoded in an ID body, if it is a well-formed ULID.
 fn id_body_time(body: &str) -> Option<i64> {
-    Ulid::from_string(body).ok().map(|u| u.timestamp_ms() as i64)
+    Ulid::from_string(body)
+        .ok()
+        .map(|u| u.timestamp_ms() as i64)
 }
 
 macro_rules! prefixed_id {
@@ -98,6 +100,11 @@ prefixed_id!(
     TaskId,
     "qtask_"
 );
+
+/// 32 random bytes as URL-safe base64: for tokens.
+pub fn random_token() -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+}
 
 /// A user-chosen unique identifier (`uid`, `eventId`): `[a-zA-Z0-9\-_.]{1,256}`.
 pub fn valid_uid(s: &str) -> bool {

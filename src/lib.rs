@@ -5,8 +5,11 @@
 //! (`signing`) and POSTed with retries by the delivery worker (`delivery`).
 //! `app` wires it together; `config` and `telemetry` set it up.
 
+pub mod api;
+pub mod app;
 pub mod config;
+pub mod delivery;
 pub mod domain;
 pub mod signing;
 pub mod store;
-pub mod delivery;
+pub mod telemetry;

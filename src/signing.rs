@@ -12,7 +12,8 @@ use crate::domain::Secret;
 type HmacSha256 = Hmac<Sha256>;
 
 fn mac(secret: &Secret, msg_id: &str, timestamp: i64, body: &[u8]) -> HmacSha256 {
-    let mut mac = HmacSha256::new_from_slice(secret.key()).expect("HMAC accepts keys of any length");
+    let mut mac =
+        HmacSha256::new_from_slice(secret.key()).expect("HMAC accepts keys of any length");
     mac.update(msg_id.as_bytes());
     mac.update(b".");
     mac.update(timestamp.to_string().as_bytes());
@@ -50,7 +51,9 @@ pub fn verify(secret: &Secret, msg_id: &str, timestamp: i64, body: &[u8], header
         let Ok(tag) = B64.decode(sig) else {
             return false;
         };
-        mac(secret, msg_id, timestamp, body).verify_slice(&tag).is_ok()
+        mac(secret, msg_id, timestamp, body)
+            .verify_slice(&tag)
+            .is_ok()
     })
 }
 

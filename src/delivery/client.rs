@@ -41,7 +41,11 @@ impl Service<ConnectInfo<Uri>> for GuardedConnector {
     fn call(&self, req: ConnectInfo<Uri>) -> Self::Future {
         let guard = Rc::clone(&self.guard);
         Box::pin(async move {
-            let host = req.hostname().trim_start_matches('[').trim_end_matches(']').to_owned();
+            let host = req
+                .hostname()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
             let port = req.port();
             let resolved: Vec<SocketAddr> = match host.parse::<IpAddr>() {
                 Ok(ip) => vec![SocketAddr::new(ip, port)],
@@ -56,10 +60,17 @@ impl Service<ConnectInfo<Uri>> for GuardedConnector {
             let (allowed, refused): (Vec<_>, Vec<_>) =
                 resolved.into_iter().partition(|a| guard.allows(a.ip()));
             if allowed.is_empty() {
-                let addrs = refused.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>().join(", ");
+                let addrs = refused
+                    .iter()
+                    .map(|a| a.ip().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 return Err(ConnectError::Resolver(Box::new(Blocked { host, addrs })));
             }
-            TcpConnector::default().service().call(req.set_addrs(allowed)).await
+            TcpConnector::default()
+                .service()
+                .call(req.set_addrs(allowed))
+                .await
         })
     }
 }
@@ -91,7 +102,12 @@ pub struct Sender {
 
 impl Sender {
     /// Must be called on the thread that will use it (an actix/tokio local context).
-    pub fn new(guard: NetGuard, timeout: Duration, max_connections: usize, max_body: usize) -> Self {
+    pub fn new(
+        guard: NetGuard,
+        timeout: Duration,
+        max_connections: usize,
+        max_body: usize,
+    ) -> Self {
         let connector = awc::Connector::new()
             .connector(GuardedConnector {
                 guard: Rc::new(guard),
@@ -121,12 +137,20 @@ impl Sender {
             for (name, value) in req.headers {
                 builder = builder.insert_header((name.as_str(), value.as_str()));
             }
-            let mut resp = builder.send_body(req.body).await.map_err(|e| e.to_string())?;
+            let mut resp = builder
+                .send_body(req.body)
+                .await
+                .map_err(|e| e.to_string())?;
             let status = resp.status().as_u16();
             let headers: Vec<(String, String)> = resp
                 .headers()
                 .iter()
-                .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
                 .collect();
             let retry_after = resp
                 .headers()
@@ -141,7 +165,10 @@ impl Sender {
                         let room = self.max_body - body.len();
                         if bytes.len() > room {
                             body.extend_from_slice(&bytes[..room]);
-                            note = Some(format!("response body truncated at {} bytes", self.max_body));
+                            note = Some(format!(
+                                "response body truncated at {} bytes",
+                                self.max_body
+                            ));
                             break;
                         }
                         body.extend_from_slice(&bytes);

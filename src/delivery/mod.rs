@@ -73,7 +73,10 @@ pub async fn run(
     let now = now_ms();
     let recovered = store.release_expired_leases(i64::MAX, now)?;
     if recovered > 0 {
-        tracing::info!(recovered, "re-queued deliveries that were in flight at the last stop");
+        tracing::info!(
+            recovered,
+            "re-queued deliveries that were in flight at the last stop"
+        );
     }
     let sender = Sender::new(
         NetGuard::new(cfg.allow_subnets.clone()),
@@ -96,7 +99,10 @@ pub async fn run(
         if tokio::time::Instant::now() >= next_sweep {
             let n = worker.store.release_expired_leases(now, now)?;
             if n > 0 {
-                warn!(released = n, "deliveries whose lease expired were re-queued");
+                warn!(
+                    released = n,
+                    "deliveries whose lease expired were re-queued"
+                );
             }
             next_sweep = tokio::time::Instant::now() + LEASE_SWEEP;
         }
@@ -128,8 +134,14 @@ pub async fn run(
     // Let attempts in flight finish, within the request timeout.
     let deadline = tokio::time::Instant::now() + worker.cfg.request_timeout;
     while *worker.in_flight.borrow() > 0 {
-        if tokio::time::timeout_at(deadline, worker.freed.notified()).await.is_err() {
-            warn!(in_flight = *worker.in_flight.borrow(), "stopping with attempts in flight; they are re-queued at the next start");
+        if tokio::time::timeout_at(deadline, worker.freed.notified())
+            .await
+            .is_err()
+        {
+            warn!(
+                in_flight = *worker.in_flight.borrow(),
+                "stopping with attempts in flight; they are re-queued at the next start"
+            );
             break;
         }
     }
@@ -140,7 +152,10 @@ impl Worker {
     /// Leases as many due deliveries as there are free slots, honouring the per-endpoint cap.
     /// Returns each task with the expiry of its lease.
     fn claim(&self, now: i64) -> Result<Vec<(TaskRecord, i64)>, StoreError> {
-        let free = self.cfg.max_in_flight.saturating_sub(*self.in_flight.borrow());
+        let free = self
+            .cfg
+            .max_in_flight
+            .saturating_sub(*self.in_flight.borrow());
         if free == 0 {
             return Ok(Vec::new());
         }
@@ -184,7 +199,10 @@ impl Worker {
         };
         if task.trigger == AttemptTrigger::Scheduled && task.attempt > 0 {
             // A manual resend may have delivered it since this retry was scheduled.
-            if store.dest(&task.msg_id, &task.ep_id)?.is_some_and(|d| d.status == MessageStatus::Success) {
+            if store
+                .dest(&task.msg_id, &task.ep_id)?
+                .is_some_and(|d| d.status == MessageStatus::Success)
+            {
                 return store.drop_task(task, lease, None);
             }
         }
@@ -197,7 +215,8 @@ impl Worker {
 
         let now = now_ms();
         let ts = now / 1000;
-        let signature = signing::signature_header(ep.signing_secrets(now), msg.id.as_str(), ts, &payload);
+        let signature =
+            signing::signature_header(ep.signing_secrets(now), msg.id.as_str(), ts, &payload);
         let mut headers: Vec<(String, String)> = ep
             .headers
             .iter()
@@ -236,7 +255,8 @@ impl Worker {
                 task.attempt,
                 self.cfg.retry_jitter,
                 rand::random::<f64>(),
-                resp.retry_after.filter(|_| matches!(resp.status, 429 | 503)),
+                resp.retry_after
+                    .filter(|_| matches!(resp.status, 429 | 503)),
                 self.cfg.retry_after_max,
             ) {
                 Some(d) => Next::RetryAt(now_ms() + d.as_millis() as i64),
@@ -244,9 +264,18 @@ impl Worker {
             }
         };
         if success {
-            tracing::debug!(status = resp.status, latency_ms = resp.duration.as_millis() as u64, "delivered");
+            tracing::debug!(
+                status = resp.status,
+                latency_ms = resp.duration.as_millis() as u64,
+                "delivered"
+            );
         } else {
-            warn!(status = resp.status, latency_ms = resp.duration.as_millis() as u64, error = resp.error.as_deref().unwrap_or(""), "delivery failed");
+            warn!(
+                status = resp.status,
+                latency_ms = resp.duration.as_millis() as u64,
+                error = resp.error.as_deref().unwrap_or(""),
+                "delivery failed"
+            );
         }
         let attempt = AttemptRecord {
             id: AttemptId::new(now),
@@ -256,7 +285,11 @@ impl Worker {
             url: ep.url.as_str().to_owned(),
             timestamp_ms: now,
             trigger: task.trigger,
-            status: if success { MessageStatus::Success } else { MessageStatus::Fail },
+            status: if success {
+                MessageStatus::Success
+            } else {
+                MessageStatus::Fail
+            },
             response_status_code: resp.status,
             response_headers: resp.headers,
             response_body: resp.body,

@@ -7,8 +7,8 @@
 //! concurrent publishes share one sync instead of paying one each.
 
 use std::fs::File;
-use std::sync::mpsc;
 use std::sync::Arc;
+use std::sync::mpsc;
 
 use tokio::sync::oneshot;
 

@@ -64,7 +64,10 @@ pub fn event_type(name: &str) -> Vec<u8> {
     key(ns::EVENT_TYPE, &[name.as_bytes()])
 }
 pub fn endpoint(app: &AppId, ep: &EndpointId) -> Vec<u8> {
-    key(ns::ENDPOINT, &[app.as_str().as_bytes(), ep.as_str().as_bytes()])
+    key(
+        ns::ENDPOINT,
+        &[app.as_str().as_bytes(), ep.as_str().as_bytes()],
+    )
 }
 pub fn endpoints_of(app: &AppId) -> Vec<u8> {
     key(ns::ENDPOINT, &[app.as_str().as_bytes()])
@@ -73,7 +76,10 @@ pub fn endpoint_uid(app: &AppId, uid: &str) -> Vec<u8> {
     key(ns::ENDPOINT_UID, &[app.as_str().as_bytes(), uid.as_bytes()])
 }
 pub fn message(app: &AppId, msg: &MessageId) -> Vec<u8> {
-    key(ns::MESSAGE, &[app.as_str().as_bytes(), msg.as_str().as_bytes()])
+    key(
+        ns::MESSAGE,
+        &[app.as_str().as_bytes(), msg.as_str().as_bytes()],
+    )
 }
 pub fn messages_of(app: &AppId) -> Vec<u8> {
     key(ns::MESSAGE, &[app.as_str().as_bytes()])
@@ -82,7 +88,10 @@ pub fn payload(msg: &MessageId) -> Vec<u8> {
     key(ns::PAYLOAD, &[msg.as_str().as_bytes()])
 }
 pub fn event_id(app: &AppId, event_id: &str) -> Vec<u8> {
-    key(ns::EVENT_ID, &[app.as_str().as_bytes(), event_id.as_bytes()])
+    key(
+        ns::EVENT_ID,
+        &[app.as_str().as_bytes(), event_id.as_bytes()],
+    )
 }
 pub fn dest(msg: &MessageId, ep: &EndpointId) -> Vec<u8> {
     key(ns::DEST, &[msg.as_str().as_bytes(), ep.as_str().as_bytes()])
@@ -91,7 +100,10 @@ pub fn dests_of(msg: &MessageId) -> Vec<u8> {
     key(ns::DEST, &[msg.as_str().as_bytes()])
 }
 pub fn endpoint_msg(ep: &EndpointId, msg: &MessageId) -> Vec<u8> {
-    key(ns::ENDPOINT_MSG, &[ep.as_str().as_bytes(), msg.as_str().as_bytes()])
+    key(
+        ns::ENDPOINT_MSG,
+        &[ep.as_str().as_bytes(), msg.as_str().as_bytes()],
+    )
 }
 pub fn endpoint_msgs_of(ep: &EndpointId) -> Vec<u8> {
     key(ns::ENDPOINT_MSG, &[ep.as_str().as_bytes()])
@@ -100,13 +112,19 @@ pub fn attempt(att: &AttemptId) -> Vec<u8> {
     key(ns::ATTEMPT, &[att.as_str().as_bytes()])
 }
 pub fn attempt_by_msg(msg: &MessageId, att: &AttemptId) -> Vec<u8> {
-    key(ns::ATTEMPT_BY_MSG, &[msg.as_str().as_bytes(), att.as_str().as_bytes()])
+    key(
+        ns::ATTEMPT_BY_MSG,
+        &[msg.as_str().as_bytes(), att.as_str().as_bytes()],
+    )
 }
 pub fn attempts_of_msg(msg: &MessageId) -> Vec<u8> {
     key(ns::ATTEMPT_BY_MSG, &[msg.as_str().as_bytes()])
 }
 pub fn attempt_by_ep(ep: &EndpointId, att: &AttemptId) -> Vec<u8> {
-    key(ns::ATTEMPT_BY_EP, &[ep.as_str().as_bytes(), att.as_str().as_bytes()])
+    key(
+        ns::ATTEMPT_BY_EP,
+        &[ep.as_str().as_bytes(), att.as_str().as_bytes()],
+    )
 }
 pub fn attempts_of_ep(ep: &EndpointId) -> Vec<u8> {
     key(ns::ATTEMPT_BY_EP, &[ep.as_str().as_bytes()])

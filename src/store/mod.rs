@@ -248,11 +248,11 @@ impl Store {
             });
         }
         let range = self.tree.range::<Vec<u8>, _>((lo, hi));
-        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
-            match req.order {
-                Order::Ascending => Box::new(range),
-                Order::Descending => Box::new(range.rev()),
-            };
+        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = match req.order
+        {
+            Order::Ascending => Box::new(range),
+            Order::Descending => Box::new(range.rev()),
+        };
         let mut items = Vec::with_capacity(req.limit.min(256));
         for entry in iter {
             let (k, v) = entry?;
@@ -285,7 +285,10 @@ impl Store {
                 return Ok(Some(app));
             }
         }
-        match self.get_str(&keys::app_uid(id_or_uid))?.and_then(|s| AppId::parse(&s)) {
+        match self
+            .get_str(&keys::app_uid(id_or_uid))?
+            .and_then(|s| AppId::parse(&s))
+        {
             Some(id) => self.get(&keys::app(&id)),
             None => Ok(None),
         }
@@ -296,7 +299,11 @@ impl Store {
     }
 
     /// Replaces an app; moves its `uid` index if the uid changed.
-    pub fn update_app(&self, old: &AppRecord, new: &AppRecord) -> Result<Result<(), Taken>, StoreError> {
+    pub fn update_app(
+        &self,
+        old: &AppRecord,
+        new: &AppRecord,
+    ) -> Result<Result<(), Taken>, StoreError> {
         if new.uid != old.uid {
             if let Some(uid) = &new.uid {
                 if let Err(taken) = self.claim_unique(&keys::app_uid(uid), new.id.as_str())? {
@@ -341,7 +348,8 @@ impl Store {
             let attempts = keys::attempts_of_msg(&msg.id);
             for k in self.tree.scan_prefix(&attempts).keys() {
                 let k = k?;
-                if let Some(att) = AttemptId::parse(&String::from_utf8_lossy(&k[attempts.len()..])) {
+                if let Some(att) = AttemptId::parse(&String::from_utf8_lossy(&k[attempts.len()..]))
+                {
                     batch.remove(keys::attempt(&att));
                 }
                 batch.remove(k);
@@ -367,14 +375,18 @@ impl Store {
                 return Ok(Err(Taken(cur.name.to_string())));
             }
         }
-        match self.tree.compare_and_swap(&key, current, Some(encode(et)))? {
+        match self
+            .tree
+            .compare_and_swap(&key, current, Some(encode(et)))?
+        {
             Ok(()) => Ok(Ok(())),
             Err(_) => Ok(Err(Taken(et.name.to_string()))),
         }
     }
 
     pub fn put_event_type(&self, et: &EventTypeRecord) -> Result<(), StoreError> {
-        self.tree.insert(keys::event_type(et.name.as_str()), encode(et))?;
+        self.tree
+            .insert(keys::event_type(et.name.as_str()), encode(et))?;
         Ok(())
     }
 
@@ -399,16 +411,23 @@ impl Store {
 
     pub fn create_endpoint(&self, ep: &EndpointRecord) -> Result<Result<(), Taken>, StoreError> {
         if let Some(uid) = &ep.uid {
-            if let Err(taken) = self.claim_unique(&keys::endpoint_uid(&ep.app_id, uid), ep.id.as_str())? {
+            if let Err(taken) =
+                self.claim_unique(&keys::endpoint_uid(&ep.app_id, uid), ep.id.as_str())?
+            {
                 return Ok(Err(taken));
             }
         }
-        self.tree.insert(keys::endpoint(&ep.app_id, &ep.id), encode(ep))?;
+        self.tree
+            .insert(keys::endpoint(&ep.app_id, &ep.id), encode(ep))?;
         Ok(Ok(()))
     }
 
     /// Finds an endpoint of `app` by ID or `uid`.
-    pub fn find_endpoint(&self, app: &AppId, id_or_uid: &str) -> Result<Option<EndpointRecord>, StoreError> {
+    pub fn find_endpoint(
+        &self,
+        app: &AppId,
+        id_or_uid: &str,
+    ) -> Result<Option<EndpointRecord>, StoreError> {
         if let Some(id) = EndpointId::parse(id_or_uid) {
             if let Some(ep) = self.get(&keys::endpoint(app, &id))? {
                 return Ok(Some(ep));
@@ -423,7 +442,11 @@ impl Store {
         }
     }
 
-    pub fn get_endpoint(&self, app: &AppId, id: &EndpointId) -> Result<Option<EndpointRecord>, StoreError> {
+    pub fn get_endpoint(
+        &self,
+        app: &AppId,
+        id: &EndpointId,
+    ) -> Result<Option<EndpointRecord>, StoreError> {
         self.get(&keys::endpoint(app, id))
     }
 
@@ -437,8 +460,14 @@ impl Store {
             .collect()
     }
 
-    pub fn list_endpoints(&self, app: &AppId, req: &PageReq) -> Result<Page<EndpointRecord>, StoreError> {
-        self.page(&keys::endpoints_of(app), req, |k, v| Ok(Some(decode(k, v)?)))
+    pub fn list_endpoints(
+        &self,
+        app: &AppId,
+        req: &PageReq,
+    ) -> Result<Page<EndpointRecord>, StoreError> {
+        self.page(&keys::endpoints_of(app), req, |k, v| {
+            Ok(Some(decode(k, v)?))
+        })
     }
 
     pub fn update_endpoint(
@@ -468,18 +497,25 @@ impl Store {
 
     /// Writes an endpoint whose uid did not change (disable, rotate, headers).
     pub fn put_endpoint(&self, ep: &EndpointRecord) -> Result<(), StoreError> {
-        self.tree.insert(keys::endpoint(&ep.app_id, &ep.id), encode(ep))?;
+        self.tree
+            .insert(keys::endpoint(&ep.app_id, &ep.id), encode(ep))?;
         Ok(())
     }
 
-    fn delete_endpoint_into(&self, batch: &mut sled::Batch, ep: &EndpointRecord) -> Result<(), StoreError> {
+    fn delete_endpoint_into(
+        &self,
+        batch: &mut sled::Batch,
+        ep: &EndpointRecord,
+    ) -> Result<(), StoreError> {
         batch.remove(keys::endpoint(&ep.app_id, &ep.id));
         if let Some(uid) = &ep.uid {
             batch.remove(keys::endpoint_uid(&ep.app_id, uid));
         }
         for k in self.tree.scan_prefix(keys::endpoint_msgs_of(&ep.id)).keys() {
             let k = k?;
-            if let Some(msg) = MessageId::parse(&String::from_utf8_lossy(&k[1 + ep.id.as_str().len()..])) {
+            if let Some(msg) =
+                MessageId::parse(&String::from_utf8_lossy(&k[1 + ep.id.as_str().len()..]))
+            {
                 batch.remove(keys::dest(&msg, &ep.id));
             }
             batch.remove(k);
@@ -501,14 +537,14 @@ impl Store {
 
     // ----- messages -----------------------------------------------------
 
-    /// Stores a message and queues one delivery per endpoint in `endpoints`, atomically.
-    /// Not durable until `commit()` returns.
+    /// Stores a message and queues one delivery per endpoint in `endpoints`, due at
+    /// `due_ms`, atomically. Not durable until `commit()` returns.
     pub fn publish(
         &self,
         msg: &MessageRecord,
         payload: &[u8],
         endpoints: &[&EndpointRecord],
-        now_ms: i64,
+        due_ms: i64,
     ) -> Result<Published, StoreError> {
         if let Some(eid) = &msg.event_id {
             let key = keys::event_id(&msg.app_id, eid);
@@ -525,11 +561,17 @@ impl Store {
                     _ => {
                         if self
                             .tree
-                            .compare_and_swap(&key, Some(owner.as_bytes()), Some(msg.id.as_str().as_bytes()))?
+                            .compare_and_swap(
+                                &key,
+                                Some(owner.as_bytes()),
+                                Some(msg.id.as_str().as_bytes()),
+                            )?
                             .is_err()
                         {
                             let winner = self.get_str(&key)?.and_then(|s| MessageId::parse(&s));
-                            return Ok(Published::DuplicateEventId(winner.unwrap_or(msg.id.clone())));
+                            return Ok(Published::DuplicateEventId(
+                                winner.unwrap_or(msg.id.clone()),
+                            ));
                         }
                     }
                 }
@@ -540,13 +582,13 @@ impl Store {
         batch.insert(keys::payload(&msg.id), payload);
         for ep in endpoints {
             let task = TaskRecord {
-                id: TaskId::new(now_ms),
+                id: TaskId::new(due_ms),
                 app_id: msg.app_id.clone(),
                 msg_id: msg.id.clone(),
                 ep_id: ep.id.clone(),
                 attempt: 0,
                 trigger: AttemptTrigger::Scheduled,
-                due_ms: now_ms,
+                due_ms,
             };
             let dest = DestRecord {
                 msg_id: msg.id.clone(),
@@ -554,13 +596,13 @@ impl Store {
                 app_id: msg.app_id.clone(),
                 status: MessageStatus::Pending,
                 attempts: 0,
-                next_attempt_ms: Some(now_ms),
+                next_attempt_ms: Some(due_ms),
                 last_attempt_ms: None,
                 last_status_code: None,
             };
             batch.insert(keys::dest(&msg.id, &ep.id), encode(&dest));
             batch.insert(keys::endpoint_msg(&ep.id, &msg.id), &[]);
-            batch.insert(keys::queue(now_ms, &task.id), encode(&task));
+            batch.insert(keys::queue(due_ms, &task.id), encode(&task));
         }
         self.tree.apply_batch(batch)?;
         Ok(Published::Created {
@@ -569,7 +611,11 @@ impl Store {
     }
 
     /// Finds a message of `app` by ID or by `eventId`.
-    pub fn find_message(&self, app: &AppId, id_or_event_id: &str) -> Result<Option<MessageRecord>, StoreError> {
+    pub fn find_message(
+        &self,
+        app: &AppId,
+        id_or_event_id: &str,
+    ) -> Result<Option<MessageRecord>, StoreError> {
         if let Some(id) = MessageId::parse(id_or_event_id) {
             if let Some(m) = self.get(&keys::message(app, &id))? {
                 return Ok(Some(m));
@@ -584,7 +630,11 @@ impl Store {
         }
     }
 
-    pub fn get_message(&self, app: &AppId, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
+    pub fn get_message(
+        &self,
+        app: &AppId,
+        id: &MessageId,
+    ) -> Result<Option<MessageRecord>, StoreError> {
         self.get(&keys::message(app, id))
     }
 
@@ -717,8 +767,16 @@ impl Store {
 
     /// Due time of the earliest queued delivery.
     pub fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
-        let first = self.tree.scan_prefix([keys::ns::QUEUE]).next().transpose()?;
-        Ok(first.map(|(_, v)| v).and_then(|v| postcard::from_bytes::<TaskRecord>(&v).ok().map(|t| t.due_ms)))
+        let first = self
+            .tree
+            .scan_prefix([keys::ns::QUEUE])
+            .next()
+            .transpose()?;
+        Ok(first.map(|(_, v)| v).and_then(|v| {
+            postcard::from_bytes::<TaskRecord>(&v)
+                .ok()
+                .map(|t| t.due_ms)
+        }))
     }
 
     /// Moves up to `limit` due deliveries to leases expiring at `lease_until_ms`.
@@ -871,7 +929,12 @@ impl Store {
 
     /// Claims an idempotency scope (token, path, key) for a new request, or reports
     /// what happened to the first one. Entries older than `ttl_ms` count as free.
-    pub fn idempotency_begin(&self, scope: &[u8; 32], now_ms: i64, ttl_ms: i64) -> Result<IdemClaim, StoreError> {
+    pub fn idempotency_begin(
+        &self,
+        scope: &[u8; 32],
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<IdemClaim, StoreError> {
         let key = keys::idempotency(scope);
         let fresh = encode(&IdempotencyRecord {
             created_ms: now_ms,
@@ -888,7 +951,11 @@ impl Store {
                     });
                 }
             }
-            if self.tree.compare_and_swap(&key, current, Some(fresh.clone()))?.is_ok() {
+            if self
+                .tree
+                .compare_and_swap(&key, current, Some(fresh.clone()))?
+                .is_ok()
+            {
                 return Ok(IdemClaim::New);
             }
         }

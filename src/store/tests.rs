@@ -60,7 +60,11 @@ fn attempt(task: &TaskRecord, ok: bool, at: i64) -> AttemptRecord {
         url: "http://127.0.0.1:9/hook".into(),
         timestamp_ms: at,
         trigger: task.trigger,
-        status: if ok { MessageStatus::Success } else { MessageStatus::Fail },
+        status: if ok {
+            MessageStatus::Success
+        } else {
+            MessageStatus::Fail
+        },
         response_status_code: if ok { 200 } else { 500 },
         response_headers: vec![],
         response_body: b"ok".to_vec(),
@@ -98,30 +102,55 @@ async fn publish_claim_fail_retry_then_succeed() {
     assert_eq!(s.next_due_ms().unwrap(), Some(1_000));
 
     // Nothing is due before its time.
-    assert!(s.claim_due(999, 60_000, 10, 100, |_| Claim::Take).unwrap().is_empty());
-    let tasks = s.claim_due(1_000, 60_000, 10, 100, |_| Claim::Take).unwrap();
+    assert!(
+        s.claim_due(999, 60_000, 10, 100, |_| Claim::Take)
+            .unwrap()
+            .is_empty()
+    );
+    let tasks = s
+        .claim_due(1_000, 60_000, 10, 100, |_| Claim::Take)
+        .unwrap();
     assert_eq!(tasks.len(), 1);
     assert_eq!(s.queue_depth(), (0, 1));
 
     let dest = s
-        .record_attempt(&tasks[0], 60_000, &attempt(&tasks[0], false, 1_010), Next::RetryAt(2_000))
+        .record_attempt(
+            &tasks[0],
+            60_000,
+            &attempt(&tasks[0], false, 1_010),
+            Next::RetryAt(2_000),
+        )
         .unwrap();
     assert_eq!(dest.status, MessageStatus::Sending);
     assert_eq!(s.queue_depth(), (1, 0));
 
-    let tasks = s.claim_due(2_000, 70_000, 10, 100, |_| Claim::Take).unwrap();
+    let tasks = s
+        .claim_due(2_000, 70_000, 10, 100, |_| Claim::Take)
+        .unwrap();
     assert_eq!(tasks[0].attempt, 1);
     let dest = s
-        .record_attempt(&tasks[0], 70_000, &attempt(&tasks[0], true, 2_010), Next::RetryAt(9_000))
+        .record_attempt(
+            &tasks[0],
+            70_000,
+            &attempt(&tasks[0], true, 2_010),
+            Next::RetryAt(9_000),
+        )
         .unwrap();
     assert_eq!(dest.status, MessageStatus::Success);
     assert_eq!(dest.attempts, 2);
     assert_eq!(s.queue_depth(), (0, 0));
 
-    let atts = s.attempts_of_msg(&m.id, &PageReq::first(10), |_| true).unwrap();
+    let atts = s
+        .attempts_of_msg(&m.id, &PageReq::first(10), |_| true)
+        .unwrap();
     assert_eq!(atts.items.len(), 2);
-    assert!(atts.items[0].timestamp_ms > atts.items[1].timestamp_ms, "newest first");
-    let by_ep = s.endpoint_messages(&ep.id, &PageReq::first(10), |_| true).unwrap();
+    assert!(
+        atts.items[0].timestamp_ms > atts.items[1].timestamp_ms,
+        "newest first"
+    );
+    let by_ep = s
+        .endpoint_messages(&ep.id, &PageReq::first(10), |_| true)
+        .unwrap();
     assert_eq!(by_ep.items[0].status, MessageStatus::Success);
 }
 
@@ -130,7 +159,8 @@ fn expired_leases_go_back_to_the_queue() {
     let s = Store::temporary().unwrap();
     let a = app(None);
     let ep = endpoint(&a.id, &[]);
-    s.publish(&message(&a.id, 10, None), b"{}", &[&ep], 10).unwrap();
+    s.publish(&message(&a.id, 10, None), b"{}", &[&ep], 10)
+        .unwrap();
     let claimed = s.claim_due(10, 500, 10, 100, |_| Claim::Take).unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(s.release_expired_leases(499, 499).unwrap(), 0);
@@ -145,19 +175,28 @@ fn deferred_tasks_move_back_in_the_queue() {
     let a = app(None);
     let ep = endpoint(&a.id, &[]);
     for i in 0..5 {
-        s.publish(&message(&a.id, 10 + i, None), b"{}", &[&ep], 10 + i).unwrap();
+        s.publish(&message(&a.id, 10 + i, None), b"{}", &[&ep], 10 + i)
+            .unwrap();
     }
     let mut n = 0;
     let got = s
         .claim_due(100, 500, 10, 100, |_| {
             n += 1;
-            if n % 2 == 0 { Claim::Take } else { Claim::Defer(1_000) }
+            if n % 2 == 0 {
+                Claim::Take
+            } else {
+                Claim::Defer(1_000)
+            }
         })
         .unwrap();
     assert_eq!(got.len(), 2);
     assert_eq!(s.queue_depth(), (3, 2));
     assert_eq!(s.next_due_ms().unwrap(), Some(1_000));
-    assert!(s.claim_due(999, 500, 10, 100, |_| Claim::Take).unwrap().is_empty());
+    assert!(
+        s.claim_due(999, 500, 10, 100, |_| Claim::Take)
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -171,7 +210,10 @@ fn duplicate_event_id_is_reported() {
         Published::DuplicateEventId(id) => assert_eq!(id, first.id),
         other => panic!("expected a duplicate, got {other:?}"),
     }
-    assert_eq!(s.find_message(&a.id, "evt-1").unwrap().unwrap().id, first.id);
+    assert_eq!(
+        s.find_message(&a.id, "evt-1").unwrap().unwrap().id,
+        first.id
+    );
 }
 
 #[test]
@@ -186,7 +228,10 @@ fn pages_walk_both_ways_without_gaps() {
         })
         .collect();
     for order in [Order::Descending, Order::Ascending] {
-        let mut req = PageReq { order, ..PageReq::first(3) };
+        let mut req = PageReq {
+            order,
+            ..PageReq::first(3)
+        };
         let mut seen = vec![];
         loop {
             let page = s.list_messages(&a.id, &req, |_| true).unwrap();
@@ -208,22 +253,41 @@ fn pages_walk_both_ways_without_gaps() {
         max_id: Some(MessageId::lower_bound(104).to_string()),
         ..PageReq::first(10)
     };
-    assert_eq!(s.list_messages(&a.id, &req, |_| true).unwrap().items.len(), 2);
+    assert_eq!(
+        s.list_messages(&a.id, &req, |_| true).unwrap().items.len(),
+        2
+    );
 }
 
 #[test]
 fn idempotency_replays_and_expires() {
     let s = Store::temporary().unwrap();
     let scope = [7u8; 32];
-    assert!(matches!(s.idempotency_begin(&scope, 0, 100).unwrap(), IdemClaim::New));
-    assert!(matches!(s.idempotency_begin(&scope, 1, 100).unwrap(), IdemClaim::InProgress));
-    s.idempotency_finish(&scope, 2, Some(StoredResponse { status: 202, body: b"x".to_vec() }))
-        .unwrap();
+    assert!(matches!(
+        s.idempotency_begin(&scope, 0, 100).unwrap(),
+        IdemClaim::New
+    ));
+    assert!(matches!(
+        s.idempotency_begin(&scope, 1, 100).unwrap(),
+        IdemClaim::InProgress
+    ));
+    s.idempotency_finish(
+        &scope,
+        2,
+        Some(StoredResponse {
+            status: 202,
+            body: b"x".to_vec(),
+        }),
+    )
+    .unwrap();
     match s.idempotency_begin(&scope, 3, 100).unwrap() {
         IdemClaim::Replay(r) => assert_eq!((r.status, r.body), (202, b"x".to_vec())),
         _ => panic!("expected a replay"),
     }
-    assert!(matches!(s.idempotency_begin(&scope, 500, 100).unwrap(), IdemClaim::New));
+    assert!(matches!(
+        s.idempotency_begin(&scope, 500, 100).unwrap(),
+        IdemClaim::New
+    ));
 }
 
 #[test]

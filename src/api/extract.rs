@@ -1,0 +1,263 @@
+//! Reading requests: bodies under a size limit, JSON with the path of whatever
+//! failed to parse, query strings (repeated or comma-separated lists), timestamps.
+
+use actix_web::web::{Bytes, BytesMut, Payload};
+use actix_web::{HttpRequest, http::header};
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+use futures_util::StreamExt as _;
+use serde::de::DeserializeOwned;
+
+use super::error::{ApiError, ValidationItem};
+use crate::store::{Order, PageReq};
+
+/// Reads the whole body, refusing (413) anything over `limit` bytes, before or while reading.
+pub async fn read_body(
+    req: &HttpRequest,
+    mut payload: Payload,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("reading the request body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Parses a JSON body. Malformed JSON is a 400; JSON of the wrong shape a 422
+/// naming the field (`["body", "eventTypes", "[0]"]`).
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid(
+            &["body"],
+            "a JSON request body is required",
+        ));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let inner = e.inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return ApiError::BadRequest(format!("malformed JSON body: {inner}"));
+        }
+        let mut loc = vec!["body".to_owned()];
+        for seg in e.path().iter() {
+            match seg {
+                serde_path_to_error::Segment::Seq { index } => loc.push(format!("[{index}]")),
+                serde_path_to_error::Segment::Map { key } => loc.push(key.clone()),
+                serde_path_to_error::Segment::Enum { variant } => loc.push(variant.clone()),
+                serde_path_to_error::Segment::Unknown => {}
+            }
+        }
+        // serde reports a missing field at its parent; name the field itself.
+        let msg = inner.to_string();
+        if let Some(field) = msg
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next())
+        {
+            loc.push(field.to_owned());
+        }
+        ApiError::Validation(vec![ValidationItem {
+            loc,
+            msg: strip_position(&msg),
+            kind: "type_error".into(),
+        }])
+    })
+}
+
+fn strip_position(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+/// Parses an RFC 3339 timestamp; one without an offset is taken as UTC (as some SDKs send).
+pub fn parse_time(s: &str) -> Option<i64> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.timestamp_millis());
+    }
+    NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+        .ok()
+        .map(|n| n.and_utc().timestamp_millis())
+}
+
+/// RFC 3339 in UTC with milliseconds: `2024-01-02T03:04:05.123Z`.
+pub fn format_time(ms: i64) -> String {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// The query string as key/value pairs, in order.
+#[derive(Debug, Default)]
+pub struct Query(Vec<(String, String)>);
+
+impl Query {
+    pub fn from_request(req: &HttpRequest) -> Result<Self, ApiError> {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(req.query_string())
+            .map(Query)
+            .map_err(|e| ApiError::BadRequest(format!("malformed query string: {e}")))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// Every value of a list parameter, whether repeated (`a=1&a=2`) or comma-joined (`a=1,2`).
+    pub fn list(&self, key: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key || k == &format!("{key}[]"))
+            .flat_map(|(_, v)| v.split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub fn bool(&self, key: &str, default: bool) -> Result<bool, ApiError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some("true") | Some("1") => Ok(true),
+            Some("false") | Some("0") => Ok(false),
+            Some(other) => Err(ApiError::invalid(
+                &["query", key],
+                format!("`{other}` is not a boolean"),
+            )),
+        }
+    }
+
+    pub fn time(&self, key: &str) -> Result<Option<i64>, ApiError> {
+        self.get(key)
+            .map(|v| {
+                parse_time(v).ok_or_else(|| {
+                    ApiError::invalid(
+                        &["query", key],
+                        format!("`{v}` is not an RFC 3339 timestamp"),
+                    )
+                })
+            })
+            .transpose()
+    }
+
+    pub fn int(&self, key: &str) -> Result<Option<i64>, ApiError> {
+        self.get(key)
+            .map(|v| {
+                v.parse::<i64>().map_err(|_| {
+                    ApiError::invalid(&["query", key], format!("`{v}` is not an integer"))
+                })
+            })
+            .transpose()
+    }
+
+    /// `limit` (default 50, at most 250), `iterator` and `order` (descending unless asked).
+    pub fn page(&self) -> Result<PageReq, ApiError> {
+        let limit = match self.int("limit")? {
+            None => DEFAULT_LIMIT,
+            Some(n) if !(1..=MAX_LIMIT as i64).contains(&n) => {
+                return Err(ApiError::invalid(
+                    &["query", "limit"],
+                    format!("limit must be between 1 and {MAX_LIMIT}"),
+                ));
+            }
+            Some(n) => n as usize,
+        };
+        let order = match self.get("order") {
+            None | Some("descending") => Order::Descending,
+            Some("ascending") => Order::Ascending,
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    &["query", "order"],
+                    format!("`{other}` is not one of ascending, descending"),
+                ));
+            }
+        };
+        Ok(PageReq {
+            cursor: self.get("iterator").map(str::to_owned),
+            order,
+            limit,
+            min_id: None,
+            max_id: None,
+        })
+    }
+}
+
+pub const DEFAULT_LIMIT: usize = 50;
+pub const MAX_LIMIT: usize = 250;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    #[allow(dead_code)]
+    struct Sample {
+        event_types: Vec<String>,
+        name: String,
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        match parse_json::<Sample>(br#"{"eventTypes": ["a", 3], "name": "x"}"#) {
+            Err(ApiError::Validation(items)) => {
+                assert_eq!(items[0].loc, ["body", "eventTypes", "[1]"])
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse_json::<Sample>(br#"{"eventTypes": []}"#) {
+            Err(ApiError::Validation(items)) => assert_eq!(items[0].loc, ["body", "name"]),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse_json::<Sample>(b"{nope"),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse_json::<Sample>(b""),
+            Err(ApiError::Validation(_))
+        ));
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time("1970-01-01T00:00:01Z"), Some(1000));
+        assert_eq!(parse_time("1970-01-01T00:00:01+00:00"), Some(1000));
+        assert_eq!(parse_time("1970-01-01T01:00:01+01:00"), Some(1000));
+        assert_eq!(parse_time("1970-01-01T00:00:01.5"), Some(1500));
+        assert_eq!(parse_time("yesterday"), None);
+        assert_eq!(format_time(1500), "1970-01-01T00:00:01.500Z");
+    }
+}
+
+#[cfg(test)]
+mod raw_tests {
+    use super::parse_json;
+    use crate::api::model::MessageIn;
+
+    #[test]
+    fn payload_bytes_survive_parsing() {
+        let body = br#"{"eventType":"a.b","payload": {"z": 1,  "a" : [1, 2]} }"#;
+        let m: MessageIn = parse_json(body).unwrap();
+        assert_eq!(m.payload.get(), r#"{"z": 1,  "a" : [1, 2]}"#);
+    }
+}

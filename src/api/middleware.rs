@@ -1,0 +1,121 @@
+//! Authentication and idempotency, as middleware of the `/api/v1` scope.
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{Method, StatusCode, header};
+use actix_web::middleware::Next;
+use actix_web::{HttpResponse, ResponseError, web};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::{ApiError, ApiState};
+use crate::domain::now_ms;
+use crate::store::{IdemClaim, StoredResponse};
+
+fn bearer(req: &ServiceRequest) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Every route of the scope needs `Authorization: Bearer <admin token>` (compared in constant time).
+pub async fn authenticate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let state = req
+        .app_data::<web::Data<ApiState>>()
+        .expect("the API scope always carries its state")
+        .clone();
+    let ok =
+        bearer(&req).is_some_and(|t| bool::from(t.as_bytes().ct_eq(state.admin_token.as_bytes())));
+    if !ok {
+        let err = ApiError::Unauthorized("Incorrect authentication credentials.".into());
+        return Ok(req.into_response(err.error_response()));
+    }
+    Ok(next.call(req).await?.map_into_boxed_body())
+}
+
+/// A POST with an `idempotency-key` header is handled once per (token, path, key)
+/// within the configured time: repeats get the first response back and create
+/// nothing. Server errors are not remembered, so a retry after one is handled anew.
+pub async fn idempotency(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let key = req
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let Some(key) = key.filter(|_| req.method() == Method::POST) else {
+        return Ok(next.call(req).await?.map_into_boxed_body());
+    };
+    let state = req
+        .app_data::<web::Data<ApiState>>()
+        .expect("the API scope always carries its state")
+        .clone();
+    let scope: [u8; 32] = Sha256::new()
+        .chain_update(bearer(&req).unwrap_or_default())
+        .chain_update([0])
+        .chain_update(req.path())
+        .chain_update([0])
+        .chain_update(&key)
+        .finalize()
+        .into();
+    let ttl_ms = state.cfg.idempotency_ttl.as_millis() as i64;
+    let claim = match state.store.idempotency_begin(&scope, now_ms(), ttl_ms) {
+        Ok(c) => c,
+        Err(e) => return Ok(req.into_response(ApiError::from(e).error_response())),
+    };
+    match claim {
+        IdemClaim::Replay(stored) => {
+            let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+            let res = HttpResponse::build(status)
+                .content_type("application/json")
+                .body(stored.body);
+            Ok(req.into_response(res))
+        }
+        IdemClaim::InProgress => {
+            let err = ApiError::Conflict(
+                "a request with this idempotency-key is still being handled".into(),
+            );
+            Ok(req.into_response(err.error_response()))
+        }
+        IdemClaim::New => {
+            let res = next.call(req).await;
+            let res = match res {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = state.store.idempotency_finish(&scope, now_ms(), None);
+                    return Err(e);
+                }
+            };
+            let status = res.status();
+            let (req, res) = res.into_parts();
+            let (head, body) = res.into_parts();
+            let bytes = match actix_web::body::to_bytes(body).await {
+                Ok(b) => b,
+                Err(_) => {
+                    let _ = state.store.idempotency_finish(&scope, now_ms(), None);
+                    let err = ApiError::BadRequest("could not buffer the response".into());
+                    return Ok(ServiceResponse::new(req, err.error_response()));
+                }
+            };
+            let remembered = (!status.is_server_error()).then(|| StoredResponse {
+                status: status.as_u16(),
+                body: bytes.to_vec(),
+            });
+            if let Err(e) = state.store.idempotency_finish(&scope, now_ms(), remembered) {
+                tracing::error!(error = %e, "storing an idempotent response failed");
+            }
+            Ok(ServiceResponse::new(
+                req,
+                head.set_body(BoxBody::new(bytes)),
+            ))
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Wiring: opens the store, starts the delivery worker and the HTTP server, and
+//! stops them in order on SIGTERM/SIGINT.
+//!
+//! The only reader of `Config`: each module gets its own sub-struct. Must not be
+//! imported by anything but `main` and tests.
+
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use actix_web::{App, HttpServer, dev::ServerHandle, web};
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::delivery::{self, DeliveryHandle};
+use crate::store::Store;
+
+/// Cache sled keeps in memory.
+const STORE_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Name of the generated admin token file inside the data directory.
+pub const TOKEN_FILE: &str = "admin-token";
+
+/// Where the admin token came from, for the startup line.
+#[derive(Debug, Clone)]
+pub enum TokenSource {
+    Configured,
+    File(PathBuf),
+}
+
+/// A started instance: its address, and how to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub token: Arc<str>,
+    pub token_source: TokenSource,
+    pub store: Store,
+    server: ServerHandle,
+    shutdown: CancellationToken,
+    server_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    worker_task: tokio::task::JoinHandle<()>,
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)
+}
+
+/// The configured token, or the one in the data dir, generated (mode 0600) on first start.
+fn admin_token(config: &Config) -> anyhow::Result<(Arc<str>, TokenSource)> {
+    if let Some(t) = &config.admin_token {
+        return Ok((t.as_str().into(), TokenSource::Configured));
+    }
+    let path = config.data_dir.join(TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok((t.trim().into(), TokenSource::File(path))),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading the admin token at {}", path.display()));
+        }
+    }
+    let token = format!("whd_{}", crate::domain::random_token());
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(&path)
+        .with_context(|| format!("creating the admin token file {}", path.display()))?;
+    writeln!(f, "{token}")?;
+    f.sync_all()?;
+    Ok((token.into(), TokenSource::File(path)))
+}
+
+/// Opens everything and starts serving. Must run inside an actix system (the
+/// delivery worker is a local task: its HTTP client is `!Send`).
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    create_private_dir(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let (token, token_source) = admin_token(&config)?;
+    let store = Store::open(&config.data_dir, STORE_CACHE_BYTES)
+        .with_context(|| format!("opening the database in {}", config.data_dir.display()))?;
+
+    let shutdown = CancellationToken::new();
+    let delivery_handle = DeliveryHandle::default();
+    let worker_task = {
+        let (store, cfg, handle, shutdown) = (
+            store.clone(),
+            config.delivery.clone(),
+            delivery_handle.clone(),
+            shutdown.clone(),
+        );
+        actix_rt::spawn(async move {
+            if let Err(e) = delivery::run(store, cfg, handle, shutdown).await {
+                tracing::error!(error = %e, "the delivery worker stopped on a database error");
+            }
+        })
+    };
+
+    let state = web::Data::new(ApiState {
+        store: store.clone(),
+        delivery: delivery_handle,
+        cfg: config.api.clone(),
+        admin_token: token.clone(),
+    });
+    let listener = TcpListener::bind(config.listen)
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(tracing_actix_web::TracingLogger::default())
+            .configure(|c| api::configure(c, state.clone()))
+    })
+    .disable_signals()
+    .shutdown_timeout(10)
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    let server_task = actix_rt::spawn(server);
+    Ok(Running {
+        addr,
+        token,
+        token_source,
+        store,
+        server: handle,
+        shutdown,
+        server_task,
+        worker_task,
+    })
+}
+
+impl Running {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The one line printed at startup: where the API, the dashboard and the token are.
+    pub fn banner(&self) -> String {
+        let token = match &self.token_source {
+            TokenSource::Configured => {
+                "admin token: as configured (WEBHOOKD_ADMIN_TOKEN or admin_token)".to_owned()
+            }
+            TokenSource::File(p) => format!("admin token: in {}", p.display()),
+        };
+        format!(
+            "webhookd {} ready: API {}/api/v1, dashboard {}/, {token}",
+            env!("CARGO_PKG_VERSION"),
+            self.base_url(),
+            self.base_url()
+        )
+    }
+
+    /// Stops accepting requests, finishes the ones under way, lets the worker finish
+    /// its attempts in flight, then makes everything durable.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.server.stop(true).await;
+        let _ = self.server_task.await;
+        self.shutdown.cancel();
+        let _ = self.worker_task.await;
+        self.store.commit().await.context("flushing the database")?;
+        Ok(())
+    }
+}
+
+/// Runs until SIGTERM or SIGINT, then stops gracefully.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    println!("{}", running.banner());
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    running.stop().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
