@@ -67,7 +67,8 @@ fn admin_token(config: &Config) -> anyhow::Result<(Arc<str>, TokenSource)> {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
-            return Err(e).with_context(|| format!("reading the admin token at {}", path.display()));
+            return Err(e)
+                .with_context(|| format!("reading the admin token at {}", path.display()));
         }
     }
     let token = format!("whd_{}", crate::domain::random_token());

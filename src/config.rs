@@ -271,6 +271,9 @@ impl Config {
     }
 }
 
+/// `WEBHOOKD_*` variables that are not settings (the command line reads them).
+const NOT_SETTINGS: [&str; 1] = ["CONFIG"];
+
 /// Keys whose environment values must stay strings even when they look like numbers.
 const RAW_STRING_KEYS: [&str; 3] = ["admin_token", "data_dir", "listen"];
 
@@ -296,6 +299,9 @@ impl Config {
             let Some(rest) = name.strip_prefix("WEBHOOKD_") else {
                 continue;
             };
+            if NOT_SETTINGS.contains(&rest) {
+                continue;
+            }
             let key = rest.to_lowercase().replace("__", ".");
             fig = if RAW_STRING_KEYS.contains(&key.as_str()) {
                 fig.merge((key, value.clone()))
@@ -345,6 +351,7 @@ mod tests {
                 ("WEBHOOKD_ALLOW_SUBNETS", "127.0.0.0/8, ::1/128"),
                 ("WEBHOOKD_MAX_PAYLOAD_BYTES", "2048"),
                 ("WEBHOOKD_DELIVERY__MAX_IN_FLIGHT", "7"),
+                ("WEBHOOKD_CONFIG", "/etc/webhookd/config.toml"),
             ]),
         )
         .unwrap();

@@ -1,0 +1,334 @@
+//! The real binary as a process: configuration errors, the startup line and the
+//! token file, graceful SIGTERM, and durability across `kill -9` (issue #2).
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "cli-test-token-0123456789";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A webhookd process and the address it printed.
+struct Daemon {
+    child: Child,
+    base: String,
+    banner: String,
+}
+
+fn command(data_dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_webhookd"));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("WEBHOOKD_LISTEN", "127.0.0.1:0")
+        .env("WEBHOOKD_DATA_DIR", data_dir)
+        .env("WEBHOOKD_ALLOW_SUBNETS", "127.0.0.0/8")
+        .env("WEBHOOKD_RETRY_SCHEDULE", "100ms,200ms,400ms")
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+impl Daemon {
+    /// Starts the binary and waits for its startup line.
+    fn start(mut cmd: Command) -> Daemon {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting webhookd");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let banner = loop {
+            let line = rx
+                .recv_timeout(DEADLINE)
+                .expect("webhookd printed no startup line");
+            if line.contains(" ready: ") {
+                break line;
+            }
+        };
+        let base = banner
+            .split("API ")
+            .nth(1)
+            .and_then(|s| s.split("/api/v1").next())
+            .expect("the startup line names the API URL")
+            .to_owned();
+        Daemon {
+            child,
+            base,
+            banner,
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    fn wait(mut self, limit: Duration) -> std::process::ExitStatus {
+        let until = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < until,
+                "webhookd did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn with_token(mut cmd: Command) -> Command {
+    cmd.env("WEBHOOKD_ADMIN_TOKEN", TOKEN);
+    cmd
+}
+
+async fn call(
+    client: &awc::Client,
+    method: &str,
+    url: String,
+    body: Option<Value>,
+) -> Result<(u16, Value), String> {
+    let req = match method {
+        "POST" => client.post(url),
+        _ => client.get(url),
+    }
+    .insert_header(("authorization", format!("Bearer {TOKEN}")));
+    let mut resp = match body {
+        Some(b) => req.send_json(&b).await,
+        None => req.send().await,
+    }
+    .map_err(|e| e.to_string())?;
+    let bytes = resp.body().await.map_err(|e| e.to_string())?;
+    Ok((
+        resp.status().as_u16(),
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    ))
+}
+
+#[test]
+fn invalid_configuration_exits_nonzero_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (key, value, named) in [
+        ("WEBHOOKD_LISTEN", "not-an-address", "listen"),
+        ("WEBHOOKD_RETRY_SCHEDULE", "5s,soon", "retry_schedule"),
+        ("WEBHOOKD_ALLOW_SUBNETS", "10.0.0.0/99", "allow_subnets"),
+    ] {
+        let out = command(dir.path()).env(key, value).output().unwrap();
+        assert!(!out.status.success(), "{key}={value} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(named),
+            "{key}={value}: `{stderr}` does not name `{named}`"
+        );
+    }
+    let missing = command(dir.path())
+        .args(["--config", "/nonexistent/webhookd.toml"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/webhookd.toml"));
+}
+
+#[test]
+fn check_config_masks_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = with_token(command(dir.path()))
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("retry_schedule = \"100ms,200ms,400ms\""),
+        "{text}"
+    );
+    assert!(text.contains("admin_token = \"********\""), "{text}");
+    assert!(!text.contains(TOKEN));
+}
+
+#[test]
+fn first_start_generates_a_private_token_and_restart_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let first = Daemon::start(command(&data));
+    let token_file = data.join("admin-token");
+    assert!(
+        first.banner.contains(&token_file.display().to_string()),
+        "{}",
+        first.banner
+    );
+    assert!(first.banner.contains("/api/v1") && first.banner.contains("dashboard"));
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let dir_mode = std::fs::metadata(&data).unwrap().permissions().mode();
+        assert_eq!(dir_mode & 0o077, 0, "the data dir is private");
+    }
+    first.signal("-TERM");
+    assert!(first.wait(DEADLINE).success());
+    let second = Daemon::start(command(&data));
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), token);
+    second.signal("-TERM");
+    assert!(second.wait(DEADLINE).success());
+}
+
+#[test]
+fn sigterm_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(with_token(command(dir.path())));
+    d.signal("-TERM");
+    let status = d.wait(Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+}
+
+/// Receives webhooks and remembers every `webhook-id` it saw.
+async fn start_receiver() -> (String, Arc<Mutex<HashSet<String>>>) {
+    let seen: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let s = seen.clone();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = HttpServer::new(move || {
+        let s = s.clone();
+        App::new().default_service(web::to(move |req: HttpRequest, _body: web::Bytes| {
+            let s = s.clone();
+            async move {
+                if let Some(id) = req
+                    .headers()
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                {
+                    s.lock().unwrap().insert(id.to_owned());
+                }
+                HttpResponse::Ok().finish()
+            }
+        }))
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    actix_rt::spawn(server);
+    (format!("http://127.0.0.1:{port}/hook"), seen)
+}
+
+/// Every message that got a 202 is delivered, even when the daemon is killed
+/// with SIGKILL while publishes and deliveries are under way.
+#[actix_web::test]
+async fn every_acknowledged_publish_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hook, seen) = start_receiver().await;
+    let daemon = Daemon::start(with_token(command(dir.path())));
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .finish();
+    let (status, app) = call(
+        &client,
+        "POST",
+        format!("{}/api/v1/app", daemon.base),
+        Some(json!({"name": "crash"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201);
+    let app_id = app["id"].as_str().unwrap().to_owned();
+    let (status, _) = call(
+        &client,
+        "POST",
+        format!("{}/api/v1/app/{app_id}/endpoint", daemon.base),
+        Some(json!({"url": hook})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201);
+
+    // Eight publishers until 400 acknowledgements, then SIGKILL mid-stream.
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let target = 400;
+    let url = format!("{}/api/v1/app/{app_id}/msg", daemon.base);
+    let publishers: Vec<_> = (0..8)
+        .map(|p| {
+            let (acked, url, client) = (acked.clone(), url.clone(), client.clone());
+            actix_rt::spawn(async move {
+                for i in 0.. {
+                    let body = json!({"eventType": "crash.test", "payload": {"publisher": p, "i": i, "pad": "x".repeat(512)}});
+                    match call(&client, "POST", url.clone(), Some(body)).await {
+                        Ok((202, v)) => acked.lock().unwrap().push(v["id"].as_str().unwrap().to_owned()),
+                        Ok((status, v)) => panic!("publish answered {status}: {v}"),
+                        Err(_) => break, // the daemon is gone
+                    }
+                }
+            })
+        })
+        .collect();
+    let until = Instant::now() + DEADLINE;
+    while acked.lock().unwrap().len() < target {
+        assert!(Instant::now() < until, "publishing stalled");
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    daemon.signal("-KILL");
+    let _ = daemon.wait(DEADLINE);
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let acked: HashSet<String> = acked.lock().unwrap().iter().cloned().collect();
+    assert!(acked.len() >= target);
+
+    // Restart on the same data dir: everything acknowledged arrives.
+    let restarted = Daemon::start(with_token(command(dir.path())));
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let missing = acked.difference(&seen.lock().unwrap()).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "{missing} of {} acknowledged messages were never delivered",
+            acked.len()
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And the API lists them all.
+    let (status, list) = call(
+        &client,
+        "GET",
+        format!("{}/api/v1/app/{app_id}/msg?limit=1", restarted.base),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    restarted.signal("-TERM");
+    assert!(restarted.wait(DEADLINE).success());
+}
