@@ -39,6 +39,35 @@ pub async fn authenticate(
     Ok(next.call(req).await?.map_into_boxed_body())
 }
 
+/// Gives the framework's own bare 404/405 answers (no such resource or method) a
+/// Svix-style JSON body, as every other API error has.
+pub async fn json_errors(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let res = next.call(req).await?;
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let status = res.status();
+    if is_json
+        || !matches!(
+            status,
+            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+        )
+    {
+        return Ok(res.map_into_boxed_body());
+    }
+    let (req, _) = res.into_parts();
+    let err = if status == StatusCode::NOT_FOUND {
+        ApiError::NotFound(format!("no API route for {} {}", req.method(), req.path()))
+    } else {
+        ApiError::MethodNotAllowed(format!("{} is not allowed on {}", req.method(), req.path()))
+    };
+    Ok(ServiceResponse::new(req, err.error_response()))
+}
+
 /// A POST with an `idempotency-key` header is handled once per (token, path, key)
 /// within the configured time: repeats get the first response back and create
 /// nothing. Server errors are not remembered, so a retry after one is handled anew.

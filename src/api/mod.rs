@@ -57,23 +57,15 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<ApiState>) {
             .app_data(state)
             .wrap(actix_web::middleware::from_fn(middleware::idempotency))
             .wrap(actix_web::middleware::from_fn(middleware::authenticate))
+            .wrap(actix_web::middleware::from_fn(middleware::json_errors))
             .configure(application::routes)
             .configure(event_type::routes)
             .configure(endpoint::routes)
             .configure(message::routes)
-            .configure(attempt::routes)
-            .default_service(web::to(not_found)),
+            .configure(attempt::routes),
     );
 }
 
 async fn health() -> HttpResponse {
     HttpResponse::NoContent().finish()
-}
-
-async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound(format!(
-        "no API route for {} {}",
-        req.method(),
-        req.path()
-    )))
 }
