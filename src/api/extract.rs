@@ -194,8 +194,7 @@ impl Query {
             cursor: self.get("iterator").map(str::to_owned),
             order,
             limit,
-            min_id: None,
-            max_id: None,
+            ..PageReq::first(limit)
         })
     }
 }

@@ -42,6 +42,16 @@ pub mod ns {
     pub const LEASE: u8 = b'L';
     /// sha256(scope) → IdempotencyRecord
     pub const IDEMPOTENCY: u8 = b'K';
+    /// msg_id → app_id (every message, across applications, by time)
+    pub const ALL_MESSAGES: u8 = b'G';
+    /// msg_id ep_id → () (deliveries whose status is Fail: the dead letters)
+    pub const FAILED: u8 = b'F';
+    /// minute → Counts (attempts per minute, all endpoints)
+    pub const MINUTE_STATS: u8 = b'S';
+    /// ep_id hour → Counts (attempts per hour of one endpoint)
+    pub const ENDPOINT_HOUR_STATS: u8 = b'H';
+    /// app_id → Counts (messages published to the app, in `success`)
+    pub const APP_MESSAGE_COUNT: u8 = b'C';
 }
 
 fn key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -149,6 +159,35 @@ pub fn lease_expired_end(now_ms: i64) -> Vec<u8> {
 }
 pub fn idempotency(scope_hash: &[u8; 32]) -> Vec<u8> {
     key(ns::IDEMPOTENCY, &[scope_hash])
+}
+
+pub fn all_messages(msg: &MessageId) -> Vec<u8> {
+    key(ns::ALL_MESSAGES, &[msg.as_str().as_bytes()])
+}
+pub fn failed(msg: &MessageId, ep: &EndpointId) -> Vec<u8> {
+    key(
+        ns::FAILED,
+        &[msg.as_str().as_bytes(), ep.as_str().as_bytes()],
+    )
+}
+/// The dead-letter key of a delivery-status key (`D` msg ep → `F` msg ep).
+pub fn failed_from_dest_key(dest_key: &[u8]) -> Vec<u8> {
+    let mut k = dest_key.to_vec();
+    k[0] = ns::FAILED;
+    k
+}
+pub fn app_message_count(app: &AppId) -> Vec<u8> {
+    key(ns::APP_MESSAGE_COUNT, &[app.as_str().as_bytes()])
+}
+/// Minutes since the epoch, big-endian.
+pub fn minute_stats(minute: i64) -> Vec<u8> {
+    key(ns::MINUTE_STATS, &[&time(minute)])
+}
+pub fn endpoint_hour_stats(ep: &EndpointId, hour: i64) -> Vec<u8> {
+    key(
+        ns::ENDPOINT_HOUR_STATS,
+        &[ep.as_str().as_bytes(), &time(hour)],
+    )
 }
 
 /// The smallest key greater than every key starting with `prefix`.

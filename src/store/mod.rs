@@ -14,6 +14,7 @@
 mod commit;
 pub mod keys;
 pub mod records;
+mod views;
 
 use std::ops::Bound;
 use std::path::Path;
@@ -27,6 +28,7 @@ use crate::domain::{
 };
 pub use commit::GroupCommit;
 pub use records::*;
+pub use views::QueueSummary;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -64,6 +66,8 @@ pub struct PageReq {
     pub min_id: Option<String>,
     /// Exclusive upper bound on the ID.
     pub max_id: Option<String>,
+    /// Look at no more than this many entries (for filters that may match rarely).
+    pub scan_limit: Option<usize>,
 }
 
 impl PageReq {
@@ -74,6 +78,7 @@ impl PageReq {
             limit,
             min_id: None,
             max_id: None,
+            scan_limit: None,
         }
     }
 }
@@ -82,6 +87,9 @@ impl PageReq {
 pub struct Page<T> {
     pub items: Vec<T>,
     pub done: bool,
+    /// Set when `scan_limit` cut the page short: the cursor to continue from
+    /// (the last ID looked at, which may not be among `items`).
+    pub resume: Option<String>,
 }
 
 /// What publish did.
@@ -158,6 +166,7 @@ impl Store {
     fn with_db(db: sled::Db, file: Option<std::fs::File>) -> Result<Store, StoreError> {
         let committer = GroupCommit::start(db.clone(), file).map_err(StoreError::Open)?;
         let tree: sled::Tree = (*db).clone();
+        tree.set_merge_operator(Counts::merge);
         Ok(Store {
             db,
             tree,
@@ -207,6 +216,20 @@ impl Store {
         }
     }
 
+    /// Adds `delta` to the counters under `key`.
+    fn count(&self, key: Vec<u8>, delta: Counts) -> Result<(), StoreError> {
+        self.tree.merge(key, delta.to_bytes())?;
+        Ok(())
+    }
+
+    fn get_counts(&self, key: &[u8]) -> Result<Counts, StoreError> {
+        Ok(self
+            .tree
+            .get(key)?
+            .map(|v| Counts::from_bytes(&v))
+            .unwrap_or_default())
+    }
+
     fn get_str(&self, key: &[u8]) -> Result<Option<String>, StoreError> {
         Ok(self
             .tree
@@ -245,6 +268,7 @@ impl Store {
             return Ok(Page {
                 items: Vec::new(),
                 done: true,
+                resume: None,
             });
         }
         let range = self.tree.range::<Vec<u8>, _>((lo, hi));
@@ -254,16 +278,31 @@ impl Store {
             Order::Descending => Box::new(range.rev()),
         };
         let mut items = Vec::with_capacity(req.limit.min(256));
-        for entry in iter {
+        for (scanned, entry) in iter.enumerate() {
             let (k, v) = entry?;
+            if req.scan_limit.is_some_and(|n| scanned >= n) {
+                return Ok(Page {
+                    items,
+                    done: false,
+                    resume: Some(String::from_utf8_lossy(&k[prefix.len()..]).into_owned()),
+                });
+            }
             if let Some(item) = f(&k[prefix.len()..], &v)? {
                 if items.len() == req.limit {
-                    return Ok(Page { items, done: false });
+                    return Ok(Page {
+                        items,
+                        done: false,
+                        resume: None,
+                    });
                 }
                 items.push(item);
             }
         }
-        Ok(Page { items, done: true })
+        Ok(Page {
+            items,
+            done: true,
+            resume: None,
+        })
     }
 
     // ----- applications -------------------------------------------------
@@ -327,6 +366,7 @@ impl Store {
     pub fn delete_app(&self, app: &AppRecord) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         batch.remove(keys::app(&app.id));
+        batch.remove(keys::app_message_count(&app.id));
         if let Some(uid) = &app.uid {
             batch.remove(keys::app_uid(uid));
         }
@@ -339,11 +379,14 @@ impl Store {
             let msg: MessageRecord = decode(&k, &v)?;
             batch.remove(k);
             batch.remove(keys::payload(&msg.id));
+            batch.remove(keys::all_messages(&msg.id));
             if let Some(eid) = &msg.event_id {
                 batch.remove(keys::event_id(&app.id, eid));
             }
             for k in self.tree.scan_prefix(keys::dests_of(&msg.id)).keys() {
-                batch.remove(k?);
+                let k = k?;
+                batch.remove(keys::failed_from_dest_key(&k));
+                batch.remove(k);
             }
             let attempts = keys::attempts_of_msg(&msg.id);
             for k in self.tree.scan_prefix(&attempts).keys() {
@@ -579,6 +622,7 @@ impl Store {
         }
         let mut batch = sled::Batch::default();
         batch.insert(keys::message(&msg.app_id, &msg.id), encode(msg));
+        batch.insert(keys::all_messages(&msg.id), msg.app_id.as_str().as_bytes());
         batch.insert(keys::payload(&msg.id), payload);
         for ep in endpoints {
             let task = TaskRecord {
@@ -605,6 +649,13 @@ impl Store {
             batch.insert(keys::queue(due_ms, &task.id), encode(&task));
         }
         self.tree.apply_batch(batch)?;
+        self.count(
+            keys::app_message_count(&msg.app_id),
+            Counts {
+                success: 1,
+                fail: 0,
+            },
+        )?;
         Ok(Published::Created {
             endpoints: endpoints.len(),
         })
@@ -760,6 +811,7 @@ impl Store {
             batch.insert(keys::dest(&task.msg_id, &task.ep_id), encode(&dest));
             batch.insert(keys::endpoint_msg(&task.ep_id, &task.msg_id), &[]);
         }
+        batch.remove(keys::failed(&task.msg_id, &task.ep_id));
         batch.insert(keys::queue(task.due_ms, &task.id), encode(task));
         self.tree.apply_batch(batch)?;
         Ok(())
@@ -863,6 +915,7 @@ impl Store {
                 dest.status = status;
                 dest.next_attempt_ms = None;
                 batch.insert(keys::dest(&task.msg_id, &task.ep_id), encode(&dest));
+                set_failed_index(&mut batch, &dest);
             }
         }
         self.tree.apply_batch(batch)?;
@@ -871,7 +924,8 @@ impl Store {
 
     /// Records an attempt and what follows it, in one batch: the lease goes away, the
     /// attempt and its indexes are written, the delivery status is updated, and a
-    /// retry (if any) is queued.
+    /// retry (if any) is queued. Then the per-minute and per-endpoint-hour counters
+    /// are bumped (merges: exact under concurrency, but not part of the batch).
     pub fn record_attempt(
         &self,
         task: &TaskRecord,
@@ -921,7 +975,24 @@ impl Store {
         }
         batch.insert(keys::dest(&task.msg_id, &task.ep_id), encode(&dest));
         batch.insert(keys::endpoint_msg(&task.ep_id, &task.msg_id), &[]);
+        set_failed_index(&mut batch, &dest);
         self.tree.apply_batch(batch)?;
+        let delta = if attempt.status == MessageStatus::Success {
+            Counts {
+                success: 1,
+                fail: 0,
+            }
+        } else {
+            Counts {
+                success: 0,
+                fail: 1,
+            }
+        };
+        self.count(keys::minute_stats(attempt.timestamp_ms / 60_000), delta)?;
+        self.count(
+            keys::endpoint_hour_stats(&task.ep_id, attempt.timestamp_ms / 3_600_000),
+            delta,
+        )?;
         Ok(dest)
     }
 
@@ -985,6 +1056,16 @@ impl Store {
             }
         }
         Ok(())
+    }
+}
+
+/// Keeps the dead-letter index in step with a delivery status.
+fn set_failed_index(batch: &mut sled::Batch, dest: &DestRecord) {
+    let key = keys::failed(&dest.msg_id, &dest.ep_id);
+    if dest.status == MessageStatus::Fail {
+        batch.insert(key, &[]);
+    } else {
+        batch.remove(key);
     }
 }
 

@@ -156,3 +156,49 @@ pub struct StoredResponse {
     pub status: u16,
     pub body: Vec<u8>,
 }
+
+/// A pair of counters (attempt outcomes over a time bucket; messages of an app in
+/// `success`). Stored as 16 little-endian bytes and updated with sled merges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub success: u64,
+    pub fail: u64,
+}
+
+impl Counts {
+    pub fn to_bytes(self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.success.to_le_bytes());
+        b[8..].copy_from_slice(&self.fail.to_le_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Self {
+        let word = |r: std::ops::Range<usize>| {
+            b.get(r)
+                .and_then(|s| <[u8; 8]>::try_from(s).ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        Self {
+            success: word(0..8),
+            fail: word(8..16),
+        }
+    }
+
+    pub fn total(self) -> u64 {
+        self.success + self.fail
+    }
+
+    pub fn add(self, other: Counts) -> Counts {
+        Counts {
+            success: self.success + other.success,
+            fail: self.fail + other.fail,
+        }
+    }
+
+    /// The sled merge operator: adds a delta to the stored counters.
+    pub fn merge(_key: &[u8], old: Option<&[u8]>, delta: &[u8]) -> Option<Vec<u8>> {
+        let old = old.map(Counts::from_bytes).unwrap_or_default();
+        Some(old.add(Counts::from_bytes(delta)).to_bytes().to_vec())
+    }
+}

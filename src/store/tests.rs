@@ -305,3 +305,107 @@ fn delete_app_removes_its_data() {
     assert!(s.payload(&m.id).unwrap().is_none());
     assert!(s.dest(&m.id, &ep.id).unwrap().is_none());
 }
+
+#[test]
+fn dead_letter_index_follows_the_status() {
+    let s = Store::temporary().unwrap();
+    let a = app(None);
+    let ep = endpoint(&a.id, &[]);
+    s.create_endpoint(&ep).unwrap().unwrap();
+    let m = message(&a.id, 10, None);
+    s.publish(&m, b"{}", &[&ep], 10).unwrap();
+    let t = s
+        .claim_due(10, 500, 10, 100, |_| Claim::Take)
+        .unwrap()
+        .remove(0);
+    s.record_attempt(&t, 500, &attempt(&t, false, 20), Next::Done)
+        .unwrap();
+    let failed = s.failed_deliveries(&PageReq::first(10)).unwrap();
+    assert_eq!(failed.items.len(), 1);
+    assert_eq!(
+        (
+            failed.items[0].msg_id.clone(),
+            failed.items[0].ep_id.clone()
+        ),
+        (m.id.clone(), ep.id.clone())
+    );
+
+    // Resending takes it out of the dead letters; success keeps it out.
+    let resend = TaskRecord {
+        id: TaskId::new(30),
+        trigger: AttemptTrigger::Manual,
+        due_ms: 30,
+        ..t.clone()
+    };
+    s.enqueue(&resend).unwrap();
+    assert!(
+        s.failed_deliveries(&PageReq::first(10))
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let t = s
+        .claim_due(30, 600, 10, 100, |_| Claim::Take)
+        .unwrap()
+        .remove(0);
+    s.record_attempt(&t, 600, &attempt(&t, true, 40), Next::Done)
+        .unwrap();
+    assert!(
+        s.failed_deliveries(&PageReq::first(10))
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    // Counters: one failure and one success in minute 0, for the endpoint in hour 0.
+    let minutes = s.minute_counts(0, 2).unwrap();
+    assert_eq!(
+        minutes[0],
+        Counts {
+            success: 1,
+            fail: 1
+        }
+    );
+    assert_eq!(minutes[1], Counts::default());
+    assert_eq!(
+        s.endpoint_counts(&ep.id, 0, 1).unwrap(),
+        Counts {
+            success: 1,
+            fail: 1
+        }
+    );
+    assert_eq!(s.app_message_count(&a.id).unwrap(), 1);
+}
+
+#[test]
+fn scan_limit_cuts_a_page_and_says_where_to_resume() {
+    let s = Store::temporary().unwrap();
+    let a = app(None);
+    let b = AppRecord {
+        id: AppId::new(2),
+        ..app(None)
+    };
+    let mut ids = vec![];
+    for i in 0..10 {
+        let owner = if i == 2 { &b } else { &a };
+        let m = message(&owner.id, 100 + i, None);
+        s.publish(&m, b"{}", &[], 100 + i).unwrap();
+        ids.push(m.id);
+    }
+    let all = s.list_all_messages(&PageReq::first(50), |_| true).unwrap();
+    assert_eq!(all.items.len(), 10);
+    // Only app b's message, looking at 4 entries at a time: the first page finds nothing.
+    let req = PageReq {
+        scan_limit: Some(4),
+        ..PageReq::first(5)
+    };
+    let first = s.list_all_messages(&req, |m| m.app_id == b.id).unwrap();
+    assert!(first.items.is_empty() && !first.done);
+    let next = PageReq {
+        cursor: first.resume.clone(),
+        ..req.clone()
+    };
+    let second = s.list_all_messages(&next, |m| m.app_id == b.id).unwrap();
+    assert_eq!(second.items.len(), 1);
+    assert_eq!(second.items[0].id, ids[2]);
+}

@@ -1,0 +1,126 @@
+//! Read-side summaries for the dashboard: messages across applications, the
+//! dead letters, counters over time and the state of the queue. Each reads an
+//! index or a bounded range, never the whole database.
+
+use super::{Counts, DestRecord, MessageRecord, Page, PageReq, Store, StoreError, decode, keys};
+use crate::domain::{AppId, EndpointId, MessageId};
+
+/// What the delivery queue looks like right now.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueSummary {
+    /// Deliveries waiting (up to the count limit asked for).
+    pub queued: usize,
+    /// Whether `queued` stopped at the limit.
+    pub queued_capped: bool,
+    /// Deliveries claimed by the worker.
+    pub in_flight: usize,
+    /// Due time of the earliest waiting delivery.
+    pub oldest_due_ms: Option<i64>,
+}
+
+impl Store {
+    /// Messages of every application, newest first by default, filtered by `keep`.
+    /// Set `req.scan_limit` when the filter may match rarely.
+    pub fn list_all_messages(
+        &self,
+        req: &PageReq,
+        mut keep: impl FnMut(&MessageRecord) -> bool,
+    ) -> Result<Page<MessageRecord>, StoreError> {
+        self.page(&[keys::ns::ALL_MESSAGES], req, |k, v| {
+            let (Some(msg), Some(app)) = (
+                MessageId::parse(&String::from_utf8_lossy(k)),
+                AppId::parse(&String::from_utf8_lossy(v)),
+            ) else {
+                return Ok(None);
+            };
+            Ok(self.get_message(&app, &msg)?.filter(|m| keep(m)))
+        })
+    }
+
+    /// Deliveries that are failed (dead-lettered), newest message first.
+    pub fn failed_deliveries(&self, req: &PageReq) -> Result<Page<DestRecord>, StoreError> {
+        self.page(&[keys::ns::FAILED], req, |k, _| {
+            let s = String::from_utf8_lossy(k);
+            let split = MessageId::PREFIX.len() + 26;
+            let (Some(msg), Some(ep)) = (
+                s.get(..split).and_then(MessageId::parse),
+                s.get(split..).and_then(EndpointId::parse),
+            ) else {
+                return Ok(None);
+            };
+            self.dest(&msg, &ep)
+        })
+    }
+
+    /// Attempt counts per minute for the minutes `from..to` (minutes since the epoch).
+    pub fn minute_counts(&self, from: i64, to: i64) -> Result<Vec<Counts>, StoreError> {
+        let mut out = vec![Counts::default(); (to - from).max(0) as usize];
+        for entry in self
+            .tree
+            .range(keys::minute_stats(from)..keys::minute_stats(to))
+        {
+            let (k, v) = entry?;
+            let minute = i64::from_be_bytes(k[1..9].try_into().expect("minute keys hold 8 bytes"));
+            if let Some(slot) = out.get_mut((minute - from) as usize) {
+                *slot = Counts::from_bytes(&v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Attempt counts of one endpoint over the hours `from..to` (hours since the epoch).
+    pub fn endpoint_counts(
+        &self,
+        ep: &EndpointId,
+        from: i64,
+        to: i64,
+    ) -> Result<Counts, StoreError> {
+        let mut total = Counts::default();
+        for entry in self
+            .tree
+            .range(keys::endpoint_hour_stats(ep, from)..keys::endpoint_hour_stats(ep, to))
+        {
+            total = total.add(Counts::from_bytes(&entry?.1));
+        }
+        Ok(total)
+    }
+
+    /// Messages ever published to an app (deleted ones included until the app goes).
+    pub fn app_message_count(&self, app: &AppId) -> Result<u64, StoreError> {
+        Ok(self.get_counts(&keys::app_message_count(app))?.success)
+    }
+
+    /// Counts the queue, looking at no more than `count_limit` entries.
+    pub fn queue_summary(&self, count_limit: usize) -> Result<QueueSummary, StoreError> {
+        let mut s = QueueSummary::default();
+        for (i, entry) in self.tree.scan_prefix([keys::ns::QUEUE]).enumerate() {
+            if i == count_limit {
+                s.queued_capped = true;
+                break;
+            }
+            let (k, v) = entry?;
+            if i == 0 {
+                s.oldest_due_ms = Some(decode::<super::TaskRecord>(&k, &v)?.due_ms);
+            }
+            s.queued += 1;
+        }
+        s.in_flight = self
+            .tree
+            .scan_prefix([keys::ns::LEASE])
+            .take(count_limit)
+            .count();
+        Ok(s)
+    }
+
+    /// The earliest queued deliveries (the next to go), up to `limit`.
+    pub fn next_deliveries(&self, limit: usize) -> Result<Vec<super::TaskRecord>, StoreError> {
+        self.tree
+            .scan_prefix([keys::ns::QUEUE])
+            .take(limit)
+            .map(|e| {
+                let (k, v) = e?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+}
