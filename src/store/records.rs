@@ -189,16 +189,20 @@ impl Counts {
         self.success + self.fail
     }
 
-    pub fn add(self, other: Counts) -> Counts {
+    /// The sled merge operator: adds a delta to the stored counters.
+    pub fn merge(_key: &[u8], old: Option<&[u8]>, delta: &[u8]) -> Option<Vec<u8>> {
+        let old = old.map(Counts::from_bytes).unwrap_or_default();
+        Some((old + Counts::from_bytes(delta)).to_bytes().to_vec())
+    }
+}
+
+impl std::ops::Add for Counts {
+    type Output = Counts;
+
+    fn add(self, other: Counts) -> Counts {
         Counts {
             success: self.success + other.success,
             fail: self.fail + other.fail,
         }
-    }
-
-    /// The sled merge operator: adds a delta to the stored counters.
-    pub fn merge(_key: &[u8], old: Option<&[u8]>, delta: &[u8]) -> Option<Vec<u8>> {
-        let old = old.map(Counts::from_bytes).unwrap_or_default();
-        Some(old.add(Counts::from_bytes(delta)).to_bytes().to_vec())
     }
 }

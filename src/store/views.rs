@@ -80,7 +80,7 @@ impl Store {
             .tree
             .range(keys::endpoint_hour_stats(ep, from)..keys::endpoint_hour_stats(ep, to))
         {
-            total = total.add(Counts::from_bytes(&entry?.1));
+            total = total + Counts::from_bytes(&entry?.1);
         }
         Ok(total)
     }
