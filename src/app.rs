@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
+use crate::dashboard::{self, DashboardState};
 use crate::delivery::{self, DeliveryHandle};
 use crate::store::Store;
 
@@ -115,10 +116,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let state = web::Data::new(ApiState {
         store: store.clone(),
-        delivery: delivery_handle,
+        delivery: delivery_handle.clone(),
         cfg: config.api.clone(),
         admin_token: token.clone(),
     });
+    let dashboard_state = web::Data::new(DashboardState::new(
+        store.clone(),
+        delivery_handle,
+        token.clone(),
+    ));
     let listener = TcpListener::bind(config.listen)
         .with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr()?;
@@ -126,6 +132,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         App::new()
             .wrap(tracing_actix_web::TracingLogger::default())
             .configure(|c| api::configure(c, state.clone()))
+            .configure(|c| dashboard::configure(c, dashboard_state.clone()))
     })
     .disable_signals()
     .shutdown_timeout(10)

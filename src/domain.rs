@@ -20,6 +20,27 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Parses an RFC 3339 timestamp into milliseconds; one without an offset is taken
+/// as UTC (as some SDKs send).
+pub fn parse_time(s: &str) -> Option<i64> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Some(t.timestamp_millis());
+    }
+    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+        .ok()
+        .map(|n| n.and_utc().timestamp_millis())
+}
+
+/// RFC 3339 in UTC with milliseconds: `2024-01-02T03:04:05.123Z`.
+pub fn format_time(ms: i64) -> String {
+    use chrono::TimeZone as _;
+    chrono::Utc
+        .timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// Builds a fresh ID body: 48 bits of milliseconds then 80 random bits, Crockford base32.
 /// Sorting the strings sorts by creation time; the random part makes them unguessable.
 fn new_id_body(at_ms: i64) -> String {
@@ -142,6 +163,36 @@ pub fn valid_channel(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
+/// Header names webhookd sets itself on every delivery; custom headers may not replace them.
+pub const RESERVED_HEADERS: [&str; 12] = [
+    "content-type",
+    "content-length",
+    "user-agent",
+    "host",
+    "connection",
+    "transfer-encoding",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "svix-id",
+    "svix-timestamp",
+    "svix-signature",
+];
+
+/// Checks one custom request header of an endpoint.
+pub fn check_custom_header(name: &str, value: &str) -> Result<(), &'static str> {
+    if actix_web::http::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err("not a valid HTTP header name");
+    }
+    if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err("this header is set by webhookd and cannot be overridden");
+    }
+    if actix_web::http::header::HeaderValue::from_str(value).is_err() {
+        return Err("not a valid HTTP header value");
+    }
+    Ok(())
+}
+
 /// An endpoint URL: absolute http or https with a host, at most 65,536 bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -168,6 +219,12 @@ impl EndpointUrl {
     }
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl fmt::Display for EndpointUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 

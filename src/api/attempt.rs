@@ -9,8 +9,8 @@ use super::model::{
     MessageOut, payload_json,
 };
 use super::{ApiError, State};
-use crate::domain::{AttemptId, AttemptTrigger, MessageStatus, TaskId, now_ms};
-use crate::store::{AttemptRecord, TaskRecord};
+use crate::domain::{AttemptId, MessageStatus, now_ms};
+use crate::store::AttemptRecord;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/app/{app_id}/attempt/msg/{msg_id}").get(list_by_msg))
@@ -245,16 +245,9 @@ async fn resend(
             "the message content was expunged".into(),
         ));
     }
-    let now = now_ms();
-    state.store.enqueue(&TaskRecord {
-        id: TaskId::new(now),
-        app_id: app.id.clone(),
-        msg_id: msg.id.clone(),
-        ep_id: ep.id.clone(),
-        attempt: 0,
-        trigger: AttemptTrigger::Manual,
-        due_ms: now,
-    })?;
+    state
+        .store
+        .queue_manual(&app.id, &msg.id, &ep.id, now_ms())?;
     state.store.commit().await?;
     state.delivery.wake();
     Ok(HttpResponse::Accepted().json(EmptyResponse {}))

@@ -12,10 +12,8 @@ use super::model::{
     validate_headers,
 };
 use super::{ApiError, State, message};
-use crate::domain::{
-    AttemptTrigger, EndpointId, MessageId, MessageStatus, Secret, TaskId, now_ms, valid_uid,
-};
-use crate::store::{EndpointRecord, PageReq, RetiredSecret, Taken, TaskRecord};
+use crate::domain::{EndpointId, MessageId, MessageStatus, Secret, TaskId, now_ms, valid_uid};
+use crate::store::{EndpointRecord, PageReq, RetiredSecret, Taken};
 
 /// Longest grace period of a rotated secret (7 days).
 const MAX_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -375,27 +373,7 @@ async fn recover(
     let store = state.store.clone();
     let now = now_ms();
     let task_id = TaskId::new(now);
-    let queued = web::block(move || {
-        let req = PageReq {
-            min_id: Some(MessageId::lower_bound(since).to_string()),
-            max_id: until.map(|t| MessageId::lower_bound(t).to_string()),
-            ..PageReq::first(usize::MAX - 1)
-        };
-        let failed = store.endpoint_messages(&ep.id, &req, |d| d.status == MessageStatus::Fail)?;
-        for d in &failed.items {
-            store.enqueue(&TaskRecord {
-                id: TaskId::new(now),
-                app_id: d.app_id.clone(),
-                msg_id: d.msg_id.clone(),
-                ep_id: d.ep_id.clone(),
-                attempt: 0,
-                trigger: AttemptTrigger::Scheduled,
-                due_ms: now,
-            })?;
-        }
-        Ok::<_, crate::store::StoreError>(failed.items.len())
-    })
-    .await??;
+    let queued = web::block(move || store.recover(&ep.id, since, until, now)).await??;
     tracing::info!(endpoint_id = %ep_id, queued, "recover queued failed messages");
     state.delivery.wake();
     Ok(HttpResponse::Accepted().json(RecoverOut {

@@ -3,7 +3,6 @@
 
 use actix_web::web::{Bytes, BytesMut, Payload};
 use actix_web::{HttpRequest, http::header};
-use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeZone, Utc};
 use futures_util::StreamExt as _;
 use serde::de::DeserializeOwned;
 
@@ -83,23 +82,7 @@ fn strip_position(msg: &str) -> String {
     }
 }
 
-/// Parses an RFC 3339 timestamp; one without an offset is taken as UTC (as some SDKs send).
-pub fn parse_time(s: &str) -> Option<i64> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Some(t.timestamp_millis());
-    }
-    NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
-        .ok()
-        .map(|n| n.and_utc().timestamp_millis())
-}
-
-/// RFC 3339 in UTC with milliseconds: `2024-01-02T03:04:05.123Z`.
-pub fn format_time(ms: i64) -> String {
-    Utc.timestamp_millis_opt(ms)
-        .single()
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
-}
+pub use crate::domain::{format_time, parse_time};
 
 /// The query string as key/value pairs, in order.
 #[derive(Debug, Default)]

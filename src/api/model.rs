@@ -11,7 +11,9 @@ use serde_json::value::RawValue;
 
 use super::error::{ApiError, ValidationItem};
 use super::extract::format_time;
-use crate::domain::{EndpointUrl, MessageStatus, Secret, valid_channel, valid_uid};
+use crate::domain::{
+    EndpointUrl, MessageStatus, Secret, check_custom_header, valid_channel, valid_uid,
+};
 use crate::store::{
     AppRecord, AttemptRecord, DestRecord, EndpointRecord, EventTypeRecord, MessageRecord,
 };
@@ -276,35 +278,10 @@ impl EventTypeOut {
 
 // ----- endpoints -----------------------------------------------------
 
-/// Header names webhookd sets itself, which an endpoint's custom headers may not replace.
-const RESERVED_HEADERS: [&str; 12] = [
-    "content-type",
-    "content-length",
-    "user-agent",
-    "host",
-    "connection",
-    "transfer-encoding",
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
-    "svix-id",
-    "svix-timestamp",
-    "svix-signature",
-];
-
 pub fn validate_headers(headers: &BTreeMap<String, String>, field: &str, p: &mut Problems) {
     for (name, value) in headers {
-        let lower = name.to_ascii_lowercase();
-        if actix_web::http::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            p.add(&["body", field, name], "not a valid HTTP header name");
-        } else if RESERVED_HEADERS.contains(&lower.as_str()) {
-            p.add(
-                &["body", field, name],
-                "this header is set by webhookd and cannot be overridden",
-            );
-        }
-        if actix_web::http::header::HeaderValue::from_str(value).is_err() {
-            p.add(&["body", field, name], "not a valid HTTP header value");
+        if let Err(e) = check_custom_header(name, value) {
+            p.add(&["body", field, name], e);
         }
     }
 }

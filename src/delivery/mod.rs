@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
 
 use crate::config::DeliveryConfig;
-use crate::domain::{AttemptId, AttemptTrigger, EndpointId, MessageStatus, now_ms};
+use crate::domain::{AttemptId, AttemptTrigger, EndpointId, MessageId, MessageStatus, now_ms};
 use crate::signing;
 use crate::store::{AttemptRecord, Claim, Next, Store, StoreError, TaskRecord};
 use client::{Request, Sender};
@@ -30,15 +30,40 @@ use netguard::NetGuard;
 /// The `user-agent` of every delivery.
 pub const USER_AGENT: &str = concat!("webhookd/", env!("CARGO_PKG_VERSION"));
 
-/// Wakes the worker when new work was queued. Cheap to clone; `Send`.
-#[derive(Clone, Default)]
+/// An attempt that was just recorded.
+#[derive(Clone, Debug)]
+pub struct Landed {
+    pub msg_id: MessageId,
+    pub ep_id: EndpointId,
+    pub attempt_id: AttemptId,
+}
+
+/// Wakes the worker when new work was queued, and tells whoever listens when an
+/// attempt was recorded. Cheap to clone; `Send`.
+#[derive(Clone)]
 pub struct DeliveryHandle {
     notify: Arc<Notify>,
+    landed: tokio::sync::broadcast::Sender<Landed>,
+}
+
+impl Default for DeliveryHandle {
+    fn default() -> Self {
+        Self {
+            notify: Arc::default(),
+            // Listeners only care about recent attempts; a lagging one just misses some.
+            landed: tokio::sync::broadcast::channel(1024).0,
+        }
+    }
 }
 
 impl DeliveryHandle {
     pub fn wake(&self) {
         self.notify.notify_one();
+    }
+
+    /// Attempts recorded from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Landed> {
+        self.landed.subscribe()
     }
 }
 
@@ -59,6 +84,7 @@ struct Worker {
     in_flight: RefCell<usize>,
     /// Signalled whenever an attempt finishes and frees a slot.
     freed: Notify,
+    handle: DeliveryHandle,
 }
 
 /// Runs the worker until `shutdown` is cancelled, then waits (at most the request
@@ -92,6 +118,7 @@ pub async fn run(
         per_endpoint: RefCell::new(HashMap::new()),
         in_flight: RefCell::new(0),
         freed: Notify::new(),
+        handle: handle.clone(),
     });
     let mut next_sweep = tokio::time::Instant::now() + LEASE_SWEEP;
     while !shutdown.is_cancelled() {
@@ -298,6 +325,11 @@ impl Worker {
             error: resp.error,
         };
         store.record_attempt(task, lease, &attempt, next)?;
+        let _ = self.handle.landed.send(Landed {
+            msg_id: attempt.msg_id.clone(),
+            ep_id: attempt.ep_id.clone(),
+            attempt_id: attempt.id.clone(),
+        });
         if gone {
             if let Some(mut current) = store.get_endpoint(&task.app_id, &task.ep_id)? {
                 current.disabled = true;

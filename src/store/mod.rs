@@ -817,6 +817,54 @@ impl Store {
         Ok(())
     }
 
+    /// Queues one manual attempt of a message to an endpoint, due now (resend, redeliver).
+    pub fn queue_manual(
+        &self,
+        app: &AppId,
+        msg: &MessageId,
+        ep: &EndpointId,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.enqueue(&TaskRecord {
+            id: TaskId::new(now_ms),
+            app_id: app.clone(),
+            msg_id: msg.clone(),
+            ep_id: ep.clone(),
+            attempt: 0,
+            trigger: AttemptTrigger::Manual,
+            due_ms: now_ms,
+        })
+    }
+
+    /// Queues again, with a fresh retry schedule, every message that failed to `ep`
+    /// among those created in `since_ms..until_ms`. Returns how many.
+    pub fn recover(
+        &self,
+        ep: &EndpointId,
+        since_ms: i64,
+        until_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let req = PageReq {
+            min_id: Some(MessageId::lower_bound(since_ms).to_string()),
+            max_id: until_ms.map(|t| MessageId::lower_bound(t).to_string()),
+            ..PageReq::first(usize::MAX - 1)
+        };
+        let failed = self.endpoint_messages(ep, &req, |d| d.status == MessageStatus::Fail)?;
+        for d in &failed.items {
+            self.enqueue(&TaskRecord {
+                id: TaskId::new(now_ms),
+                app_id: d.app_id.clone(),
+                msg_id: d.msg_id.clone(),
+                ep_id: d.ep_id.clone(),
+                attempt: 0,
+                trigger: AttemptTrigger::Scheduled,
+                due_ms: now_ms,
+            })?;
+        }
+        Ok(failed.items.len())
+    }
+
     /// Due time of the earliest queued delivery.
     pub fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
         let first = self

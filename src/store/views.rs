@@ -124,3 +124,37 @@ impl Store {
             .collect()
     }
 }
+
+impl Store {
+    /// Finds a message by ID alone, whatever its application (through the global index).
+    pub fn find_message_any(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
+        let Some(app) = self.tree.get(keys::all_messages(id))? else {
+            return Ok(None);
+        };
+        match AppId::parse(&String::from_utf8_lossy(&app)) {
+            Some(app) => self.get_message(&app, id),
+            None => Ok(None),
+        }
+    }
+
+    /// Every endpoint of every application (for the overview's health lists).
+    pub fn all_endpoints(&self) -> Result<Vec<super::EndpointRecord>, StoreError> {
+        self.tree
+            .scan_prefix([keys::ns::ENDPOINT])
+            .map(|e| {
+                let (k, v) = e?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+}
+
+impl Store {
+    /// How many deliveries are failed, counting at most `limit`.
+    pub fn count_failed(&self, limit: usize) -> usize {
+        self.tree
+            .scan_prefix([keys::ns::FAILED])
+            .take(limit)
+            .count()
+    }
+}

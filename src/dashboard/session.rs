@@ -1,0 +1,178 @@
+//! Dashboard sign-in: sessions, their cookie, and CSRF tokens.
+//!
+//! A session is created by signing in with the admin token and lives in memory
+//! (a restart signs everyone out). Its cookie is HttpOnly and SameSite=Strict;
+//! every state-changing form carries the session's CSRF token.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::cookie::{Cookie, SameSite};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, http::header, web};
+use subtle::ConstantTimeEq;
+
+use super::DashboardState;
+use super::error::DashboardError;
+use crate::domain::{now_ms, random_token};
+
+pub const COOKIE: &str = "webhookd_session";
+/// How long a session lasts after sign-in.
+pub const LIFETIME: Duration = Duration::from_secs(12 * 3600);
+
+/// A signed-in browser: what pages need to render forms.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub csrf: String,
+    expires_ms: i64,
+}
+
+#[derive(Default)]
+pub struct Sessions {
+    // A Mutex is enough: each request holds it for one map operation.
+    by_id: Mutex<HashMap<String, Session>>,
+}
+
+impl Sessions {
+    /// Starts a session; returns its cookie value.
+    pub fn create(&self) -> String {
+        let id = random_token();
+        let now = now_ms();
+        let mut map = self.by_id.lock().expect("session map lock poisoned");
+        map.retain(|_, s| s.expires_ms > now);
+        map.insert(
+            id.clone(),
+            Session {
+                csrf: random_token(),
+                expires_ms: now + LIFETIME.as_millis() as i64,
+            },
+        );
+        id
+    }
+
+    pub fn get(&self, id: &str) -> Option<Session> {
+        let map = self.by_id.lock().expect("session map lock poisoned");
+        map.get(id).filter(|s| s.expires_ms > now_ms()).cloned()
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.by_id
+            .lock()
+            .expect("session map lock poisoned")
+            .remove(id);
+    }
+}
+
+/// The session cookie to set after sign-in (or to clear, with an empty value).
+pub fn cookie(value: String, max_age: Duration) -> Cookie<'static> {
+    Cookie::build(COOKIE, value)
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .max_age(actix_web::cookie::time::Duration::seconds(
+            max_age.as_secs() as i64,
+        ))
+        .finish()
+}
+
+/// Does `given` equal the admin token? (constant time)
+pub fn token_matches(state: &DashboardState, given: &str) -> bool {
+    bool::from(given.trim().as_bytes().ct_eq(state.admin_token.as_bytes()))
+}
+
+/// Pages other than sign-in need a session: without one, a browser is sent to the
+/// sign-in page (and back afterwards). The session is put in the request extensions.
+pub async fn require_session(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let path = req.path();
+    if path == "/login" || path.starts_with("/static/") {
+        return Ok(next.call(req).await?.map_into_boxed_body());
+    }
+    let state = req
+        .app_data::<web::Data<DashboardState>>()
+        .expect("the dashboard always carries its state")
+        .clone();
+    let session = req
+        .cookie(COOKIE)
+        .and_then(|c| state.sessions.get(c.value()));
+    match session {
+        Some(s) => {
+            req.extensions_mut().insert(s);
+            Ok(next.call(req).await?.map_into_boxed_body())
+        }
+        None => {
+            let target = match req.query_string() {
+                "" => req.path().to_owned(),
+                q => format!("{}?{q}", req.path()),
+            };
+            let location = format!("/login?next={}", urlencode(&target));
+            let res = HttpResponse::SeeOther()
+                .insert_header((header::LOCATION, location))
+                .finish();
+            Ok(req.into_response(res))
+        }
+    }
+}
+
+/// The session of a request that passed `require_session`.
+pub fn session(req: &HttpRequest) -> Result<Session, DashboardError> {
+    req.extensions()
+        .get::<Session>()
+        .cloned()
+        .ok_or(DashboardError::Forbidden("not signed in"))
+}
+
+/// Checks a submitted form's CSRF token against the session's.
+pub fn check_csrf(req: &HttpRequest, submitted: &str) -> Result<Session, DashboardError> {
+    let s = session(req)?;
+    if bool::from(submitted.as_bytes().ct_eq(s.csrf.as_bytes())) && !submitted.is_empty() {
+        Ok(s)
+    } else {
+        Err(DashboardError::Forbidden(
+            "the form's security token is missing or stale; reload the page and try again",
+        ))
+    }
+}
+
+pub fn urlencode(s: &str) -> String {
+    serde_urlencoded::to_string([("", s)])
+        .map(|e| e.trim_start_matches('=').to_owned())
+        .unwrap_or_default()
+}
+
+/// Only same-site paths are followed after sign-in (no open redirects).
+pub fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        _ => "/".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_stays_on_site() {
+        assert_eq!(safe_next(Some("/messages?x=1")), "/messages?x=1");
+        assert_eq!(safe_next(Some("//evil.example")), "/");
+        assert_eq!(safe_next(Some("https://evil.example")), "/");
+        assert_eq!(safe_next(Some("/\\evil")), "/");
+        assert_eq!(safe_next(None), "/");
+    }
+
+    #[test]
+    fn sessions_expire_and_end() {
+        let s = Sessions::default();
+        let id = s.create();
+        assert!(s.get(&id).is_some());
+        s.remove(&id);
+        assert!(s.get(&id).is_none());
+        assert!(s.get("made-up").is_none());
+    }
+}

@@ -1,0 +1,49 @@
+// Progressive enhancement only: every page works without this file.
+// - copy buttons ([data-copy] text or [data-copy-from] element id)
+// - auto-refresh of pages that mark a [data-refresh="seconds"] element,
+//   paused while the user is typing in a form or has text selected.
+(function () {
+  "use strict";
+  document.documentElement.classList.add("js");
+
+  document.addEventListener("click", function (e) {
+    var b = e.target.closest("button.copy");
+    if (!b) return;
+    var text = b.dataset.copy;
+    if (b.dataset.copyFrom) {
+      var el = document.getElementById(b.dataset.copyFrom);
+      text = el ? el.textContent : "";
+    }
+    if (navigator.clipboard && text) {
+      navigator.clipboard.writeText(text).then(function () {
+        var old = b.textContent;
+        b.textContent = "Copied";
+        setTimeout(function () { b.textContent = old; }, 1200);
+      });
+    }
+  });
+
+  var marker = document.querySelector("[data-refresh]");
+  if (!marker) return;
+  var seconds = parseInt(marker.dataset.refresh, 10) || 15;
+  function busy() {
+    var a = document.activeElement;
+    var typing = a && (a.tagName === "INPUT" || a.tagName === "TEXTAREA" || a.tagName === "SELECT");
+    var selecting = String(window.getSelection()) !== "";
+    var open = document.querySelector("details[open]");
+    return typing || selecting || open;
+  }
+  function refresh() {
+    if (busy() || document.hidden) return;
+    fetch(window.location.href, { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (html) {
+        if (!html || busy()) return;
+        var doc = new DOMParser().parseFromString(html, "text/html");
+        var fresh = doc.querySelector("main");
+        if (fresh) document.querySelector("main").replaceWith(fresh);
+      })
+      .catch(function () {});
+  }
+  setInterval(refresh, seconds * 1000);
+})();
