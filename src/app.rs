@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::dashboard::{self, DashboardState};
-use crate::delivery::{self, DeliveryHandle};
+use crate::delivery::{self, DeliveryHandle, Operational};
+use crate::scheduler::{self, Clock, Scheduler, SchedulerHandle, SystemClock};
 use crate::store::Store;
 
 /// Cache sled keeps in memory.
@@ -42,6 +43,9 @@ pub struct Running {
     shutdown: CancellationToken,
     server_task: tokio::task::JoinHandle<std::io::Result<()>>,
     worker_task: tokio::task::JoinHandle<()>,
+    scheduler_task: tokio::task::JoinHandle<()>,
+    /// Runs jobs on demand (tests, the dashboard).
+    pub scheduler: SchedulerHandle,
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
@@ -91,6 +95,11 @@ fn admin_token(config: &Config) -> anyhow::Result<(Arc<str>, TokenSource)> {
 /// Opens everything and starts serving. Must run inside an actix system (the
 /// delivery worker is a local task: its HTTP client is `!Send`).
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    start_with_clock(config, Arc::new(SystemClock)).await
+}
+
+/// `start`, with the scheduler reading time from `clock` (tests drive it).
+pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     create_private_dir(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
@@ -100,30 +109,48 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let shutdown = CancellationToken::new();
     let delivery_handle = DeliveryHandle::default();
+    let ops = Operational::setup(
+        store.clone(),
+        delivery_handle.clone(),
+        &config.scheduler.operational,
+    )
+    .context("setting up operational webhooks")?;
     let worker_task = {
-        let (store, cfg, handle, shutdown) = (
+        let (store, cfg, handle, ops, shutdown) = (
             store.clone(),
             config.delivery.clone(),
             delivery_handle.clone(),
+            ops.clone(),
             shutdown.clone(),
         );
         actix_rt::spawn(async move {
-            if let Err(e) = delivery::run(store, cfg, handle, shutdown).await {
+            if let Err(e) = delivery::run(store, cfg, handle, ops, shutdown).await {
                 tracing::error!(error = %e, "the delivery worker stopped on a database error");
             }
         })
     };
+    let scheduler = Scheduler::new(
+        store.clone(),
+        config.scheduler.clone(),
+        ops.clone(),
+        delivery_handle.clone(),
+        clock,
+    );
+    let (scheduler, scheduler_task) = scheduler::start(scheduler, shutdown.clone());
 
     let state = web::Data::new(ApiState {
         store: store.clone(),
         delivery: delivery_handle.clone(),
+        ops: ops.clone(),
         cfg: config.api.clone(),
         admin_token: token.clone(),
     });
     let dashboard_state = web::Data::new(DashboardState::new(
         store.clone(),
-        delivery_handle,
+        delivery_handle.clone(),
         token.clone(),
+        ops.clone(),
+        scheduler.clone(),
     ));
     let listener = TcpListener::bind(config.listen)
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -149,6 +176,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown,
         server_task,
         worker_task,
+        scheduler_task,
+        scheduler,
     })
 }
 
@@ -180,6 +209,7 @@ impl Running {
         let _ = self.server_task.await;
         self.shutdown.cancel();
         let _ = self.worker_task.await;
+        let _ = self.scheduler_task.await;
         self.store.commit().await.context("flushing the database")?;
         Ok(())
     }

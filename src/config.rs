@@ -68,6 +68,51 @@ struct RawConfig {
     max_payload_bytes: u64,
     delivery: RawDelivery,
     api: RawApi,
+    scheduler: RawScheduler,
+    retention: RawRetention,
+    endpoint_health: RawHealth,
+    watchdog: RawWatchdog,
+    operational: RawOperational,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScheduler {
+    reconcile: String,
+    retention: String,
+    endpoint_health: String,
+    silence_watchdog: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    payload_days: u32,
+    app_payload_days: std::collections::BTreeMap<String, u32>,
+    attempt_days: u32,
+    max_disk_bytes: u64,
+    disk_target_percent: u8,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    disable_after: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatchdog {
+    factor: f64,
+    min_silence: String,
+    expect: ListOrString,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOperational {
+    url: String,
+    secret: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +141,7 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub delivery: DeliveryConfig,
     pub api: ApiConfig,
+    pub scheduler: SchedulerConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -112,10 +158,154 @@ pub struct DeliveryConfig {
     pub max_response_body_bytes: usize,
 }
 
+/// When each job runs (`None`: disabled), and the jobs' own settings.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub reconcile: Option<cron::Schedule>,
+    pub retention: Option<cron::Schedule>,
+    pub endpoint_health: Option<cron::Schedule>,
+    pub silence_watchdog: Option<cron::Schedule>,
+    pub retention_cfg: RetentionConfig,
+    pub disable_after: Duration,
+    pub watchdog: WatchdogConfig,
+    pub operational: OperationalConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetentionConfig {
+    pub payload: Duration,
+    /// Per application (uid or id).
+    pub app_payload: std::collections::BTreeMap<String, Duration>,
+    pub attempts: Duration,
+    /// 0: no bound.
+    pub max_disk_bytes: u64,
+    pub disk_target_percent: u8,
+}
+
+#[derive(Debug, Clone)]
+pub struct WatchdogConfig {
+    pub factor: f64,
+    pub min_silence: Duration,
+    pub expect: Vec<Expectation>,
+}
+
+/// "`event_type` of `app` at least every `every`".
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expectation {
+    pub app: String,
+    pub event_type: String,
+    pub every: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct OperationalConfig {
+    /// `None`: operational webhooks are off.
+    pub url: Option<String>,
+    /// `whsec_…`, or `None` to generate one.
+    pub secret: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
     pub max_payload_bytes: usize,
     pub idempotency_ttl: Duration,
+}
+
+fn schedule(key: &'static str, s: &str) -> Result<Option<cron::Schedule>, ConfigError> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    s.parse::<cron::Schedule>().map(Some).map_err(|e| {
+        invalid(
+            key,
+            format!(
+                "`{s}` is not a cron expression with seconds like \"0 * * * * *\", or \"off\" ({e})"
+            ),
+        )
+    })
+}
+
+fn days(key: &'static str, n: u32) -> Result<Duration, ConfigError> {
+    if n == 0 {
+        return Err(invalid(key, "must be at least 1 day"));
+    }
+    Ok(Duration::from_secs(u64::from(n) * 86_400))
+}
+
+fn scheduler(
+    s: RawScheduler,
+    r: RawRetention,
+    h: RawHealth,
+    w: RawWatchdog,
+    o: RawOperational,
+) -> Result<SchedulerConfig, ConfigError> {
+    if !(1..=100).contains(&r.disk_target_percent) {
+        return Err(invalid(
+            "retention.disk_target_percent",
+            "must be between 1 and 100",
+        ));
+    }
+    let app_payload = r
+        .app_payload_days
+        .iter()
+        .map(|(app, d)| Ok((app.clone(), days("retention.app_payload_days", *d)?)))
+        .collect::<Result<_, ConfigError>>()?;
+    if !(w.factor > 1.0 && w.factor.is_finite()) {
+        return Err(invalid("watchdog.factor", "must be greater than 1"));
+    }
+    let expect = w
+        .expect
+        .items()
+        .iter()
+        .map(|e| {
+            let parts: Vec<&str> = e.split(':').collect();
+            match parts.as_slice() {
+                [app, event_type, every] if !app.is_empty() && !event_type.is_empty() => {
+                    Ok(Expectation {
+                        app: app.to_string(),
+                        event_type: event_type.to_string(),
+                        every: duration("watchdog.expect", every)?,
+                    })
+                }
+                _ => Err(invalid(
+                    "watchdog.expect",
+                    format!("`{e}` is not of the form app:event_type:interval"),
+                )),
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    let url = o.url.trim().to_owned();
+    if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(invalid("operational.url", "must be an http or https URL"));
+    }
+    let secret = o.secret.trim().to_owned();
+    if !secret.is_empty() && !secret.starts_with("whsec_") {
+        return Err(invalid("operational.secret", "must start with whsec_"));
+    }
+    Ok(SchedulerConfig {
+        reconcile: schedule("scheduler.reconcile", &s.reconcile)?,
+        retention: schedule("scheduler.retention", &s.retention)?,
+        endpoint_health: schedule("scheduler.endpoint_health", &s.endpoint_health)?,
+        silence_watchdog: schedule("scheduler.silence_watchdog", &s.silence_watchdog)?,
+        retention_cfg: RetentionConfig {
+            payload: days("retention.payload_days", r.payload_days)?,
+            app_payload,
+            attempts: days("retention.attempt_days", r.attempt_days)?,
+            max_disk_bytes: r.max_disk_bytes,
+            disk_target_percent: r.disk_target_percent,
+        },
+        disable_after: duration("endpoint_health.disable_after", &h.disable_after)?,
+        watchdog: WatchdogConfig {
+            factor: w.factor,
+            min_silence: duration("watchdog.min_silence", &w.min_silence)?,
+            expect,
+        },
+        operational: OperationalConfig {
+            url: (!url.is_empty()).then_some(url),
+            secret: (!secret.is_empty()).then_some(secret),
+        },
+    })
 }
 
 fn duration(key: &'static str, s: &str) -> Result<Duration, ConfigError> {
@@ -208,6 +398,13 @@ impl TryFrom<RawConfig> for Config {
                 max_payload_bytes: raw.max_payload_bytes as usize,
                 idempotency_ttl: duration("api.idempotency_ttl", &raw.api.idempotency_ttl)?,
             },
+            scheduler: scheduler(
+                raw.scheduler,
+                raw.retention,
+                raw.endpoint_health,
+                raw.watchdog,
+                raw.operational,
+            )?,
         })
     }
 }
@@ -387,6 +584,31 @@ mod tests {
                 .to_string();
             assert!(err.contains(key), "{k}={v}: `{err}` does not name `{key}`");
         }
+    }
+
+    #[test]
+    fn scheduler_settings() {
+        let c = Config::load_from(
+            None,
+            &env(&[
+                ("WEBHOOKD_SCHEDULER__RETENTION", "off"),
+                ("WEBHOOKD_WATCHDOG__EXPECT", "shop:order.created:10m"),
+            ]),
+        )
+        .unwrap();
+        let s = &c.scheduler;
+        assert!(s.reconcile.is_some() && s.retention.is_none());
+        assert_eq!(s.retention_cfg.payload, Duration::from_secs(30 * 86_400));
+        assert_eq!(s.disable_after, Duration::from_secs(5 * 86_400));
+        assert_eq!(
+            s.watchdog.expect,
+            vec![Expectation {
+                app: "shop".into(),
+                event_type: "order.created".into(),
+                every: Duration::from_secs(600)
+            }]
+        );
+        assert_eq!(s.operational.url, None);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod config;
 pub mod dashboard;
 pub mod delivery;
 pub mod domain;
+pub mod scheduler;
 pub mod signing;
 pub mod store;
 pub mod telemetry;

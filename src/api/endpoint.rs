@@ -143,6 +143,9 @@ async fn update(
         .store
         .update_endpoint(&old, &new)?
         .map_err(uid_taken)?;
+    if new.disabled != old.disabled {
+        state.ops.endpoint_toggled(&app, &new).await;
+    }
     Ok(HttpResponse::Ok().json(EndpointOut::from(&new)))
 }
 
@@ -164,6 +167,9 @@ async fn patch(
         .store
         .update_endpoint(&old, &new)?
         .map_err(uid_taken)?;
+    if new.disabled != old.disabled {
+        state.ops.endpoint_toggled(&app, &new).await;
+    }
     Ok(HttpResponse::Ok().json(EndpointOut::from(&new)))
 }
 
@@ -430,6 +436,7 @@ async fn send_example(
             tags: Vec::new(),
             only: Some(&ep),
             deliver_at: None,
+            payload_retention_ms: None,
         },
     )
     .await?;

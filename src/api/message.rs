@@ -26,6 +26,8 @@ pub(super) struct NewMessage<'a> {
     pub only: Option<&'a EndpointRecord>,
     /// Deliver at this time instead of now.
     pub deliver_at: Option<i64>,
+    /// Keep the payload this long instead of the default.
+    pub payload_retention_ms: Option<i64>,
 }
 
 /// Stores a message with one delivery per matching endpoint and returns once that
@@ -45,6 +47,7 @@ pub(super) async fn publish(
         tags: new.tags,
         created_ms: now,
         expunged: false,
+        payload_retention_ms: new.payload_retention_ms,
     };
     let subscribers: Vec<EndpointRecord> = match new.only {
         Some(ep) => vec![ep.clone()],
@@ -83,6 +86,7 @@ async fn create(
     let body: MessageIn =
         parse_json(&read_body(&req, payload, state.cfg.max_payload_bytes).await?)?;
     let deliver_at = body.validate()?;
+    let payload_retention_ms = body.retention_ms();
     let app = match state.store.find_app(&path)? {
         Some(app) => app,
         // Svix creates the application on the fly when the message names one.
@@ -106,6 +110,7 @@ async fn create(
             tags: body.tags.unwrap_or_default(),
             only: None,
             deliver_at,
+            payload_retention_ms,
         },
     )
     .await?;

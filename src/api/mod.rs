@@ -19,7 +19,7 @@ use std::sync::Arc;
 use actix_web::{HttpResponse, web};
 
 use crate::config::ApiConfig;
-use crate::delivery::DeliveryHandle;
+use crate::delivery::{DeliveryHandle, Operational};
 use crate::store::{AppRecord, EndpointRecord, Store};
 pub use error::ApiError;
 
@@ -27,6 +27,7 @@ pub use error::ApiError;
 pub struct ApiState {
     pub store: Store,
     pub delivery: DeliveryHandle,
+    pub ops: Operational,
     pub cfg: ApiConfig,
     pub admin_token: Arc<str>,
 }

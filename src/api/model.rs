@@ -631,6 +631,13 @@ pub struct MessageIn {
 }
 
 impl MessageIn {
+    /// `payloadRetentionHours` or `payloadRetentionPeriod` (days), in milliseconds.
+    pub fn retention_ms(&self) -> Option<i64> {
+        self.payload_retention_hours
+            .map(|h| h * 3_600_000)
+            .or(self.payload_retention_period.map(|d| d * 86_400_000))
+    }
+
     /// Checks the fields; returns the delivery time if `deliverAt` was given.
     pub fn validate(&self) -> Result<Option<i64>, ApiError> {
         let mut p = Problems::default();

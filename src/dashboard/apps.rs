@@ -390,6 +390,7 @@ async fn toggle(
     ep.disabled = !ep.disabled;
     ep.updated_ms = now_ms();
     state.store.put_endpoint(&ep)?;
+    state.ops.endpoint_toggled(&app, &ep).await;
     let notice = if ep.disabled {
         "Endpoint disabled: nothing is sent to it."
     } else {
@@ -523,6 +524,7 @@ async fn send_test(
         tags: Vec::new(),
         created_ms: now,
         expunged: false,
+        payload_retention_ms: None,
     };
     let payload = serde_json::json!({ "eventType": event_type, "example": true, "sentFrom": "webhookd dashboard" });
     let mut landed = state.delivery.subscribe();

@@ -8,6 +8,7 @@
 mod apps;
 mod catalog;
 mod error;
+mod jobs;
 mod messages;
 mod overview;
 mod session;
@@ -21,8 +22,9 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 use serde::Deserialize;
 
-use crate::delivery::DeliveryHandle;
+use crate::delivery::{DeliveryHandle, Operational};
 use crate::domain::{EndpointId, MessageId, now_ms};
+use crate::scheduler::SchedulerHandle;
 use crate::store::Store;
 pub use error::DashboardError;
 use session::{Sessions, check_csrf, cookie, safe_next, token_matches};
@@ -33,18 +35,28 @@ pub struct DashboardState {
     pub delivery: DeliveryHandle,
     pub admin_token: Arc<str>,
     pub sessions: Sessions,
+    pub ops: Operational,
+    pub scheduler: SchedulerHandle,
 }
 
 type State = web::Data<DashboardState>;
 type PageResult = Result<HttpResponse, DashboardError>;
 
 impl DashboardState {
-    pub fn new(store: Store, delivery: DeliveryHandle, admin_token: Arc<str>) -> Self {
+    pub fn new(
+        store: Store,
+        delivery: DeliveryHandle,
+        admin_token: Arc<str>,
+        ops: Operational,
+        scheduler: SchedulerHandle,
+    ) -> Self {
         Self {
             store,
             delivery,
             admin_token,
             sessions: Sessions::default(),
+            ops,
+            scheduler,
         }
     }
 
@@ -154,6 +166,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<DashboardState>)
             .configure(apps::routes)
             .configure(messages::routes)
             .configure(catalog::routes)
+            .configure(jobs::routes)
             .default_service(web::to(not_found)),
     );
 }

@@ -33,10 +33,19 @@ pub struct EndpointRow {
     pub failures: u64,
 }
 
+pub struct AlertRow {
+    pub app_id: String,
+    pub app_name: String,
+    pub event_type: String,
+    pub quiet_for: String,
+    pub usual: String,
+}
+
 #[derive(Template)]
 #[template(path = "overview.html")]
 struct OverviewPage {
     layout: Layout,
+    alerts: Vec<AlertRow>,
     per_minute: Chart,
     per_hour: Chart,
     rate_24h: String,
@@ -125,8 +134,25 @@ async fn overview(state: State, req: HttpRequest) -> PageResult {
     failing.sort_by_key(|e| std::cmp::Reverse(e.failures));
 
     let failed_count = store.count_failed(FAILED_COUNT_LIMIT);
+    let alerts = store
+        .silence_alerts()?
+        .into_iter()
+        .map(|a| {
+            let app_name = store
+                .find_app(a.app_id.as_str())?
+                .map_or_else(|| a.app_id.to_string(), |app| app.name);
+            Ok(AlertRow {
+                app_id: a.app_id.to_string(),
+                app_name,
+                event_type: a.event_type,
+                quiet_for: view::duration(now - a.last_ms),
+                usual: view::duration(a.threshold_ms),
+            })
+        })
+        .collect::<Result<Vec<_>, crate::store::StoreError>>()?;
     render(&OverviewPage {
         layout,
+        alerts,
         rate_24h: view::rate(totals_24h),
         totals_24h,
         per_minute,

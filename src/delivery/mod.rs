@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod netguard;
+pub mod operational;
 pub mod retry;
 
 use std::cell::RefCell;
@@ -26,6 +27,7 @@ use crate::signing;
 use crate::store::{AttemptRecord, Claim, Next, Store, StoreError, TaskRecord};
 use client::{Request, Sender};
 use netguard::NetGuard;
+pub use operational::Operational;
 
 /// The `user-agent` of every delivery.
 pub const USER_AGENT: &str = concat!("webhookd/", env!("CARGO_PKG_VERSION"));
@@ -67,6 +69,9 @@ impl DeliveryHandle {
     }
 }
 
+/// Consecutive failures after which `message.attempt.failing` is sent.
+const FAILING_AFTER: u32 = 4;
+
 /// How often expired leases are looked for while running.
 const LEASE_SWEEP: Duration = Duration::from_secs(10);
 /// How far a due delivery is pushed back when its endpoint is at its concurrency cap.
@@ -85,6 +90,7 @@ struct Worker {
     /// Signalled whenever an attempt finishes and frees a slot.
     freed: Notify,
     handle: DeliveryHandle,
+    ops: Operational,
 }
 
 /// Runs the worker until `shutdown` is cancelled, then waits (at most the request
@@ -93,6 +99,7 @@ pub async fn run(
     store: Store,
     cfg: DeliveryConfig,
     handle: DeliveryHandle,
+    ops: Operational,
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
     // No worker is alive at start, so every lease is stale: make them due now.
@@ -119,6 +126,7 @@ pub async fn run(
         in_flight: RefCell::new(0),
         freed: Notify::new(),
         handle: handle.clone(),
+        ops,
     });
     let mut next_sweep = tokio::time::Instant::now() + LEASE_SWEEP;
     while !shutdown.is_cancelled() {
@@ -324,7 +332,7 @@ impl Worker {
             duration_ms: resp.duration.as_millis() as u64,
             error: resp.error,
         };
-        store.record_attempt(task, lease, &attempt, next)?;
+        let recorded = store.record_attempt(task, lease, &attempt, next)?;
         let _ = self.handle.landed.send(Landed {
             msg_id: attempt.msg_id.clone(),
             ep_id: attempt.ep_id.clone(),
@@ -336,8 +344,63 @@ impl Worker {
                 current.updated_ms = now_ms();
                 store.put_endpoint(&current)?;
                 warn!("endpoint answered 410 Gone and was disabled");
+                if let (false, Some(app)) = (
+                    self.ops.is_reserved(&task.app_id),
+                    store.find_app(task.app_id.as_str())?,
+                ) {
+                    let mut data = operational::endpoint_data(&app, &current);
+                    data["reason"] = "gone".into();
+                    self.ops.emit("endpoint.disabled", data).await;
+                }
             }
         }
+        if !self.ops.is_reserved(&task.app_id) {
+            self.attempt_events(&msg, &attempt, &recorded, gone).await?;
+        }
+        Ok(())
+    }
+
+    /// `message.attempt.failing` (4th failure in a row), `.exhausted` (no retry
+    /// left) and `.recovered` (a success after those).
+    async fn attempt_events(
+        &self,
+        msg: &crate::store::MessageRecord,
+        attempt: &AttemptRecord,
+        recorded: &crate::store::Recorded,
+        gone: bool,
+    ) -> Result<(), StoreError> {
+        let success = attempt.status == MessageStatus::Success;
+        let after = &recorded.after;
+        let was_failing = recorded
+            .before
+            .as_ref()
+            .is_some_and(|b| b.failures_in_row >= FAILING_AFTER || b.status == MessageStatus::Fail);
+        let event = if success && was_failing {
+            "message.attempt.recovered"
+        } else if !success && after.status == MessageStatus::Fail && !gone {
+            "message.attempt.exhausted"
+        } else if !success && after.failures_in_row == FAILING_AFTER {
+            "message.attempt.failing"
+        } else {
+            return Ok(());
+        };
+        let app_uid = self
+            .store
+            .find_app(msg.app_id.as_str())?
+            .and_then(|a| a.uid);
+        let data = serde_json::json!({
+            "appId": msg.app_id.as_str(),
+            "appUid": app_uid,
+            "msgId": msg.id.as_str(),
+            "msgEventId": msg.event_id,
+            "endpointId": attempt.ep_id.as_str(),
+            "lastAttempt": {
+                "id": attempt.id.as_str(),
+                "timestamp": crate::domain::format_time(attempt.timestamp_ms),
+                "responseStatusCode": attempt.response_status_code,
+            },
+        });
+        self.ops.emit(event, data).await;
         Ok(())
     }
 }

@@ -52,6 +52,14 @@ pub mod ns {
     pub const ENDPOINT_HOUR_STATS: u8 = b'H';
     /// app_id → Counts (messages published to the app, in `success`)
     pub const APP_MESSAGE_COUNT: u8 = b'C';
+    /// job name → JobRecord
+    pub const JOB: u8 = b'j';
+    /// app_id event_type → Cadence (merged on every publish)
+    pub const CADENCE: u8 = b'W';
+    /// app_id event_type → SilenceAlert
+    pub const SILENCE: u8 = b'w';
+    /// ep_id → since_ms (8 bytes LE) app_id: every attempt since then failed
+    pub const FAILING_SINCE: u8 = b'h';
 }
 
 fn key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -170,6 +178,25 @@ pub fn failed(msg: &MessageId, ep: &EndpointId) -> Vec<u8> {
         &[msg.as_str().as_bytes(), ep.as_str().as_bytes()],
     )
 }
+pub fn job(name: &str) -> Vec<u8> {
+    key(ns::JOB, &[name.as_bytes()])
+}
+pub fn cadence(app: &AppId, event_type: &str) -> Vec<u8> {
+    key(
+        ns::CADENCE,
+        &[app.as_str().as_bytes(), event_type.as_bytes()],
+    )
+}
+pub fn silence(app: &AppId, event_type: &str) -> Vec<u8> {
+    key(
+        ns::SILENCE,
+        &[app.as_str().as_bytes(), event_type.as_bytes()],
+    )
+}
+pub fn failing_since(ep: &EndpointId) -> Vec<u8> {
+    key(ns::FAILING_SINCE, &[ep.as_str().as_bytes()])
+}
+
 /// The dead-letter key of a delivery-status key (`D` msg ep → `F` msg ep).
 pub fn failed_from_dest_key(dest_key: &[u8]) -> Vec<u8> {
     let mut k = dest_key.to_vec();

@@ -13,6 +13,7 @@
 
 mod commit;
 pub mod keys;
+mod maintenance;
 pub mod records;
 mod views;
 
@@ -27,6 +28,7 @@ use crate::domain::{
     AppId, AttemptId, AttemptTrigger, EndpointId, MessageId, MessageStatus, TaskId,
 };
 pub use commit::GroupCommit;
+pub use maintenance::{Cadence, Reconciled, Retained};
 pub use records::*;
 pub use views::QueueSummary;
 
@@ -116,6 +118,13 @@ pub enum Next {
     Done,
 }
 
+/// A delivery status before and after an attempt was recorded.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub before: Option<DestRecord>,
+    pub after: DestRecord,
+}
+
 /// How an idempotency key was claimed.
 pub enum IdemClaim {
     /// First use: handle the request, then `idempotency_finish`.
@@ -166,7 +175,7 @@ impl Store {
     fn with_db(db: sled::Db, file: Option<std::fs::File>) -> Result<Store, StoreError> {
         let committer = GroupCommit::start(db.clone(), file).map_err(StoreError::Open)?;
         let tree: sled::Tree = (*db).clone();
-        tree.set_merge_operator(Counts::merge);
+        tree.set_merge_operator(maintenance::merge);
         Ok(Store {
             db,
             tree,
@@ -634,16 +643,12 @@ impl Store {
                 trigger: AttemptTrigger::Scheduled,
                 due_ms,
             };
-            let dest = DestRecord {
-                msg_id: msg.id.clone(),
-                ep_id: ep.id.clone(),
-                app_id: msg.app_id.clone(),
-                status: MessageStatus::Pending,
-                attempts: 0,
-                next_attempt_ms: Some(due_ms),
-                last_attempt_ms: None,
-                last_status_code: None,
-            };
+            let dest = DestRecord::new(
+                msg.id.clone(),
+                ep.id.clone(),
+                msg.app_id.clone(),
+                Some(due_ms),
+            );
             batch.insert(keys::dest(&msg.id, &ep.id), encode(&dest));
             batch.insert(keys::endpoint_msg(&ep.id, &msg.id), &[]);
             batch.insert(keys::queue(due_ms, &task.id), encode(&task));
@@ -707,15 +712,32 @@ impl Store {
         Ok(self.tree.get(keys::payload(msg))?.map(|v| v.to_vec()))
     }
 
-    /// Removes a message's payload (and the bodies its attempts recorded); keeps metadata.
-    pub fn expunge_content(&self, msg: &MessageRecord) -> Result<(), StoreError> {
+    /// Removes a message's payload and the response bodies its attempts recorded;
+    /// keeps the metadata. Returns the bytes removed from the attempts.
+    pub fn expunge_content(&self, msg: &MessageRecord) -> Result<u64, StoreError> {
         let mut updated = msg.clone();
         updated.expunged = true;
         let mut batch = sled::Batch::default();
         batch.insert(keys::message(&msg.app_id, &msg.id), encode(&updated));
         batch.remove(keys::payload(&msg.id));
+        let mut freed = 0u64;
+        let prefix = keys::attempts_of_msg(&msg.id);
+        for k in self.tree.scan_prefix(&prefix).keys() {
+            let k = k?;
+            let Some(id) = AttemptId::parse(&String::from_utf8_lossy(&k[prefix.len()..])) else {
+                continue;
+            };
+            if let Some(mut a) = self
+                .get_attempt(&id)?
+                .filter(|a| !a.response_body.is_empty())
+            {
+                freed += a.response_body.len() as u64;
+                a.response_body = Vec::new();
+                batch.insert(keys::attempt(&id), encode(&a));
+            }
+        }
         self.tree.apply_batch(batch)?;
-        Ok(())
+        Ok(freed)
     }
 
     // ----- delivery statuses ------------------------------------------
@@ -798,16 +820,12 @@ impl Store {
             dest.next_attempt_ms = Some(task.due_ms);
             batch.insert(keys::dest(&task.msg_id, &task.ep_id), encode(&dest));
         } else {
-            let dest = DestRecord {
-                msg_id: task.msg_id.clone(),
-                ep_id: task.ep_id.clone(),
-                app_id: task.app_id.clone(),
-                status: MessageStatus::Pending,
-                attempts: 0,
-                next_attempt_ms: Some(task.due_ms),
-                last_attempt_ms: None,
-                last_status_code: None,
-            };
+            let dest = DestRecord::new(
+                task.msg_id.clone(),
+                task.ep_id.clone(),
+                task.app_id.clone(),
+                Some(task.due_ms),
+            );
             batch.insert(keys::dest(&task.msg_id, &task.ep_id), encode(&dest));
             batch.insert(keys::endpoint_msg(&task.ep_id, &task.msg_id), &[]);
         }
@@ -980,23 +998,27 @@ impl Store {
         lease_until_ms: i64,
         attempt: &AttemptRecord,
         next: Next,
-    ) -> Result<DestRecord, StoreError> {
+    ) -> Result<Recorded, StoreError> {
         let mut batch = sled::Batch::default();
         batch.remove(keys::lease(lease_until_ms, &task.id));
         batch.insert(keys::attempt(&attempt.id), encode(attempt));
         batch.insert(keys::attempt_by_msg(&task.msg_id, &attempt.id), &[]);
         batch.insert(keys::attempt_by_ep(&task.ep_id, &attempt.id), &[]);
-        let mut dest = self.dest(&task.msg_id, &task.ep_id)?.unwrap_or(DestRecord {
-            msg_id: task.msg_id.clone(),
-            ep_id: task.ep_id.clone(),
-            app_id: task.app_id.clone(),
-            status: MessageStatus::Pending,
-            attempts: 0,
-            next_attempt_ms: None,
-            last_attempt_ms: None,
-            last_status_code: None,
+        let before = self.dest(&task.msg_id, &task.ep_id)?;
+        let mut dest = before.clone().unwrap_or_else(|| {
+            DestRecord::new(
+                task.msg_id.clone(),
+                task.ep_id.clone(),
+                task.app_id.clone(),
+                None,
+            )
         });
         dest.attempts += 1;
+        if attempt.status == MessageStatus::Success {
+            dest.failures_in_row = 0;
+        } else {
+            dest.failures_in_row += 1;
+        }
         dest.last_attempt_ms = Some(attempt.timestamp_ms);
         dest.last_status_code = Some(attempt.response_status_code);
         match next {
@@ -1024,6 +1046,14 @@ impl Store {
         batch.insert(keys::dest(&task.msg_id, &task.ep_id), encode(&dest));
         batch.insert(keys::endpoint_msg(&task.ep_id, &task.msg_id), &[]);
         set_failed_index(&mut batch, &dest);
+        let clock = keys::failing_since(&task.ep_id);
+        if attempt.status == MessageStatus::Success {
+            batch.remove(clock);
+        } else if !self.tree.contains_key(&clock)? {
+            let mut v = attempt.timestamp_ms.to_le_bytes().to_vec();
+            v.extend_from_slice(task.app_id.as_str().as_bytes());
+            batch.insert(clock, v);
+        }
         self.tree.apply_batch(batch)?;
         let delta = if attempt.status == MessageStatus::Success {
             Counts {
@@ -1041,7 +1071,10 @@ impl Store {
             keys::endpoint_hour_stats(&task.ep_id, attempt.timestamp_ms / 3_600_000),
             delta,
         )?;
-        Ok(dest)
+        Ok(Recorded {
+            before,
+            after: dest,
+        })
     }
 
     // ----- idempotency --------------------------------------------------

@@ -1,5 +1,7 @@
-//! Stored records. Each is a compatibility promise for data already on disk:
-//! add fields only at the end, as `Option`, and never reorder (postcard is positional).
+//! Stored records. Each is a compatibility promise for data already on disk.
+//! postcard is positional and has no field names: once a release has written a
+//! record, changing its fields needs a new record version (a new namespace tag or
+//! a version byte), never an edit in place.
 
 use std::collections::BTreeMap;
 
@@ -95,6 +97,8 @@ pub struct MessageRecord {
     pub created_ms: i64,
     /// The payload was removed (expunge or retention); only metadata remains.
     pub expunged: bool,
+    /// How long this message's payload is kept (`payloadRetentionPeriod`), if not the default.
+    pub payload_retention_ms: Option<i64>,
 }
 
 /// Delivery state of one message to one endpoint.
@@ -108,6 +112,30 @@ pub struct DestRecord {
     pub next_attempt_ms: Option<i64>,
     pub last_attempt_ms: Option<i64>,
     pub last_status_code: Option<u16>,
+    /// Failed attempts since the last success.
+    pub failures_in_row: u32,
+}
+
+impl DestRecord {
+    /// A delivery not attempted yet.
+    pub fn new(
+        msg_id: MessageId,
+        ep_id: EndpointId,
+        app_id: AppId,
+        next_attempt_ms: Option<i64>,
+    ) -> Self {
+        Self {
+            msg_id,
+            ep_id,
+            app_id,
+            status: MessageStatus::Pending,
+            attempts: 0,
+            next_attempt_ms,
+            last_attempt_ms: None,
+            last_status_code: None,
+            failures_in_row: 0,
+        }
+    }
 }
 
 /// One queued delivery attempt.
@@ -205,4 +233,33 @@ impl std::ops::Add for Counts {
             fail: self.fail + other.fail,
         }
     }
+}
+
+/// The last run of a scheduled job.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub last_started_ms: Option<i64>,
+    pub last_duration_ms: u64,
+    pub last_outcome: Option<JobOutcome>,
+    pub runs: u64,
+    pub failures: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum JobOutcome {
+    /// What the run did, as `name = count` pairs.
+    Done(Vec<(String, u64)>),
+    Failed(String),
+}
+
+/// An alert the silence watchdog raised and has not cleared.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SilenceAlert {
+    pub app_id: AppId,
+    pub event_type: String,
+    /// When the last message of this kind was published.
+    pub last_ms: i64,
+    /// The longest gap that was still considered normal.
+    pub threshold_ms: i64,
+    pub raised_ms: i64,
 }

@@ -48,6 +48,7 @@ fn message(app: &AppId, at: i64, event_id: Option<&str>) -> MessageRecord {
         tags: vec![],
         created_ms: at,
         expunged: false,
+        payload_retention_ms: None,
     }
 }
 
@@ -121,7 +122,8 @@ async fn publish_claim_fail_retry_then_succeed() {
             Next::RetryAt(2_000),
         )
         .unwrap();
-    assert_eq!(dest.status, MessageStatus::Sending);
+    assert_eq!(dest.after.status, MessageStatus::Sending);
+    assert_eq!(dest.after.failures_in_row, 1);
     assert_eq!(s.queue_depth(), (1, 0));
 
     let tasks = s
@@ -136,8 +138,9 @@ async fn publish_claim_fail_retry_then_succeed() {
             Next::RetryAt(9_000),
         )
         .unwrap();
-    assert_eq!(dest.status, MessageStatus::Success);
-    assert_eq!(dest.attempts, 2);
+    assert_eq!(dest.after.status, MessageStatus::Success);
+    assert_eq!(dest.after.failures_in_row, 0);
+    assert_eq!(dest.after.attempts, 2);
     assert_eq!(s.queue_depth(), (0, 0));
 
     let atts = s
@@ -408,4 +411,164 @@ fn scan_limit_cuts_a_page_and_says_where_to_resume() {
     let second = s.list_all_messages(&next, |m| m.app_id == b.id).unwrap();
     assert_eq!(second.items.len(), 1);
     assert_eq!(second.items[0].id, ids[2]);
+}
+
+#[test]
+fn reconcile_requeues_orphans_releases_leases_and_repairs_dead_letters() {
+    let s = Store::temporary().unwrap();
+    let a = app(None);
+    let ep = endpoint(&a.id, &[]);
+    let orphan = message(&a.id, 10, None);
+    let leased = message(&a.id, 11, None);
+    let failed = message(&a.id, 12, None);
+    for m in [&orphan, &leased, &failed] {
+        s.publish(m, b"{}", &[&ep], 20).unwrap();
+    }
+    let tasks = s.claim_due(20, 100, 10, 100, |_| Claim::Take).unwrap();
+    // The orphan: its lease vanished (as after a lost write), its status still pending.
+    let t_orphan = tasks.iter().find(|t| t.msg_id == orphan.id).unwrap();
+    s.drop_task(t_orphan, 100, None).unwrap();
+    // The failed one: recorded as failed, then its dead-letter entry lost.
+    let t_failed = tasks.iter().find(|t| t.msg_id == failed.id).unwrap();
+    s.record_attempt(t_failed, 100, &attempt(t_failed, false, 30), Next::Done)
+        .unwrap();
+    s.tree.remove(keys::failed(&failed.id, &ep.id)).unwrap();
+    // A stray dead-letter entry for a delivered message.
+    s.tree
+        .insert(keys::failed(&leased.id, &ep.id), &[])
+        .unwrap();
+
+    let r = s.reconcile(500, 60_000, None, 1000).unwrap();
+    assert_eq!(
+        r.leases_released, 1,
+        "the leased task's lease (expiring at 100) expired"
+    );
+    assert_eq!(r.requeued, 1, "the orphan is queued again");
+    assert_eq!(r.dead_letter_fixed, 2);
+    assert_eq!(r.statuses_checked, 3);
+    assert!(r.cursor.is_none());
+    let failed_list = s.failed_deliveries(&PageReq::first(10)).unwrap().items;
+    assert_eq!(failed_list.len(), 1);
+    assert_eq!(failed_list[0].msg_id, failed.id);
+    let due: Vec<MessageId> = s
+        .claim_due(500, 900, 10, 100, |_| Claim::Take)
+        .unwrap()
+        .into_iter()
+        .map(|t| t.msg_id)
+        .collect();
+    assert!(due.contains(&orphan.id) && due.contains(&leased.id));
+    // A second pass finds nothing more to mend.
+    let again = s.reconcile(600, 60_000, None, 1000).unwrap();
+    assert_eq!((again.requeued, again.dead_letter_fixed), (0, 0));
+    // A small budget sweeps in steps.
+    let step = s.reconcile(600, 60_000, None, 2).unwrap();
+    assert_eq!(step.statuses_checked, 2);
+    let rest = s.reconcile(600, 60_000, step.cursor.as_deref(), 2).unwrap();
+    assert_eq!(rest.statuses_checked, 1);
+    assert!(rest.cursor.is_none());
+}
+
+#[test]
+fn cadence_learns_the_usual_gap() {
+    let s = Store::temporary().unwrap();
+    let a = AppId::new(1);
+    for t in [1_000, 2_000, 3_000, 4_000] {
+        s.observe_message(&a, "tick", t).unwrap();
+    }
+    let c = s.cadences().unwrap();
+    assert_eq!(c.len(), 1);
+    let (app, et, cadence) = &c[0];
+    assert_eq!((app, et.as_str()), (&a, "tick"));
+    assert_eq!(cadence.count, 4);
+    assert_eq!(cadence.last_ms, 4_000);
+    assert!((cadence.mean_gap_ms - 1_000.0).abs() < 1e-9);
+}
+
+#[test]
+fn retention_keeps_undelivered_messages() {
+    let s = Store::temporary().unwrap();
+    let a = app(None);
+    let ep = endpoint(&a.id, &[]);
+    s.create_endpoint(&ep).unwrap().unwrap();
+    let delivered = message(&a.id, 10, None);
+    let failing = message(&a.id, 11, None);
+    let orphan = message(&a.id, 12, None); // no endpoint: delivered to nobody, nothing owed
+    s.publish(&delivered, b"{\"d\":1}", &[&ep], 20).unwrap();
+    s.publish(&failing, b"{\"f\":1}", &[&ep], 20).unwrap();
+    s.publish(&orphan, b"{}", &[], 20).unwrap();
+    for t in s.claim_due(20, 100, 10, 100, |_| Claim::Take).unwrap() {
+        let ok = t.msg_id == delivered.id;
+        s.record_attempt(&t, 100, &attempt(&t, ok, 30), Next::Done)
+            .unwrap();
+    }
+    // Payload retention: the delivered and the orphan go, the failed one stays.
+    let r = s.expire_payloads(10_000, 1_000, |_| 1_000).unwrap();
+    assert_eq!(r.payloads_expunged, 2);
+    assert!(s.payload(&delivered.id).unwrap().is_none());
+    assert!(s.payload(&failing.id).unwrap().is_some());
+    let atts = s
+        .attempts_of_msg(&delivered.id, &PageReq::first(5), |_| true)
+        .unwrap()
+        .items;
+    assert!(
+        atts[0].response_body.is_empty(),
+        "response bodies go with the payload"
+    );
+    // Old attempts are deleted with their indexes.
+    let r = s.delete_old_attempts(10_000, 1_000).unwrap();
+    assert_eq!(r.attempts_deleted, 2);
+    assert!(
+        s.attempts_of_ep(&ep.id, &PageReq::first(5), |_| true)
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    // The disk bound drops delivered messages only, oldest first.
+    let r = s.drop_oldest_delivered(u64::MAX).unwrap();
+    assert_eq!(r.messages_deleted, 2);
+    assert!(
+        s.find_message(&a.id, delivered.id.as_str())
+            .unwrap()
+            .is_none()
+    );
+    assert!(s.find_message(&a.id, orphan.id.as_str()).unwrap().is_none());
+    assert!(
+        s.find_message(&a.id, failing.id.as_str())
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        s.failed_deliveries(&PageReq::first(5)).unwrap().items.len(),
+        1
+    );
+}
+
+#[test]
+fn failing_clock_starts_at_the_first_failure_and_a_success_resets_it() {
+    let s = Store::temporary().unwrap();
+    let a = app(None);
+    let ep = endpoint(&a.id, &[]);
+    for (i, ok) in [(0, false), (1, false)] {
+        let m = message(&a.id, 10 + i, None);
+        s.publish(&m, b"{}", &[&ep], 20).unwrap();
+        let t = s
+            .claim_due(20, 100, 1, 100, |_| Claim::Take)
+            .unwrap()
+            .remove(0);
+        s.record_attempt(&t, 100, &attempt(&t, ok, 30 + i), Next::Done)
+            .unwrap();
+    }
+    assert_eq!(
+        s.failing_since().unwrap(),
+        vec![(a.id.clone(), ep.id.clone(), 30)]
+    );
+    let m = message(&a.id, 50, None);
+    s.publish(&m, b"{}", &[&ep], 60).unwrap();
+    let t = s
+        .claim_due(60, 100, 1, 100, |_| Claim::Take)
+        .unwrap()
+        .remove(0);
+    s.record_attempt(&t, 100, &attempt(&t, true, 70), Next::Done)
+        .unwrap();
+    assert!(s.failing_since().unwrap().is_empty());
 }

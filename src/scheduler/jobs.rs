@@ -1,0 +1,205 @@
+//! The jobs themselves: synchronous passes over the store (run off the async
+//! threads), each returning what it did and the operational events to send.
+
+use std::collections::HashMap;
+
+use serde_json::json;
+
+use super::{Report, Scheduler};
+use crate::delivery::operational::endpoint_data;
+use crate::domain::{AppId, format_time};
+use crate::store::{SilenceAlert, StoreError};
+
+/// A queued delivery this far past its due time counts as overdue.
+const OVERDUE_MS: i64 = 60_000;
+/// Delivery statuses checked per reconciliation run (the sweep continues next run).
+const RECONCILE_BUDGET: usize = 100_000;
+/// Messages of a kind seen before the watchdog trusts its idea of their cadence.
+const MIN_HISTORY: u64 = 5;
+
+pub fn reconcile(s: &Scheduler, now: i64) -> Result<Report, StoreError> {
+    let cursor = s
+        .reconcile_cursor
+        .lock()
+        .expect("cursor lock poisoned")
+        .clone();
+    let r = s
+        .store
+        .reconcile(now, OVERDUE_MS, cursor.as_deref(), RECONCILE_BUDGET)?;
+    *s.reconcile_cursor.lock().expect("cursor lock poisoned") = r.cursor.clone();
+    let mut report = Report {
+        wake: r.leases_released + r.requeued + r.overdue > 0,
+        ..Report::default()
+    };
+    report.count("leases_released", r.leases_released);
+    report.count("overdue", r.overdue);
+    report.count("statuses_checked", r.statuses_checked);
+    report.count("requeued", r.requeued);
+    report.count("dead_letter_fixed", r.dead_letter_fixed);
+    Ok(report)
+}
+
+pub fn retention(s: &Scheduler, now: i64) -> Result<Report, StoreError> {
+    let cfg = &s.cfg.retention_cfg;
+    let ms = |d: std::time::Duration| d.as_millis() as i64;
+    // Per-app overrides are configured by uid or id: resolve them to ids once.
+    let mut per_app: HashMap<AppId, i64> = HashMap::new();
+    for (key, d) in &cfg.app_payload {
+        if let Some(app) = s.store.find_app(key)? {
+            per_app.insert(app.id, ms(*d));
+        }
+    }
+    let default = ms(cfg.payload);
+    let shortest = per_app.values().copied().fold(default, i64::min);
+    let payloads = s.store.expire_payloads(now, shortest.min(default), |m| {
+        m.payload_retention_ms
+            .or_else(|| per_app.get(&m.app_id).copied())
+            .unwrap_or(default)
+    })?;
+    let attempts = s.store.delete_old_attempts(now, ms(cfg.attempts))?;
+    let mut dropped = crate::store::Retained::default();
+    if cfg.max_disk_bytes > 0 {
+        let target = cfg.max_disk_bytes / 100 * u64::from(cfg.disk_target_percent);
+        let size = s.store.size_on_disk()?;
+        if size > target {
+            dropped = s.store.drop_oldest_delivered(size - target)?;
+            if dropped.bytes_freed < size - target {
+                tracing::warn!(
+                    size,
+                    target,
+                    "the database is over its bound and only undelivered messages are left to drop"
+                );
+            }
+        }
+    }
+    let mut report = Report::default();
+    report.count("payloads_expunged", payloads.payloads_expunged);
+    report.count("attempts_deleted", attempts.attempts_deleted);
+    report.count("messages_deleted", dropped.messages_deleted);
+    report.count(
+        "bytes_freed",
+        payloads.bytes_freed + attempts.bytes_freed + dropped.bytes_freed,
+    );
+    Ok(report)
+}
+
+pub fn endpoint_health(s: &Scheduler, now: i64) -> Result<Report, StoreError> {
+    let window = s.cfg.disable_after.as_millis() as i64;
+    let mut report = Report::default();
+    let failing = s.store.failing_since()?;
+    let mut disabled = 0;
+    for (app_id, ep_id, since) in &failing {
+        if now - since < window {
+            continue;
+        }
+        let (Some(app), Some(mut ep)) = (
+            s.store.find_app(app_id.as_str())?,
+            s.store.get_endpoint(app_id, ep_id)?,
+        ) else {
+            s.store.clear_failing_since(ep_id)?;
+            continue;
+        };
+        s.store.clear_failing_since(ep_id)?;
+        if ep.disabled {
+            continue;
+        }
+        ep.disabled = true;
+        ep.updated_ms = now;
+        s.store.put_endpoint(&ep)?;
+        disabled += 1;
+        tracing::warn!(endpoint_id = %ep.id, failing_since = %format_time(*since), "endpoint disabled after failing every attempt");
+        if !s.ops.is_reserved(&app.id) {
+            let mut data = endpoint_data(&app, &ep);
+            data["reason"] = "failing".into();
+            data["failSince"] = format_time(*since).into();
+            report.events.push(("endpoint.disabled", data));
+        }
+    }
+    report.count("failing", failing.len());
+    report.count("disabled", disabled);
+    Ok(report)
+}
+
+pub fn silence_watchdog(s: &Scheduler, now: i64) -> Result<Report, StoreError> {
+    let w = &s.cfg.watchdog;
+    // Explicit expectations, by app id.
+    let mut expected: HashMap<(AppId, String), i64> = HashMap::new();
+    for e in &w.expect {
+        if let Some(app) = s.store.find_app(&e.app)? {
+            expected.insert((app.id, e.event_type.clone()), e.every.as_millis() as i64);
+        }
+    }
+    let alerts: HashMap<(AppId, String), SilenceAlert> = s
+        .store
+        .silence_alerts()?
+        .into_iter()
+        .map(|a| ((a.app_id.clone(), a.event_type.clone()), a))
+        .collect();
+    let mut report = Report::default();
+    let (mut watched, mut raised, mut cleared) = (0, 0, 0);
+    for (app, event_type, cadence) in s.store.cadences()? {
+        if s.ops.is_reserved(&app) {
+            continue;
+        }
+        let key = (app.clone(), event_type.clone());
+        let threshold = match expected.get(&key) {
+            Some(every) => *every,
+            None if cadence.count >= MIN_HISTORY => {
+                ((cadence.mean_gap_ms * w.factor) as i64).max(w.min_silence.as_millis() as i64)
+            }
+            None => continue,
+        };
+        watched += 1;
+        let silent = now - cadence.last_ms;
+        let app_uid = || {
+            s.store
+                .find_app(app.as_str())
+                .map(|a| a.and_then(|a| a.uid))
+        };
+        match alerts.get(&key) {
+            None if silent > threshold => {
+                let alert = SilenceAlert {
+                    app_id: app.clone(),
+                    event_type: event_type.clone(),
+                    last_ms: cadence.last_ms,
+                    threshold_ms: threshold,
+                    raised_ms: now,
+                };
+                s.store.put_silence_alert(&alert)?;
+                raised += 1;
+                tracing::warn!(app_id = %app, event_type, silent_s = silent / 1000, "event type went quiet");
+                report.events.push((
+                    "watchdog.silence",
+                    json!({
+                        "appId": app.as_str(),
+                        "appUid": app_uid()?,
+                        "eventType": event_type,
+                        "lastMessageAt": format_time(cadence.last_ms),
+                        "silentForSeconds": silent / 1000,
+                        "thresholdSeconds": threshold / 1000,
+                    }),
+                ));
+            }
+            Some(alert) if cadence.last_ms > alert.last_ms => {
+                s.store.clear_silence_alert(&app, &event_type)?;
+                cleared += 1;
+                tracing::info!(app_id = %app, event_type, "event type resumed");
+                report.events.push((
+                    "watchdog.resumed",
+                    json!({
+                        "appId": app.as_str(),
+                        "appUid": app_uid()?,
+                        "eventType": event_type,
+                        "resumedAt": format_time(cadence.last_ms),
+                        "silentForSeconds": (cadence.last_ms - alert.last_ms) / 1000,
+                    }),
+                ));
+            }
+            _ => {}
+        }
+    }
+    report.count("watched", watched);
+    report.count("raised", raised);
+    report.count("cleared", cleared);
+    Ok(report)
+}

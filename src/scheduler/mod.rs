@@ -1,0 +1,379 @@
+//! The scheduler: every periodic job, each on its own cron schedule.
+//!
+//! Owns when jobs run and the record of each run (start, duration, what it did,
+//! or its error). A job still running when it comes due again is not started
+//! twice; a job that came due while webhookd was stopped runs once at start.
+//! Time comes from a `Clock`, so tests drive it instead of waiting. Cron
+//! expressions are parsed once, in `config`.
+
+mod jobs;
+
+use std::str::FromStr as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+use chrono::{TimeZone, Utc};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SchedulerConfig;
+use crate::delivery::{DeliveryHandle, Operational};
+use crate::domain::now_ms;
+use crate::store::{JobOutcome, JobRecord, Store, StoreError};
+
+/// Where time comes from.
+pub trait Clock: Send + Sync {
+    fn now_ms(&self) -> i64;
+}
+
+/// The system clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        now_ms()
+    }
+}
+
+/// A clock that moves only when told (tests).
+#[derive(Default)]
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    pub fn at(ms: i64) -> Self {
+        Self(AtomicI64::new(ms))
+    }
+    pub fn set(&self, ms: i64) {
+        self.0.store(ms, Ordering::SeqCst);
+    }
+    pub fn advance(&self, ms: i64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// The jobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Job {
+    Reconcile,
+    Retention,
+    EndpointHealth,
+    SilenceWatchdog,
+}
+
+impl Job {
+    pub const ALL: [Job; 4] = [
+        Job::Reconcile,
+        Job::Retention,
+        Job::EndpointHealth,
+        Job::SilenceWatchdog,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Job::Reconcile => "reconcile",
+            Job::Retention => "retention",
+            Job::EndpointHealth => "endpoint_health",
+            Job::SilenceWatchdog => "silence_watchdog",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Job> {
+        Job::ALL.into_iter().find(|j| j.name() == name)
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Job::Reconcile => {
+                "Re-queues expired leases and deliveries with nothing queued; repairs the dead-letter index."
+            }
+            Job::Retention => {
+                "Removes old payloads and attempts; keeps the database under its size bound."
+            }
+            Job::EndpointHealth => {
+                "Disables endpoints that have failed every attempt for too long."
+            }
+            Job::SilenceWatchdog => {
+                "Alerts when an event type goes quiet for much longer than usual."
+            }
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("job {0} is already running")]
+    Busy(&'static str),
+    #[error("job {0} is disabled")]
+    Disabled(&'static str),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A job as the dashboard shows it.
+#[derive(Debug, Clone)]
+pub struct JobStatus {
+    pub job: Job,
+    /// The cron expression, or `None` when disabled.
+    pub schedule: Option<String>,
+    pub record: JobRecord,
+    pub next_run_ms: Option<i64>,
+    pub running: bool,
+}
+
+/// What a job did: counts to record and operational events to send.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub counts: Vec<(String, u64)>,
+    pub events: Vec<(&'static str, serde_json::Value)>,
+    /// Wake the delivery worker afterwards (something was queued).
+    pub wake: bool,
+}
+
+impl Report {
+    fn count(&mut self, name: &str, n: impl TryInto<u64>) {
+        self.counts
+            .push((name.to_owned(), n.try_into().unwrap_or(u64::MAX)));
+    }
+}
+
+pub struct Scheduler {
+    store: Store,
+    cfg: SchedulerConfig,
+    ops: Operational,
+    delivery: DeliveryHandle,
+    clock: Arc<dyn Clock>,
+    running: [AtomicBool; 4],
+    /// Where the next reconciliation continues its sweep of delivery statuses.
+    reconcile_cursor: std::sync::Mutex<Option<Vec<u8>>>,
+}
+
+impl Scheduler {
+    pub fn new(
+        store: Store,
+        cfg: SchedulerConfig,
+        ops: Operational,
+        delivery: DeliveryHandle,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            cfg,
+            ops,
+            delivery,
+            clock,
+            running: Default::default(),
+            reconcile_cursor: Default::default(),
+        })
+    }
+
+    fn schedule(&self, job: Job) -> Option<&cron::Schedule> {
+        match job {
+            Job::Reconcile => self.cfg.reconcile.as_ref(),
+            Job::Retention => self.cfg.retention.as_ref(),
+            Job::EndpointHealth => self.cfg.endpoint_health.as_ref(),
+            Job::SilenceWatchdog => self.cfg.silence_watchdog.as_ref(),
+        }
+    }
+
+    /// The first time after `after_ms` that `job` is scheduled for.
+    pub fn next_after(&self, job: Job, after_ms: i64) -> Option<i64> {
+        let after = Utc.timestamp_millis_opt(after_ms).single()?;
+        self.schedule(job)?
+            .after(&after)
+            .next()
+            .map(|t| t.timestamp_millis())
+    }
+
+    /// When `job` should run next: after its last start, or now if it never ran.
+    fn due_at(&self, job: Job) -> Result<Option<i64>, StoreError> {
+        if self.schedule(job).is_none() {
+            return Ok(None);
+        }
+        let last = self
+            .store
+            .job_record(job.name())?
+            .and_then(|r| r.last_started_ms);
+        Ok(match last {
+            Some(t) => self.next_after(job, t),
+            None => Some(self.clock.now_ms()),
+        })
+    }
+
+    /// Runs every job that is due now; returns the ones that ran.
+    pub async fn run_due(self: &Arc<Self>) -> Result<Vec<Job>, StoreError> {
+        let now = self.clock.now_ms();
+        let mut ran = Vec::new();
+        for job in Job::ALL {
+            if self.due_at(job)?.is_some_and(|t| t <= now) {
+                match self.run(job).await {
+                    Ok(_) => ran.push(job),
+                    Err(SchedulerError::Busy(name)) => {
+                        tracing::warn!(job = name, "still running; this run is skipped")
+                    }
+                    Err(SchedulerError::Store(e)) => return Err(e),
+                    Err(SchedulerError::Disabled(_)) => {}
+                }
+            }
+        }
+        Ok(ran)
+    }
+
+    /// Runs one job now, whatever its schedule (a disabled job too: "Run now"),
+    /// unless it is already running. Records the run.
+    pub async fn run(self: &Arc<Self>, job: Job) -> Result<JobRecord, SchedulerError> {
+        let flag = &self.running[job.index()];
+        if flag.swap(true, Ordering::SeqCst) {
+            return Err(SchedulerError::Busy(job.name()));
+        }
+        let started = self.clock.now_ms();
+        let wall = std::time::Instant::now();
+        let this = Arc::clone(self);
+        let result = tokio::task::spawn_blocking(move || this.run_sync(job, started))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StoreError::Commit(Arc::new(std::io::Error::other(
+                    e.to_string(),
+                ))))
+            });
+        let mut rec = self.store.job_record(job.name())?.unwrap_or_default();
+        rec.last_started_ms = Some(started);
+        rec.last_duration_ms = wall.elapsed().as_millis() as u64;
+        rec.runs += 1;
+        match result {
+            Ok(report) => {
+                tracing::info!(job = job.name(), counts = ?report.counts, duration_ms = rec.last_duration_ms, "job ran");
+                rec.last_outcome = Some(JobOutcome::Done(report.counts));
+                for (event, data) in report.events {
+                    self.ops.emit(event, data).await;
+                }
+                if report.wake {
+                    self.delivery.wake();
+                }
+            }
+            Err(e) => {
+                tracing::error!(job = job.name(), error = %e, "job failed");
+                rec.last_outcome = Some(JobOutcome::Failed(e.to_string()));
+                rec.failures += 1;
+            }
+        }
+        self.store.put_job_record(job.name(), &rec)?;
+        flag.store(false, Ordering::SeqCst);
+        Ok(rec)
+    }
+
+    fn run_sync(&self, job: Job, now: i64) -> Result<Report, StoreError> {
+        match job {
+            Job::Reconcile => jobs::reconcile(self, now),
+            Job::Retention => jobs::retention(self, now),
+            Job::EndpointHealth => jobs::endpoint_health(self, now),
+            Job::SilenceWatchdog => jobs::silence_watchdog(self, now),
+        }
+    }
+
+    /// Every job with its schedule, last run and next run.
+    pub fn status(&self) -> Result<Vec<JobStatus>, StoreError> {
+        Job::ALL
+            .into_iter()
+            .map(|job| {
+                Ok(JobStatus {
+                    job,
+                    schedule: self.schedule(job).map(|s| s.source().to_owned()),
+                    record: self.store.job_record(job.name())?.unwrap_or_default(),
+                    next_run_ms: self.due_at(job)?,
+                    running: self.running[job.index()].load(Ordering::SeqCst),
+                })
+            })
+            .collect()
+    }
+
+    /// The earliest time any job is due.
+    fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        let mut next: Option<i64> = None;
+        for job in Job::ALL {
+            if let Some(t) = self.due_at(job)? {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
+        Ok(next)
+    }
+}
+
+/// Asks the running scheduler to run a job now ("Run now"). Cheap to clone; `Send`.
+#[derive(Clone)]
+pub struct SchedulerHandle {
+    tx: mpsc::Sender<(Job, oneshot::Sender<Result<JobRecord, String>>)>,
+    scheduler: Arc<Scheduler>,
+}
+
+impl SchedulerHandle {
+    /// Runs `job` and returns its record (or why it did not run).
+    pub async fn run_now(&self, job: Job) -> Result<JobRecord, String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send((job, tx))
+            .await
+            .map_err(|_| "the scheduler has stopped".to_owned())?;
+        rx.await
+            .map_err(|_| "the scheduler has stopped".to_owned())?
+    }
+
+    pub fn status(&self) -> Result<Vec<JobStatus>, StoreError> {
+        self.scheduler.status()
+    }
+}
+
+/// Starts the scheduler loop; it runs until `shutdown` is cancelled.
+pub fn start(
+    scheduler: Arc<Scheduler>,
+    shutdown: CancellationToken,
+) -> (SchedulerHandle, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<(Job, oneshot::Sender<Result<JobRecord, String>>)>(16);
+    let handle = SchedulerHandle {
+        tx,
+        scheduler: Arc::clone(&scheduler),
+    };
+    let task = tokio::spawn(async move {
+        // Wakes the loop early when a "Run now" finishes (its record moves next runs).
+        let rerun = Arc::new(Notify::new());
+        loop {
+            if let Err(e) = scheduler.run_due().await {
+                tracing::error!(error = %e, "the scheduler could not read its job records");
+            }
+            let wait_ms = match scheduler.next_due() {
+                Ok(Some(t)) => (t - scheduler.clock.now_ms()).clamp(0, 60_000),
+                _ => 60_000,
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(wait_ms as u64)) => {}
+                _ = rerun.notified() => {}
+                req = rx.recv() => {
+                    let Some((job, reply)) = req else { break };
+                    let s = Arc::clone(&scheduler);
+                    let rerun = Arc::clone(&rerun);
+                    // Run it beside the loop, so a long job does not hold up the schedule.
+                    tokio::spawn(async move {
+                        let _ = reply.send(s.run(job).await.map_err(|e| e.to_string()));
+                        rerun.notify_one();
+                    });
+                }
+            }
+        }
+    });
+    (handle, task)
+}
+
+/// Parses a cron expression (for tests and configuration checks).
+pub fn parse_schedule(expr: &str) -> Result<cron::Schedule, cron::error::Error> {
+    cron::Schedule::from_str(expr)
+}

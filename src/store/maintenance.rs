@@ -1,0 +1,439 @@
+//! What the scheduler's jobs do to the store: job records, reconciliation,
+//! retention, endpoint health clocks and message cadences. Every pass reads a
+//! bounded range or an index, and reports what it changed.
+
+use std::collections::HashSet;
+
+use super::{
+    Counts, DestRecord, JobRecord, MessageRecord, SilenceAlert, Store, StoreError, TaskRecord,
+    decode, encode, keys, set_failed_index,
+};
+use crate::domain::{
+    AppId, AttemptId, AttemptTrigger, EndpointId, MessageId, MessageStatus, TaskId,
+};
+
+/// Messages of one (app, event type): when the last one came and the usual gap.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Cadence {
+    pub last_ms: i64,
+    /// Exponentially weighted mean gap between messages.
+    pub mean_gap_ms: f64,
+    pub count: u64,
+}
+
+impl Cadence {
+    /// Weight of the newest gap in the mean.
+    const ALPHA: f64 = 0.2;
+
+    fn to_bytes(self) -> [u8; 24] {
+        let mut b = [0u8; 24];
+        b[..8].copy_from_slice(&self.last_ms.to_le_bytes());
+        b[8..16].copy_from_slice(&self.mean_gap_ms.to_le_bytes());
+        b[16..].copy_from_slice(&self.count.to_le_bytes());
+        b
+    }
+
+    fn from_bytes(b: &[u8]) -> Cadence {
+        let word = |r: std::ops::Range<usize>| {
+            b.get(r)
+                .and_then(|s| <[u8; 8]>::try_from(s).ok())
+                .unwrap_or([0; 8])
+        };
+        Cadence {
+            last_ms: i64::from_le_bytes(word(0..8)),
+            mean_gap_ms: f64::from_le_bytes(word(8..16)),
+            count: u64::from_le_bytes(word(16..24)),
+        }
+    }
+
+    /// The merge of one more message at `at_ms` (the delta is its timestamp).
+    fn observe(self, at_ms: i64) -> Cadence {
+        if self.count == 0 {
+            return Cadence {
+                last_ms: at_ms,
+                mean_gap_ms: 0.0,
+                count: 1,
+            };
+        }
+        let gap = (at_ms - self.last_ms).max(0) as f64;
+        let mean = if self.count == 1 {
+            gap
+        } else {
+            Self::ALPHA * gap + (1.0 - Self::ALPHA) * self.mean_gap_ms
+        };
+        Cadence {
+            last_ms: at_ms.max(self.last_ms),
+            mean_gap_ms: mean,
+            count: self.count + 1,
+        }
+    }
+}
+
+/// The sled merge operator of the whole tree: cadences under `W`, counters elsewhere.
+pub fn merge(key: &[u8], old: Option<&[u8]>, delta: &[u8]) -> Option<Vec<u8>> {
+    if key.first() == Some(&keys::ns::CADENCE) {
+        let at = i64::from_le_bytes(delta.try_into().ok()?);
+        let old = old.map(Cadence::from_bytes).unwrap_or_default();
+        return Some(old.observe(at).to_bytes().to_vec());
+    }
+    Counts::merge(key, old, delta)
+}
+
+/// What one reconciliation pass found and mended.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Reconciled {
+    pub leases_released: usize,
+    pub overdue: usize,
+    pub statuses_checked: usize,
+    pub requeued: usize,
+    pub dead_letter_fixed: usize,
+    /// Where the next pass continues (None: the sweep wrapped around).
+    pub cursor: Option<Vec<u8>>,
+}
+
+/// What a retention pass removed.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Retained {
+    pub payloads_expunged: usize,
+    pub attempts_deleted: usize,
+    pub messages_deleted: usize,
+    /// Bytes of keys and values removed (sled reclaims the file space as it compacts).
+    pub bytes_freed: u64,
+}
+
+fn str_of(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+impl Store {
+    // ----- job records ---------------------------------------------------
+
+    pub fn job_record(&self, name: &str) -> Result<Option<JobRecord>, StoreError> {
+        self.get(&keys::job(name))
+    }
+
+    pub fn put_job_record(&self, name: &str, rec: &JobRecord) -> Result<(), StoreError> {
+        self.tree.insert(keys::job(name), encode(rec))?;
+        Ok(())
+    }
+
+    // ----- cadence (silence watchdog) ------------------------------------
+
+    /// Notes that a message of `event_type` was published to `app` at `at_ms`.
+    pub fn observe_message(
+        &self,
+        app: &AppId,
+        event_type: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.tree
+            .merge(keys::cadence(app, event_type), at_ms.to_le_bytes())?;
+        Ok(())
+    }
+
+    /// Every (app, event type) with its cadence.
+    pub fn cadences(&self) -> Result<Vec<(AppId, String, Cadence)>, StoreError> {
+        let mut out = Vec::new();
+        for e in self.tree.scan_prefix([keys::ns::CADENCE]) {
+            let (k, v) = e?;
+            let rest = &k[1..];
+            let split = AppId::PREFIX.len() + 26;
+            if let (Some(app), Some(et)) = (
+                rest.get(..split).map(str_of).and_then(|s| AppId::parse(&s)),
+                rest.get(split..),
+            ) {
+                out.push((app, str_of(et), Cadence::from_bytes(&v)));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn silence_alerts(&self) -> Result<Vec<SilenceAlert>, StoreError> {
+        self.tree
+            .scan_prefix([keys::ns::SILENCE])
+            .map(|e| {
+                let (k, v) = e?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    pub fn put_silence_alert(&self, alert: &SilenceAlert) -> Result<(), StoreError> {
+        self.tree.insert(
+            keys::silence(&alert.app_id, &alert.event_type),
+            encode(alert),
+        )?;
+        Ok(())
+    }
+
+    pub fn clear_silence_alert(&self, app: &AppId, event_type: &str) -> Result<(), StoreError> {
+        self.tree.remove(keys::silence(app, event_type))?;
+        Ok(())
+    }
+
+    // ----- endpoint health clocks ----------------------------------------
+
+    /// Endpoints whose every attempt has failed since a time: `(app, endpoint, since)`.
+    pub fn failing_since(&self) -> Result<Vec<(AppId, EndpointId, i64)>, StoreError> {
+        let mut out = Vec::new();
+        for e in self.tree.scan_prefix([keys::ns::FAILING_SINCE]) {
+            let (k, v) = e?;
+            let (since, app) = v.split_at(8.min(v.len()));
+            let since = <[u8; 8]>::try_from(since).map(i64::from_le_bytes);
+            if let (Some(ep), Some(app), Ok(since)) = (
+                EndpointId::parse(&str_of(&k[1..])),
+                AppId::parse(&str_of(app)),
+                since,
+            ) {
+                out.push((app, ep, since));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn clear_failing_since(&self, ep: &EndpointId) -> Result<(), StoreError> {
+        self.tree.remove(keys::failing_since(ep))?;
+        Ok(())
+    }
+
+    // ----- reconciliation --------------------------------------------------
+
+    /// One reconciliation pass: puts expired leases back on the queue, counts
+    /// deliveries overdue by more than `overdue_ms`, and checks up to `budget`
+    /// delivery statuses from `cursor` on: a waiting one with nothing queued or
+    /// leased is queued again, and the dead-letter index is made to agree.
+    pub fn reconcile(
+        &self,
+        now_ms: i64,
+        overdue_ms: i64,
+        cursor: Option<&[u8]>,
+        budget: usize,
+    ) -> Result<Reconciled, StoreError> {
+        let mut r = Reconciled {
+            leases_released: self.release_expired_leases(now_ms, now_ms)?,
+            ..Reconciled::default()
+        };
+        let mut waiting: HashSet<(MessageId, EndpointId)> = HashSet::new();
+        for ns in [keys::ns::QUEUE, keys::ns::LEASE] {
+            for e in self.tree.scan_prefix([ns]) {
+                let (k, v) = e?;
+                let t: TaskRecord = decode(&k, &v)?;
+                if ns == keys::ns::QUEUE && t.due_ms < now_ms - overdue_ms {
+                    r.overdue += 1;
+                }
+                waiting.insert((t.msg_id, t.ep_id));
+            }
+        }
+        let start = cursor.map_or_else(|| vec![keys::ns::DEST], <[u8]>::to_vec);
+        let end = keys::prefix_end(&[keys::ns::DEST]);
+        let mut last = None;
+        for e in self.tree.range(start.clone()..end) {
+            let (k, v) = e?;
+            if cursor.is_some_and(|c| k.as_ref() == c) {
+                continue;
+            }
+            if r.statuses_checked == budget {
+                r.cursor = last;
+                return Ok(r);
+            }
+            r.statuses_checked += 1;
+            last = Some(k.to_vec());
+            let d: DestRecord = decode(&k, &v)?;
+            let mut batch = sled::Batch::default();
+            let mut changed = false;
+            let queued = waiting.contains(&(d.msg_id.clone(), d.ep_id.clone()));
+            if matches!(d.status, MessageStatus::Pending | MessageStatus::Sending) && !queued {
+                let task = TaskRecord {
+                    id: TaskId::new(now_ms),
+                    app_id: d.app_id.clone(),
+                    msg_id: d.msg_id.clone(),
+                    ep_id: d.ep_id.clone(),
+                    attempt: d.attempts,
+                    trigger: AttemptTrigger::Scheduled,
+                    due_ms: now_ms,
+                };
+                batch.insert(keys::queue(now_ms, &task.id), encode(&task));
+                r.requeued += 1;
+                changed = true;
+            }
+            let indexed = self.tree.contains_key(keys::failed(&d.msg_id, &d.ep_id))?;
+            if indexed != (d.status == MessageStatus::Fail) {
+                set_failed_index(&mut batch, &d);
+                r.dead_letter_fixed += 1;
+                changed = true;
+            }
+            if changed {
+                self.tree.apply_batch(batch)?;
+            }
+        }
+        // Dead letters whose status is gone or no longer failed.
+        for e in self.tree.scan_prefix([keys::ns::FAILED]).keys() {
+            let k = e?;
+            let mut dest_key = k.to_vec();
+            dest_key[0] = keys::ns::DEST;
+            let status = self.get::<DestRecord>(&dest_key)?.map(|d| d.status);
+            if status != Some(MessageStatus::Fail) {
+                self.tree.remove(k)?;
+                r.dead_letter_fixed += 1;
+            }
+        }
+        r.cursor = None;
+        Ok(r)
+    }
+
+    // ----- retention -------------------------------------------------------
+
+    /// Removes payloads (and the response bodies recorded for them) of delivered
+    /// messages older than their retention: `retention_of(message)` in
+    /// milliseconds. Looks at payloads created before `now_ms - shortest_ms`
+    /// only. A message with a delivery still waiting, retrying or failed keeps
+    /// its payload.
+    pub fn expire_payloads(
+        &self,
+        now_ms: i64,
+        shortest_ms: i64,
+        mut retention_of: impl FnMut(&MessageRecord) -> i64,
+    ) -> Result<Retained, StoreError> {
+        let mut r = Retained::default();
+        let end = keys::payload(&MessageId::lower_bound(now_ms - shortest_ms));
+        let keys_in_range: Vec<sled::IVec> = self
+            .tree
+            .range(vec![keys::ns::PAYLOAD]..end)
+            .keys()
+            .collect::<Result<_, _>>()?;
+        for k in keys_in_range {
+            let Some(id) = MessageId::parse(&str_of(&k[1..])) else {
+                continue;
+            };
+            let Some(msg) = self.find_message_any(&id)? else {
+                self.tree.remove(&k)?;
+                continue;
+            };
+            if msg.created_ms + retention_of(&msg) > now_ms {
+                continue;
+            }
+            // An undelivered message keeps its payload: it is still to be sent or redelivered.
+            let undelivered = self
+                .tree
+                .scan_prefix(keys::dests_of(&id))
+                .values()
+                .map(|v| {
+                    v.map_err(StoreError::from)
+                        .and_then(|v| decode::<DestRecord>(&k, &v))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+                .iter()
+                .any(|d| d.status != MessageStatus::Success);
+            if undelivered {
+                continue;
+            }
+            r.bytes_freed += self.tree.get(&k)?.map_or(0, |v| v.len() as u64);
+            r.bytes_freed += self.expunge_content(&msg)?;
+            r.payloads_expunged += 1;
+        }
+        Ok(r)
+    }
+
+    /// Deletes attempt records older than `max_age_ms`.
+    pub fn delete_old_attempts(
+        &self,
+        now_ms: i64,
+        max_age_ms: i64,
+    ) -> Result<Retained, StoreError> {
+        let mut r = Retained::default();
+        let end = keys::attempt(&AttemptId::lower_bound(now_ms - max_age_ms));
+        let old: Vec<(sled::IVec, sled::IVec)> = self
+            .tree
+            .range(vec![keys::ns::ATTEMPT]..end)
+            .collect::<Result<_, _>>()?;
+        for chunk in old.chunks(1000) {
+            let mut batch = sled::Batch::default();
+            for (k, v) in chunk {
+                let a: super::AttemptRecord = decode(k, v)?;
+                r.bytes_freed += (k.len() + v.len()) as u64;
+                batch.remove(k.clone());
+                batch.remove(keys::attempt_by_msg(&a.msg_id, &a.id));
+                batch.remove(keys::attempt_by_ep(&a.ep_id, &a.id));
+                r.attempts_deleted += 1;
+            }
+            self.tree.apply_batch(batch)?;
+        }
+        Ok(r)
+    }
+
+    /// Deletes the oldest messages whose every delivery succeeded (or that had no
+    /// endpoint) until about `bytes` have been freed. Never a message with a
+    /// delivery that is waiting, retrying or failed.
+    pub fn drop_oldest_delivered(&self, bytes: u64) -> Result<Retained, StoreError> {
+        let mut r = Retained::default();
+        let mut iter = self.tree.scan_prefix([keys::ns::ALL_MESSAGES]);
+        while r.bytes_freed < bytes {
+            let Some(e) = iter.next() else { break };
+            let (k, v) = e?;
+            let (Some(id), Some(app)) = (
+                MessageId::parse(&str_of(&k[1..])),
+                AppId::parse(&str_of(&v)),
+            ) else {
+                continue;
+            };
+            let Some(msg) = self.get_message(&app, &id)? else {
+                continue;
+            };
+            let dests: Vec<DestRecord> = self
+                .tree
+                .scan_prefix(keys::dests_of(&id))
+                .map(|e| {
+                    e.map_err(StoreError::from)
+                        .and_then(|(k, v)| decode(&k, &v))
+                })
+                .collect::<Result<_, _>>()?;
+            if dests.iter().any(|d| d.status != MessageStatus::Success) {
+                continue;
+            }
+            r.bytes_freed += self.delete_message(&msg, &dests)?;
+            r.messages_deleted += 1;
+        }
+        Ok(r)
+    }
+
+    /// Deletes a message with everything recorded about it; returns the bytes removed.
+    fn delete_message(&self, msg: &MessageRecord, dests: &[DestRecord]) -> Result<u64, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut freed = 0u64;
+        let mut remove = |batch: &mut sled::Batch, k: Vec<u8>| -> Result<(), StoreError> {
+            if let Some(v) = self.tree.get(&k)? {
+                freed += (k.len() + v.len()) as u64;
+            }
+            batch.remove(k);
+            Ok(())
+        };
+        remove(&mut batch, keys::message(&msg.app_id, &msg.id))?;
+        remove(&mut batch, keys::all_messages(&msg.id))?;
+        remove(&mut batch, keys::payload(&msg.id))?;
+        if let Some(eid) = &msg.event_id {
+            remove(&mut batch, keys::event_id(&msg.app_id, eid))?;
+        }
+        for d in dests {
+            remove(&mut batch, keys::dest(&msg.id, &d.ep_id))?;
+            remove(&mut batch, keys::endpoint_msg(&d.ep_id, &msg.id))?;
+            remove(&mut batch, keys::failed(&msg.id, &d.ep_id))?;
+        }
+        let prefix = keys::attempts_of_msg(&msg.id);
+        let attempt_keys: Vec<sled::IVec> = self
+            .tree
+            .scan_prefix(&prefix)
+            .keys()
+            .collect::<Result<_, _>>()?;
+        for k in attempt_keys {
+            if let Some(att) = AttemptId::parse(&str_of(&k[prefix.len()..])) {
+                if let Some(a) = self.get_attempt(&att)? {
+                    remove(&mut batch, keys::attempt_by_ep(&a.ep_id, &att))?;
+                }
+                remove(&mut batch, keys::attempt(&att))?;
+            }
+            remove(&mut batch, k.to_vec())?;
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(freed)
+    }
+}
