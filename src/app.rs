@@ -217,25 +217,27 @@ impl Running {
 
 /// Runs until SIGTERM or SIGINT, then stops gracefully.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Handlers first: a SIGTERM that arrives as soon as the banner is out must
+    // stop webhookd gracefully, not kill it.
+    #[cfg(unix)]
+    let (mut term, mut interrupt) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        )
+    };
     let running = start(config).await?;
     println!("{}", running.banner());
-    wait_for_signal().await;
+    #[cfg(unix)]
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
     tracing::info!("shutting down");
     running.stop().await?;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }

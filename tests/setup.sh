@@ -1,16 +1,29 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs beside Rust: a Python venv (.venv) with the
+# Installs what the test suite needs beside Rust: Debian's Chromium and
+# chromedriver (the dashboard's browser test), and a Python venv (.venv) with the
 # official Svix SDK and the Standard Webhooks library, at pinned versions.
 # Idempotent: a second run with everything in place does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+apt_updated=""
+apt_install() {
+  if [ -z "$apt_updated" ]; then
+    apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  apt_install chromium chromium-driver
+fi
+
 SVIX_VERSION=2.9.1
 STANDARDWEBHOOKS_VERSION=1.1.0
 
 if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+  apt_install python3 python3-venv
 fi
 
 want="svix==${SVIX_VERSION} standardwebhooks==${STANDARDWEBHOOKS_VERSION}"

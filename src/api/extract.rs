@@ -44,6 +44,11 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             "a JSON request body is required",
         ));
     }
+    // Syntax first: a body that is not JSON at all is a 400 even when a value
+    // of the wrong type comes before the syntax error.
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+        return Err(ApiError::BadRequest(format!("malformed JSON body: {e}")));
+    }
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let inner = e.inner();

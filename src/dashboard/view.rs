@@ -144,7 +144,7 @@ pub struct Chart {
 
 impl Chart {
     pub const WIDTH: f64 = 720.0;
-    pub const HEIGHT: f64 = 140.0;
+    pub const HEIGHT: f64 = 90.0;
 
     /// `labels[i]` names bucket i (shown on hover); `span` is what the axis's left
     /// end says (e.g. "1 hour ago"); its right end is "now".

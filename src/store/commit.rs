@@ -14,17 +14,28 @@ use tokio::sync::oneshot;
 
 type Waiter = oneshot::Sender<Result<(), Arc<std::io::Error>>>;
 
-#[derive(Clone)]
+/// The commit thread and the way to reach it. Dropping it stops the thread and
+/// waits for it, so that the thread's handle on the database is gone too.
 pub struct GroupCommit {
-    tx: mpsc::Sender<Waiter>,
+    tx: Option<mpsc::Sender<Waiter>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl GroupCommit {
     /// Starts the commit thread; `db_file` is synced after each flush (none for a
-    /// temporary database). It ends when the last handle is dropped.
+    /// temporary database).
     pub fn start(db: sled::Db, db_file: Option<File>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Waiter>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("webhookd-commit".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
@@ -44,22 +55,34 @@ impl GroupCommit {
                     }
                 }
             })?;
-        Ok(Self { tx })
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, w: Waiter) -> Result<(), Arc<std::io::Error>> {
+        let closed = || Arc::new(std::io::Error::other("commit thread stopped"));
+        self.tx
+            .as_ref()
+            .ok_or_else(closed)?
+            .send(w)
+            .map_err(|_| closed())
     }
 
     /// Resolves once everything written before the call is on stable storage.
     pub async fn commit(&self) -> Result<(), Arc<std::io::Error>> {
         let (tx, rx) = oneshot::channel();
-        let closed = || Arc::new(std::io::Error::other("commit thread stopped"));
-        self.tx.send(tx).map_err(|_| closed())?;
-        rx.await.map_err(|_| closed())?
+        self.send(tx)?;
+        rx.await
+            .map_err(|_| Arc::new(std::io::Error::other("commit thread stopped")))?
     }
 
     /// Blocking form, for code that is not async (CLI commands, shutdown).
     pub fn commit_blocking(&self) -> Result<(), Arc<std::io::Error>> {
         let (tx, rx) = oneshot::channel();
-        let closed = || Arc::new(std::io::Error::other("commit thread stopped"));
-        self.tx.send(tx).map_err(|_| closed())?;
-        rx.blocking_recv().map_err(|_| closed())?
+        self.send(tx)?;
+        rx.blocking_recv()
+            .map_err(|_| Arc::new(std::io::Error::other("commit thread stopped")))?
     }
 }

@@ -140,7 +140,9 @@ pub struct Store {
     db: sled::Db,
     /// Every record lives in the default tree (see `keys`).
     tree: sled::Tree,
-    committer: GroupCommit,
+    /// Shared by every clone; when the last goes, the commit thread is stopped and
+    /// joined, which releases the database (and its lock) deterministically.
+    committer: Arc<GroupCommit>,
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -173,7 +175,7 @@ impl Store {
     }
 
     fn with_db(db: sled::Db, file: Option<std::fs::File>) -> Result<Store, StoreError> {
-        let committer = GroupCommit::start(db.clone(), file).map_err(StoreError::Open)?;
+        let committer = Arc::new(GroupCommit::start(db.clone(), file).map_err(StoreError::Open)?);
         let tree: sled::Tree = (*db).clone();
         tree.set_merge_operator(maintenance::merge);
         Ok(Store {
@@ -661,6 +663,7 @@ impl Store {
                 fail: 0,
             },
         )?;
+        self.observe_message(&msg.app_id, &msg.event_type, msg.created_ms)?;
         Ok(Published::Created {
             endpoints: endpoints.len(),
         })

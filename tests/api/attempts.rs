@@ -1,0 +1,149 @@
+//! Attempt listings: by message, by endpoint, one attempt, an endpoint's messages.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Reply, TestReceiver, spawn_app_with};
+
+fn ids(list: &Value) -> Vec<String> {
+    list["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {list}"))
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[actix_web::test]
+async fn attempts_by_id_by_endpoint_and_endpoint_messages_by_status() {
+    // No retries: each message gets exactly one attempt.
+    let app = spawn_app_with(&[("WEBHOOKD_RETRY_SCHEDULE", "")]).await;
+    let mut rx = TestReceiver::start().await;
+    let mut rx2 = TestReceiver::start().await;
+    let a = app.create_app().await;
+    let ep = app.endpoint_to(&a, &rx).await;
+    let ep2 = app.endpoint_to(&a, &rx2).await;
+
+    rx.script([Reply::status(200), Reply::status(503)]);
+    let ok = app.publish_simple(&a, "e.ok").await;
+    rx.next().await;
+    app.wait_status(&a, &ok, &ep, 0).await;
+    let bad = app.publish_simple(&a, "e.bad").await;
+    rx.next().await;
+    app.wait_status(&a, &bad, &ep, 2).await;
+    rx2.take(2).await;
+    app.wait_status(&a, &ok, &ep2, 0).await;
+    app.wait_status(&a, &bad, &ep2, 0).await;
+
+    // By message, optionally for one endpoint.
+    let of_ok = app.attempts_of_msg(&a, &ok).await;
+    assert_eq!(of_ok.len(), 2, "one per endpoint: {of_ok:?}");
+    let only = app
+        .get_ok(&format!("/app/{a}/attempt/msg/{ok}?endpoint_id={ep}"))
+        .await;
+    assert_eq!(only["data"].as_array().unwrap().len(), 1, "{only}");
+    let attempt = only["data"][0].clone();
+    assert_eq!(attempt["endpointId"], ep);
+    for key in [
+        "id",
+        "msgId",
+        "endpointId",
+        "url",
+        "response",
+        "responseStatusCode",
+        "responseDurationMs",
+        "status",
+        "statusText",
+        "triggerType",
+        "timestamp",
+    ] {
+        assert!(!attempt[key].is_null(), "{key} missing in {attempt}");
+    }
+
+    // One attempt by id.
+    let att_id = attempt["id"].as_str().unwrap();
+    let one = app
+        .get_ok(&format!("/app/{a}/msg/{ok}/attempt/{att_id}"))
+        .await;
+    assert_eq!(one, attempt);
+    let (status, body) = app
+        .get(&format!("/app/{a}/msg/{bad}/attempt/{att_id}"))
+        .await;
+    assert_eq!(status, 404, "an attempt of another message: {body}");
+    assert_eq!(
+        app.get(&format!("/app/{a}/msg/{ok}/attempt/atmpt_nope"))
+            .await
+            .0,
+        404
+    );
+
+    // By endpoint, with status and status_code_class filters.
+    let by_ep = app.get_ok(&format!("/app/{a}/attempt/endpoint/{ep}")).await;
+    let data = by_ep["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2, "{by_ep}");
+    assert!(data.iter().all(|x| x["endpointId"] == ep));
+    assert_eq!(data[0]["msgId"], bad, "newest first");
+    assert_eq!(data[0]["responseStatusCode"], 503);
+    let failed = app
+        .get_ok(&format!("/app/{a}/attempt/endpoint/{ep}?status=2"))
+        .await;
+    assert_eq!(
+        failed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["msgId"].clone())
+            .collect::<Vec<_>>(),
+        [json!(bad)]
+    );
+    let class5 = app
+        .get_ok(&format!(
+            "/app/{a}/attempt/endpoint/{ep}?status_code_class=500"
+        ))
+        .await;
+    assert_eq!(class5["data"].as_array().unwrap().len(), 1, "{class5}");
+    let class2 = app
+        .get_ok(&format!(
+            "/app/{a}/attempt/endpoint/{ep}?status_code_class=200"
+        ))
+        .await;
+    assert_eq!(class2["data"][0]["msgId"], ok);
+    let bare = app
+        .get_ok(&format!(
+            "/app/{a}/attempt/endpoint/{ep}?with_content=false"
+        ))
+        .await;
+    assert!(
+        bare["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["response"] == ""),
+        "{bare}"
+    );
+
+    // The messages sent to an endpoint, with their status there.
+    let sent = app.get_ok(&format!("/app/{a}/endpoint/{ep}/msg")).await;
+    assert_eq!(ids(&sent), [bad.clone(), ok.clone()], "{sent}");
+    assert_eq!(sent["data"][0]["status"], 2);
+    assert_eq!(sent["data"][0]["statusText"], "fail");
+    assert_eq!(sent["data"][1]["status"], 0);
+    assert_eq!(sent["data"][1]["payload"], json!({ "type": "e.ok" }));
+    let failed = app
+        .get_ok(&format!("/app/{a}/endpoint/{ep}/msg?status=2"))
+        .await;
+    assert_eq!(ids(&failed), std::slice::from_ref(&bad));
+    let succeeded = app
+        .get_ok(&format!("/app/{a}/endpoint/{ep}/msg?status=0"))
+        .await;
+    assert_eq!(ids(&succeeded), std::slice::from_ref(&ok));
+    let at_ep2 = app
+        .get_ok(&format!("/app/{a}/endpoint/{ep2}/msg?status=2"))
+        .await;
+    assert_eq!(ids(&at_ep2), Vec::<String>::new(), "{at_ep2}");
+
+    let (status, body) = app
+        .get(&format!("/app/{a}/attempt/endpoint/{ep}?status=9"))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["detail"][0]["loc"], json!(["query", "status"]));
+}

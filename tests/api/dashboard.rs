@@ -1,0 +1,538 @@
+//! The dashboard over HTTP (issue #3): sign-in, sessions, CSRF, security
+//! headers, escaping, filters, and every action.
+
+use actix_web::http::Method;
+use serde_json::json;
+
+use crate::helpers::{Reply, Resp, TOKEN, TestApp, TestReceiver, spawn_app};
+
+/// A browser-like client: keeps the session cookie, reads CSRF tokens from
+/// pages, and does not follow redirects (tests look at each 303).
+struct Browser<'a> {
+    app: &'a TestApp,
+    client: awc::Client,
+    cookie: Option<String>,
+}
+
+impl<'a> Browser<'a> {
+    fn new(app: &'a TestApp) -> Self {
+        let client = awc::Client::builder()
+            .disable_redirects()
+            .timeout(std::time::Duration::from_secs(10))
+            .finish();
+        Self {
+            app,
+            client,
+            cookie: None,
+        }
+    }
+
+    async fn send(&self, method: Method, path: &str, form: Option<&[(&str, &str)]>) -> Resp {
+        let url = format!("{}{path}", self.app.base_url);
+        let mut req = self.client.request(method.clone(), &url);
+        if let Some(c) = &self.cookie {
+            req = req.insert_header(("cookie", format!("webhookd_session={c}")));
+        }
+        let sent = match form {
+            Some(f) => req.send_form(&f).await,
+            None => req.send().await,
+        };
+        let mut res = sent.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let body = res
+            .body()
+            .limit(16 * 1024 * 1024)
+            .await
+            .expect("reading a page");
+        Resp {
+            status: res.status().as_u16(),
+            headers: res.headers().clone(),
+            body,
+        }
+    }
+
+    async fn get(&self, path: &str) -> Resp {
+        self.send(Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, form: &[(&str, &str)]) -> Resp {
+        self.send(Method::POST, path, Some(form)).await
+    }
+
+    async fn sign_in(&mut self) {
+        let res = self
+            .post("/login", &[("token", TOKEN), ("next", "/")])
+            .await;
+        assert_eq!(res.status, 303);
+        let set = res
+            .header("set-cookie")
+            .expect("sign-in sets a cookie")
+            .to_owned();
+        assert!(set.contains("HttpOnly"), "{set}");
+        assert!(set.contains("SameSite=Strict"), "{set}");
+        let value = set.split(';').next().unwrap().split_once('=').unwrap().1;
+        self.cookie = Some(value.to_owned());
+    }
+
+    /// A page that must render (200); returns its HTML.
+    async fn page(&self, path: &str) -> String {
+        let res = self.get(path).await;
+        assert_eq!(res.status, 200, "GET {path}: {}", text(&res));
+        assert!(res.header("content-type").unwrap().starts_with("text/html"));
+        text(&res)
+    }
+
+    /// The CSRF token in the forms of a page.
+    async fn csrf(&self) -> String {
+        let html = self.page("/").await;
+        let start = html
+            .find("name=\"csrf\" value=\"")
+            .expect("a page with a CSRF field")
+            + 19;
+        html[start..start + html[start..].find('"').unwrap()].to_owned()
+    }
+
+    /// Follows a 303 and returns the page it leads to.
+    async fn follow(&self, res: Resp) -> String {
+        assert_eq!(
+            res.status,
+            303,
+            "expected a redirect, got {}: {}",
+            res.status,
+            text(&res)
+        );
+        let to = res.header("location").unwrap().to_owned();
+        self.page(&to).await
+    }
+}
+
+fn text(r: &Resp) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+/// An app with one endpoint at `rx` and one message that failed there.
+async fn failed_message(app: &TestApp, rx: &mut TestReceiver) -> (String, String, String) {
+    rx.script([Reply::status(500), Reply::status(500), Reply::status(500)]);
+    let app_id = app.create_app().await;
+    let ep = app.endpoint_to(&app_id, rx).await;
+    let msg = app.publish_simple(&app_id, "order.created").await;
+    app.wait_status(&app_id, &msg, &ep, 2).await;
+    rx.take(3).await;
+    (app_id, ep, msg)
+}
+
+#[actix_web::test]
+async fn pages_need_a_session_and_sign_in_works() {
+    let app = spawn_app().await;
+    let mut b = Browser::new(&app);
+    for path in [
+        "/",
+        "/apps",
+        "/messages",
+        "/failed",
+        "/event-types",
+        "/messages/msg_x",
+    ] {
+        let res = b.get(path).await;
+        assert_eq!(res.status, 303, "{path} without a session");
+        assert!(
+            res.header("location").unwrap().starts_with("/login?next="),
+            "{path}"
+        );
+    }
+    let login = b.get("/login").await;
+    assert_eq!(login.status, 200);
+    let wrong = b
+        .post("/login", &[("token", "not-the-token"), ("next", "/")])
+        .await;
+    assert_eq!(wrong.status, 401);
+    assert!(text(&wrong).contains("not the admin token"));
+    assert!(wrong.header("set-cookie").is_none());
+    // An off-site `next` is not followed.
+    let res = b
+        .post("/login", &[("token", TOKEN), ("next", "//evil.example/")])
+        .await;
+    assert_eq!(res.header("location"), Some("/"));
+    b.sign_in().await;
+    for path in ["/", "/apps", "/messages", "/failed", "/event-types"] {
+        b.page(path).await;
+    }
+    // Signing out ends the session.
+    let csrf = b.csrf().await;
+    let res = b.post("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(res.status, 303);
+    assert_eq!(b.get("/").await.status, 303);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn security_headers_on_every_page() {
+    let app = spawn_app().await;
+    let mut b = Browser::new(&app);
+    b.sign_in().await;
+    for path in ["/login", "/", "/messages", "/no-such-page"] {
+        let res = b.get(path).await;
+        let csp = res
+            .header("content-security-policy")
+            .unwrap_or_else(|| panic!("{path} has no CSP"));
+        assert!(
+            csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"),
+            "{csp}"
+        );
+        assert!(!csp.contains("unsafe-inline"), "{csp}");
+        assert_eq!(res.header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(res.header("x-frame-options"), Some("DENY"));
+    }
+    let missing = b.get("/no-such-page").await;
+    assert_eq!(missing.status, 404);
+    assert!(text(&missing).contains("There is no such page"));
+    let css = b.get("/static/style.css").await;
+    assert_eq!(css.status, 200);
+    assert!(css.header("content-type").unwrap().starts_with("text/css"));
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn forms_without_the_csrf_token_are_refused() {
+    let app = spawn_app().await;
+    let mut rx = TestReceiver::start().await;
+    let (app_id, ep, msg) = failed_message(&app, &mut rx).await;
+    let mut b = Browser::new(&app);
+    b.sign_in().await;
+    let ep_path = format!("/apps/{app_id}/endpoints/{ep}");
+    for (path, form) in [
+        (
+            format!("/messages/{msg}/redeliver"),
+            vec![("endpoint", ep.as_str())],
+        ),
+        (format!("{ep_path}/toggle"), vec![]),
+        (format!("{ep_path}/rotate"), vec![]),
+        ("/failed/redeliver".to_owned(), vec![("all", "1")]),
+        ("/logout".to_owned(), vec![]),
+    ] {
+        let none = b.post(&path, &form).await;
+        assert_eq!(none.status, 403, "{path} without a token");
+        let mut bad = form.clone();
+        bad.push(("csrf", "forged"));
+        assert_eq!(
+            b.post(&path, &bad).await.status,
+            403,
+            "{path} with a forged token"
+        );
+    }
+    // Nothing happened: still failed, still enabled, no new attempt.
+    assert_eq!(app.destination(&app_id, &msg, &ep).await["status"], 2);
+    assert_eq!(app.attempts_of_msg(&app_id, &msg).await.len(), 3);
+    let (_, e) = app.get(&format!("/app/{app_id}/endpoint/{ep}")).await;
+    assert_eq!(e["disabled"], false);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn untrusted_content_renders_as_text() {
+    let app = spawn_app().await;
+    let mut rx = TestReceiver::start().await;
+    rx.set_default(Reply::status(200).header("x-evil", "<script>alert('h')</script>"));
+    let app_id = app.create_app().await;
+    let ep = app
+        .create_endpoint(
+            &app_id,
+            &rx.url(),
+            json!({"description": "<img src=x onerror=alert(1)>", "uid": "ep-1"}),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let payload = json!({"eventType": "a.b", "payload": {"html": "<script>alert(\"x\")</script>", "q": "'\"&"}});
+    let msg = app.publish(&app_id, payload).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    rx.next().await;
+    app.wait_status(&app_id, &msg, &ep, 0).await;
+    let mut b = Browser::new(&app);
+    b.sign_in().await;
+    for path in [
+        format!("/messages/{msg}"),
+        format!("/apps/{app_id}"),
+        format!("/apps/{app_id}/endpoints/{ep}"),
+        "/messages".into(),
+    ] {
+        let html = b.page(&path).await;
+        assert!(
+            !html.contains("<script>alert"),
+            "{path} has a live script tag"
+        );
+        assert!(!html.contains("<img src=x"), "{path} has a live img tag");
+    }
+    let html = b.page(&format!("/messages/{msg}")).await;
+    assert!(
+        html.contains("&#60;script&#62;alert") || html.contains("&lt;script&gt;alert"),
+        "the payload is shown escaped"
+    );
+    // The raw download is the exact published body.
+    let raw = b.get(&format!("/messages/{msg}/raw")).await;
+    assert_eq!(raw.status, 200);
+    assert_eq!(
+        text(&raw),
+        r#"{"html":"<script>alert(\"x\")</script>","q":"'\"&"}"#
+    );
+    assert!(
+        raw.header("content-disposition")
+            .unwrap()
+            .starts_with("attachment")
+    );
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn redeliver_creates_the_attempt_before_the_page_returns() {
+    let app = spawn_app().await;
+    let mut rx = TestReceiver::start().await;
+    let (_app_id, ep, msg) = failed_message(&app, &mut rx).await;
+    let b = &mut Browser::new(&app);
+    b.sign_in().await;
+    let before = b.page(&format!("/messages/{msg}")).await;
+    assert_eq!(before.matches("data-status=\"500\"").count(), 3);
+    let csrf = b.csrf().await;
+    let res = b
+        .post(
+            &format!("/messages/{msg}/redeliver"),
+            &[("csrf", &csrf), ("endpoint", &ep)],
+        )
+        .await;
+    let after = b.follow(res).await;
+    assert!(
+        after.contains("data-status=\"200\""),
+        "the new attempt is on the page"
+    );
+    assert!(after.contains("Redelivered to 1 endpoint"));
+    assert_eq!(rx.next().await.msg_id(), msg);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn failed_page_lists_dead_letters_and_redelivers_in_bulk() {
+    let app = spawn_app().await;
+    let mut rx = TestReceiver::start().await;
+    rx.script((0..6).map(|_| Reply::status(503)));
+    let app_id = app.create_app().await;
+    let ep = app.endpoint_to(&app_id, &rx).await;
+    let m1 = app.publish_simple(&app_id, "one").await;
+    let m2 = app.publish_simple(&app_id, "two").await;
+    app.wait_status(&app_id, &m1, &ep, 2).await;
+    app.wait_status(&app_id, &m2, &ep, 2).await;
+    rx.take(6).await;
+    let mut b = Browser::new(&app);
+    b.sign_in().await;
+    let html = b.page("/failed").await;
+    assert!(html.contains(&m1) && html.contains(&m2));
+    let filtered = b.page("/messages?status=failed").await;
+    assert!(filtered.contains(&m1) && filtered.contains(&m2));
+    // Redeliver only the first one selected.
+    let csrf = b.csrf().await;
+    let pick = format!("{m1}:{ep}");
+    let page = b
+        .follow(
+            b.post(
+                "/failed/redeliver",
+                &[("csrf", &csrf), ("pick", &pick), ("selected", "1")],
+            )
+            .await,
+        )
+        .await;
+    assert!(page.contains("Redelivered 1 deliveries"));
+    assert!(!page.contains(&m1) && page.contains(&m2));
+    // Then everything shown.
+    let shown = format!("{m2}:{ep}");
+    let page = b
+        .follow(
+            b.post(
+                "/failed/redeliver",
+                &[("csrf", &csrf), ("all", "1"), ("shown", &shown)],
+            )
+            .await,
+        )
+        .await;
+    assert!(page.contains("Nothing has failed"), "{page}");
+    app.wait_status(&app_id, &m2, &ep, 0).await;
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn message_filters_and_search() {
+    let app = spawn_app().await;
+    let mut rx = TestReceiver::start().await;
+    let a1 = app.create_app().await;
+    let a2 = app.create_app().await;
+    let ep1 = app.endpoint_to(&a1, &rx).await;
+    let m1 = app
+        .publish(
+            &a1,
+            json!({"eventType": "user.created", "eventId": "evt-one", "payload": {}}),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let m2 = app.publish_simple(&a2, "order.paid").await;
+    rx.next().await;
+    app.wait_status(&a1, &m1, &ep1, 0).await;
+    let mut b = Browser::new(&app);
+    b.sign_in().await;
+    let all = b.page("/messages").await;
+    assert!(all.contains(&m1) && all.contains(&m2));
+    let by_app = b.page(&format!("/messages?app={a2}")).await;
+    assert!(!by_app.contains(&m1) && by_app.contains(&m2));
+    let by_type = b.page("/messages?event_type=user.created").await;
+    assert!(by_type.contains(&m1) && !by_type.contains(&m2));
+    let by_ep = b.page(&format!("/messages?endpoint={ep1}")).await;
+    assert!(by_ep.contains(&m1) && !by_ep.contains(&m2));
+    let delivered = b.page("/messages?status=delivered").await;
+    assert!(delivered.contains(&m1) && !delivered.contains(&m2));
+    let by_event_id = b.page("/messages?q=evt-one").await;
+    assert!(by_event_id.contains(&m1) && !by_event_id.contains(&m2));
+    let by_id = b.page(&format!("/messages?q={m2}")).await;
+    assert!(by_id.contains(&m2) && !by_id.contains(&m1));
+    assert!(
+        b.page("/messages?q=nothing-like-it")
+            .await
+            .contains("No message has that ID")
+    );
+    let future = b.page("/messages?from=2999-01-01T00:00").await;
+    assert!(!future.contains(&m1) && !future.contains(&m2));
+    let bad_time = b.page("/messages?from=yesterday").await;
+    assert!(bad_time.contains("is not a date and time"));
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn endpoint_settings_secret_and_actions() {
+    let app = spawn_app().await;
+    let mut rx = TestReceiver::start().await;
+    let app_id = app.create_app().await;
+    let ep = app.endpoint_to(&app_id, &rx).await;
+    let path = format!("/apps/{app_id}/endpoints/{ep}");
+    let mut b = Browser::new(&app);
+    b.sign_in().await;
+    let csrf = b.csrf().await;
+
+    // Edit and save.
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("url", &rx.url()),
+        ("description", "Orders service"),
+        ("event_types", "order.created, order.paid"),
+        ("channels", "eu"),
+        ("headers", "X-Tenant: acme\nX-Env: test"),
+    ];
+    let page = b.follow(b.post(&path, &form).await).await;
+    assert!(page.contains("Endpoint saved."));
+    let (_, e) = app.get(&format!("/app/{app_id}/endpoint/{ep}")).await;
+    assert_eq!(e["eventTypes"], json!(["order.created", "order.paid"]));
+    assert_eq!(e["channels"], json!(["eu"]));
+    assert_eq!(e["description"], "Orders service");
+    let (_, h) = app
+        .get(&format!("/app/{app_id}/endpoint/{ep}/headers"))
+        .await;
+    assert_eq!(h["headers"], json!({"X-Env": "test", "X-Tenant": "acme"}));
+
+    // A bad value is a readable message, and nothing is saved.
+    let bad = [
+        ("csrf", csrf.as_str()),
+        ("url", "ftp://nope"),
+        ("headers", ""),
+    ];
+    let res = b.post(&path, &bad).await;
+    assert_eq!(res.status, 422);
+    assert!(text(&res).contains("URL scheme must be http or https"));
+    let (_, e) = app.get(&format!("/app/{app_id}/endpoint/{ep}")).await;
+    assert_eq!(e["url"], rx.url());
+
+    // Reveal and rotate the secret.
+    let old = app.secret(&app_id, &ep).await.expose();
+    assert!(b.page(&format!("{path}?reveal=1")).await.contains(&old));
+    let page = b
+        .follow(b.post(&format!("{path}/rotate"), &[("csrf", &csrf)]).await)
+        .await;
+    let new = app.secret(&app_id, &ep).await.expose();
+    assert_ne!(old, new);
+    assert!(page.contains(&new) && page.contains("Secret rotated"));
+
+    // Send a test event: the outcome is on the page.
+    let page = b
+        .follow(
+            b.post(
+                &format!("{path}/test"),
+                &[("csrf", &csrf), ("event_type", "order.created")],
+            )
+            .await,
+        )
+        .await;
+    assert!(page.contains("the endpoint answered 200"), "{page}");
+    let arrival = rx.next().await;
+    assert_eq!(arrival.header("x-tenant"), "acme");
+
+    // Disable, then enable.
+    let page = b
+        .follow(b.post(&format!("{path}/toggle"), &[("csrf", &csrf)]).await)
+        .await;
+    assert!(page.contains("Endpoint disabled"));
+    let (_, e) = app.get(&format!("/app/{app_id}/endpoint/{ep}")).await;
+    assert_eq!(e["disabled"], true);
+    b.follow(b.post(&format!("{path}/toggle"), &[("csrf", &csrf)]).await)
+        .await;
+    let (_, e) = app.get(&format!("/app/{app_id}/endpoint/{ep}")).await;
+    assert_eq!(e["disabled"], false);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn recover_form_requeues_failed_messages() {
+    let app = spawn_app().await;
+    let mut rx = TestReceiver::start().await;
+    let (app_id, ep, msg) = failed_message(&app, &mut rx).await;
+    let mut b = Browser::new(&app);
+    b.sign_in().await;
+    let csrf = b.csrf().await;
+    let path = format!("/apps/{app_id}/endpoints/{ep}/recover");
+    let res = b
+        .post(&path, &[("csrf", &csrf), ("since", "not a time")])
+        .await;
+    assert_eq!(res.status, 422);
+    assert!(text(&res).contains("is not a date and time"));
+    let page = b
+        .follow(
+            b.post(&path, &[("csrf", &csrf), ("since", "2000-01-01T00:00")])
+                .await,
+        )
+        .await;
+    assert!(page.contains("1 failed message(s)"), "{page}");
+    assert_eq!(rx.next().await.msg_id(), msg);
+    app.wait_status(&app_id, &msg, &ep, 0).await;
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn overview_apps_and_catalog_show_the_state() {
+    let app = spawn_app().await;
+    let mut rx = TestReceiver::start().await;
+    let (app_id, ep, _msg) = failed_message(&app, &mut rx).await;
+    let (status, _) = app
+        .post("/event-type", json!({"name": "order.created", "description": "An order was placed", "schemas": {"1": {"type": "object"}}}))
+        .await;
+    assert_eq!(status, 201);
+    let mut b = Browser::new(&app);
+    b.sign_in().await;
+    let overview = b.page("/").await;
+    assert!(overview.contains("<svg"), "a chart");
+    assert!(overview.contains("3 failed attempts"), "{overview}");
+    assert!(overview.contains(&ep), "the failing endpoint is listed");
+    let apps = b.page("/apps").await;
+    assert!(apps.contains(&app_id));
+    let one = b.page(&format!("/apps/{app_id}")).await;
+    assert!(one.contains(&rx.url()) && one.contains("0.0 %"));
+    let catalog = b.page("/event-types").await;
+    assert!(catalog.contains("order.created") && catalog.contains("An order was placed"));
+    app.stop().await;
+}

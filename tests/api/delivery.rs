@@ -1,0 +1,296 @@
+//! What a delivery looks like on the wire, and who gets which message.
+
+use std::collections::BTreeSet;
+
+use serde_json::json;
+
+use webhookd::signing;
+
+use crate::helpers::{Gate, Reply, TestReceiver, spawn_app, spawn_app_with, user_agent};
+
+#[actix_web::test]
+async fn delivery_is_signed_and_carries_the_exact_payload() {
+    let app = spawn_app().await;
+    let mut rx = TestReceiver::start().await;
+    let a = app.create_app().await;
+    let ep = app
+        .create_endpoint(
+            &a,
+            &rx.url(),
+            json!({ "headers": { "X-Custom": "custom-value" } }),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let secret = app.secret(&a, &ep).await;
+
+    // Odd whitespace, unsorted keys, escapes and non-ASCII: all must survive untouched.
+    let payload = "{ \"z\" : 1,\n\t\"a\":[1, 2 ,{\"\u{fc}ber\":\"\u{65e5}\u{672c}\u{8a9e} \u{1f389}\"}],  \"m\":\"\\u00e9\\n\" , \"b\":null}";
+    let body = format!("{{\"eventType\":\"user.created\",\"payload\":{payload}  }}");
+    let res = app
+        .post_raw(&format!("/app/{a}/msg"), &[], body.as_bytes())
+        .await;
+    assert_eq!(res.status, 202, "{:?}", res.body);
+    let out = res.json();
+    let msg = out["id"].as_str().unwrap();
+    assert!(msg.starts_with("msg_"), "{out}");
+    assert_eq!(out["eventType"], "user.created");
+    assert_eq!(
+        out["payload"],
+        serde_json::from_str::<serde_json::Value>(payload).unwrap()
+    );
+
+    let got = rx.next().await;
+    let now = chrono::Utc::now().timestamp();
+    assert_eq!(got.method, "POST");
+    assert_eq!(got.path, "/hook");
+    assert_eq!(
+        &got.body[..],
+        payload.as_bytes(),
+        "the body is the payload byte for byte"
+    );
+    assert_eq!(got.header("content-type"), "application/json");
+    assert_eq!(got.header("user-agent"), user_agent());
+    assert_eq!(got.header("webhook-id"), msg);
+    let ts: i64 = got
+        .header("webhook-timestamp")
+        .parse()
+        .expect("unix seconds");
+    assert!((now - ts).abs() <= 60, "timestamp {ts} is not now ({now})");
+    let sig = got.header("webhook-signature");
+    assert!(sig.starts_with("v1,"), "{sig}");
+    assert!(
+        signing::verify(&secret, msg, ts, &got.body, sig),
+        "signature {sig} does not verify"
+    );
+    assert!(!signing::verify(&secret, msg, ts + 1, &got.body, sig));
+    for h in ["id", "timestamp", "signature"] {
+        assert_eq!(
+            got.header_all(&format!("svix-{h}")),
+            got.header_all(&format!("webhook-{h}")),
+            "svix-{h} must equal webhook-{h}"
+        );
+    }
+    assert_eq!(got.header_all("webhook-id").len(), 1);
+    assert_eq!(got.header("x-custom"), "custom-value");
+
+    let d = app.wait_status(&a, msg, &ep, 0).await;
+    assert_eq!(d["statusText"], "success");
+    let attempts = app.attempts_of_msg(&a, msg).await;
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0]["responseStatusCode"], 200);
+    assert_eq!(attempts[0]["response"], "ok");
+    assert_eq!(attempts[0]["url"], rx.url());
+    assert_eq!(attempts[0]["triggerType"], 0);
+    rx.assert_nothing_more();
+}
+
+#[actix_web::test]
+async fn event_type_and_channel_filters_route_messages() {
+    let app = spawn_app().await;
+    let a = app.create_app().await;
+    let mut by_type = TestReceiver::start().await;
+    let mut other_type = TestReceiver::start().await;
+    let mut by_channel = TestReceiver::start().await;
+    let mut both = TestReceiver::start().await;
+    let mut all = TestReceiver::start().await;
+    // Each endpoint also takes the `sentinel` type (or channel), published last.
+    let ep_type = app
+        .create_endpoint(
+            &a,
+            &by_type.url(),
+            json!({ "eventTypes": ["user.created", "sentinel"] }),
+        )
+        .await;
+    let ep_other = app
+        .create_endpoint(
+            &a,
+            &other_type.url(),
+            json!({ "eventTypes": ["invoice.paid", "sentinel"] }),
+        )
+        .await;
+    let ep_channel = app
+        .create_endpoint(
+            &a,
+            &by_channel.url(),
+            json!({ "channels": ["project-1", "sentinel"] }),
+        )
+        .await;
+    let ep_both = app
+        .create_endpoint(
+            &a,
+            &both.url(),
+            json!({ "eventTypes": ["user.created", "sentinel"], "channels": ["project-1", "sentinel"] }),
+        )
+        .await;
+    let ep_all = app.create_endpoint(&a, &all.url(), json!({})).await;
+
+    let publish = |event_type: &'static str, channels: Vec<&'static str>| {
+        let app = &app;
+        let a = &a;
+        async move {
+            let mut body = json!({ "eventType": event_type, "payload": {} });
+            if !channels.is_empty() {
+                body["channels"] = json!(channels);
+            }
+            app.publish(a, body).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let m_user = publish("user.created", vec![]).await;
+    let m_user_p1 = publish("user.created", vec!["project-1"]).await;
+    let m_invoice_p2 = publish("invoice.paid", vec!["project-2"]).await;
+    let m_other_p1 = publish("other.thing", vec!["project-1", "project-3"]).await;
+
+    let expect = [
+        (&mut by_type, &ep_type, vec![&m_user, &m_user_p1]),
+        (&mut other_type, &ep_other, vec![&m_invoice_p2]),
+        (&mut by_channel, &ep_channel, vec![&m_user_p1, &m_other_p1]),
+        (&mut both, &ep_both, vec![&m_user_p1]),
+        (
+            &mut all,
+            &ep_all,
+            vec![&m_user, &m_user_p1, &m_invoice_p2, &m_other_p1],
+        ),
+    ];
+    let mut receivers = Vec::new();
+    for (rx, ep, want) in expect {
+        let got: BTreeSet<String> = rx
+            .take(want.len())
+            .await
+            .iter()
+            .map(|x| x.msg_id())
+            .collect();
+        let want: BTreeSet<String> = want.into_iter().cloned().collect();
+        assert_eq!(got, want, "deliveries to {}", ep["url"]);
+        receivers.push(rx);
+    }
+    // A message all of them take, published after the rest: the next (and only
+    // further) arrival at each must be this one.
+    let sentinel = publish("sentinel", vec!["sentinel"]).await;
+    for rx in receivers {
+        assert_eq!(rx.next().await.msg_id(), sentinel);
+        rx.assert_nothing_more();
+    }
+    // The fan-out the API reports matches.
+    let dests = |m: String| {
+        let app = &app;
+        let a = &a;
+        async move {
+            let body = app.get_ok(&format!("/app/{a}/msg/{m}/endpoint")).await;
+            body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["id"].as_str().unwrap().to_owned())
+                .collect::<BTreeSet<_>>()
+        }
+    };
+    let ids = |eps: &[&serde_json::Value]| -> BTreeSet<String> {
+        eps.iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(dests(m_invoice_p2).await, ids(&[&ep_other, &ep_all]));
+    assert_eq!(dests(m_user).await, ids(&[&ep_type, &ep_all]));
+}
+
+#[actix_web::test]
+async fn disabled_endpoints_get_nothing() {
+    let app = spawn_app().await;
+    let a = app.create_app().await;
+    let mut off = TestReceiver::start().await;
+    let mut on = TestReceiver::start().await;
+    let ep_off = app
+        .create_endpoint(&a, &off.url(), json!({ "disabled": true }))
+        .await;
+    assert_eq!(ep_off["disabled"], true);
+    let ep_on = app.endpoint_to(&a, &on).await;
+
+    let m1 = app.publish_simple(&a, "e.one").await;
+    let m2 = app.publish_simple(&a, "e.two").await;
+    let got: BTreeSet<String> = on.take(2).await.iter().map(|x| x.msg_id()).collect();
+    assert_eq!(got, BTreeSet::from([m1.clone(), m2]));
+    let dests = app.get_ok(&format!("/app/{a}/msg/{m1}/endpoint")).await;
+    let ids: Vec<&str> = dests["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [ep_on.as_str()],
+        "only the enabled endpoint is a destination"
+    );
+    off.assert_nothing_more();
+}
+
+#[actix_web::test]
+async fn gone_410_disables_the_endpoint() {
+    let app = spawn_app().await;
+    let mut rx = TestReceiver::start().await;
+    rx.set_default(Reply::status(410));
+    let a = app.create_app().await;
+    let ep = app.endpoint_to(&a, &rx).await;
+    let msg = app.publish_simple(&a, "e.t").await;
+    assert_eq!(rx.next().await.msg_id(), msg);
+
+    let d = app.wait_status(&a, &msg, &ep, 2).await;
+    assert!(d["nextAttempt"].is_null(), "no retry after 410: {d}");
+    let attempts = app.attempts_of_msg(&a, &msg).await;
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert_eq!(attempts[0]["responseStatusCode"], 410);
+    let endpoint = app.get_ok(&format!("/app/{a}/endpoint/{ep}")).await;
+    assert_eq!(endpoint["disabled"], true, "{endpoint}");
+
+    // And being disabled, it gets nothing more.
+    let later = app.publish_simple(&a, "e.t").await;
+    let dests = app.get_ok(&format!("/app/{a}/msg/{later}/endpoint")).await;
+    assert_eq!(dests["data"], json!([]), "{dests}");
+    rx.assert_nothing_more();
+}
+
+#[actix_web::test]
+async fn a_held_endpoint_does_not_delay_others() {
+    let app = spawn_app_with(&[("WEBHOOKD_DELIVERY__MAX_PER_ENDPOINT", "2")]).await;
+    let mut slow = TestReceiver::start().await;
+    let mut fast = TestReceiver::start().await;
+    let gate = Gate::new();
+    slow.set_default(Reply::status(200).gate(&gate));
+    let a = app.create_app().await;
+    let ep_slow = app.endpoint_to(&a, &slow).await;
+    let ep_fast = app.endpoint_to(&a, &fast).await;
+
+    let mut msgs = BTreeSet::new();
+    for i in 0..6 {
+        msgs.insert(app.publish_simple(&a, &format!("e.n{i}")).await);
+    }
+    let got: BTreeSet<String> = fast.take(6).await.iter().map(|x| x.msg_id()).collect();
+    assert_eq!(got, msgs, "the fast endpoint got every message");
+    let held = slow.take(2).await;
+    for m in &msgs {
+        app.wait_status(&a, m, &ep_fast, 0).await;
+    }
+    // At most max_per_endpoint attempts are in flight to the held endpoint.
+    slow.assert_nothing_more();
+    for h in &held {
+        let d = app.destination(&a, &h.msg_id(), &ep_slow).await;
+        assert_ne!(d["status"], 0, "a held delivery is not a success yet: {d}");
+    }
+
+    gate.release();
+    let mut slow_got: BTreeSet<String> = held.iter().map(|x| x.msg_id()).collect();
+    slow_got.extend(slow.take(4).await.iter().map(|x| x.msg_id()));
+    assert_eq!(slow_got, msgs);
+    for m in &msgs {
+        app.wait_status(&a, m, &ep_slow, 0).await;
+    }
+    slow.assert_nothing_more();
+    slow.stop().await;
+    fast.stop().await;
+    app.stop().await;
+}

@@ -1,0 +1,15 @@
+//! HTTP-level integration tests: webhookd in-process, driven over its API, delivering to real receivers.
+
+mod apps;
+mod attempts;
+mod dashboard;
+mod delivery;
+mod endpoints;
+mod errors;
+mod event_types;
+mod helpers;
+mod messages;
+mod pagination;
+mod retries;
+mod scheduler;
+mod security;
