@@ -19,6 +19,7 @@ use crate::dashboard::{self, DashboardState};
 use crate::delivery::{self, DeliveryHandle, Operational};
 use crate::scheduler::{self, Clock, Scheduler, SchedulerHandle, SystemClock};
 use crate::store::Store;
+use crate::throttle::{AuthThrottle, PublishThrottle};
 
 /// Cache sled keeps in memory.
 const STORE_CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -138,12 +139,17 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
     );
     let (scheduler, scheduler_task) = scheduler::start(scheduler, shutdown.clone());
 
+    let auth_throttle = Arc::new(AuthThrottle::new(
+        config.api.limits.auth_failures_per_minute,
+    ));
     let state = web::Data::new(ApiState {
         store: store.clone(),
         delivery: delivery_handle.clone(),
         ops: ops.clone(),
         cfg: config.api.clone(),
         admin_token: token.clone(),
+        auth_throttle: auth_throttle.clone(),
+        publish_throttle: PublishThrottle::new(config.api.limits.publish_per_second),
     });
     let dashboard_state = web::Data::new(DashboardState::new(
         store.clone(),
@@ -151,6 +157,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         token.clone(),
         ops.clone(),
         scheduler.clone(),
+        auth_throttle,
     ));
     let listener = TcpListener::bind(config.listen)
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -161,6 +168,8 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
             .configure(|c| api::configure(c, state.clone()))
             .configure(|c| dashboard::configure(c, dashboard_state.clone()))
     })
+    .client_request_timeout(config.api.limits.client_request_timeout)
+    .keep_alive(config.api.limits.keep_alive)
     .disable_signals()
     .shutdown_timeout(10)
     .listen(listener)?

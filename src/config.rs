@@ -68,6 +68,7 @@ struct RawConfig {
     max_payload_bytes: u64,
     delivery: RawDelivery,
     api: RawApi,
+    limits: RawLimits,
     scheduler: RawScheduler,
     retention: RawRetention,
     endpoint_health: RawHealth,
@@ -124,6 +125,18 @@ struct RawDelivery {
     retry_after_max: String,
     lease_margin: String,
     max_response_body_bytes: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    publish_per_second: u32,
+    auth_failures_per_minute: u32,
+    max_json_depth: u32,
+    max_endpoint_event_types: u32,
+    max_endpoint_headers: u32,
+    client_request_timeout: String,
+    keep_alive: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,6 +222,21 @@ pub struct OperationalConfig {
 pub struct ApiConfig {
     pub max_payload_bytes: usize,
     pub idempotency_ttl: Duration,
+    pub limits: Limits,
+}
+
+/// Bounds on what a client may send or ask for.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// 0: no limit.
+    pub publish_per_second: u32,
+    /// 0: no limit.
+    pub auth_failures_per_minute: u32,
+    pub max_json_depth: usize,
+    pub max_endpoint_event_types: usize,
+    pub max_endpoint_headers: usize,
+    pub client_request_timeout: Duration,
+    pub keep_alive: Duration,
 }
 
 fn schedule(key: &'static str, s: &str) -> Result<Option<cron::Schedule>, ConfigError> {
@@ -308,6 +336,36 @@ fn scheduler(
     })
 }
 
+fn limits(l: RawLimits) -> Result<Limits, ConfigError> {
+    if !(2..=1024).contains(&l.max_json_depth) {
+        return Err(invalid(
+            "limits.max_json_depth",
+            "must be between 2 and 1024",
+        ));
+    }
+    let client_request_timeout =
+        duration("limits.client_request_timeout", &l.client_request_timeout)?;
+    let keep_alive = duration("limits.keep_alive", &l.keep_alive)?;
+    // The HTTP server checks these against a clock it updates every 500 ms.
+    for (key, d) in [
+        ("limits.client_request_timeout", client_request_timeout),
+        ("limits.keep_alive", keep_alive),
+    ] {
+        if d < Duration::from_secs(1) {
+            return Err(invalid(key, "must be at least 1s"));
+        }
+    }
+    Ok(Limits {
+        publish_per_second: l.publish_per_second,
+        auth_failures_per_minute: l.auth_failures_per_minute,
+        max_json_depth: l.max_json_depth as usize,
+        max_endpoint_event_types: l.max_endpoint_event_types as usize,
+        max_endpoint_headers: l.max_endpoint_headers as usize,
+        client_request_timeout,
+        keep_alive,
+    })
+}
+
 fn duration(key: &'static str, s: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(s.trim()).map_err(|e| {
         invalid(
@@ -397,6 +455,7 @@ impl TryFrom<RawConfig> for Config {
             api: ApiConfig {
                 max_payload_bytes: raw.max_payload_bytes as usize,
                 idempotency_ttl: duration("api.idempotency_ttl", &raw.api.idempotency_ttl)?,
+                limits: limits(raw.limits)?,
             },
             scheduler: scheduler(
                 raw.scheduler,

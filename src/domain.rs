@@ -121,6 +121,11 @@ prefixed_id!(
     TaskId,
     "qtask_"
 );
+prefixed_id!(
+    /// An application-scoped API token (its record, not the secret).
+    TokenId,
+    "tok_"
+);
 
 /// 32 random bytes as URL-safe base64: for tokens.
 pub fn random_token() -> String {

@@ -15,3 +15,4 @@ pub mod scheduler;
 pub mod signing;
 pub mod store;
 pub mod telemetry;
+pub mod throttle;

@@ -2,7 +2,7 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::extract::{Query, parse_json, read_body};
+use super::extract::Query;
 use super::model::{ApplicationIn, ApplicationOut, ApplicationPatch, ListResponse};
 use super::{ApiError, State};
 use crate::domain::{AppId, now_ms};
@@ -56,8 +56,7 @@ async fn create(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let query = Query::from_request(&req)?;
-    let body: ApplicationIn =
-        parse_json(&read_body(&req, payload, state.cfg.max_payload_bytes).await?)?;
+    let body: ApplicationIn = state.json(&req, payload).await?;
     body.validate()?;
     if query.bool("get_if_exists", false)? {
         if let Some(uid) = &body.uid {
@@ -82,8 +81,7 @@ async fn update(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body: ApplicationIn =
-        parse_json(&read_body(&req, payload, state.cfg.max_payload_bytes).await?)?;
+    let body: ApplicationIn = state.json(&req, payload).await?;
     body.validate()?;
     let Some(old) = state.store.find_app(&path)? else {
         if AppId::parse(&path).is_some() {
@@ -110,8 +108,7 @@ async fn patch(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body: ApplicationPatch =
-        parse_json(&read_body(&req, payload, state.cfg.max_payload_bytes).await?)?;
+    let body: ApplicationPatch = state.json(&req, payload).await?;
     let old = state.app(&path)?;
     let mut new = old.clone();
     body.apply(&mut new)?;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::extract::{Query, format_time, parse_json, parse_time, read_body};
+use super::extract::{Query, format_time, parse_time, read_body};
 use super::model::{
     EndpointHeadersIn, EndpointHeadersOut, EndpointHeadersPatchIn, EndpointIn, EndpointOut,
     EndpointPatch, EndpointSecretOut, EndpointSecretRotateIn, EndpointStats, EventExampleIn,
@@ -63,6 +63,24 @@ async fn list(
     Ok(HttpResponse::Ok().json(ListResponse::new(data, eps.done, |e| e.id.clone())))
 }
 
+/// The configured bounds on an endpoint's lists, checked on what would be stored
+/// (so a merge by PATCH cannot grow past them either).
+fn within_limits(state: &State, ep: &EndpointRecord) -> Result<(), ApiError> {
+    let limits = &state.cfg.limits;
+    let mut p = Problems::default();
+    p.check(
+        ep.event_types.len() <= limits.max_endpoint_event_types,
+        &["body", "eventTypes"],
+        &format!("at most {} event types", limits.max_endpoint_event_types),
+    );
+    p.check(
+        ep.headers.len() <= limits.max_endpoint_headers,
+        &["body", "headers"],
+        &format!("at most {} headers", limits.max_endpoint_headers),
+    );
+    p.finish()
+}
+
 fn new_endpoint(
     app: &crate::store::AppRecord,
     body: EndpointIn,
@@ -101,10 +119,10 @@ async fn create(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body: EndpointIn =
-        parse_json(&read_body(&req, payload, state.cfg.max_payload_bytes).await?)?;
+    let body: EndpointIn = state.json(&req, payload).await?;
     let app = state.app(&path)?;
     let ep = new_endpoint(&app, body, None)?;
+    within_limits(&state, &ep)?;
     state.store.create_endpoint(&ep)?.map_err(uid_taken)?;
     Ok(HttpResponse::Created().json(EndpointOut::from(&ep)))
 }
@@ -124,14 +142,14 @@ async fn update(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (app_id, ep_id) = path.into_inner();
-    let body: EndpointIn =
-        parse_json(&read_body(&req, payload, state.cfg.max_payload_bytes).await?)?;
+    let body: EndpointIn = state.json(&req, payload).await?;
     let app = state.app(&app_id)?;
     let Some(old) = state.store.find_endpoint(&app.id, &ep_id)? else {
         if EndpointId::parse(&ep_id).is_some() || !valid_uid(&ep_id) {
             return Err(ApiError::not_found("Endpoint"));
         }
         let ep = new_endpoint(&app, body, Some(ep_id))?;
+        within_limits(&state, &ep)?;
         state.store.create_endpoint(&ep)?.map_err(uid_taken)?;
         return Ok(HttpResponse::Created().json(EndpointOut::from(&ep)));
     };
@@ -139,6 +157,7 @@ async fn update(
     let mut new = old.clone();
     body.apply(fields, &mut new);
     new.updated_ms = now_ms();
+    within_limits(&state, &new)?;
     state
         .store
         .update_endpoint(&old, &new)?
@@ -156,13 +175,13 @@ async fn patch(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (app_id, ep_id) = path.into_inner();
-    let body: EndpointPatch =
-        parse_json(&read_body(&req, payload, state.cfg.max_payload_bytes).await?)?;
+    let body: EndpointPatch = state.json(&req, payload).await?;
     let app = state.app(&app_id)?;
     let old = state.endpoint(&app, &ep_id)?;
     let mut new = old.clone();
     body.apply(&mut new)?;
     new.updated_ms = now_ms();
+    within_limits(&state, &new)?;
     state
         .store
         .update_endpoint(&old, &new)?
@@ -207,7 +226,7 @@ async fn rotate_secret(
     let body: EndpointSecretRotateIn = if raw.iter().all(u8::is_ascii_whitespace) {
         EndpointSecretRotateIn::default()
     } else {
-        parse_json(&raw)?
+        state.parse_json(&raw)?
     };
     let mut p = Problems::default();
     let key = body
@@ -239,6 +258,7 @@ async fn rotate_secret(
         });
     }
     ep.updated_ms = now;
+    within_limits(&state, &ep)?;
     state.store.put_endpoint(&ep)?;
     Ok(HttpResponse::Ok().json(EndpointSecretOut {
         key: ep.secret.expose(),
@@ -265,8 +285,7 @@ async fn put_headers(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (app_id, ep_id) = path.into_inner();
-    let body: EndpointHeadersIn =
-        parse_json(&read_body(&req, payload, state.cfg.max_payload_bytes).await?)?;
+    let body: EndpointHeadersIn = state.json(&req, payload).await?;
     let mut p = Problems::default();
     validate_headers(&body.headers, "headers", &mut p);
     p.finish()?;
@@ -274,6 +293,7 @@ async fn put_headers(
     let mut ep = state.endpoint(&app, &ep_id)?;
     ep.headers = body.headers;
     ep.updated_ms = now_ms();
+    within_limits(&state, &ep)?;
     state.store.put_endpoint(&ep)?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -286,8 +306,7 @@ async fn patch_headers(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (app_id, ep_id) = path.into_inner();
-    let body: EndpointHeadersPatchIn =
-        parse_json(&read_body(&req, payload, state.cfg.max_payload_bytes).await?)?;
+    let body: EndpointHeadersPatchIn = state.json(&req, payload).await?;
     let set: std::collections::BTreeMap<String, String> = body
         .headers
         .iter()
@@ -308,6 +327,7 @@ async fn patch_headers(
     }
     ep.headers.extend(set);
     ep.updated_ms = now_ms();
+    within_limits(&state, &ep)?;
     state.store.put_endpoint(&ep)?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -357,8 +377,7 @@ async fn recover(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (app_id, ep_id) = path.into_inner();
-    let body: RecoverIn =
-        parse_json(&read_body(&req, payload, state.cfg.max_payload_bytes).await?)?;
+    let body: RecoverIn = state.json(&req, payload).await?;
     let mut p = Problems::default();
     let since = parse_time(&body.since);
     p.check(
@@ -399,8 +418,7 @@ async fn send_example(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (app_id, ep_id) = path.into_inner();
-    let body: EventExampleIn =
-        parse_json(&read_body(&req, payload, state.cfg.max_payload_bytes).await?)?;
+    let body: EventExampleIn = state.json(&req, payload).await?;
     if !valid_uid(&body.event_type) {
         return Err(ApiError::invalid(
             &["body", "eventType"],

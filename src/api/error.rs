@@ -37,6 +37,8 @@ pub enum ApiError {
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
@@ -46,6 +48,11 @@ pub enum ApiError {
     Validation(Vec<ValidationItem>),
     #[error("{0}")]
     MethodNotAllowed(String),
+    #[error("{detail}")]
+    TooManyRequests {
+        detail: String,
+        retry_after: std::time::Duration,
+    },
     #[error("internal error: {0}")]
     Internal(#[from] StoreError),
     #[error("internal error: {0}")]
@@ -65,11 +72,13 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => "bad_request",
             Self::Unauthorized(_) => "authentication_failed",
+            Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "conflict",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::Validation(_) => "validation",
             Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::TooManyRequests { .. } => "rate_limited",
             Self::Internal(_) | Self::Blocking(_) => "server_error",
         }
     }
@@ -91,17 +100,24 @@ impl ResponseError for ApiError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) | Self::Blocking(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         let mut res = HttpResponse::build(self.status_code());
+        if let Self::TooManyRequests { retry_after, .. } = self {
+            // Whole seconds, rounded up: never tell a client to retry too early.
+            let secs = retry_after.as_millis().div_ceil(1000).max(1);
+            res.insert_header((actix_web::http::header::RETRY_AFTER, secs.to_string()));
+        }
         match self {
             Self::Validation(items) => res.json(ValidationOut { detail: items }),
             Self::Internal(_) | Self::Blocking(_) => {

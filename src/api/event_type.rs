@@ -2,7 +2,7 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::extract::{Query, parse_json, read_body};
+use super::extract::Query;
 use super::model::{
     EventTypeIn, EventTypeOut, EventTypePatch, ListResponse, Problems, validate_feature_flag,
     validate_schemas,
@@ -87,8 +87,7 @@ async fn create(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body: EventTypeIn =
-        parse_json(&read_body(&req, payload, state.cfg.max_payload_bytes).await?)?;
+    let body: EventTypeIn = state.json(&req, payload).await?;
     let name = validate(&body, Some(body.name.as_deref().unwrap_or("")))?
         .ok_or_else(|| ApiError::invalid(&["body", "name"], "required"))?;
     let et = record(name, body, now_ms());
@@ -115,8 +114,7 @@ async fn update(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let name = path_name(&path)?;
-    let body: EventTypeIn =
-        parse_json(&read_body(&req, payload, state.cfg.max_payload_bytes).await?)?;
+    let body: EventTypeIn = state.json(&req, payload).await?;
     validate(&body, None)?;
     let existing = state.store.get_event_type(name.as_str())?;
     let created_ms = existing.as_ref().map_or(now_ms(), |e| e.created_ms);
@@ -135,8 +133,7 @@ async fn patch(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body: EventTypePatch =
-        parse_json(&read_body(&req, payload, state.cfg.max_payload_bytes).await?)?;
+    let body: EventTypePatch = state.json(&req, payload).await?;
     let mut et = state
         .store
         .get_event_type(&path)?

@@ -37,12 +37,17 @@ pub async fn read_body(
 
 /// Parses a JSON body. Malformed JSON is a 400; JSON of the wrong shape a 422
 /// naming the field (`["body", "eventTypes", "[0]"]`).
-pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub fn parse_json<T: DeserializeOwned>(body: &[u8], max_depth: usize) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid(
             &["body"],
             "a JSON request body is required",
         ));
+    }
+    if nesting_exceeds(body, max_depth) {
+        return Err(ApiError::BadRequest(format!(
+            "JSON body nested deeper than {max_depth} levels"
+        )));
     }
     // Syntax first: a body that is not JSON at all is a 400 even when a value
     // of the wrong type comes before the syntax error.
@@ -78,6 +83,36 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             kind: "type_error".into(),
         }])
     })
+}
+
+/// Does the JSON text nest arrays and objects deeper than `max`? A byte scan,
+/// before any parsing, so a hostile body costs one pass and no recursion.
+/// (serde_json alone stops at a fixed 128 levels; this makes the bound ours.)
+fn nesting_exceeds(body: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 fn strip_position(msg: &str) -> String {
@@ -205,23 +240,35 @@ mod tests {
 
     #[test]
     fn json_errors_name_the_field() {
-        match parse_json::<Sample>(br#"{"eventTypes": ["a", 3], "name": "x"}"#) {
+        match parse_json::<Sample>(br#"{"eventTypes": ["a", 3], "name": "x"}"#, 64) {
             Err(ApiError::Validation(items)) => {
                 assert_eq!(items[0].loc, ["body", "eventTypes", "[1]"])
             }
             other => panic!("{other:?}"),
         }
-        match parse_json::<Sample>(br#"{"eventTypes": []}"#) {
+        match parse_json::<Sample>(br#"{"eventTypes": []}"#, 64) {
             Err(ApiError::Validation(items)) => assert_eq!(items[0].loc, ["body", "name"]),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            parse_json::<Sample>(b"{nope"),
+            parse_json::<Sample>(b"{nope", 64),
             Err(ApiError::BadRequest(_))
         ));
         assert!(matches!(
-            parse_json::<Sample>(b""),
+            parse_json::<Sample>(b"", 64),
             Err(ApiError::Validation(_))
+        ));
+    }
+
+    #[test]
+    fn nesting_is_bounded_outside_strings_only() {
+        assert!(!nesting_exceeds(br#"{"a":[[1]]}"#, 3));
+        assert!(nesting_exceeds(br#"{"a":[[[1]]]}"#, 3));
+        assert!(!nesting_exceeds(br#"{"a":"[[[[[[\"[[[["}"#, 1));
+        let deep = "[".repeat(100_000);
+        assert!(matches!(
+            parse_json::<serde_json::Value>(deep.as_bytes(), 64),
+            Err(ApiError::BadRequest(_))
         ));
     }
 
@@ -244,7 +291,7 @@ mod raw_tests {
     #[test]
     fn payload_bytes_survive_parsing() {
         let body = br#"{"eventType":"a.b","payload": {"z": 1,  "a" : [1, 2]} }"#;
-        let m: MessageIn = parse_json(body).unwrap();
+        let m: MessageIn = parse_json(body, 64).unwrap();
         assert_eq!(m.payload.get(), r#"{"z": 1,  "a" : [1, 2]}"#);
     }
 }

@@ -3,7 +3,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::application::create_app;
-use super::extract::{Query, parse_json, read_body};
+use super::extract::Query;
 use super::model::{ListResponse, MessageIn, MessageOut, payload_json};
 use super::{ApiError, State};
 use crate::domain::{MessageId, now_ms, valid_uid};
@@ -83,8 +83,7 @@ async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let query = Query::from_request(&req)?;
     let with_content = query.bool("with_content", true)?;
-    let body: MessageIn =
-        parse_json(&read_body(&req, payload, state.cfg.max_payload_bytes).await?)?;
+    let body: MessageIn = state.json(&req, payload).await?;
     let deliver_at = body.validate()?;
     let payload_retention_ms = body.retention_ms();
     let app = match state.store.find_app(&path)? {

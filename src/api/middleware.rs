@@ -1,4 +1,4 @@
-//! Authentication and idempotency, as middleware of the `/api/v1` scope.
+//! JSON error bodies and idempotency, as middleware of the `/api/v1` scope.
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -6,38 +6,10 @@ use actix_web::http::{Method, StatusCode, header};
 use actix_web::middleware::Next;
 use actix_web::{HttpResponse, ResponseError, web};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use super::{ApiError, ApiState};
 use crate::domain::now_ms;
 use crate::store::{IdemClaim, StoredResponse};
-
-fn bearer(req: &ServiceRequest) -> Option<&str> {
-    req.headers()
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-}
-
-/// Every route of the scope needs `Authorization: Bearer <admin token>` (compared in constant time).
-pub async fn authenticate(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let state = req
-        .app_data::<web::Data<ApiState>>()
-        .expect("the API scope always carries its state")
-        .clone();
-    let ok =
-        bearer(&req).is_some_and(|t| bool::from(t.as_bytes().ct_eq(state.admin_token.as_bytes())));
-    if !ok {
-        let err = ApiError::Unauthorized("Incorrect authentication credentials.".into());
-        return Ok(req.into_response(err.error_response()));
-    }
-    Ok(next.call(req).await?.map_into_boxed_body())
-}
 
 /// Gives the framework's own bare 404/405 answers (no such resource or method) a
 /// Svix-style JSON body, as every other API error has.
@@ -88,7 +60,7 @@ pub async fn idempotency(
         .expect("the API scope always carries its state")
         .clone();
     let scope: [u8; 32] = Sha256::new()
-        .chain_update(bearer(&req).unwrap_or_default())
+        .chain_update(super::auth::bearer(req.headers()).unwrap_or_default())
         .chain_update([0])
         .chain_update(req.path())
         .chain_update([0])

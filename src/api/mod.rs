@@ -6,6 +6,7 @@
 
 mod application;
 mod attempt;
+pub mod auth;
 mod endpoint;
 pub mod error;
 mod event_type;
@@ -13,14 +14,17 @@ pub mod extract;
 mod message;
 mod middleware;
 pub mod model;
+mod token;
 
 use std::sync::Arc;
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::de::DeserializeOwned;
 
 use crate::config::ApiConfig;
 use crate::delivery::{DeliveryHandle, Operational};
 use crate::store::{AppRecord, EndpointRecord, Store};
+use crate::throttle::{AuthThrottle, PublishThrottle};
 pub use error::ApiError;
 
 /// What every handler can reach. Shared read-only across the server's threads.
@@ -30,11 +34,28 @@ pub struct ApiState {
     pub ops: Operational,
     pub cfg: ApiConfig,
     pub admin_token: Arc<str>,
+    /// Shared with the dashboard's sign-in.
+    pub auth_throttle: Arc<AuthThrottle>,
+    pub publish_throttle: PublishThrottle,
 }
 
 type State = web::Data<ApiState>;
 
 impl ApiState {
+    /// Reads a JSON body: at most `max_payload_bytes` (else 413), nested at most
+    /// `max_json_depth` deep (else 400), of the shape of `T` (else 422).
+    async fn json<T: DeserializeOwned>(
+        &self,
+        req: &HttpRequest,
+        payload: web::Payload,
+    ) -> Result<T, ApiError> {
+        self.parse_json(&extract::read_body(req, payload, self.cfg.max_payload_bytes).await?)
+    }
+
+    fn parse_json<T: DeserializeOwned>(&self, body: &[u8]) -> Result<T, ApiError> {
+        extract::parse_json(body, self.cfg.limits.max_json_depth)
+    }
+
     fn app(&self, id_or_uid: &str) -> Result<AppRecord, ApiError> {
         self.store
             .find_app(id_or_uid)?
@@ -57,13 +78,14 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<ApiState>) {
         web::scope("/api/v1")
             .app_data(state)
             .wrap(actix_web::middleware::from_fn(middleware::idempotency))
-            .wrap(actix_web::middleware::from_fn(middleware::authenticate))
+            .wrap(actix_web::middleware::from_fn(auth::authenticate))
             .wrap(actix_web::middleware::from_fn(middleware::json_errors))
             .configure(application::routes)
             .configure(event_type::routes)
             .configure(endpoint::routes)
             .configure(message::routes)
-            .configure(attempt::routes),
+            .configure(attempt::routes)
+            .configure(token::routes),
     );
 }
 

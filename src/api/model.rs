@@ -16,6 +16,7 @@ use crate::domain::{
 };
 use crate::store::{
     AppRecord, AttemptRecord, DestRecord, EndpointRecord, EventTypeRecord, MessageRecord,
+    TokenRecord,
 };
 
 /// `Some(None)` for an explicit `null`, `None` for an absent field (with `#[serde(default)]`).
@@ -814,3 +815,50 @@ impl MessageAttemptOut {
 
 #[derive(Serialize)]
 pub struct EmptyResponse {}
+
+// ----- application-scoped tokens (webhookd's own) ---------------------
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TokenIn {
+    /// The application's id or uid.
+    pub app_id: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+impl TokenIn {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        let mut p = Problems::default();
+        p.check(
+            self.description.chars().count() <= 256,
+            &["body", "description"],
+            "at most 256 characters",
+        );
+        p.finish()
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenOut {
+    pub id: String,
+    pub app_id: String,
+    pub description: String,
+    pub created_at: String,
+    /// Only in the answer to its creation: the token is not kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl From<&TokenRecord> for TokenOut {
+    fn from(t: &TokenRecord) -> Self {
+        Self {
+            id: t.id.to_string(),
+            app_id: t.app_id.to_string(),
+            description: t.description.clone(),
+            created_at: format_time(t.created_ms),
+            token: None,
+        }
+    }
+}

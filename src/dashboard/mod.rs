@@ -17,7 +17,7 @@ mod view;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::http::header;
+use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 use serde::Deserialize;
@@ -26,6 +26,7 @@ use crate::delivery::{DeliveryHandle, Operational};
 use crate::domain::{EndpointId, MessageId, now_ms};
 use crate::scheduler::SchedulerHandle;
 use crate::store::Store;
+use crate::throttle::AuthThrottle;
 pub use error::DashboardError;
 use session::{Sessions, check_csrf, cookie, safe_next, token_matches};
 
@@ -37,6 +38,8 @@ pub struct DashboardState {
     pub sessions: Sessions,
     pub ops: Operational,
     pub scheduler: SchedulerHandle,
+    /// Shared with the API's authentication.
+    pub auth_throttle: Arc<AuthThrottle>,
 }
 
 type State = web::Data<DashboardState>;
@@ -49,6 +52,7 @@ impl DashboardState {
         admin_token: Arc<str>,
         ops: Operational,
         scheduler: SchedulerHandle,
+        auth_throttle: Arc<AuthThrottle>,
     ) -> Self {
         Self {
             store,
@@ -57,6 +61,7 @@ impl DashboardState {
             sessions: Sessions::default(),
             ops,
             scheduler,
+            auth_throttle,
         }
     }
 
@@ -179,7 +184,7 @@ async fn not_found() -> PageResult {
 #[template(path = "login.html")]
 struct LoginPage {
     next: String,
-    error: Option<&'static str>,
+    error: Option<String>,
     version: &'static str,
 }
 
@@ -202,17 +207,47 @@ struct LoginForm {
     next: Option<String>,
 }
 
-async fn login(state: State, form: web::Form<LoginForm>) -> PageResult {
+/// The sign-in page again, with an error and a status.
+fn login_refused(next: String, error: String, status: StatusCode) -> PageResult {
+    let mut res = render(&LoginPage {
+        next,
+        error: Some(error),
+        version: env!("CARGO_PKG_VERSION"),
+    })?;
+    *res.status_mut() = status;
+    Ok(res)
+}
+
+fn too_many_sign_ins(next: String, wait: Duration) -> PageResult {
+    let secs = wait.as_millis().div_ceil(1000).max(1);
+    let mut res = login_refused(
+        next,
+        format!("Too many failed sign-ins from your address. Try again in {secs} s."),
+        StatusCode::TOO_MANY_REQUESTS,
+    )?;
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(secs as u64));
+    Ok(res)
+}
+
+/// Failed sign-ins are throttled per client address together with the API's
+/// failed authentications, and logged without what was typed.
+async fn login(state: State, req: HttpRequest, form: web::Form<LoginForm>) -> PageResult {
     let next = safe_next(form.next.as_deref());
+    let client = req.peer_addr().map(|a| a.ip());
+    if let Err(wait) = state.auth_throttle.check(client) {
+        return too_many_sign_ins(next, wait);
+    }
     if !token_matches(&state, &form.token) {
-        tracing::warn!("dashboard sign-in with a wrong token");
-        let mut res = render(&LoginPage {
+        tracing::warn!(client = ?client, "dashboard sign-in with a wrong token");
+        if let Err(wait) = state.auth_throttle.failed(client) {
+            return too_many_sign_ins(next, wait);
+        }
+        return login_refused(
             next,
-            error: Some("That token is not the admin token."),
-            version: env!("CARGO_PKG_VERSION"),
-        })?;
-        *res.status_mut() = actix_web::http::StatusCode::UNAUTHORIZED;
-        return Ok(res);
+            "That token is not the admin token.".into(),
+            StatusCode::UNAUTHORIZED,
+        );
     }
     let id = state.sessions.create();
     let mut res = see_other(&next, None);

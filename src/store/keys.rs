@@ -6,7 +6,7 @@
 //! followed by fixed-width parts; IDs have a fixed length per type and
 //! timestamps are big-endian, so byte order is the order we scan in.
 
-use crate::domain::{AppId, AttemptId, EndpointId, MessageId, TaskId};
+use crate::domain::{AppId, AttemptId, EndpointId, MessageId, TaskId, TokenId};
 
 /// Namespace tags. Each one owns the keys that start with it.
 pub mod ns {
@@ -60,6 +60,10 @@ pub mod ns {
     pub const SILENCE: u8 = b'w';
     /// ep_id → since_ms (8 bytes LE) app_id: every attempt since then failed
     pub const FAILING_SINCE: u8 = b'h';
+    /// token_id → TokenRecord
+    pub const TOKEN: u8 = b'z';
+    /// sha256(token) → token_id
+    pub const TOKEN_HASH: u8 = b'y';
 }
 
 fn key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -195,6 +199,13 @@ pub fn silence(app: &AppId, event_type: &str) -> Vec<u8> {
 }
 pub fn failing_since(ep: &EndpointId) -> Vec<u8> {
     key(ns::FAILING_SINCE, &[ep.as_str().as_bytes()])
+}
+
+pub fn token(id: &TokenId) -> Vec<u8> {
+    key(ns::TOKEN, &[id.as_str().as_bytes()])
+}
+pub fn token_hash(hash: &[u8; 32]) -> Vec<u8> {
+    key(ns::TOKEN_HASH, &[hash])
 }
 
 /// The dead-letter key of a delivery-status key (`D` msg ep → `F` msg ep).

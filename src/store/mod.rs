@@ -15,6 +15,7 @@ mod commit;
 pub mod keys;
 mod maintenance;
 pub mod records;
+mod tokens;
 mod views;
 
 use std::ops::Bound;
@@ -30,6 +31,7 @@ use crate::domain::{
 pub use commit::GroupCommit;
 pub use maintenance::{Cadence, Reconciled, Retained};
 pub use records::*;
+pub use tokens::{TOKEN_PREFIX, token_hash};
 pub use views::QueueSummary;
 
 #[derive(Debug, thiserror::Error)]
@@ -384,6 +386,7 @@ impl Store {
         for ep in self.endpoints_of(&app.id)? {
             self.delete_endpoint_into(&mut batch, &ep)?;
         }
+        self.delete_tokens_into(&mut batch, &app.id)?;
         let msgs_prefix = keys::messages_of(&app.id);
         for entry in self.tree.scan_prefix(&msgs_prefix) {
             let (k, v) = entry?;

@@ -263,3 +263,13 @@ pub struct SilenceAlert {
     pub threshold_ms: i64,
     pub raised_ms: i64,
 }
+
+/// An application-scoped API token. Only a hash of the token is kept.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: crate::domain::TokenId,
+    pub app_id: AppId,
+    pub description: String,
+    pub hash: [u8; 32],
+    pub created_ms: i64,
+}

@@ -607,3 +607,25 @@ impl TestReceiver {
         self.handle.stop(false).await;
     }
 }
+
+/// Every file under `dir` whose bytes contain `needle`: to show a secret is not
+/// stored in clear.
+pub fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).expect("reading the data dir") {
+            let path = entry.expect("reading a data dir entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if std::fs::read(&path)
+                .expect("reading a data file")
+                .windows(needle.len())
+                .any(|w| w == needle)
+            {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}

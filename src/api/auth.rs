@@ -1,0 +1,151 @@
+//! Who is calling and what they may do: the admin token may do everything; an
+//! application-scoped token may publish to its application and read that
+//! application's messages and attempts, nothing else. Failed authentications are
+//! throttled per client address, publishes per token.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{Method, header};
+use actix_web::middleware::Next;
+use actix_web::{HttpMessage as _, ResponseError, web};
+use subtle::ConstantTimeEq;
+
+use super::{ApiError, ApiState};
+use crate::domain::{AppId, TokenId};
+use crate::store::token_hash;
+
+/// The authenticated caller, in the request's extensions for handlers that care.
+#[derive(Clone, Debug)]
+pub enum Principal {
+    Admin,
+    App { token: TokenId, app: AppId },
+}
+
+impl Principal {
+    /// What the publish rate limit is kept under.
+    fn throttle_key(&self) -> &str {
+        match self {
+            Self::Admin => "admin",
+            Self::App { token, .. } => token.as_str(),
+        }
+    }
+}
+
+pub fn bearer(headers: &header::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+impl ApiState {
+    /// The admin token is compared in constant time; a scoped token is found by
+    /// its SHA-256, which reveals nothing about the tokens it is not.
+    fn principal(&self, token: &str) -> Result<Option<Principal>, ApiError> {
+        if bool::from(token.as_bytes().ct_eq(self.admin_token.as_bytes())) {
+            return Ok(Some(Principal::Admin));
+        }
+        Ok(self
+            .store
+            .token_by_hash(&token_hash(token))?
+            .map(|t| Principal::App {
+                token: t.id,
+                app: t.app_id,
+            }))
+    }
+
+    /// May a token of `app` make this request? Only `POST /app/{app}/msg` and
+    /// `GET` under `/app/{app}/msg` and `/app/{app}/attempt`, where `{app}` (an
+    /// id or a uid) is its own application.
+    fn scoped_may(&self, app: &AppId, method: &Method, path: &str) -> Result<bool, ApiError> {
+        let rest = path.strip_prefix("/api/v1/").unwrap_or_default();
+        let segs: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+        let allowed = matches!(
+            (method, segs.as_slice()),
+            (&Method::POST, ["app", _, "msg"]) | (&Method::GET, ["app", _, "msg" | "attempt", ..])
+        );
+        if !allowed {
+            return Ok(false);
+        }
+        Ok(self.store.find_app(segs[1])?.is_some_and(|a| &a.id == app))
+    }
+}
+
+fn is_publish(req: &ServiceRequest) -> bool {
+    req.method() == Method::POST && {
+        let segs: Vec<&str> = req.path().trim_end_matches('/').split('/').collect();
+        matches!(segs.as_slice(), ["", "api", "v1", "app", _, "msg"])
+    }
+}
+
+fn refuse(req: ServiceRequest, err: ApiError) -> ServiceResponse<BoxBody> {
+    req.into_response(err.error_response())
+}
+
+fn too_many(what: &str, wait: Duration) -> ApiError {
+    ApiError::TooManyRequests {
+        detail: what.to_owned(),
+        retry_after: wait,
+    }
+}
+
+/// Every route of the scope needs `Authorization: Bearer <token>`.
+pub async fn authenticate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let state = req
+        .app_data::<web::Data<ApiState>>()
+        .expect("the API scope always carries its state")
+        .clone();
+    let client: Option<IpAddr> = req.peer_addr().map(|a| a.ip());
+    if let Err(wait) = state.auth_throttle.check(client) {
+        let err = too_many("Too many failed authentications; try again later.", wait);
+        return Ok(refuse(req, err));
+    }
+    let principal = match bearer(req.headers()) {
+        Some(token) => match state.principal(token) {
+            Ok(p) => p,
+            Err(e) => return Ok(refuse(req, e)),
+        },
+        None => None,
+    };
+    let Some(principal) = principal else {
+        tracing::warn!(
+            client = ?client,
+            method = %req.method(),
+            path = req.path(),
+            "API authentication failed"
+        );
+        let err = match state.auth_throttle.failed(client) {
+            Ok(()) => ApiError::Unauthorized("Incorrect authentication credentials.".into()),
+            Err(wait) => too_many("Too many failed authentications; try again later.", wait),
+        };
+        return Ok(refuse(req, err));
+    };
+    if let Principal::App { app, .. } = &principal {
+        match state.scoped_may(app, req.method(), req.path()) {
+            Ok(true) => {}
+            Ok(false) => {
+                let err = ApiError::Forbidden(
+                    "This token is limited to one application's messages and attempts.".into(),
+                );
+                return Ok(refuse(req, err));
+            }
+            Err(e) => return Ok(refuse(req, e)),
+        }
+    }
+    if is_publish(&req) {
+        if let Err(wait) = state.publish_throttle.check(principal.throttle_key()) {
+            let err = too_many("Publish rate limit exceeded for this token.", wait);
+            return Ok(refuse(req, err));
+        }
+    }
+    req.extensions_mut().insert(principal);
+    Ok(next.call(req).await?.map_into_boxed_body())
+}
