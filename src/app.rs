@@ -14,11 +14,11 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
-use crate::config::Config;
+use crate::config::{Config, EncryptionConfig};
 use crate::dashboard::{self, DashboardState};
 use crate::delivery::{self, DeliveryHandle, Operational};
 use crate::scheduler::{self, Clock, Scheduler, SchedulerHandle, SystemClock};
-use crate::store::Store;
+use crate::store::{DataKey, Keyring, Store};
 use crate::throttle::{AuthThrottle, PublishThrottle};
 
 /// Cache sled keeps in memory.
@@ -26,6 +26,10 @@ const STORE_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Name of the generated admin token file inside the data directory.
 pub const TOKEN_FILE: &str = "admin-token";
+
+/// Name of the generated encryption key file (in the data dir, or in systemd's
+/// credentials directory).
+pub const KEY_FILE: &str = "encryption-key";
 
 /// Where the admin token came from, for the startup line.
 #[derive(Debug, Clone)]
@@ -78,6 +82,13 @@ fn admin_token(config: &Config) -> anyhow::Result<(Arc<str>, TokenSource)> {
         }
     }
     let token = format!("whd_{}", crate::domain::random_token());
+    write_private_file(&path, &token)
+        .with_context(|| format!("creating the admin token file {}", path.display()))?;
+    Ok((token.into(), TokenSource::File(path)))
+}
+
+/// Writes `contents` to a new file at `path`, owner-only, durably.
+fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -85,12 +96,123 @@ fn admin_token(config: &Config) -> anyhow::Result<(Arc<str>, TokenSource)> {
         use std::os::unix::fs::OpenOptionsExt as _;
         opts.mode(0o600);
     }
-    let mut f = opts
-        .open(&path)
-        .with_context(|| format!("creating the admin token file {}", path.display()))?;
-    writeln!(f, "{token}")?;
-    f.sync_all()?;
-    Ok((token.into(), TokenSource::File(path)))
+    let mut f = opts.open(path)?;
+    writeln!(f, "{contents}")?;
+    f.sync_all()
+}
+
+/// Where the encryption key is kept, when it is kept in a file.
+fn key_path(config: &Config) -> Option<PathBuf> {
+    match &config.encryption {
+        EncryptionConfig::Key(_) => None,
+        EncryptionConfig::KeyFile(p) => Some(p.clone()),
+        EncryptionConfig::Default => Some(
+            std::env::var_os("CREDENTIALS_DIRECTORY")
+                .map(|d| Path::new(&d).join(KEY_FILE))
+                .filter(|p| p.exists())
+                .unwrap_or_else(|| config.data_dir.join(KEY_FILE)),
+        ),
+    }
+}
+
+/// The file a key rotation writes the new key to before it re-encrypts.
+fn next_key_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".next");
+    PathBuf::from(name)
+}
+
+fn read_key(path: &Path) -> anyhow::Result<Option<DataKey>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => DataKey::parse(&text)
+            .map(Some)
+            .with_context(|| format!("reading the encryption key in {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => {
+            Err(e).with_context(|| format!("reading the encryption key in {}", path.display()))
+        }
+    }
+}
+
+/// The keys the store seals and opens secrets with: the configured one (a key
+/// file is generated on first start), plus the key of a rotation that was
+/// interrupted, so that every record opens.
+fn data_keys(config: &Config) -> anyhow::Result<Keyring> {
+    let Some(path) = key_path(config) else {
+        let EncryptionConfig::Key(text) = &config.encryption else {
+            unreachable!("key_path is None only for a configured key");
+        };
+        return Ok(Keyring::new(
+            DataKey::parse(text).context("configuration key encryption.key")?,
+        ));
+    };
+    let key = match read_key(&path)? {
+        Some(k) => k,
+        None => {
+            let key = DataKey::generate();
+            write_private_file(&path, &key.encode())
+                .with_context(|| format!("creating the encryption key file {}", path.display()))?;
+            if path.starts_with(&config.data_dir) {
+                tracing::warn!(
+                    path = %path.display(),
+                    "generated the encryption key inside the data dir; move it elsewhere \
+                     (encryption.key_file) so that the data alone reveals no secret"
+                );
+            }
+            key
+        }
+    };
+    let mut ring = Keyring::new(key);
+    if let Some(next) = read_key(&next_key_path(&path))? {
+        ring = ring.with_older(next);
+    }
+    Ok(ring)
+}
+
+/// Replaces the encryption key kept in a file and re-encrypts every secret with
+/// it. webhookd must be stopped. Crash-safe: the new key is written beside the
+/// old one first, and whichever key a record is sealed with stays readable until
+/// the new key takes the old one's place. Returns the new key's id.
+pub fn rotate_key(config: &Config) -> anyhow::Result<String> {
+    let Some(path) = key_path(config) else {
+        anyhow::bail!(
+            "the encryption key is given in the configuration (encryption.key); \
+             to rotate it, set a new key there: keep the old one readable by moving it to a \
+             key file first"
+        );
+    };
+    let old = read_key(&path)?
+        .with_context(|| format!("there is no encryption key at {}", path.display()))?;
+    let next_path = next_key_path(&path);
+    let new = match read_key(&next_path)? {
+        // An interrupted rotation: finish it with the key it had chosen.
+        Some(k) => k,
+        None => {
+            let k = DataKey::generate();
+            write_private_file(&next_path, &k.encode())
+                .with_context(|| format!("writing the new key to {}", next_path.display()))?;
+            k
+        }
+    };
+    let id = new.id_hex();
+    let store = Store::open(
+        &config.data_dir,
+        STORE_CACHE_BYTES,
+        Keyring::new(new).with_older(old),
+    )
+    .with_context(|| {
+        format!(
+            "opening the database in {} (is webhookd still running? stop it first)",
+            config.data_dir.display()
+        )
+    })?;
+    drop(store);
+    std::fs::rename(&next_path, &path)
+        .with_context(|| format!("moving the new key into {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(id)
 }
 
 /// Opens everything and starts serving. Must run inside an actix system (the
@@ -105,7 +227,8 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
     create_private_dir(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
     let (token, token_source) = admin_token(&config)?;
-    let store = Store::open(&config.data_dir, STORE_CACHE_BYTES)
+    let keys = data_keys(&config)?;
+    let store = Store::open(&config.data_dir, STORE_CACHE_BYTES, keys)
         .with_context(|| format!("opening the database in {}", config.data_dir.display()))?;
 
     let shutdown = CancellationToken::new();

@@ -69,6 +69,7 @@ struct RawConfig {
     delivery: RawDelivery,
     api: RawApi,
     limits: RawLimits,
+    encryption: RawEncryption,
     scheduler: RawScheduler,
     retention: RawRetention,
     endpoint_health: RawHealth,
@@ -129,6 +130,13 @@ struct RawDelivery {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawEncryption {
+    key: String,
+    key_file: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawLimits {
     publish_per_second: u32,
     auth_failures_per_minute: u32,
@@ -155,6 +163,19 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub api: ApiConfig,
     pub scheduler: SchedulerConfig,
+    pub encryption: EncryptionConfig,
+}
+
+/// Where the key that encrypts secrets at rest comes from.
+#[derive(Debug, Clone)]
+pub enum EncryptionConfig {
+    /// Given in the configuration (base64), not yet checked.
+    Key(String),
+    /// In this file.
+    KeyFile(PathBuf),
+    /// The default: `$CREDENTIALS_DIRECTORY/encryption-key` when systemd passes
+    /// one, else `encryption-key` in the data dir (generated on first start).
+    Default,
 }
 
 #[derive(Debug, Clone)]
@@ -457,6 +478,17 @@ impl TryFrom<RawConfig> for Config {
                 idempotency_ttl: duration("api.idempotency_ttl", &raw.api.idempotency_ttl)?,
                 limits: limits(raw.limits)?,
             },
+            encryption: match (raw.encryption.key.trim(), raw.encryption.key_file.trim()) {
+                ("", "") => EncryptionConfig::Default,
+                (key, "") => EncryptionConfig::Key(key.to_owned()),
+                ("", file) => EncryptionConfig::KeyFile(file.into()),
+                _ => {
+                    return Err(invalid(
+                        "encryption.key",
+                        "set either encryption.key or encryption.key_file, not both",
+                    ));
+                }
+            },
             scheduler: scheduler(
                 raw.scheduler,
                 raw.retention,
@@ -503,6 +535,13 @@ impl Config {
             ),
             format!("max_payload_bytes = {}", self.api.max_payload_bytes),
             String::new(),
+            "[encryption]".into(),
+            match &self.encryption {
+                EncryptionConfig::Key(_) => "key = \"********\"".into(),
+                EncryptionConfig::KeyFile(p) => format!("key_file = {p:?}"),
+                EncryptionConfig::Default => "key_file = \"\"".into(),
+            },
+            String::new(),
             "[delivery]".into(),
             format!("max_in_flight = {}", d.max_in_flight),
             format!("max_per_endpoint = {}", d.max_per_endpoint),
@@ -531,7 +570,13 @@ impl Config {
 const NOT_SETTINGS: [&str; 1] = ["CONFIG"];
 
 /// Keys whose environment values must stay strings even when they look like numbers.
-const RAW_STRING_KEYS: [&str; 3] = ["admin_token", "data_dir", "listen"];
+const RAW_STRING_KEYS: [&str; 5] = [
+    "admin_token",
+    "data_dir",
+    "listen",
+    "encryption.key",
+    "encryption.key_file",
+];
 
 impl Config {
     /// Loads defaults, then `file` (if given), then the process environment.

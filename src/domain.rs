@@ -277,6 +277,65 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Credentials webhookd presents to an endpoint, in the `Authorization` header.
+/// `Debug` never shows the secret part.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Credentials {
+    Basic { username: String, password: String },
+    Bearer { token: String },
+}
+
+impl Credentials {
+    /// The `Authorization` header value.
+    pub fn header_value(&self) -> String {
+        match self {
+            Self::Basic { username, password } => {
+                format!("Basic {}", B64.encode(format!("{username}:{password}")))
+            }
+            Self::Bearer { token } => format!("Bearer {token}"),
+        }
+    }
+
+    /// What may be shown or stored of the header value.
+    pub fn redacted(&self) -> &'static str {
+        match self {
+            Self::Basic { .. } => "Basic [redacted]",
+            Self::Bearer { .. } => "Bearer [redacted]",
+        }
+    }
+
+    /// Checks the parts: they go into a header, and a Basic username cannot
+    /// contain ':'.
+    pub fn check(&self) -> Result<(), &'static str> {
+        let ok_part =
+            |s: &str| !s.is_empty() && s.len() <= 4096 && !s.chars().any(char::is_control);
+        match self {
+            Self::Basic { username, password } => {
+                if !ok_part(username) || username.contains(':') {
+                    return Err(
+                        "a username is 1 to 4096 characters, without ':' or control characters",
+                    );
+                }
+                if !ok_part(password) {
+                    return Err("a password is 1 to 4096 characters, without control characters");
+                }
+            }
+            Self::Bearer { token } => {
+                if !ok_part(token) {
+                    return Err("a token is 1 to 4096 characters, without control characters");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.redacted())
+    }
+}
+
 /// Delivery status of a message to one endpoint, with Svix's numeric codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MessageStatus {

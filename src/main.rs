@@ -27,6 +27,9 @@ enum Command {
     Serve,
     /// Validate the configuration and print it, with secrets masked.
     CheckConfig,
+    /// Replace the key that encrypts secrets at rest (kept in a key file) and
+    /// re-encrypt every secret with the new one. Stop webhookd first.
+    RotateKey,
 }
 
 fn main() -> ExitCode {
@@ -43,6 +46,16 @@ fn main() -> ExitCode {
             println!("{}", config.masked());
             ExitCode::SUCCESS
         }
+        Command::RotateKey => match webhookd::app::rotate_key(&config) {
+            Ok(id) => {
+                println!("webhookd: secrets are now encrypted with key {id}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("webhookd: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve => {
             telemetry::init(cli.log_format);
             match actix_web::rt::System::new().block_on(webhookd::app::run(config)) {

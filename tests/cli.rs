@@ -198,8 +198,39 @@ fn first_start_generates_a_private_token_and_restart_keeps_it() {
     assert!(first.wait(DEADLINE).success());
     let second = Daemon::start(command(&data));
     assert_eq!(std::fs::read_to_string(&token_file).unwrap(), token);
+    // The encryption key cannot be rotated under a running daemon...
+    let rotate = || {
+        command(&data)
+            .arg("rotate-key")
+            .output()
+            .expect("running webhookd rotate-key")
+    };
+    let out = rotate();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stop it first"), "{err}");
     second.signal("-TERM");
     assert!(second.wait(DEADLINE).success());
+    // ...and can once it stopped; the key file stays private.
+    let key_file = data.join("encryption-key");
+    let old_key = std::fs::read_to_string(&key_file).unwrap();
+    let out = rotate();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("now encrypted with key"));
+    assert_ne!(std::fs::read_to_string(&key_file).unwrap(), old_key);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let third = Daemon::start(command(&data));
+    third.signal("-TERM");
+    assert!(third.wait(DEADLINE).success());
 }
 
 #[test]

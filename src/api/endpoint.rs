@@ -83,7 +83,7 @@ fn within_limits(state: &State, ep: &EndpointRecord) -> Result<(), ApiError> {
 
 fn new_endpoint(
     app: &crate::store::AppRecord,
-    body: EndpointIn,
+    mut body: EndpointIn,
     uid: Option<String>,
 ) -> Result<EndpointRecord, ApiError> {
     let fields = body.validate()?;
@@ -105,6 +105,7 @@ fn new_endpoint(
         retired_secrets: Vec::new(),
         created_ms: now,
         updated_ms: now,
+        credentials: None,
     };
     body.apply(fields, &mut ep);
     if uid.is_some() {
@@ -142,7 +143,7 @@ async fn update(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (app_id, ep_id) = path.into_inner();
-    let body: EndpointIn = state.json(&req, payload).await?;
+    let mut body: EndpointIn = state.json(&req, payload).await?;
     let app = state.app(&app_id)?;
     let Some(old) = state.store.find_endpoint(&app.id, &ep_id)? else {
         if EndpointId::parse(&ep_id).is_some() || !valid_uid(&ep_id) {

@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use super::error::{ApiError, ValidationItem};
 use super::extract::format_time;
 use crate::domain::{
-    EndpointUrl, MessageStatus, Secret, check_custom_header, valid_channel, valid_uid,
+    Credentials, EndpointUrl, MessageStatus, Secret, check_custom_header, valid_channel, valid_uid,
 };
 use crate::store::{
     AppRecord, AttemptRecord, DestRecord, EndpointRecord, EventTypeRecord, MessageRecord,
@@ -338,6 +338,63 @@ fn dedup(v: Option<Vec<String>>) -> Vec<String> {
     out
 }
 
+/// Credentials to present to an endpoint (a webhookd addition to the Svix
+/// endpoint body): `{"type": "basic", "username", "password"}` or
+/// `{"type": "bearer", "token"}`. Never returned.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum CredentialsIn {
+    Basic { username: String, password: String },
+    Bearer { token: String },
+}
+
+/// What is shown of an endpoint's credentials: their kind and the username.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsOut {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+}
+
+impl From<&Credentials> for CredentialsOut {
+    fn from(c: &Credentials) -> Self {
+        match c {
+            Credentials::Basic { username, .. } => Self {
+                kind: "basic",
+                username: Some(username.clone()),
+            },
+            Credentials::Bearer { .. } => Self {
+                kind: "bearer",
+                username: None,
+            },
+        }
+    }
+}
+
+/// Validates `credentials` of a body: `Some(None)` clears them.
+fn parse_credentials(
+    given: Option<Option<CredentialsIn>>,
+    p: &mut Problems,
+) -> Option<Option<Credentials>> {
+    let given = given?;
+    let Some(c) = given else {
+        return Some(None);
+    };
+    let c = match c {
+        CredentialsIn::Basic { username, password } => Credentials::Basic { username, password },
+        CredentialsIn::Bearer { token } => Credentials::Bearer { token },
+    };
+    match c.check() {
+        Ok(()) => Some(Some(c)),
+        Err(e) => {
+            p.add(&["body", "credentials"], e);
+            None
+        }
+    }
+}
+
 /// Create (POST) and replace (PUT) bodies; PUT ignores `secret`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -363,16 +420,20 @@ pub struct EndpointIn {
     pub headers: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub version: Option<i32>,
+    /// Absent: unchanged (on PUT); `null`: removed.
+    #[serde(default, deserialize_with = "nullable")]
+    pub credentials: Option<Option<CredentialsIn>>,
 }
 
 /// The validated parts of an `EndpointIn`.
 pub struct EndpointFields {
     pub url: EndpointUrl,
     pub secret: Option<Secret>,
+    pub credentials: Option<Option<Credentials>>,
 }
 
 impl EndpointIn {
-    pub fn validate(&self) -> Result<EndpointFields, ApiError> {
+    pub fn validate(&mut self) -> Result<EndpointFields, ApiError> {
         let mut p = Problems::default();
         let url = match EndpointUrl::parse(&self.url) {
             Ok(u) => Some(u),
@@ -398,10 +459,12 @@ impl EndpointIn {
                 "must be between 1 and 65535",
             );
         }
+        let credentials = parse_credentials(self.credentials.take(), &mut p);
         p.finish()?;
         Ok(EndpointFields {
             url: url.expect("validated above"),
             secret,
+            credentials,
         })
     }
 
@@ -420,6 +483,9 @@ impl EndpointIn {
         }
         if let Some(v) = self.version {
             ep.version = v;
+        }
+        if let Some(c) = fields.credentials {
+            ep.credentials = c;
         }
     }
 }
@@ -440,10 +506,12 @@ pub struct EndpointPatch {
     pub throttle_rate: Option<Option<u32>>,
     pub metadata: Option<Metadata>,
     pub version: Option<i32>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub credentials: Option<Option<CredentialsIn>>,
 }
 
 impl EndpointPatch {
-    pub fn apply(self, ep: &mut EndpointRecord) -> Result<(), ApiError> {
+    pub fn apply(mut self, ep: &mut EndpointRecord) -> Result<(), ApiError> {
         let mut p = Problems::default();
         let url = match self.url.as_deref().map(EndpointUrl::parse) {
             Some(Ok(u)) => Some(u),
@@ -462,7 +530,11 @@ impl EndpointPatch {
         if let Some(c) = &self.channels {
             validate_channels(c, 10, &mut p);
         }
+        let credentials = parse_credentials(self.credentials.take(), &mut p);
         p.finish()?;
+        if let Some(c) = credentials {
+            ep.credentials = c;
+        }
         if let Some(u) = url {
             ep.url = u;
         }
@@ -515,6 +587,8 @@ pub struct EndpointOut {
     pub metadata: Metadata,
     pub created_at: String,
     pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<CredentialsOut>,
 }
 
 impl From<&EndpointRecord> for EndpointOut {
@@ -534,6 +608,7 @@ impl From<&EndpointRecord> for EndpointOut {
             metadata: e.metadata.clone(),
             created_at: format_time(e.created_ms),
             updated_at: format_time(e.updated_ms),
+            credentials: e.credentials.as_ref().map(CredentialsOut::from),
         }
     }
 }

@@ -271,11 +271,23 @@ impl Worker {
             headers.retain(|(name, _)| !name.eq_ignore_ascii_case(k));
             headers.push((k.to_owned(), v.to_owned()));
         }
+        // The attempt record keeps what was sent, except the credentials: those
+        // go only on the wire.
+        let with_credentials = ep.credentials.as_ref().map(|c| {
+            let set = |list: &mut Vec<(String, String)>, value: String| {
+                list.retain(|(name, _)| !name.eq_ignore_ascii_case("authorization"));
+                list.push(("authorization".to_owned(), value));
+            };
+            let mut wire = headers.clone();
+            set(&mut wire, c.header_value());
+            set(&mut headers, c.redacted().to_owned());
+            wire
+        });
         let resp = self
             .sender
             .send(Request {
                 url: ep.url.as_str(),
-                headers: &headers,
+                headers: with_credentials.as_ref().unwrap_or(&headers),
                 body: payload.into(),
             })
             .await;

@@ -133,6 +133,7 @@ impl Operational {
                             retired_secrets: Vec::new(),
                             created_ms: now,
                             updated_ms: now,
+                            credentials: None,
                         };
                         let _ = store.create_endpoint(&ep)?;
                         ep

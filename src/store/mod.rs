@@ -15,6 +15,7 @@ mod commit;
 pub mod keys;
 mod maintenance;
 pub mod records;
+mod sealed;
 mod tokens;
 mod views;
 
@@ -31,6 +32,7 @@ use crate::domain::{
 pub use commit::GroupCommit;
 pub use maintenance::{Cadence, Reconciled, Retained};
 pub use records::*;
+pub use sealed::{DataKey, KeyError, Keyring, SealError};
 pub use tokens::{TOKEN_PREFIX, token_hash};
 pub use views::QueueSummary;
 
@@ -48,6 +50,12 @@ pub enum StoreError {
     Commit(#[source] Arc<std::io::Error>),
     #[error("opening the database: {0}")]
     Open(#[source] std::io::Error),
+    #[error("encrypted record under key {key:?}: {source}")]
+    Sealed {
+        key: String,
+        #[source]
+        source: SealError,
+    },
 }
 
 /// A unique name (uid, eventId) that is already taken, and by whom.
@@ -145,6 +153,8 @@ pub struct Store {
     /// Shared by every clone; when the last goes, the commit thread is stopped and
     /// joined, which releases the database (and its lock) deterministically.
     committer: Arc<GroupCommit>,
+    /// Seals the records that hold secrets (see `sealed`).
+    keys: Arc<Keyring>,
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -160,23 +170,31 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError
 
 impl Store {
     /// Opens (or creates) the database under `dir`.
-    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+    /// Records sealed with an older key of `keys` are sealed again with its
+    /// current key before this returns (which is how a key rotation completes).
+    pub fn open(dir: &Path, cache_bytes: u64, keys: Keyring) -> Result<Store, StoreError> {
         let path = dir.join("db");
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(cache_bytes)
             .open()?;
         let file = std::fs::File::open(path.join("db")).map_err(StoreError::Open)?;
-        Self::with_db(db, Some(file))
+        let store = Self::with_db(db, Some(file), keys)?;
+        store.reseal_stale()?;
+        Ok(store)
     }
 
     /// A throw-away database for tests.
     pub fn temporary() -> Result<Store, StoreError> {
         let db = sled::Config::new().temporary(true).open()?;
-        Self::with_db(db, None)
+        Self::with_db(db, None, Keyring::new(DataKey::generate()))
     }
 
-    fn with_db(db: sled::Db, file: Option<std::fs::File>) -> Result<Store, StoreError> {
+    fn with_db(
+        db: sled::Db,
+        file: Option<std::fs::File>,
+        keys: Keyring,
+    ) -> Result<Store, StoreError> {
         let committer = Arc::new(GroupCommit::start(db.clone(), file).map_err(StoreError::Open)?);
         let tree: sled::Tree = (*db).clone();
         tree.set_merge_operator(maintenance::merge);
@@ -184,6 +202,7 @@ impl Store {
             db,
             tree,
             committer,
+            keys: Arc::new(keys),
         })
     }
 
@@ -474,8 +493,8 @@ impl Store {
                 return Ok(Err(taken));
             }
         }
-        self.tree
-            .insert(keys::endpoint(&ep.app_id, &ep.id), encode(ep))?;
+        let (k, v) = self.seal_endpoint(ep);
+        self.tree.insert(k, v)?;
         Ok(Ok(()))
     }
 
@@ -486,7 +505,7 @@ impl Store {
         id_or_uid: &str,
     ) -> Result<Option<EndpointRecord>, StoreError> {
         if let Some(id) = EndpointId::parse(id_or_uid) {
-            if let Some(ep) = self.get(&keys::endpoint(app, &id))? {
+            if let Some(ep) = self.get_endpoint(app, &id)? {
                 return Ok(Some(ep));
             }
         }
@@ -494,7 +513,7 @@ impl Store {
             .get_str(&keys::endpoint_uid(app, id_or_uid))?
             .and_then(|s| EndpointId::parse(&s))
         {
-            Some(id) => self.get(&keys::endpoint(app, &id)),
+            Some(id) => self.get_endpoint(app, &id),
             None => Ok(None),
         }
     }
@@ -504,7 +523,11 @@ impl Store {
         app: &AppId,
         id: &EndpointId,
     ) -> Result<Option<EndpointRecord>, StoreError> {
-        self.get(&keys::endpoint(app, id))
+        let key = keys::endpoint(app, id);
+        match self.tree.get(&key)? {
+            Some(v) => Ok(Some(self.open_endpoint(&key, &v)?)),
+            None => Ok(None),
+        }
     }
 
     pub fn endpoints_of(&self, app: &AppId) -> Result<Vec<EndpointRecord>, StoreError> {
@@ -512,7 +535,7 @@ impl Store {
             .scan_prefix(keys::endpoints_of(app))
             .map(|e| {
                 let (k, v) = e?;
-                decode(&k, &v)
+                self.open_endpoint(&k, &v)
             })
             .collect()
     }
@@ -522,8 +545,9 @@ impl Store {
         app: &AppId,
         req: &PageReq,
     ) -> Result<Page<EndpointRecord>, StoreError> {
-        self.page(&keys::endpoints_of(app), req, |k, v| {
-            Ok(Some(decode(k, v)?))
+        let prefix = keys::endpoints_of(app);
+        self.page(&prefix, req, |id, v| {
+            Ok(Some(self.open_endpoint(&[&prefix[..], id].concat(), v)?))
         })
     }
 
@@ -542,7 +566,8 @@ impl Store {
             }
         }
         let mut batch = sled::Batch::default();
-        batch.insert(keys::endpoint(&new.app_id, &new.id), encode(new));
+        let (k, v) = self.seal_endpoint(new);
+        batch.insert(k, v);
         if new.uid != old.uid {
             if let Some(uid) = &old.uid {
                 batch.remove(keys::endpoint_uid(&old.app_id, uid));
@@ -554,9 +579,48 @@ impl Store {
 
     /// Writes an endpoint whose uid did not change (disable, rotate, headers).
     pub fn put_endpoint(&self, ep: &EndpointRecord) -> Result<(), StoreError> {
-        self.tree
-            .insert(keys::endpoint(&ep.app_id, &ep.id), encode(ep))?;
+        let (k, v) = self.seal_endpoint(ep);
+        self.tree.insert(k, v)?;
         Ok(())
+    }
+
+    /// An endpoint's key and its sealed record.
+    fn seal_endpoint(&self, ep: &EndpointRecord) -> (Vec<u8>, Vec<u8>) {
+        let key = keys::endpoint(&ep.app_id, &ep.id);
+        let value = self.keys.seal(&key, &encode(ep));
+        (key, value)
+    }
+
+    fn open_endpoint(&self, key: &[u8], value: &[u8]) -> Result<EndpointRecord, StoreError> {
+        let plain = self
+            .keys
+            .open(key, value)
+            .map_err(|source| StoreError::Sealed {
+                key: String::from_utf8_lossy(key).into_owned(),
+                source,
+            })?;
+        decode(key, &plain)
+    }
+
+    /// Seals again, with the current key, every record sealed with an older one;
+    /// fails on a record no configured key opens. Durable when it returns.
+    fn reseal_stale(&self) -> Result<usize, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for entry in self.tree.scan_prefix([keys::ns::ENDPOINT]) {
+            let (k, v) = entry?;
+            if self.keys.is_stale(&v) {
+                let ep = self.open_endpoint(&k, &v)?;
+                let sealed = self.keys.seal(&k, &encode(&ep));
+                batch.insert(k, sealed);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.tree.apply_batch(batch)?;
+            self.db.flush()?;
+        }
+        Ok(n)
     }
 
     fn delete_endpoint_into(

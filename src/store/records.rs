@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    AppId, AttemptId, AttemptTrigger, EndpointId, EndpointUrl, EventTypeName, MessageId,
-    MessageStatus, Secret, TaskId,
+    AppId, AttemptId, AttemptTrigger, Credentials, EndpointId, EndpointUrl, EventTypeName,
+    MessageId, MessageStatus, Secret, TaskId,
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -63,6 +63,8 @@ pub struct EndpointRecord {
     pub retired_secrets: Vec<RetiredSecret>,
     pub created_ms: i64,
     pub updated_ms: i64,
+    /// Presented to the endpoint in the `Authorization` header.
+    pub credentials: Option<Credentials>,
 }
 
 impl EndpointRecord {

@@ -35,6 +35,7 @@ fn endpoint(app: &AppId, types: &[&str]) -> EndpointRecord {
         retired_secrets: vec![],
         created_ms: 2,
         updated_ms: 2,
+        credentials: None,
     }
 }
 

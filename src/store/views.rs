@@ -143,7 +143,7 @@ impl Store {
             .scan_prefix([keys::ns::ENDPOINT])
             .map(|e| {
                 let (k, v) = e?;
-                decode(&k, &v)
+                self.open_endpoint(&k, &v)
             })
             .collect()
     }

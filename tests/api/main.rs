@@ -13,5 +13,6 @@ mod messages;
 mod pagination;
 mod retries;
 mod scheduler;
+mod secrets;
 mod security;
 mod tokens;
