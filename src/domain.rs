@@ -296,6 +296,14 @@ impl Credentials {
         }
     }
 
+    /// What may be shown of them: the scheme, and the Basic username.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Basic { username, .. } => format!("Basic, username {username}"),
+            Self::Bearer { .. } => "Bearer token".to_owned(),
+        }
+    }
+
     /// What may be shown or stored of the header value.
     pub fn redacted(&self) -> &'static str {
         match self {

@@ -12,6 +12,7 @@ mod jobs;
 mod messages;
 mod overview;
 mod session;
+mod tokens;
 mod view;
 
 use std::sync::Arc;
@@ -172,6 +173,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<DashboardState>)
             .configure(messages::routes)
             .configure(catalog::routes)
             .configure(jobs::routes)
+            .configure(tokens::routes)
             .default_service(web::to(not_found)),
     );
 }

@@ -536,3 +536,85 @@ async fn overview_apps_and_catalog_show_the_state() {
     assert!(catalog.contains("order.created") && catalog.contains("An order was placed"));
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn tokens_are_created_shown_once_and_revoked() {
+    let app = spawn_app().await;
+    let (_, created) = app
+        .post("/app", json!({"name": "Billing <b>", "uid": "billing"}))
+        .await;
+    let a = created["id"].as_str().unwrap().to_owned();
+    let mut b = Browser::new(&app);
+    b.sign_in().await;
+    let csrf = b.csrf().await;
+    let html = b.page("/tokens").await;
+    assert!(html.contains("No application tokens"), "{html}");
+    assert!(html.contains("Billing &#60;b&#62; (billing)"), "{html}");
+
+    // Without the CSRF token nothing is created.
+    let res = b
+        .post("/tokens", &[("app", a.as_str()), ("description", "x")])
+        .await;
+    assert_eq!(res.status, 403);
+    assert_eq!(app.get_ok("/webhookd/token").await["data"], json!([]));
+
+    let res = b
+        .post(
+            "/tokens",
+            &[
+                ("csrf", &csrf),
+                ("app", &a),
+                ("description", "billing service"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status, 200);
+    let html = text(&res);
+    let start = html
+        .find("id=\"new-token\">")
+        .expect("the new token is shown")
+        + 15;
+    let token = html[start..start + html[start..].find('<').unwrap()].to_owned();
+    assert!(token.starts_with("whd_app_"), "{token}");
+    // It works through the API, and is never shown again.
+    let res = app
+        .raw(
+            Method::GET,
+            &app.url(&format!("/app/{a}/msg")),
+            Some(&token),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(res.status, 200);
+    let html = b.page("/tokens").await;
+    assert!(!html.contains(&token));
+    assert!(html.contains("billing service"));
+
+    let id = app.get_ok("/webhookd/token").await["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = b
+        .post(&format!("/tokens/{id}/revoke"), &[("csrf", &csrf)])
+        .await;
+    let html = b.follow(res).await;
+    assert!(html.contains("Token revoked."), "{html}");
+    let res = app
+        .raw(
+            Method::GET,
+            &app.url(&format!("/app/{a}/msg")),
+            Some(&token),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(res.status, 401);
+
+    // An unknown application is a readable error, not a token.
+    let res = b
+        .post("/tokens", &[("csrf", &csrf), ("app", "app_nope")])
+        .await;
+    assert_eq!(res.status, 404);
+    assert!(text(&res).contains("no such application"));
+}
