@@ -239,6 +239,8 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         &config.scheduler.operational,
     )
     .context("setting up operational webhooks")?;
+    let roots = delivery::client::TlsRoots::load(config.delivery.extra_ca_file.as_deref())
+        .map_err(anyhow::Error::msg)?;
     let worker_task = {
         let (store, cfg, handle, ops, shutdown) = (
             store.clone(),
@@ -248,7 +250,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
             shutdown.clone(),
         );
         actix_rt::spawn(async move {
-            if let Err(e) = delivery::run(store, cfg, handle, ops, shutdown).await {
+            if let Err(e) = delivery::run(store, cfg, handle, ops, roots, shutdown).await {
                 tracing::error!(error = %e, "the delivery worker stopped on a database error");
             }
         })

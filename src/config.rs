@@ -126,6 +126,7 @@ struct RawDelivery {
     retry_after_max: String,
     lease_margin: String,
     max_response_body_bytes: u64,
+    extra_ca_file: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,6 +191,8 @@ pub struct DeliveryConfig {
     pub retry_after_max: Duration,
     pub lease_margin: Duration,
     pub max_response_body_bytes: usize,
+    /// PEM certificates trusted beside the webpki roots (an internal CA).
+    pub extra_ca_file: Option<PathBuf>,
 }
 
 /// When each job runs (`None`: disabled), and the jobs' own settings.
@@ -472,6 +475,9 @@ impl TryFrom<RawConfig> for Config {
                 retry_after_max: duration("delivery.retry_after_max", &d.retry_after_max)?,
                 lease_margin: duration("delivery.lease_margin", &d.lease_margin)?,
                 max_response_body_bytes: d.max_response_body_bytes as usize,
+                extra_ca_file: Some(d.extra_ca_file.trim())
+                    .filter(|f| !f.is_empty())
+                    .map(PathBuf::from),
             },
             api: ApiConfig {
                 max_payload_bytes: raw.max_payload_bytes as usize,
@@ -555,6 +561,10 @@ impl Config {
                 humantime::format_duration(d.lease_margin)
             ),
             format!("max_response_body_bytes = {}", d.max_response_body_bytes),
+            format!(
+                "extra_ca_file = {:?}",
+                d.extra_ca_file.as_deref().unwrap_or(Path::new(""))
+            ),
             String::new(),
             "[api]".into(),
             format!(
@@ -570,12 +580,13 @@ impl Config {
 const NOT_SETTINGS: [&str; 1] = ["CONFIG"];
 
 /// Keys whose environment values must stay strings even when they look like numbers.
-const RAW_STRING_KEYS: [&str; 5] = [
+const RAW_STRING_KEYS: [&str; 6] = [
     "admin_token",
     "data_dir",
     "listen",
     "encryption.key",
     "encryption.key_file",
+    "delivery.extra_ca_file",
 ];
 
 impl Config {

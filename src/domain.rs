@@ -344,6 +344,45 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// A client certificate an endpoint asks for (mutual TLS): a PEM chain, leaf
+/// first, and its PEM private key. `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl ClientCert {
+    /// Parses both parts; the error says which is wrong.
+    pub fn parse(
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<
+        (
+            Vec<rustls_pki_types::CertificateDer<'static>>,
+            rustls_pki_types::PrivateKeyDer<'static>,
+        ),
+        &'static str,
+    > {
+        use rustls_pki_types::pem::PemObject as _;
+        let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|_| "certificate: not a PEM certificate chain")?;
+        if chain.is_empty() {
+            return Err("certificate: no PEM certificate found");
+        }
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|_| "privateKey: not a PEM private key (PKCS#8, PKCS#1 or SEC1)")?;
+        Ok((chain, key))
+    }
+}
+
+impl fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientCert([key redacted])")
+    }
+}
+
 /// Delivery status of a message to one endpoint, with Svix's numeric codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MessageStatus {

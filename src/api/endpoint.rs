@@ -106,6 +106,7 @@ fn new_endpoint(
         created_ms: now,
         updated_ms: now,
         credentials: None,
+        client_cert: None,
     };
     body.apply(fields, &mut ep);
     if uid.is_some() {

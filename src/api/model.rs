@@ -12,7 +12,8 @@ use serde_json::value::RawValue;
 use super::error::{ApiError, ValidationItem};
 use super::extract::format_time;
 use crate::domain::{
-    Credentials, EndpointUrl, MessageStatus, Secret, check_custom_header, valid_channel, valid_uid,
+    ClientCert, Credentials, EndpointUrl, MessageStatus, Secret, check_custom_header,
+    valid_channel, valid_uid,
 };
 use crate::store::{
     AppRecord, AttemptRecord, DestRecord, EndpointRecord, EventTypeRecord, MessageRecord,
@@ -373,6 +374,41 @@ impl From<&Credentials> for CredentialsOut {
     }
 }
 
+/// A client certificate for mutual TLS (a webhookd addition): PEM chain, leaf
+/// first, and its PEM private key. The key is never returned.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientCertIn {
+    pub certificate: String,
+    pub private_key: String,
+}
+
+#[derive(Serialize)]
+pub struct ClientCertOut {
+    pub certificate: String,
+}
+
+/// Validates `tlsClientCert` of a body: `Some(None)` removes it.
+fn parse_client_cert(
+    given: Option<Option<ClientCertIn>>,
+    p: &mut Problems,
+) -> Option<Option<ClientCert>> {
+    let Some(c) = given? else {
+        return Some(None);
+    };
+    let cert = ClientCert {
+        cert_pem: c.certificate,
+        key_pem: c.private_key,
+    };
+    match crate::delivery::client::check_client_cert(&cert) {
+        Ok(()) => Some(Some(cert)),
+        Err(e) => {
+            p.add(&["body", "tlsClientCert"], e);
+            None
+        }
+    }
+}
+
 /// Validates `credentials` of a body: `Some(None)` clears them.
 fn parse_credentials(
     given: Option<Option<CredentialsIn>>,
@@ -423,6 +459,9 @@ pub struct EndpointIn {
     /// Absent: unchanged (on PUT); `null`: removed.
     #[serde(default, deserialize_with = "nullable")]
     pub credentials: Option<Option<CredentialsIn>>,
+    /// Absent: unchanged (on PUT); `null`: removed.
+    #[serde(default, deserialize_with = "nullable")]
+    pub tls_client_cert: Option<Option<ClientCertIn>>,
 }
 
 /// The validated parts of an `EndpointIn`.
@@ -430,6 +469,7 @@ pub struct EndpointFields {
     pub url: EndpointUrl,
     pub secret: Option<Secret>,
     pub credentials: Option<Option<Credentials>>,
+    pub client_cert: Option<Option<ClientCert>>,
 }
 
 impl EndpointIn {
@@ -460,11 +500,13 @@ impl EndpointIn {
             );
         }
         let credentials = parse_credentials(self.credentials.take(), &mut p);
+        let client_cert = parse_client_cert(self.tls_client_cert.take(), &mut p);
         p.finish()?;
         Ok(EndpointFields {
             url: url.expect("validated above"),
             secret,
             credentials,
+            client_cert,
         })
     }
 
@@ -487,6 +529,9 @@ impl EndpointIn {
         if let Some(c) = fields.credentials {
             ep.credentials = c;
         }
+        if let Some(c) = fields.client_cert {
+            ep.client_cert = c;
+        }
     }
 }
 
@@ -508,6 +553,8 @@ pub struct EndpointPatch {
     pub version: Option<i32>,
     #[serde(default, deserialize_with = "nullable")]
     pub credentials: Option<Option<CredentialsIn>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub tls_client_cert: Option<Option<ClientCertIn>>,
 }
 
 impl EndpointPatch {
@@ -531,9 +578,13 @@ impl EndpointPatch {
             validate_channels(c, 10, &mut p);
         }
         let credentials = parse_credentials(self.credentials.take(), &mut p);
+        let client_cert = parse_client_cert(self.tls_client_cert.take(), &mut p);
         p.finish()?;
         if let Some(c) = credentials {
             ep.credentials = c;
+        }
+        if let Some(c) = client_cert {
+            ep.client_cert = c;
         }
         if let Some(u) = url {
             ep.url = u;
@@ -589,6 +640,8 @@ pub struct EndpointOut {
     pub updated_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credentials: Option<CredentialsOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_cert: Option<ClientCertOut>,
 }
 
 impl From<&EndpointRecord> for EndpointOut {
@@ -609,6 +662,9 @@ impl From<&EndpointRecord> for EndpointOut {
             created_at: format_time(e.created_ms),
             updated_at: format_time(e.updated_ms),
             credentials: e.credentials.as_ref().map(CredentialsOut::from),
+            tls_client_cert: e.client_cert.as_ref().map(|c| ClientCertOut {
+                certificate: c.cert_pem.clone(),
+            }),
         }
     }
 }

@@ -4,8 +4,12 @@
 //! thread and never shared. Connections go through `GuardedConnector`, which
 //! resolves the host itself and refuses internal addresses at connect time.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_rt::net::TcpStream;
@@ -14,8 +18,16 @@ use actix_tls::connect::{ConnectError, ConnectInfo, Connection, tcp::TcpConnecto
 use actix_web::http::Uri;
 use futures_util::StreamExt as _;
 use futures_util::future::LocalBoxFuture;
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject as _;
+use sha2::{Digest as _, Sha256};
 
 use super::netguard::NetGuard;
+use crate::domain::ClientCert;
+
+/// Clients kept for endpoints with client certificates; past it, they are rebuilt.
+const MAX_CERT_CLIENTS: usize = 256;
 use super::retry::parse_retry_after;
 
 /// Resolves, filters through the `NetGuard`, then connects to what is left.
@@ -80,6 +92,59 @@ pub struct Request<'a> {
     pub url: &'a str,
     pub headers: &'a [(String, String)],
     pub body: actix_web::web::Bytes,
+    /// Presented in the TLS handshake when the endpoint asks for one.
+    pub client_cert: Option<&'a ClientCert>,
+}
+
+/// The certificates https endpoints are verified against: the webpki roots,
+/// plus those of `delivery.extra_ca_file`.
+#[derive(Clone)]
+pub struct TlsRoots(Arc<RootCertStore>);
+
+impl TlsRoots {
+    pub fn load(extra_ca_file: Option<&Path>) -> Result<Self, String> {
+        let mut roots = actix_tls::connect::rustls_0_23::webpki_roots_cert_store();
+        if let Some(path) = extra_ca_file {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("delivery.extra_ca_file {}: {e}", path.display()))?;
+            if certs.is_empty() {
+                return Err(format!(
+                    "delivery.extra_ca_file {}: no PEM certificate in it",
+                    path.display()
+                ));
+            }
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("delivery.extra_ca_file {}: {e}", path.display()))?;
+            }
+        }
+        Ok(Self(Arc::new(roots)))
+    }
+
+    /// The TLS settings of a connection, with `cert` as the client certificate.
+    fn client_config(&self, cert: Option<&ClientCert>) -> Result<ClientConfig, String> {
+        let builder = ClientConfig::builder().with_root_certificates(Arc::clone(&self.0));
+        let mut config = match cert {
+            None => builder.with_no_client_auth(),
+            Some(c) => {
+                let (chain, key) = ClientCert::parse(&c.cert_pem, &c.key_pem)?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("client certificate: {e}"))?
+            }
+        };
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
+
+/// Is this a client certificate and key that TLS can present? (API validation.)
+pub fn check_client_cert(cert: &ClientCert) -> Result<(), String> {
+    TlsRoots(Arc::new(RootCertStore::empty()))
+        .client_config(Some(cert))
+        .map(drop)
 }
 
 /// What came back, or why nothing did.
@@ -94,8 +159,38 @@ pub struct Response {
     pub retry_after: Option<Duration>,
 }
 
+/// How each outbound client is built: one shared client, and one more per
+/// client certificate in use (TLS settings belong to a client's connector).
+struct ClientParams {
+    guard: Rc<NetGuard>,
+    roots: TlsRoots,
+    timeout: Duration,
+    max_connections: usize,
+}
+
+impl ClientParams {
+    fn client(&self, cert: Option<&ClientCert>) -> Result<awc::Client, String> {
+        let connector = awc::Connector::new()
+            .connector(GuardedConnector {
+                guard: Rc::clone(&self.guard),
+            })
+            .rustls_0_23(Arc::new(self.roots.client_config(cert)?))
+            .timeout(self.timeout)
+            .limit(self.max_connections);
+        Ok(awc::Client::builder()
+            .connector(connector)
+            .disable_redirects()
+            .disable_timeout()
+            .no_default_headers()
+            .finish())
+    }
+}
+
 pub struct Sender {
     client: awc::Client,
+    /// Keyed by a hash of the certificate and key, so a rotated one gets a new client.
+    with_cert: RefCell<HashMap<[u8; 32], awc::Client>>,
+    params: ClientParams,
     timeout: Duration,
     max_body: usize,
 }
@@ -104,27 +199,49 @@ impl Sender {
     /// Must be called on the thread that will use it (an actix/tokio local context).
     pub fn new(
         guard: NetGuard,
+        roots: TlsRoots,
         timeout: Duration,
         max_connections: usize,
         max_body: usize,
     ) -> Self {
-        let connector = awc::Connector::new()
-            .connector(GuardedConnector {
-                guard: Rc::new(guard),
-            })
-            .timeout(timeout)
-            .limit(max_connections);
-        let client = awc::Client::builder()
-            .connector(connector)
-            .disable_redirects()
-            .disable_timeout()
-            .no_default_headers()
-            .finish();
+        let params = ClientParams {
+            guard: Rc::new(guard),
+            roots,
+            timeout,
+            max_connections,
+        };
         Self {
-            client,
+            client: params
+                .client(None)
+                .expect("TLS settings without a client certificate always build"),
+            with_cert: RefCell::new(HashMap::new()),
+            params,
             timeout,
             max_body,
         }
+    }
+
+    /// The client that presents `cert` (built on first use).
+    fn client_for(&self, cert: Option<&ClientCert>) -> Result<awc::Client, String> {
+        let Some(cert) = cert else {
+            return Ok(self.client.clone());
+        };
+        let id: [u8; 32] = Sha256::new()
+            .chain_update(&cert.cert_pem)
+            .chain_update([0])
+            .chain_update(&cert.key_pem)
+            .finalize()
+            .into();
+        if let Some(c) = self.with_cert.borrow().get(&id) {
+            return Ok(c.clone());
+        }
+        let client = self.params.client(Some(cert))?;
+        let mut cache = self.with_cert.borrow_mut();
+        if cache.len() >= MAX_CERT_CLIENTS {
+            cache.clear();
+        }
+        cache.insert(id, client.clone());
+        Ok(client)
     }
 
     /// POSTs once, with the whole exchange (connect, send, read the response body
@@ -132,8 +249,12 @@ impl Sender {
     /// a `Response` with status 0 and an `error`.
     pub async fn send(&self, req: Request<'_>) -> Response {
         let started = Instant::now();
+        let client = match self.client_for(req.client_cert) {
+            Ok(c) => c,
+            Err(e) => return Response::failed(started.elapsed(), e),
+        };
         let exchange = async {
-            let mut builder = self.client.post(req.url);
+            let mut builder = client.post(req.url);
             for (name, value) in req.headers {
                 builder = builder.insert_header((name.as_str(), value.as_str()));
             }

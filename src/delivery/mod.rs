@@ -25,7 +25,7 @@ use crate::config::DeliveryConfig;
 use crate::domain::{AttemptId, AttemptTrigger, EndpointId, MessageId, MessageStatus, now_ms};
 use crate::signing;
 use crate::store::{AttemptRecord, Claim, Next, Store, StoreError, TaskRecord};
-use client::{Request, Sender};
+use client::{Request, Sender, TlsRoots};
 use netguard::NetGuard;
 pub use operational::Operational;
 
@@ -100,6 +100,7 @@ pub async fn run(
     cfg: DeliveryConfig,
     handle: DeliveryHandle,
     ops: Operational,
+    roots: TlsRoots,
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
     // No worker is alive at start, so every lease is stale: make them due now.
@@ -113,6 +114,7 @@ pub async fn run(
     }
     let sender = Sender::new(
         NetGuard::new(cfg.allow_subnets.clone()),
+        roots,
         cfg.request_timeout,
         cfg.max_in_flight,
         cfg.max_response_body_bytes,
@@ -289,6 +291,7 @@ impl Worker {
                 url: ep.url.as_str(),
                 headers: with_credentials.as_ref().unwrap_or(&headers),
                 body: payload.into(),
+                client_cert: ep.client_cert.as_ref(),
             })
             .await;
 

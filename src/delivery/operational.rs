@@ -134,6 +134,7 @@ impl Operational {
                             created_ms: now,
                             updated_ms: now,
                             credentials: None,
+                            client_cert: None,
                         };
                         let _ = store.create_endpoint(&ep)?;
                         ep

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    AppId, AttemptId, AttemptTrigger, Credentials, EndpointId, EndpointUrl, EventTypeName,
-    MessageId, MessageStatus, Secret, TaskId,
+    AppId, AttemptId, AttemptTrigger, ClientCert, Credentials, EndpointId, EndpointUrl,
+    EventTypeName, MessageId, MessageStatus, Secret, TaskId,
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -65,6 +65,8 @@ pub struct EndpointRecord {
     pub updated_ms: i64,
     /// Presented to the endpoint in the `Authorization` header.
     pub credentials: Option<Credentials>,
+    /// Presented to the endpoint in the TLS handshake.
+    pub client_cert: Option<ClientCert>,
 }
 
 impl EndpointRecord {

@@ -36,6 +36,7 @@ fn endpoint(app: &AppId, types: &[&str]) -> EndpointRecord {
         created_ms: 2,
         updated_ms: 2,
         credentials: None,
+        client_cert: None,
     }
 }
 

@@ -15,4 +15,5 @@ mod retries;
 mod scheduler;
 mod secrets;
 mod security;
+mod tls;
 mod tokens;
