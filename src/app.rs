@@ -344,7 +344,18 @@ impl Running {
         self.shutdown.cancel();
         let _ = self.worker_task.await;
         let _ = self.scheduler_task.await;
+        drop(self.scheduler);
         self.store.commit().await.context("flushing the database")?;
+        // The HTTP workers drop their state (and its store handles) on their own
+        // threads as they stop; wait for that, so the data dir is released when
+        // this returns (a restart or an offline command may open it at once).
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.store.handles() > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        if self.store.handles() > 1 {
+            tracing::warn!("stopped with the database still in use elsewhere");
+        }
         Ok(())
     }
 }

@@ -215,6 +215,12 @@ impl Store {
         self.committer.commit_blocking().map_err(StoreError::Commit)
     }
 
+    /// How many handles to this database are alive (clones of this `Store`);
+    /// the database closes, and releases its directory, when the last goes.
+    pub fn handles(&self) -> usize {
+        Arc::strong_count(&self.committer)
+    }
+
     /// Bytes the database occupies on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk()?)
