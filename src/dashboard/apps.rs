@@ -371,17 +371,11 @@ async fn save_endpoint(
     ))
 }
 
-#[derive(Deserialize)]
-struct CsrfOnly {
-    #[serde(default)]
-    csrf: String,
-}
-
 async fn toggle(
     state: State,
     req: HttpRequest,
     path: web::Path<(String, String)>,
-    form: web::Form<CsrfOnly>,
+    form: web::Form<super::CsrfForm>,
 ) -> PageResult {
     check_csrf(&req, &form.csrf)?;
     let (app_id, ep_id) = path.into_inner();
@@ -406,7 +400,7 @@ async fn rotate(
     state: State,
     req: HttpRequest,
     path: web::Path<(String, String)>,
-    form: web::Form<CsrfOnly>,
+    form: web::Form<super::CsrfForm>,
 ) -> PageResult {
     check_csrf(&req, &form.csrf)?;
     let (app_id, ep_id) = path.into_inner();

@@ -2,7 +2,6 @@
 
 use actix_web::{HttpRequest, web};
 use askama::Template;
-use serde::Deserialize;
 
 use super::session::check_csrf;
 use super::view;
@@ -80,17 +79,11 @@ async fn jobs(state: State, req: HttpRequest) -> PageResult {
     render(&JobsPage { layout, jobs })
 }
 
-#[derive(Deserialize)]
-struct CsrfOnly {
-    #[serde(default)]
-    csrf: String,
-}
-
 async fn run_now(
     state: State,
     req: HttpRequest,
     path: web::Path<String>,
-    form: web::Form<CsrfOnly>,
+    form: web::Form<super::CsrfForm>,
 ) -> PageResult {
     check_csrf(&req, &form.csrf)?;
     let job = Job::from_name(&path).ok_or(DashboardError::NotFound("There is no such job."))?;

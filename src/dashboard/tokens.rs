@@ -127,17 +127,11 @@ async fn create(state: State, req: HttpRequest, form: web::Form<CreateForm>) -> 
     page(&state, &req, Some(token))
 }
 
-#[derive(Deserialize)]
-struct CsrfOnly {
-    #[serde(default)]
-    csrf: String,
-}
-
 async fn revoke(
     state: State,
     req: HttpRequest,
     path: web::Path<String>,
-    form: web::Form<CsrfOnly>,
+    form: web::Form<super::CsrfForm>,
 ) -> PageResult {
     check_csrf(&req, &form.csrf)?;
     let token = TokenId::parse(&path)
