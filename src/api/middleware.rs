@@ -110,7 +110,14 @@ pub async fn idempotency(
                 status: status.as_u16(),
                 body: bytes.to_vec(),
             });
-            if let Err(e) = state.store.idempotency_finish(&scope, now_ms(), remembered) {
+            // Durable before the client sees the answer: a retry after a crash
+            // must find it, or it would create a second message.
+            let stored = state.store.idempotency_finish(&scope, now_ms(), remembered);
+            let stored = match stored {
+                Ok(()) => state.store.commit().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = stored {
                 tracing::error!(error = %e, "storing an idempotent response failed");
             }
             Ok(ServiceResponse::new(
