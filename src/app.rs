@@ -231,6 +231,8 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
     let store = Store::open(&config.data_dir, STORE_CACHE_BYTES, keys)
         .with_context(|| format!("opening the database in {}", config.data_dir.display()))?;
 
+    delivery::recover_leases(&store).context("re-queueing deliveries left in flight")?;
+
     let shutdown = CancellationToken::new();
     let delivery_handle = DeliveryHandle::default();
     let ops = Operational::setup(
@@ -360,6 +362,14 @@ impl Running {
     }
 }
 
+/// Tells systemd (when it started us with `Type=notify`) how we are doing; a
+/// no-op without `NOTIFY_SOCKET`.
+fn systemd_notify(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
+}
+
 /// Runs until SIGTERM or SIGINT, then stops gracefully.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     // Handlers first: a SIGTERM that arrives as soon as the banner is out must
@@ -374,6 +384,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let running = start(config).await?;
     println!("{}", running.banner());
+    // Listening, leases recovered, worker and scheduler started: ready.
+    systemd_notify(&[sd_notify::NotifyState::Ready]);
+    let watchdog = sd_notify::watchdog_enabled().map(|every| {
+        actix_rt::spawn(async move {
+            // Twice per interval, as systemd recommends.
+            let mut tick = tokio::time::interval(every / 2);
+            loop {
+                tick.tick().await;
+                systemd_notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        })
+    });
     #[cfg(unix)]
     tokio::select! {
         _ = term.recv() => {}
@@ -382,7 +404,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
     tracing::info!("shutting down");
+    systemd_notify(&[sd_notify::NotifyState::Stopping]);
     running.stop().await?;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     tracing::info!("stopped");
     Ok(())
 }

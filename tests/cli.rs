@@ -242,6 +242,73 @@ fn sigterm_exits_zero() {
     assert!(status.success(), "{status:?}");
 }
 
+#[test]
+fn tells_systemd_it_is_ready_alive_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut cmd = with_token(command(&dir.path().join("data")));
+    cmd.env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000");
+    let d = Daemon::start(cmd);
+    let mut buf = [0u8; 512];
+    let mut next = || {
+        let n = socket
+            .recv(&mut buf)
+            .expect("a notification within the deadline");
+        String::from_utf8_lossy(&buf[..n]).trim().to_owned()
+    };
+    assert_eq!(next(), "READY=1");
+    // Keep-alives follow, at half the watchdog interval.
+    assert_eq!(next(), "WATCHDOG=1");
+    assert_eq!(next(), "WATCHDOG=1");
+    d.signal("-TERM");
+    let stopping = loop {
+        let m = next();
+        if m != "WATCHDOG=1" {
+            break m;
+        }
+    };
+    assert_eq!(stopping, "STOPPING=1");
+    assert!(d.wait(DEADLINE).success());
+}
+
+#[test]
+fn the_unit_file_verifies_and_is_hardened() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/webhookd.service"))
+        .unwrap()
+        .replace("/usr/local/bin/webhookd", env!("CARGO_BIN_EXE_webhookd"));
+    let path = dir.path().join("webhookd.service");
+    std::fs::write(&path, unit).unwrap();
+    let analyze = |args: &[&str]| {
+        Command::new("systemd-analyze")
+            .args(args)
+            .arg(&path)
+            .output()
+            .expect("systemd-analyze runs (tests/setup.sh installs it)")
+    };
+    let verify = analyze(&["verify"]);
+    let complaints = String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success(), "{complaints}");
+    assert!(complaints.trim().is_empty(), "{complaints}");
+    let security = analyze(&["security", "--offline=yes"]);
+    let report = String::from_utf8_lossy(&security.stdout);
+    let score: f64 = report
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for webhookd.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure score in: {report}"));
+    println!("systemd-analyze security exposure: {score}");
+    assert!(score < 2.0, "exposure {score}:\n{report}");
+}
+
 /// Receives webhooks and remembers every `webhook-id` it saw.
 async fn start_receiver() -> (String, Arc<Mutex<HashSet<String>>>) {
     let seen: Arc<Mutex<HashSet<String>>> = Arc::default();

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beside Rust: Debian's Chromium and
-# chromedriver (the dashboard's browser test), and a Python venv (.venv) with the
+# chromedriver (the dashboard's browser test), systemd-analyze (the unit file
+# check), and a Python venv (.venv) with the
 # official Svix SDK and the Standard Webhooks library, at pinned versions.
 # Idempotent: a second run with everything in place does nothing.
 set -euo pipefail
@@ -17,6 +18,11 @@ apt_install() {
 
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
   apt_install chromium chromium-driver
+fi
+
+# systemd-analyze checks the unit file (tests/cli.rs).
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  apt_install systemd
 fi
 
 SVIX_VERSION=2.9.1

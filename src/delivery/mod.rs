@@ -93,6 +93,19 @@ struct Worker {
     ops: Operational,
 }
 
+/// Puts every leased delivery back on the queue, due now: at start no worker is
+/// alive, so every lease is stale. Call before `run`.
+pub fn recover_leases(store: &Store) -> Result<usize, StoreError> {
+    let recovered = store.release_expired_leases(i64::MAX, now_ms())?;
+    if recovered > 0 {
+        tracing::info!(
+            recovered,
+            "re-queued deliveries that were in flight at the last stop"
+        );
+    }
+    Ok(recovered)
+}
+
 /// Runs the worker until `shutdown` is cancelled, then waits (at most the request
 /// timeout) for attempts in flight. Must run inside a local task set (actix runtime).
 pub async fn run(
@@ -103,15 +116,6 @@ pub async fn run(
     roots: TlsRoots,
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
-    // No worker is alive at start, so every lease is stale: make them due now.
-    let now = now_ms();
-    let recovered = store.release_expired_leases(i64::MAX, now)?;
-    if recovered > 0 {
-        tracing::info!(
-            recovered,
-            "re-queued deliveries that were in flight at the last stop"
-        );
-    }
     let sender = Sender::new(
         NetGuard::new(cfg.allow_subnets.clone()),
         roots,
