@@ -22,10 +22,14 @@ use crate::store::{DataKey, Keyring, Store};
 use crate::throttle::{AuthThrottle, PublishThrottle};
 
 /// Cache sled keeps in memory.
-const STORE_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+pub(crate) const STORE_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Name of the generated admin token file inside the data directory.
 pub const TOKEN_FILE: &str = "admin-token";
+
+/// Name of the file, in the data dir, that holds the URL of the running
+/// webhookd (for `backup` and `token rotate`; removed at a clean stop).
+pub const URL_FILE: &str = "server-url";
 
 /// Name of the generated encryption key file (in the data dir, or in systemd's
 /// credentials directory).
@@ -51,9 +55,10 @@ pub struct Running {
     scheduler_task: tokio::task::JoinHandle<()>,
     /// Runs jobs on demand (tests, the dashboard).
     pub scheduler: SchedulerHandle,
+    url_file: PathBuf,
 }
 
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::DirBuilderExt as _;
@@ -64,6 +69,18 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     }
     #[cfg(not(unix))]
     std::fs::create_dir_all(dir)
+}
+
+/// The admin token as a client of the running daemon needs it: configured, or
+/// from the token file (never generated here).
+pub(crate) fn read_admin_token(config: &Config) -> anyhow::Result<String> {
+    if let Some(t) = &config.admin_token {
+        return Ok(t.clone());
+    }
+    let path = config.data_dir.join(TOKEN_FILE);
+    let token = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the admin token in {}", path.display()))?;
+    Ok(token.trim().to_owned())
 }
 
 /// The configured token, or the one in the data dir, generated (mode 0600) on first start.
@@ -88,7 +105,7 @@ fn admin_token(config: &Config) -> anyhow::Result<(Arc<str>, TokenSource)> {
 }
 
 /// Writes `contents` to a new file at `path`, owner-only, durably.
-fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
+pub(crate) fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -137,7 +154,7 @@ fn read_key(path: &Path) -> anyhow::Result<Option<DataKey>> {
 /// The keys the store seals and opens secrets with: the configured one (a key
 /// file is generated on first start), plus the key of a rotation that was
 /// interrupted, so that every record opens.
-fn data_keys(config: &Config) -> anyhow::Result<Keyring> {
+pub(crate) fn data_keys(config: &Config) -> anyhow::Result<Keyring> {
     let Some(path) = key_path(config) else {
         let EncryptionConfig::Key(text) = &config.encryption else {
             unreachable!("key_path is None only for a configured key");
@@ -289,6 +306,9 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
     let listener = TcpListener::bind(config.listen)
         .with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let url_file = config.data_dir.join(URL_FILE);
+    std::fs::write(&url_file, format!("http://{}\n", local_addr(addr)))
+        .with_context(|| format!("writing {}", url_file.display()))?;
     let server = HttpServer::new(move || {
         App::new()
             .wrap(tracing_actix_web::TracingLogger::default())
@@ -314,7 +334,19 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         worker_task,
         scheduler_task,
         scheduler,
+        url_file,
     })
+}
+
+/// Where a client on this machine reaches a server listening on `addr`.
+pub(crate) fn local_addr(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    addr
 }
 
 impl Running {
@@ -347,6 +379,7 @@ impl Running {
         let _ = self.worker_task.await;
         let _ = self.scheduler_task.await;
         drop(self.scheduler);
+        let _ = std::fs::remove_file(&self.url_file);
         self.store.commit().await.context("flushing the database")?;
         // The HTTP workers drop their state (and its store handles) on their own
         // threads as they stop; wait for that, so the data dir is released when

@@ -27,9 +27,36 @@ enum Command {
     Serve,
     /// Validate the configuration and print it, with secrets masked.
     CheckConfig,
+    /// Write a consistent backup of the database to FILE: through the running
+    /// webhookd when there is one (writes pause while it is taken), else from
+    /// the data dir. The encryption key is not in it: keep that too.
+    Backup {
+        /// Where to write the backup (replaced atomically, mode 0600).
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+        /// Ask the webhookd at this URL (default: the configured listen address,
+        /// when the data dir is in use).
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+    },
+    /// Restore a backup into a new data directory (it must hold no database).
+    /// Start webhookd on it with the encryption key of the original.
+    Restore {
+        /// The backup file.
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+        /// The data directory to create.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
     /// Replace the key that encrypts secrets at rest (kept in a key file) and
     /// re-encrypt every secret with the new one. Stop webhookd first.
     RotateKey,
+}
+
+fn fail(e: anyhow::Error) -> ExitCode {
+    eprintln!("webhookd: {e:#}");
+    ExitCode::FAILURE
 }
 
 fn main() -> ExitCode {
@@ -46,15 +73,39 @@ fn main() -> ExitCode {
             println!("{}", config.masked());
             ExitCode::SUCCESS
         }
+        Command::Backup { to, server } => {
+            match webhookd::commands::backup(&config, &to, server.as_deref()) {
+                Ok(s) => {
+                    println!(
+                        "webhookd: backup of {} bytes written to {}",
+                        s.bytes,
+                        to.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Restore { from, data_dir } => {
+            match webhookd::commands::restore(&from, &data_dir) {
+                Ok(s) => {
+                    println!(
+                        "webhookd: restored {} records into {}; start webhookd on it with the \
+                     encryption key of the original",
+                        s.entries,
+                        data_dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
         Command::RotateKey => match webhookd::app::rotate_key(&config) {
             Ok(id) => {
                 println!("webhookd: secrets are now encrypted with key {id}");
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("webhookd: {e:#}");
-                ExitCode::FAILURE
-            }
+            Err(e) => fail(e),
         },
         Command::Serve => {
             telemetry::init(cli.log_format);

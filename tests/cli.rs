@@ -315,15 +315,26 @@ fn the_unit_file_verifies_and_is_hardened() {
 /// Receives webhooks and remembers every `webhook-id` it saw.
 /// Answers after `delay` (attempts stay in flight that long).
 async fn start_receiver(delay: Duration) -> (String, Arc<Mutex<HashSet<String>>>) {
+    let (_, open) = tokio::sync::watch::channel(true);
+    start_gated_receiver(delay, open).await
+}
+
+/// Like `start_receiver`, holding every request until `gate` is true; only
+/// answered requests are remembered.
+async fn start_gated_receiver(
+    delay: Duration,
+    gate: tokio::sync::watch::Receiver<bool>,
+) -> (String, Arc<Mutex<HashSet<String>>>) {
     let seen: Arc<Mutex<HashSet<String>>> = Arc::default();
     let s = seen.clone();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let server = HttpServer::new(move || {
-        let s = s.clone();
+        let (s, gate) = (s.clone(), gate.clone());
         App::new().default_service(web::to(move |req: HttpRequest, _body: web::Bytes| {
-            let s = s.clone();
+            let (s, mut gate) = (s.clone(), gate.clone());
             async move {
+                let _ = gate.wait_for(|open| *open).await;
                 if let Some(id) = req
                     .headers()
                     .get("webhook-id")
@@ -342,6 +353,79 @@ async fn start_receiver(delay: Duration) -> (String, Arc<Mutex<HashSet<String>>>
     .run();
     actix_rt::spawn(server);
     (format!("http://127.0.0.1:{port}/hook"), seen)
+}
+
+fn client() -> awc::Client {
+    awc::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .finish()
+}
+
+/// Creates an application with one endpoint at `hook`; returns the app's id.
+async fn app_with_endpoint(client: &awc::Client, base: &str, hook: &str) -> String {
+    let (status, app) = call(
+        client,
+        "POST",
+        format!("{base}/api/v1/app"),
+        Some(json!({"name": "load"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201);
+    let app_id = app["id"].as_str().unwrap().to_owned();
+    let (status, _) = call(
+        client,
+        "POST",
+        format!("{base}/api/v1/app/{app_id}/endpoint"),
+        Some(json!({"url": hook})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201);
+    app_id
+}
+
+/// Eight publishers that publish until the daemon stops answering, pushing the
+/// id of every acknowledged (202) message to `acked`.
+fn publish_until_gone(
+    client: &awc::Client,
+    base: &str,
+    app_id: &str,
+    acked: &Arc<Mutex<Vec<String>>>,
+) -> Vec<actix_rt::task::JoinHandle<()>> {
+    let url = format!("{base}/api/v1/app/{app_id}/msg");
+    (0..8)
+        .map(|p| {
+            let (acked, url, client) = (acked.clone(), url.clone(), client.clone());
+            actix_rt::spawn(async move {
+                for i in 0.. {
+                    let body = json!({"eventType": "load.test", "payload": {"publisher": p, "i": i, "pad": "x".repeat(512)}});
+                    match call(&client, "POST", url.clone(), Some(body)).await {
+                        Ok((202, v)) => acked.lock().unwrap().push(v["id"].as_str().unwrap().to_owned()),
+                        Ok((status, v)) => panic!("publish answered {status}: {v}"),
+                        Err(_) => break, // the daemon is gone
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Waits until every id in `expected` was delivered.
+async fn all_delivered(expected: &HashSet<String>, seen: &Mutex<HashSet<String>>) {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let missing = expected.difference(&seen.lock().unwrap()).count();
+        if missing == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "{missing} of {} acknowledged messages were never delivered",
+            expected.len()
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Every message that got a 202 is delivered, even when the daemon is killed
@@ -365,48 +449,13 @@ async fn acknowledged_publishes_survive(signal: &str, receiver_delay: Duration) 
     let dir = tempfile::tempdir().unwrap();
     let (hook, seen) = start_receiver(receiver_delay).await;
     let daemon = Daemon::start(with_token(command(dir.path())));
-    let client = awc::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .finish();
-    let (status, app) = call(
-        &client,
-        "POST",
-        format!("{}/api/v1/app", daemon.base),
-        Some(json!({"name": "crash"})),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 201);
-    let app_id = app["id"].as_str().unwrap().to_owned();
-    let (status, _) = call(
-        &client,
-        "POST",
-        format!("{}/api/v1/app/{app_id}/endpoint", daemon.base),
-        Some(json!({"url": hook})),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 201);
+    let client = client();
+    let app_id = app_with_endpoint(&client, &daemon.base, &hook).await;
 
-    // Eight publishers until 400 acknowledgements, then SIGKILL mid-stream.
+    // Eight publishers until 400 acknowledgements, then the signal mid-stream.
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
     let target = 400;
-    let url = format!("{}/api/v1/app/{app_id}/msg", daemon.base);
-    let publishers: Vec<_> = (0..8)
-        .map(|p| {
-            let (acked, url, client) = (acked.clone(), url.clone(), client.clone());
-            actix_rt::spawn(async move {
-                for i in 0.. {
-                    let body = json!({"eventType": "crash.test", "payload": {"publisher": p, "i": i, "pad": "x".repeat(512)}});
-                    match call(&client, "POST", url.clone(), Some(body)).await {
-                        Ok((202, v)) => acked.lock().unwrap().push(v["id"].as_str().unwrap().to_owned()),
-                        Ok((status, v)) => panic!("publish answered {status}: {v}"),
-                        Err(_) => break, // the daemon is gone
-                    }
-                }
-            })
-        })
-        .collect();
+    let publishers = publish_until_gone(&client, &daemon.base, &app_id, &acked);
     let until = Instant::now() + DEADLINE;
     while acked.lock().unwrap().len() < target {
         assert!(Instant::now() < until, "publishing stalled");
@@ -430,19 +479,7 @@ async fn acknowledged_publishes_survive(signal: &str, receiver_delay: Duration) 
         acked.len()
     );
     let restarted = Daemon::start(with_token(command(dir.path())));
-    let until = Instant::now() + DEADLINE;
-    loop {
-        let missing = acked.difference(&seen.lock().unwrap()).count();
-        if missing == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < until,
-            "{missing} of {} acknowledged messages were never delivered",
-            acked.len()
-        );
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    all_delivered(&acked, &seen).await;
     // And the API lists them all.
     let (status, list) = call(
         &client,
@@ -456,4 +493,118 @@ async fn acknowledged_publishes_survive(signal: &str, receiver_delay: Duration) 
     assert_eq!(list["data"].as_array().unwrap().len(), 1);
     restarted.signal("-TERM");
     assert!(restarted.wait(DEADLINE).success());
+}
+
+/// An online backup taken while publishes go on restores into a new data dir
+/// whose webhookd delivers every message acknowledged before the backup,
+/// including those the original had in flight; an offline backup works too.
+#[actix_web::test]
+async fn backup_under_load_restores_and_delivers_the_pending_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (original, restored) = (dir.path().join("a"), dir.path().join("b"));
+    // The receiver holds every request until the restored instance runs.
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let (hook, seen) = start_gated_receiver(Duration::ZERO, gate).await;
+    let daemon = Daemon::start(with_token(command(&original)));
+    let client = client();
+    let app_id = app_with_endpoint(&client, &daemon.base, &hook).await;
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let publishers = publish_until_gone(&client, &daemon.base, &app_id, &acked);
+    let until = Instant::now() + DEADLINE;
+    while acked.lock().unwrap().len() < 200 {
+        assert!(Instant::now() < until, "publishing stalled");
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before: HashSet<String> = acked.lock().unwrap().iter().cloned().collect();
+
+    // Online: the daemon holds the database, so the command asks it.
+    let file = dir.path().join("webhookd.backup");
+    let mut backup = with_token(command(&original));
+    backup.arg("backup").arg("--to").arg(&file);
+    let out = actix_rt::task::spawn_blocking(move || backup.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("backup of"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the backup is private");
+    }
+    daemon.signal("-KILL");
+    let _ = daemon.wait(DEADLINE);
+    for p in publishers {
+        p.await.unwrap();
+    }
+    assert!(seen.lock().unwrap().is_empty());
+
+    // Restore into a new data dir, with the original's encryption key.
+    let restore = |to: &Path| {
+        command(to)
+            .args(["restore", "--from"])
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(to)
+            .output()
+            .unwrap()
+    };
+    let out = restore(&restored);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::copy(
+        original.join("encryption-key"),
+        restored.join("encryption-key"),
+    )
+    .unwrap();
+    // Restoring over a database is refused.
+    let out = restore(&restored);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+
+    let second = Daemon::start(with_token(command(&restored)));
+    open.send(true).unwrap();
+    all_delivered(&before, &seen).await;
+    second.signal("-TERM");
+    assert!(second.wait(SHUTDOWN_BOUND).success());
+
+    // Offline: with webhookd stopped the command reads the data dir itself.
+    let offline = dir.path().join("offline.backup");
+    let out = command(&restored)
+        .args(["backup", "--to"])
+        .arg(&offline)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = restore(&dir.path().join("c"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A damaged backup is refused and leaves nothing behind.
+    let mut bytes = std::fs::read(&offline).unwrap();
+    let n = bytes.len();
+    bytes.truncate(n - 40);
+    std::fs::write(&offline, bytes).unwrap();
+    let out = command(dir.path())
+        .args(["restore", "--from"])
+        .arg(&offline)
+        .arg("--data-dir")
+        .arg(dir.path().join("d"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!dir.path().join("d").join("db").exists());
 }

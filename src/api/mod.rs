@@ -4,6 +4,7 @@
 //! idempotency (`middleware`). Must not import sled or awc: it talks to the
 //! `Store` and wakes the delivery worker through its `DeliveryHandle`.
 
+mod admin;
 mod application;
 mod attempt;
 pub mod auth;
@@ -85,7 +86,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<ApiState>) {
             .configure(endpoint::routes)
             .configure(message::routes)
             .configure(attempt::routes)
-            .configure(token::routes),
+            .configure(token::routes)
+            .configure(admin::routes),
     );
 }
 

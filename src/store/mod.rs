@@ -11,6 +11,7 @@
 //! compare-and-swap on its index key, so concurrent writers cannot both win.
 //! Durability is separate: `commit()` waits for the group committer.
 
+mod backup;
 mod commit;
 pub mod keys;
 mod maintenance;
@@ -29,6 +30,7 @@ use serde::de::DeserializeOwned;
 use crate::domain::{
     AppId, AttemptId, AttemptTrigger, EndpointId, MessageId, MessageStatus, TaskId,
 };
+pub use backup::{BackupSummary, RestoreError};
 pub use commit::GroupCommit;
 pub use maintenance::{Cadence, Reconciled, Retained};
 pub use records::*;
@@ -56,6 +58,13 @@ pub enum StoreError {
         #[source]
         source: SealError,
     },
+}
+
+impl StoreError {
+    /// Another process (a running webhookd) has the database open.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, Self::Sled(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock"))
+    }
 }
 
 /// A unique name (uid, eventId) that is already taken, and by whom.
@@ -149,12 +158,79 @@ pub enum IdemClaim {
 pub struct Store {
     db: sled::Db,
     /// Every record lives in the default tree (see `keys`).
-    tree: sled::Tree,
+    tree: Tree,
     /// Shared by every clone; when the last goes, the commit thread is stopped and
     /// joined, which releases the database (and its lock) deterministically.
     committer: Arc<GroupCommit>,
     /// Seals the records that hold secrets (see `sealed`).
     keys: Arc<Keyring>,
+    /// The data directory (none for a temporary store).
+    dir: Option<Arc<Path>>,
+}
+
+/// The database tree. Every write passes a gate, which a backup closes to copy
+/// one consistent state; reads go straight through (`Deref`). The write
+/// methods here shadow sled's, so no write can bypass the gate.
+#[derive(Clone)]
+struct Tree {
+    inner: sled::Tree,
+    gate: Arc<std::sync::RwLock<()>>,
+}
+
+impl std::ops::Deref for Tree {
+    type Target = sled::Tree;
+    fn deref(&self) -> &sled::Tree {
+        &self.inner
+    }
+}
+
+impl Tree {
+    fn open_gate(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Holds every write until the guard is dropped.
+    fn close_gate(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.gate.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn insert<K: AsRef<[u8]>, V: Into<sled::IVec>>(
+        &self,
+        key: K,
+        value: V,
+    ) -> sled::Result<Option<sled::IVec>> {
+        let _open = self.open_gate();
+        self.inner.insert(key, value)
+    }
+
+    fn remove<K: AsRef<[u8]>>(&self, key: K) -> sled::Result<Option<sled::IVec>> {
+        let _open = self.open_gate();
+        self.inner.remove(key)
+    }
+
+    fn apply_batch(&self, batch: sled::Batch) -> sled::Result<()> {
+        let _open = self.open_gate();
+        self.inner.apply_batch(batch)
+    }
+
+    fn merge<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &self,
+        key: K,
+        value: V,
+    ) -> sled::Result<Option<sled::IVec>> {
+        let _open = self.open_gate();
+        self.inner.merge(key, value)
+    }
+
+    fn compare_and_swap<K: AsRef<[u8]>, OV: AsRef<[u8]>, NV: Into<sled::IVec>>(
+        &self,
+        key: K,
+        old: Option<OV>,
+        new: Option<NV>,
+    ) -> sled::Result<Result<(), sled::CompareAndSwapError>> {
+        let _open = self.open_gate();
+        self.inner.compare_and_swap(key, old, new)
+    }
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -179,7 +255,8 @@ impl Store {
             .cache_capacity(cache_bytes)
             .open()?;
         let file = std::fs::File::open(path.join("db")).map_err(StoreError::Open)?;
-        let store = Self::with_db(db, Some(file), keys)?;
+        let mut store = Self::with_db(db, Some(file), keys)?;
+        store.dir = Some(dir.into());
         store.reseal_stale()?;
         Ok(store)
     }
@@ -196,13 +273,17 @@ impl Store {
         keys: Keyring,
     ) -> Result<Store, StoreError> {
         let committer = Arc::new(GroupCommit::start(db.clone(), file).map_err(StoreError::Open)?);
-        let tree: sled::Tree = (*db).clone();
+        let tree = Tree {
+            inner: (*db).clone(),
+            gate: Arc::default(),
+        };
         tree.set_merge_operator(maintenance::merge);
         Ok(Store {
             db,
             tree,
             committer,
             keys: Arc::new(keys),
+            dir: None,
         })
     }
 

@@ -1,0 +1,100 @@
+//! The commands beside `serve`: backup, restore and admin-token rotation. Like
+//! `main`, this module may use `app` (for the data dir, keys and token).
+//!
+//! A running webhookd holds its database exclusively, so `backup` and `token
+//! rotate` ask it over its API when it runs, and work on the data dir directly
+//! when it does not.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use futures_util::StreamExt as _;
+
+use crate::app::{self, STORE_CACHE_BYTES};
+use crate::config::Config;
+use crate::store::{BackupSummary, Store};
+
+/// Where a running webhookd of this configuration answers: the URL it wrote
+/// into the data dir, else the configured listen address.
+fn local_url(config: &Config) -> String {
+    match std::fs::read_to_string(config.data_dir.join(app::URL_FILE)) {
+        Ok(url) if !url.trim().is_empty() => url.trim().to_owned(),
+        _ => format!("http://{}", app::local_addr(config.listen)),
+    }
+}
+
+/// A new owner-only file in the directory of `to`, to be renamed onto it.
+fn temp_beside(to: &Path) -> anyhow::Result<tempfile::NamedTempFile> {
+    let dir = match to.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    tempfile::NamedTempFile::new_in(&dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))
+}
+
+/// `webhookd backup --to FILE`: from the running daemon (`server`, or the
+/// configured listen address when the database is in use), else from the data
+/// dir directly.
+pub fn backup(config: &Config, to: &Path, server: Option<&str>) -> anyhow::Result<BackupSummary> {
+    if server.is_none() {
+        if !config.data_dir.join("db").exists() {
+            bail!("there is no database in {}", config.data_dir.display());
+        }
+        match Store::open(&config.data_dir, STORE_CACHE_BYTES, app::data_keys(config)?) {
+            Ok(store) => {
+                let tmp = temp_beside(to)?;
+                let summary = store.backup(tmp.as_file())?;
+                tmp.as_file().sync_all()?;
+                tmp.persist(to)
+                    .with_context(|| format!("writing {}", to.display()))?;
+                return Ok(summary);
+            }
+            Err(e) if e.is_locked() => {}
+            Err(e) => return Err(e).context("opening the database"),
+        }
+    }
+    let url = format!(
+        "{}/api/v1/webhookd/backup",
+        server.map_or_else(|| local_url(config), |s| s.trim_end_matches('/').to_owned())
+    );
+    let token = app::read_admin_token(config)?;
+    let mut tmp = temp_beside(to)?;
+    actix_web::rt::System::new().block_on(async {
+        let client = awc::Client::builder().disable_timeout().finish();
+        let mut res = client
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("asking {url} for a backup: {e}"))?;
+        if !res.status().is_success() {
+            let body = res.body().await.unwrap_or_default();
+            bail!(
+                "{url} answered {}: {}",
+                res.status(),
+                String::from_utf8_lossy(&body)
+            );
+        }
+        while let Some(chunk) = res.next().await {
+            let chunk = chunk.map_err(|e| anyhow::anyhow!("receiving the backup: {e}"))?;
+            tmp.write_all(&chunk)?;
+        }
+        anyhow::Ok(())
+    })?;
+    tmp.as_file().sync_all()?;
+    let summary = Store::verify_backup(std::fs::File::open(tmp.path())?)
+        .context("the backup received is damaged")?;
+    tmp.persist(to)
+        .with_context(|| format!("writing {}", to.display()))?;
+    Ok(summary)
+}
+
+/// `webhookd restore --from FILE --data-dir DIR`: into a new data dir only.
+pub fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<BackupSummary> {
+    app::create_private_dir(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let file = std::fs::File::open(from).with_context(|| format!("opening {}", from.display()))?;
+    Ok(Store::restore(data_dir, file)?)
+}
