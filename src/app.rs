@@ -13,6 +13,7 @@ use actix_web::{App, HttpServer, dev::ServerHandle, web};
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::AdminToken;
 use crate::api::{self, ApiState};
 use crate::config::{Config, EncryptionConfig};
 use crate::dashboard::{self, DashboardState};
@@ -45,7 +46,7 @@ pub enum TokenSource {
 /// A started instance: its address, and how to stop it.
 pub struct Running {
     pub addr: SocketAddr,
-    pub token: Arc<str>,
+    pub token: Arc<AdminToken>,
     pub token_source: TokenSource,
     pub store: Store,
     server: ServerHandle,
@@ -98,7 +99,7 @@ fn admin_token(config: &Config) -> anyhow::Result<(Arc<str>, TokenSource)> {
                 .with_context(|| format!("reading the admin token at {}", path.display()));
         }
     }
-    let token = format!("whd_{}", crate::domain::random_token());
+    let token = crate::admin::generate();
     write_private_file(&path, &token)
         .with_context(|| format!("creating the admin token file {}", path.display()))?;
     Ok((token.into(), TokenSource::File(path)))
@@ -244,6 +245,13 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
     create_private_dir(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
     let (token, token_source) = admin_token(&config)?;
+    let token = Arc::new(AdminToken::new(
+        token,
+        match &token_source {
+            TokenSource::File(p) => Some(p.clone()),
+            TokenSource::Configured => None,
+        },
+    ));
     let keys = data_keys(&config)?;
     let store = Store::open(&config.data_dir, STORE_CACHE_BYTES, keys)
         .with_context(|| format!("opening the database in {}", config.data_dir.display()))?;

@@ -91,6 +91,39 @@ pub fn backup(config: &Config, to: &Path, server: Option<&str>) -> anyhow::Resul
     Ok(summary)
 }
 
+/// `webhookd token rotate`: through the running webhookd when there is one
+/// (which starts using the new token at once), else in the data dir. Returns
+/// the token file.
+pub fn rotate_admin_token(config: &Config) -> anyhow::Result<PathBuf> {
+    if config.admin_token.is_some() {
+        bail!("{}", crate::admin::RotateError::Configured);
+    }
+    let path = config.data_dir.join(app::TOKEN_FILE);
+    let token = app::read_admin_token(config)?;
+    let url = format!("{}/api/v1/webhookd/admin-token/rotate", local_url(config));
+    let online = actix_web::rt::System::new().block_on(async {
+        let client = awc::Client::default();
+        match client.post(&url).bearer_auth(&token).send().await {
+            Ok(res) if res.status().is_success() => Ok(true),
+            Ok(mut res) => {
+                let body = res.body().await.unwrap_or_default();
+                bail!(
+                    "{url} answered {}: {}",
+                    res.status(),
+                    String::from_utf8_lossy(&body)
+                )
+            }
+            // Nobody listens: webhookd is not running.
+            Err(awc::error::SendRequestError::Connect(_)) => Ok(false),
+            Err(e) => bail!("asking {url} to rotate the token: {e}"),
+        }
+    })?;
+    if !online {
+        crate::admin::write_token_file(&path, &crate::admin::generate())?;
+    }
+    Ok(path)
+}
+
 /// `webhookd restore --from FILE --data-dir DIR`: into a new data dir only.
 pub fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<BackupSummary> {
     app::create_private_dir(data_dir)

@@ -5,6 +5,7 @@
 //! (`signing`) and POSTed with retries by the delivery worker (`delivery`).
 //! `app` wires it together; `config` and `telemetry` set it up.
 
+pub mod admin;
 pub mod api;
 pub mod app;
 pub mod commands;

@@ -49,9 +49,22 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
     },
+    /// Manage the admin token.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Replace the key that encrypts secrets at rest (kept in a key file) and
     /// re-encrypt every secret with the new one. Stop webhookd first.
     RotateKey,
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Replace the admin token with a new one, written to the token file in the
+    /// data dir. A running webhookd uses it at once (the old one stops working,
+    /// dashboard sessions end); a configured token cannot be rotated here.
+    Rotate,
 }
 
 fn fail(e: anyhow::Error) -> ExitCode {
@@ -100,6 +113,15 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        Command::Token {
+            action: TokenAction::Rotate,
+        } => match webhookd::commands::rotate_admin_token(&config) {
+            Ok(path) => {
+                println!("webhookd: new admin token in {}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
         Command::RotateKey => match webhookd::app::rotate_key(&config) {
             Ok(id) => {
                 println!("webhookd: secrets are now encrypted with key {id}");

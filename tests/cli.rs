@@ -608,3 +608,74 @@ async fn backup_under_load_restores_and_delivers_the_pending_messages() {
     assert!(!out.status.success());
     assert!(!dir.path().join("d").join("db").exists());
 }
+
+/// `webhookd token rotate` replaces the generated admin token: through the
+/// running daemon (which uses it at once), or in a stopped data dir; a
+/// configured token is refused.
+#[actix_web::test]
+async fn token_rotate_works_online_and_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let token_file = data.join("admin-token");
+    let daemon = Daemon::start(command(&data));
+    let first = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let rotate = |cmd: Command| {
+        let mut cmd = cmd;
+        cmd.args(["token", "rotate"]);
+        actix_rt::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    let out = rotate(command(&data)).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("new admin token in"));
+    let second = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert_ne!(first, second);
+    let status = |token: String| {
+        let url = format!("{}/api/v1/app", daemon.base);
+        async move {
+            client()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status(first).await, 401);
+    assert_eq!(status(second.clone()).await, 200);
+    daemon.signal("-TERM");
+    assert!(daemon.wait(SHUTDOWN_BOUND).success());
+
+    let out = rotate(command(&data)).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let third = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert_ne!(third, second);
+    let restarted = Daemon::start(command(&data));
+    let url = format!("{}/api/v1/app", restarted.base);
+    let ok = client().get(url).bearer_auth(&third).send().await.unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    restarted.signal("-TERM");
+    assert!(restarted.wait(SHUTDOWN_BOUND).success());
+
+    let out = rotate(with_token(command(&data))).await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("configured"));
+}

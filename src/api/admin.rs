@@ -5,10 +5,29 @@ use actix_web::http::header;
 use actix_web::{HttpResponse, web};
 
 use super::{ApiError, State};
+use crate::admin::RotateError;
 use crate::domain::now_ms;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/webhookd/backup").get(backup));
+    cfg.service(web::resource("/webhookd/backup").get(backup))
+        .service(web::resource("/webhookd/admin-token/rotate").post(rotate_admin_token));
+}
+
+/// Replaces the admin token (see `webhookd token rotate`): the new one is
+/// written to the token file, never sent; the old one stops working at once,
+/// and dashboard sessions end.
+async fn rotate_admin_token(state: State) -> Result<HttpResponse, ApiError> {
+    match state.admin_token.rotate() {
+        Ok(()) => {
+            tracing::info!("admin token replaced");
+            Ok(HttpResponse::NoContent().finish())
+        }
+        Err(e @ RotateError::Configured) => Err(ApiError::Conflict(e.to_string())),
+        Err(e) => {
+            tracing::error!(error = %e, "replacing the admin token failed");
+            Err(ApiError::BadRequest(e.to_string()))
+        }
+    }
 }
 
 /// A consistent copy of the database (see `webhookd backup`). Writes wait

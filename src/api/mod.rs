@@ -22,6 +22,7 @@ use std::sync::Arc;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::de::DeserializeOwned;
 
+use crate::admin::AdminToken;
 use crate::config::ApiConfig;
 use crate::delivery::{DeliveryHandle, Operational};
 use crate::store::{AppRecord, EndpointRecord, Store};
@@ -34,7 +35,7 @@ pub struct ApiState {
     pub delivery: DeliveryHandle,
     pub ops: Operational,
     pub cfg: ApiConfig,
-    pub admin_token: Arc<str>,
+    pub admin_token: Arc<AdminToken>,
     /// Shared with the dashboard's sign-in.
     pub auth_throttle: Arc<AuthThrottle>,
     pub publish_throttle: PublishThrottle,

@@ -23,6 +23,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 use serde::Deserialize;
 
+use crate::admin::AdminToken;
 use crate::delivery::{DeliveryHandle, Operational};
 use crate::domain::{EndpointId, MessageId, now_ms};
 use crate::scheduler::SchedulerHandle;
@@ -35,7 +36,7 @@ use session::{Sessions, check_csrf, cookie, safe_next, token_matches};
 pub struct DashboardState {
     pub store: Store,
     pub delivery: DeliveryHandle,
-    pub admin_token: Arc<str>,
+    pub admin_token: Arc<AdminToken>,
     pub sessions: Sessions,
     pub ops: Operational,
     pub scheduler: SchedulerHandle,
@@ -50,7 +51,7 @@ impl DashboardState {
     pub fn new(
         store: Store,
         delivery: DeliveryHandle,
-        admin_token: Arc<str>,
+        admin_token: Arc<AdminToken>,
         ops: Operational,
         scheduler: SchedulerHandle,
         auth_throttle: Arc<AuthThrottle>,
@@ -251,7 +252,7 @@ async fn login(state: State, req: HttpRequest, form: web::Form<LoginForm>) -> Pa
             StatusCode::UNAUTHORIZED,
         );
     }
-    let id = state.sessions.create();
+    let id = state.sessions.create(state.admin_token.generation());
     let mut res = see_other(&next, None);
     res.add_cookie(&cookie(id, session::LIFETIME))
         .map_err(|e| DashboardError::BadRequest(e.to_string()))?;

@@ -28,6 +28,8 @@ pub const LIFETIME: Duration = Duration::from_secs(12 * 3600);
 pub struct Session {
     pub csrf: String,
     expires_ms: i64,
+    /// The admin token generation it was signed in with: a rotated token ends it.
+    generation: u64,
 }
 
 #[derive(Default)]
@@ -38,7 +40,7 @@ pub struct Sessions {
 
 impl Sessions {
     /// Starts a session; returns its cookie value.
-    pub fn create(&self) -> String {
+    pub fn create(&self, generation: u64) -> String {
         let id = random_token();
         let now = now_ms();
         let mut map = self.by_id.lock().expect("session map lock poisoned");
@@ -48,6 +50,7 @@ impl Sessions {
             Session {
                 csrf: random_token(),
                 expires_ms: now + LIFETIME.as_millis() as i64,
+                generation,
             },
         );
         id
@@ -80,7 +83,7 @@ pub fn cookie(value: String, max_age: Duration) -> Cookie<'static> {
 
 /// Does `given` equal the admin token? (constant time)
 pub fn token_matches(state: &DashboardState, given: &str) -> bool {
-    bool::from(given.trim().as_bytes().ct_eq(state.admin_token.as_bytes()))
+    state.admin_token.matches(given.trim())
 }
 
 /// Pages other than sign-in need a session: without one, a browser is sent to the
@@ -99,7 +102,8 @@ pub async fn require_session(
         .clone();
     let session = req
         .cookie(COOKIE)
-        .and_then(|c| state.sessions.get(c.value()));
+        .and_then(|c| state.sessions.get(c.value()))
+        .filter(|s| s.generation == state.admin_token.generation());
     match session {
         Some(s) => {
             req.extensions_mut().insert(s);
@@ -169,7 +173,7 @@ mod tests {
     #[test]
     fn sessions_expire_and_end() {
         let s = Sessions::default();
-        let id = s.create();
+        let id = s.create(0);
         assert!(s.get(&id).is_some());
         s.remove(&id);
         assert!(s.get(&id).is_none());

@@ -132,6 +132,11 @@ impl Resp {
 
 impl TestApp {
     /// `/api/v1` + `path`.
+    /// The data directory of this instance.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data.path()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}/api/v1{}", self.base_url, path)
     }

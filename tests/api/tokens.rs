@@ -226,3 +226,73 @@ async fn only_a_hash_of_a_token_is_stored() {
         "the token is stored in clear in {found:?}"
     );
 }
+
+#[actix_web::test]
+async fn the_admin_token_rotates_and_ends_dashboard_sessions() {
+    // A generated token (in the data dir) can be rotated; a configured one not.
+    let app = crate::helpers::spawn_app_with(&[("WEBHOOKD_ADMIN_TOKEN", "")]).await;
+    let file = app.data_dir().join("admin-token");
+    let old = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+    let get = |token: String| {
+        let app = &app;
+        async move {
+            app.raw(Method::GET, &app.url("/app"), Some(&token), &[], None)
+                .await
+                .status
+        }
+    };
+    assert_eq!(get(old.clone()).await, 200);
+
+    // A dashboard session signed in with it (redirects are not followed).
+    let browser = awc::Client::builder().disable_redirects().finish();
+    let login = browser
+        .post(format!("{}/login", app.base_url))
+        .send_form(&[("token", old.as_str()), ("next", "/")])
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303);
+    let cookie = login
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let overview = || async {
+        browser
+            .get(format!("{}/", app.base_url))
+            .insert_header(("cookie", cookie.as_str()))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(overview().await, 200);
+
+    let res = app
+        .raw(
+            Method::POST,
+            &app.url("/webhookd/admin-token/rotate"),
+            Some(&old),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(res.status, 204);
+    assert!(res.body.is_empty(), "the new token is not sent");
+    let new = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+    assert_ne!(new, old);
+    assert_eq!(get(old).await, 401);
+    assert_eq!(get(new).await, 200);
+    assert_eq!(overview().await, 303, "the session ended");
+
+    let configured = crate::helpers::spawn_app().await;
+    let (status, body) = configured
+        .post("/webhookd/admin-token/rotate", json!({}))
+        .await;
+    assert_eq!(status, 409, "{body}");
+}
