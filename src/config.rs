@@ -66,6 +66,7 @@ struct RawConfig {
     request_timeout: String,
     allow_subnets: ListOrString,
     max_payload_bytes: u64,
+    log_format: String,
     delivery: RawDelivery,
     api: RawApi,
     limits: RawLimits,
@@ -165,6 +166,10 @@ pub struct Config {
     pub api: ApiConfig,
     pub scheduler: SchedulerConfig,
     pub encryption: EncryptionConfig,
+    /// JSON log lines instead of human-readable ones (`--log-format` overrides).
+    pub log_json: bool,
+    /// What `masked` shows.
+    effective: String,
 }
 
 /// Where the key that encrypts secrets at rest comes from.
@@ -484,9 +489,25 @@ impl TryFrom<RawConfig> for Config {
                 idempotency_ttl: duration("api.idempotency_ttl", &raw.api.idempotency_ttl)?,
                 limits: limits(raw.limits)?,
             },
+            effective: String::new(),
+            log_json: match raw.log_format.trim() {
+                "text" => false,
+                "json" => true,
+                _ => return Err(invalid("log_format", "must be \"text\" or \"json\"")),
+            },
             encryption: match (raw.encryption.key.trim(), raw.encryption.key_file.trim()) {
                 ("", "") => EncryptionConfig::Default,
-                (key, "") => EncryptionConfig::Key(key.to_owned()),
+                (key, "") => {
+                    use base64::Engine as _;
+                    let bytes = base64::engine::general_purpose::STANDARD.decode(key);
+                    if bytes.map(|b| b.len()) != Ok(32) {
+                        return Err(invalid(
+                            "encryption.key",
+                            "must be 32 bytes as standard base64 (44 characters)",
+                        ));
+                    }
+                    EncryptionConfig::Key(key.to_owned())
+                }
                 ("", file) => EncryptionConfig::KeyFile(file.into()),
                 _ => {
                     return Err(invalid(
@@ -506,73 +527,42 @@ impl TryFrom<RawConfig> for Config {
     }
 }
 
-impl Config {
-    /// The effective configuration as TOML-like lines, with the admin token masked.
-    pub fn masked(&self) -> String {
-        let d = &self.delivery;
-        let join = |v: Vec<String>| v.join(",");
-        [
-            format!("listen = \"{}\"", self.listen),
-            format!("data_dir = {:?}", self.data_dir),
-            format!(
-                "admin_token = \"{}\"",
-                if self.admin_token.is_some() {
-                    "********"
-                } else {
-                    ""
+/// Settings whose values are secrets: `check-config` shows only that they are set.
+const SECRET_KEYS: [&str; 4] = [
+    "admin_token",
+    "encryption.key",
+    "operational.secret",
+    "metrics.token",
+];
+
+/// The merged layers as TOML, secrets masked.
+fn effective(fig: &Figment) -> String {
+    use figment::value::{Dict, Value};
+    let mut dict: Dict = fig.extract().unwrap_or_default();
+    for key in SECRET_KEYS {
+        let mut parts = key.split('.').peekable();
+        let mut table = &mut dict;
+        while let Some(part) = parts.next() {
+            let Some(value) = table.get_mut(part) else {
+                break;
+            };
+            match value {
+                Value::Dict(_, inner) if parts.peek().is_some() => table = inner,
+                Value::String(_, s) if parts.peek().is_none() && !s.is_empty() => {
+                    *s = "********".into();
+                    break;
                 }
-            ),
-            format!(
-                "retry_schedule = \"{}\"",
-                join(
-                    d.retry_schedule
-                        .iter()
-                        .map(|x| humantime::format_duration(*x).to_string())
-                        .collect()
-                )
-            ),
-            format!(
-                "request_timeout = \"{}\"",
-                humantime::format_duration(d.request_timeout)
-            ),
-            format!(
-                "allow_subnets = \"{}\"",
-                join(d.allow_subnets.iter().map(|n| n.to_string()).collect())
-            ),
-            format!("max_payload_bytes = {}", self.api.max_payload_bytes),
-            String::new(),
-            "[encryption]".into(),
-            match &self.encryption {
-                EncryptionConfig::Key(_) => "key = \"********\"".into(),
-                EncryptionConfig::KeyFile(p) => format!("key_file = {p:?}"),
-                EncryptionConfig::Default => "key_file = \"\"".into(),
-            },
-            String::new(),
-            "[delivery]".into(),
-            format!("max_in_flight = {}", d.max_in_flight),
-            format!("max_per_endpoint = {}", d.max_per_endpoint),
-            format!("retry_jitter = {}", d.retry_jitter),
-            format!(
-                "retry_after_max = \"{}\"",
-                humantime::format_duration(d.retry_after_max)
-            ),
-            format!(
-                "lease_margin = \"{}\"",
-                humantime::format_duration(d.lease_margin)
-            ),
-            format!("max_response_body_bytes = {}", d.max_response_body_bytes),
-            format!(
-                "extra_ca_file = {:?}",
-                d.extra_ca_file.as_deref().unwrap_or(Path::new(""))
-            ),
-            String::new(),
-            "[api]".into(),
-            format!(
-                "idempotency_ttl = \"{}\"",
-                humantime::format_duration(self.api.idempotency_ttl)
-            ),
-        ]
-        .join("\n")
+                _ => break,
+            }
+        }
+    }
+    toml::to_string(&dict).unwrap_or_else(|e| format!("# cannot show the configuration: {e}\n"))
+}
+
+impl Config {
+    /// The effective configuration (every layer merged) as TOML, with secrets masked.
+    pub fn masked(&self) -> String {
+        self.effective.clone()
     }
 }
 
@@ -624,7 +614,9 @@ impl Config {
             };
         }
         let raw: RawConfig = fig.extract().map_err(Box::new)?;
-        Config::try_from(raw)
+        let mut config = Config::try_from(raw)?;
+        config.effective = effective(&fig);
+        Ok(config)
     }
 }
 

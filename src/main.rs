@@ -14,9 +14,9 @@ struct Cli {
     /// Configuration file (TOML). Without it: built-in defaults and WEBHOOKD_* variables.
     #[arg(long, global = true, env = "WEBHOOKD_CONFIG")]
     config: Option<PathBuf>,
-    /// Log line format.
-    #[arg(long, global = true, value_enum, default_value = "text")]
-    log_format: LogFormat,
+    /// Log line format [default: log_format of the configuration, else text].
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -130,7 +130,12 @@ fn main() -> ExitCode {
             Err(e) => fail(e),
         },
         Command::Serve => {
-            telemetry::init(cli.log_format);
+            let format = cli.log_format.unwrap_or(if config.log_json {
+                LogFormat::Json
+            } else {
+                LogFormat::Text
+            });
+            telemetry::init(format);
             match actix_web::rt::System::new().block_on(webhookd::app::run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

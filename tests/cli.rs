@@ -23,6 +23,8 @@ struct Daemon {
     child: Child,
     base: String,
     banner: String,
+    /// Lines printed after the startup line.
+    lines: mpsc::Receiver<String>,
 }
 
 fn command(data_dir: &Path) -> Command {
@@ -72,6 +74,7 @@ impl Daemon {
             child,
             base,
             banner,
+            lines: rx,
         }
     }
 
@@ -85,11 +88,19 @@ impl Daemon {
     }
 
     /// Waits for the process to exit, up to `limit`.
-    fn wait(mut self, limit: Duration) -> std::process::ExitStatus {
+    fn wait(self, limit: Duration) -> std::process::ExitStatus {
+        self.wait_with_output(limit).0
+    }
+
+    /// Waits for the process to exit, up to `limit`; also returns what it printed
+    /// after the startup line.
+    fn wait_with_output(mut self, limit: Duration) -> (std::process::ExitStatus, Vec<String>) {
         let until = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
+                // The reader ends at the end of the output, which has come.
+                let lines = self.lines.iter().collect();
+                return (status, lines);
             }
             assert!(
                 Instant::now() < until,
@@ -234,6 +245,28 @@ fn first_start_generates_a_private_token_and_restart_keeps_it() {
     let third = Daemon::start(command(&data));
     third.signal("-TERM");
     assert!(third.wait(DEADLINE).success());
+}
+
+#[test]
+fn logs_are_json_when_configured_and_never_hold_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = with_token(command(dir.path()));
+    cmd.env("WEBHOOKD_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info");
+    let d = Daemon::start(cmd);
+    d.signal("-TERM");
+    let (status, lines) = d.wait_with_output(SHUTDOWN_BOUND);
+    assert!(status.success());
+    let logs: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    assert!(
+        logs.iter()
+            .any(|l| l["fields"]["message"] == "shutting down"),
+        "{lines:?}"
+    );
+    assert!(lines.iter().all(|l| !l.contains(TOKEN)));
 }
 
 #[test]

@@ -151,7 +151,14 @@ pub async fn run(
         for (task, lease) in claimed {
             let w = Rc::clone(&worker);
             actix_rt::spawn(async move {
-                let span = info_span!("deliver", message_id = %task.msg_id, endpoint_id = %task.ep_id, attempt = task.attempt);
+                let span = info_span!(
+                    "deliver",
+                    app_id = %task.app_id,
+                    message_id = %task.msg_id,
+                    endpoint_id = %task.ep_id,
+                    attempt = task.attempt,
+                    attempt_id = tracing::field::Empty,
+                );
                 if let Err(e) = w.deliver(&task, lease).instrument(span).await {
                     tracing::error!(error = %e, message_id = %task.msg_id, "recording a delivery failed; its lease will expire and it will be retried");
                 }
@@ -351,6 +358,7 @@ impl Worker {
             duration_ms: resp.duration.as_millis() as u64,
             error: resp.error,
         };
+        tracing::Span::current().record("attempt_id", attempt.id.as_str());
         let recorded = store.record_attempt(task, lease, &attempt, next)?;
         let _ = self.handle.landed.send(Landed {
             msg_id: attempt.msg_id.clone(),
