@@ -173,6 +173,14 @@ async fn unknown_method_is_405_json() {
         .request(Method::PUT, "/app", &[], Some(b"{}".to_vec()))
         .await;
     assert_http_error(&res, 405, "method_not_allowed");
+    // The health check lives outside the authenticated scope; found by the
+    // `api_app` fuzz target answering a bare 405 there.
+    for path in ["/health", "/health/ping"] {
+        let res = app
+            .raw(Method::PATCH, &app.url(path), None, &[], None)
+            .await;
+        assert_http_error(&res, 405, "method_not_allowed");
+    }
 }
 
 #[actix_web::test]
