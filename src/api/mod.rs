@@ -59,9 +59,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<ApiState>) {
     cfg.service(health).service(
         web::scope("/api/v1")
             .app_data(state)
+            // The last `wrap` runs first: authenticate, then idempotency, which
+            // must remember the response as the client gets it, JSON body included.
+            .wrap(actix_web::middleware::from_fn(middleware::json_errors))
             .wrap(actix_web::middleware::from_fn(middleware::idempotency))
             .wrap(actix_web::middleware::from_fn(middleware::authenticate))
-            .wrap(actix_web::middleware::from_fn(middleware::json_errors))
             .configure(application::routes)
             .configure(event_type::routes)
             .configure(endpoint::routes)

@@ -183,6 +183,19 @@ async fn unknown_method_is_405_json() {
     }
 }
 
+/// Found by the `api_app` fuzz target: the idempotency layer remembered the
+/// router's bare 404 and replayed it with an empty body.
+#[actix_web::test]
+async fn repeated_idempotent_request_to_no_route_is_json_both_times() {
+    let app = spawn_app().await;
+    for _ in 0..2 {
+        let res = app
+            .post_raw("/app/x/no-such-thing", &[("idempotency-key", "k1")], b"{}")
+            .await;
+        assert_http_error(&res, 404, "not_found");
+    }
+}
+
 #[actix_web::test]
 async fn validation_errors_are_422_with_locations() {
     let app = spawn_app().await;
