@@ -345,6 +345,7 @@ impl TestApp {
         self.data
     }
 
+    /// Stops the server and the worker gracefully.
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {
             r.stop().await.expect("webhookd stops cleanly");

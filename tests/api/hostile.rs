@@ -123,12 +123,16 @@ async fn write_until_refused(stream: &mut TcpStream, head: &[u8], chunk: &[u8], 
     written
 }
 
-/// webhookd with small limits: 1 KiB of response body, and `timeout` per attempt.
+/// webhookd with small limits: 1 KiB of response body, `timeout` per attempt,
+/// and one connection at a time, so an attempt that left its connection (or
+/// its slot in the client's pool) behind would block every later one.
 async fn hostile_app(timeout: &str) -> TestApp {
     let cap = BODY_CAP.to_string();
     spawn_app_with(&[
         ("WEBHOOKD_REQUEST_TIMEOUT", timeout),
         ("WEBHOOKD_DELIVERY__MAX_RESPONSE_BODY_BYTES", cap.as_str()),
+        ("WEBHOOKD_DELIVERY__MAX_IN_FLIGHT", "1"),
+        ("WEBHOOKD_DELIVERY__MAX_PER_ENDPOINT", "1"),
     ])
     .await
 }
