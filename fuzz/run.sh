@@ -30,8 +30,10 @@ failed=0
 for target in $(cargo fuzz list); do
     mkdir -p "$scratch/$target" "corpus/$target"
     log="$scratch/$target.log"
+    dict=()
+    if [ -f "dict/$target.dict" ]; then dict=(-dict="dict/$target.dict"); fi
     if cargo fuzz run "$target" "$scratch/$target" "corpus/$target" -- \
-        -max_total_time="$seconds" -rss_limit_mb=4096 -print_final_stats=1 >"$log" 2>&1; then
+        -max_total_time="$seconds" -rss_limit_mb=4096 "${dict[@]}" >"$log" 2>&1; then
         echo "fuzz $target: $(grep -m1 -o 'Done [0-9]* runs in [0-9]* second(s)' "$log")"
         passed=$((passed + 1))
     else
