@@ -73,15 +73,20 @@ impl ApiState {
 
 /// Mounts `/api/v1` on a service config.
 pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<ApiState>) {
+    // Outside the authenticated scope, so it answers other methods itself, with
+    // the same JSON 405 as the rest of the API.
     let health = web::resource(["/api/v1/health", "/api/v1/health/ping"])
         .route(web::get().to(health))
-        .route(web::head().to(health));
+        .route(web::head().to(health))
+        .default_service(web::to(health_method_not_allowed));
     cfg.service(health).service(
         web::scope("/api/v1")
             .app_data(state)
+            // The last `wrap` runs first: authenticate, then idempotency, which
+            // must remember the response as the client gets it, JSON body included.
+            .wrap(actix_web::middleware::from_fn(middleware::json_errors))
             .wrap(actix_web::middleware::from_fn(middleware::idempotency))
             .wrap(actix_web::middleware::from_fn(auth::authenticate))
-            .wrap(actix_web::middleware::from_fn(middleware::json_errors))
             .configure(application::routes)
             .configure(event_type::routes)
             .configure(endpoint::routes)
@@ -94,4 +99,12 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<ApiState>) {
 
 async fn health() -> HttpResponse {
     HttpResponse::NoContent().finish()
+}
+
+async fn health_method_not_allowed(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed(format!(
+        "{} is not allowed on {}",
+        req.method(),
+        req.path()
+    )))
 }

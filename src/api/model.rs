@@ -764,10 +764,13 @@ pub struct MessageIn {
 
 impl MessageIn {
     /// `payloadRetentionHours` or `payloadRetentionPeriod` (days), in milliseconds.
+    /// Saturating: `validate` bounds both, but this must not overflow on any input.
     pub fn retention_ms(&self) -> Option<i64> {
         self.payload_retention_hours
-            .map(|h| h * 3_600_000)
-            .or(self.payload_retention_period.map(|d| d * 86_400_000))
+            .map(|h| h.saturating_mul(3_600_000))
+            .or(self
+                .payload_retention_period
+                .map(|d| d.saturating_mul(86_400_000)))
     }
 
     /// Checks the fields; returns the delivery time if `deliverAt` was given.
@@ -799,6 +802,13 @@ impl MessageIn {
                 (1..=3650).contains(&days),
                 &["body", "payloadRetentionPeriod"],
                 "must be between 1 and 3650 days",
+            );
+        }
+        if let Some(hours) = self.payload_retention_hours {
+            p.check(
+                (1..=87_600).contains(&hours),
+                &["body", "payloadRetentionHours"],
+                "must be between 1 and 87600 hours",
             );
         }
         let deliver_at = match &self.deliver_at {
@@ -991,5 +1001,36 @@ impl From<&TokenRecord> for TokenOut {
             created_at: format_time(t.created_ms),
             token: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::extract::parse_json;
+
+    /// Found by the `api_json` fuzz target: `payloadRetentionHours` was multiplied
+    /// unchecked, overflowing (a panic in debug builds, a negative retention in release).
+    #[test]
+    fn huge_retention_is_a_422_not_an_overflow() {
+        let m: MessageIn = parse_json(
+            br#"{"eventType":"a","payload":{},"payloadRetentionHours":9000000000000000}"#,
+            64,
+        )
+        .unwrap();
+        assert_eq!(m.retention_ms(), Some(i64::MAX));
+        match m.validate() {
+            Err(ApiError::Validation(items)) => {
+                assert_eq!(items[0].loc, ["body", "payloadRetentionHours"])
+            }
+            other => panic!("{other:?}"),
+        }
+        let m: MessageIn = parse_json(
+            br#"{"eventType":"a","payload":{},"payloadRetentionPeriod":-9000000000000000}"#,
+            64,
+        )
+        .unwrap();
+        assert_eq!(m.retention_ms(), Some(i64::MIN));
+        assert!(m.validate().is_err());
     }
 }

@@ -263,30 +263,26 @@ impl Sender {
                 .await
                 .map_err(|e| e.to_string())?;
             let status = resp.status().as_u16();
-            let headers: Vec<(String, String)> = resp
-                .headers()
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_owned(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect();
+            let mut notes = Vec::new();
+            let headers = stored_headers(resp.headers());
+            if headers.len() < resp.headers().len() {
+                notes.push(format!(
+                    "response headers truncated at {MAX_STORED_HEADER_BYTES} bytes"
+                ));
+            }
             let retry_after = resp
                 .headers()
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after);
             let mut body = Vec::new();
-            let mut note = None;
             while let Some(chunk) = resp.next().await {
                 match chunk {
                     Ok(bytes) => {
                         let room = self.max_body - body.len();
                         if bytes.len() > room {
                             body.extend_from_slice(&bytes[..room]);
-                            note = Some(format!(
+                            notes.push(format!(
                                 "response body truncated at {} bytes",
                                 self.max_body
                             ));
@@ -295,11 +291,12 @@ impl Sender {
                         body.extend_from_slice(&bytes);
                     }
                     Err(e) => {
-                        note = Some(format!("reading response body: {e}"));
+                        notes.push(format!("reading response body: {e}"));
                         break;
                     }
                 }
             }
+            let note = (!notes.is_empty()).then(|| notes.join("; "));
             Ok::<_, String>((status, headers, body, retry_after, note))
         };
         let outcome = tokio::time::timeout(self.timeout, exchange).await;
@@ -319,6 +316,28 @@ impl Sender {
     }
 }
 
+/// Most bytes of response headers (names and values) kept on an attempt. The
+/// HTTP client itself refuses a header section over 128 KiB or 96 headers.
+pub const MAX_STORED_HEADER_BYTES: usize = 8 * 1024;
+
+/// The response headers to record: in order, as many whole headers as fit in
+/// `MAX_STORED_HEADER_BYTES`.
+fn stored_headers(headers: &awc::http::header::HeaderMap) -> Vec<(String, String)> {
+    let mut used = 0;
+    let mut out = Vec::new();
+    for (k, v) in headers {
+        used += k.as_str().len() + v.len();
+        if used > MAX_STORED_HEADER_BYTES {
+            break;
+        }
+        out.push((
+            k.as_str().to_owned(),
+            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        ));
+    }
+    out
+}
+
 impl Response {
     fn failed(duration: Duration, error: String) -> Self {
         Self {
@@ -333,5 +352,37 @@ impl Response {
 
     pub fn is_success(&self) -> bool {
         (200..300).contains(&self.status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use awc::http::header::{HeaderMap, HeaderName, HeaderValue};
+
+    use super::*;
+
+    #[test]
+    fn stored_headers_are_capped_at_whole_headers() {
+        let mut map = HeaderMap::new();
+        let value = HeaderValue::from_str(&"v".repeat(1000)).unwrap();
+        for i in 0..50 {
+            let name = HeaderName::from_bytes(format!("x-h{i:02}").as_bytes()).unwrap();
+            map.append(name, value.clone());
+        }
+        let kept = stored_headers(&map);
+        let bytes: usize = kept.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert!(bytes <= MAX_STORED_HEADER_BYTES, "{bytes}");
+        assert_eq!(kept.len(), MAX_STORED_HEADER_BYTES / 1005);
+        assert!(kept.iter().all(|(_, v)| v.len() == 1000));
+
+        let mut small = HeaderMap::new();
+        small.append(
+            HeaderName::from_static("content-type"),
+            HeaderValue::from_static("text/plain"),
+        );
+        assert_eq!(
+            stored_headers(&small),
+            [("content-type".to_owned(), "text/plain".to_owned())]
+        );
     }
 }

@@ -173,6 +173,27 @@ async fn unknown_method_is_405_json() {
         .request(Method::PUT, "/app", &[], Some(b"{}".to_vec()))
         .await;
     assert_http_error(&res, 405, "method_not_allowed");
+    // The health check lives outside the authenticated scope; found by the
+    // `api_app` fuzz target answering a bare 405 there.
+    for path in ["/health", "/health/ping"] {
+        let res = app
+            .raw(Method::PATCH, &app.url(path), None, &[], None)
+            .await;
+        assert_http_error(&res, 405, "method_not_allowed");
+    }
+}
+
+/// Found by the `api_app` fuzz target: the idempotency layer remembered the
+/// router's bare 404 and replayed it with an empty body.
+#[actix_web::test]
+async fn repeated_idempotent_request_to_no_route_is_json_both_times() {
+    let app = spawn_app().await;
+    for _ in 0..2 {
+        let res = app
+            .post_raw("/app/x/no-such-thing", &[("idempotency-key", "k1")], b"{}")
+            .await;
+        assert_http_error(&res, 404, "not_found");
+    }
 }
 
 #[actix_web::test]

@@ -320,7 +320,11 @@ impl TestApp {
         .await
     }
 
-    /// Stops the server and the worker gracefully.
+    /// The store, for what the API does not show (an attempt's error and response headers).
+    pub fn store(&self) -> &webhookd::store::Store {
+        &self.running.as_ref().expect("webhookd is running").store
+    }
+
     /// The running scheduler (to run jobs and read their records).
     pub fn scheduler(&self) -> &SchedulerHandle {
         &self
@@ -346,6 +350,7 @@ impl TestApp {
         self.data
     }
 
+    /// Stops the server and the worker gracefully.
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {
             r.stop().await.expect("webhookd stops cleanly");

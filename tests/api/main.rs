@@ -8,6 +8,7 @@ mod endpoints;
 mod errors;
 mod event_types;
 mod helpers;
+mod hostile;
 mod limits;
 mod messages;
 mod pagination;

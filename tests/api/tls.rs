@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, Certificate, CertificateParams, IsCa, KeyPair};
+use rcgen::{BasicConstraints, Certificate, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
@@ -16,17 +16,15 @@ use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use crate::helpers::{TestApp, spawn_app_with};
 
 struct Pki {
-    ca: Certificate,
-    ca_key: KeyPair,
+    ca: CertifiedIssuer<'static, KeyPair>,
 }
 
 impl Pki {
     fn new() -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_key = KeyPair::generate().unwrap();
-        let ca = params.self_signed(&ca_key).unwrap();
-        Self { ca, ca_key }
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        Self { ca }
     }
 
     /// A certificate for `name` (a DNS name or an IP address) signed by the CA.
@@ -34,7 +32,7 @@ impl Pki {
         let key = KeyPair::generate().unwrap();
         let cert = CertificateParams::new(vec![name.to_owned()])
             .unwrap()
-            .signed_by(&key, &self.ca, &self.ca_key)
+            .signed_by(&key, &self.ca)
             .unwrap();
         (cert, key)
     }
