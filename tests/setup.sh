@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beside Rust: Debian's Chromium and
-# chromedriver (the dashboard's browser test), and a Python venv (.venv) with the
+# chromedriver (the dashboard's browser test), promtool (the metrics test),
+# and a Python venv (.venv) with the
 # official Svix SDK and the Standard Webhooks library, at pinned versions.
 # Idempotent: a second run with everything in place does nothing.
 set -euo pipefail
@@ -17,6 +18,12 @@ apt_install() {
 
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
   apt_install chromium chromium-driver
+fi
+
+# promtool (Debian's prometheus package): the metrics test checks the /metrics
+# output with `promtool check metrics`.
+if ! command -v promtool >/dev/null 2>&1; then
+  apt_install prometheus
 fi
 
 SVIX_VERSION=2.9.1

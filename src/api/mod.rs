@@ -11,18 +11,21 @@ mod endpoint;
 pub mod error;
 mod event_type;
 pub mod extract;
+pub mod health;
 mod message;
+pub mod metrics;
 mod middleware;
 pub mod model;
 mod token;
 
 use std::sync::Arc;
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, web};
 use serde::de::DeserializeOwned;
 
 use crate::config::ApiConfig;
 use crate::delivery::{DeliveryHandle, Operational};
+use crate::metrics::Metrics;
 use crate::store::{AppRecord, EndpointRecord, Store};
 use crate::throttle::{AuthThrottle, PublishThrottle};
 pub use error::ApiError;
@@ -37,6 +40,10 @@ pub struct ApiState {
     /// Shared with the dashboard's sign-in.
     pub auth_throttle: Arc<AuthThrottle>,
     pub publish_throttle: PublishThrottle,
+    pub metrics: Arc<Metrics>,
+    /// The token `/metrics` takes instead of the admin token.
+    pub metrics_token: Option<Arc<str>>,
+    pub health: health::HealthCheck,
 }
 
 type State = web::Data<ApiState>;
@@ -71,10 +78,8 @@ impl ApiState {
 
 /// Mounts `/api/v1` on a service config.
 pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<ApiState>) {
-    let health = web::resource(["/api/v1/health", "/api/v1/health/ping"])
-        .route(web::get().to(health))
-        .route(web::head().to(health));
-    cfg.service(health).service(
+    health::routes(cfg, state.clone());
+    cfg.service(
         web::scope("/api/v1")
             .app_data(state)
             .wrap(actix_web::middleware::from_fn(middleware::idempotency))
@@ -87,8 +92,4 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<ApiState>) {
             .configure(attempt::routes)
             .configure(token::routes),
     );
-}
-
-async fn health() -> HttpResponse {
-    HttpResponse::NoContent().finish()
 }

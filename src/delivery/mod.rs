@@ -23,6 +23,7 @@ use tracing::{Instrument, info_span, warn};
 
 use crate::config::DeliveryConfig;
 use crate::domain::{AttemptId, AttemptTrigger, EndpointId, MessageId, MessageStatus, now_ms};
+use crate::metrics::Metrics;
 use crate::signing;
 use crate::store::{AttemptRecord, Claim, Next, Store, StoreError, TaskRecord};
 use client::{Request, Sender, TlsRoots};
@@ -91,6 +92,7 @@ struct Worker {
     freed: Notify,
     handle: DeliveryHandle,
     ops: Operational,
+    metrics: Arc<Metrics>,
 }
 
 /// Runs the worker until `shutdown` is cancelled, then waits (at most the request
@@ -101,6 +103,7 @@ pub async fn run(
     handle: DeliveryHandle,
     ops: Operational,
     roots: TlsRoots,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
     // No worker is alive at start, so every lease is stale: make them due now.
@@ -129,6 +132,7 @@ pub async fn run(
         freed: Notify::new(),
         handle: handle.clone(),
         ops,
+        metrics,
     });
     let mut next_sweep = tokio::time::Instant::now() + LEASE_SWEEP;
     while !shutdown.is_cancelled() {
@@ -297,6 +301,7 @@ impl Worker {
 
         let success = resp.is_success();
         let gone = resp.status == 410;
+        let (status, duration) = (resp.status, resp.duration);
         let next = if success || gone || task.trigger == AttemptTrigger::Manual {
             Next::Done
         } else {
@@ -348,6 +353,14 @@ impl Worker {
             error: resp.error,
         };
         let recorded = store.record_attempt(task, lease, &attempt, next)?;
+        self.metrics.attempt(success, status, duration);
+        if task.attempt == 0 && task.trigger == AttemptTrigger::Scheduled {
+            self.metrics
+                .first_attempt_after(now_ms() - task.msg_id.created_ms());
+        }
+        if matches!(next, Next::RetryAt(_)) {
+            self.metrics.retries_scheduled.inc();
+        }
         let _ = self.handle.landed.send(Landed {
             msg_id: attempt.msg_id.clone(),
             ep_id: attempt.ep_id.clone(),
