@@ -190,11 +190,16 @@ struct DiskSpace {
     /// Available to unprivileged users (what the database can count on).
     free_bytes: u64,
     total_bytes: u64,
+    /// In use (total less every free block, reserved ones included).
+    used_bytes: u64,
 }
 
 impl DiskSpace {
+    /// Free space as `df` reckons it: available / (used + available), so that
+    /// blocks reserved for root count neither as free nor as usable.
     fn free_percent(&self) -> Option<f64> {
-        (self.total_bytes > 0).then(|| self.free_bytes as f64 * 100.0 / self.total_bytes as f64)
+        let usable = self.used_bytes.saturating_add(self.free_bytes);
+        (usable > 0).then(|| self.free_bytes as f64 * 100.0 / usable as f64)
     }
 }
 
@@ -204,6 +209,10 @@ fn disk_space(dir: &Path) -> std::io::Result<DiskSpace> {
     Ok(DiskSpace {
         free_bytes: s.f_bavail.saturating_mul(s.f_frsize),
         total_bytes: s.f_blocks.saturating_mul(s.f_frsize),
+        used_bytes: s
+            .f_blocks
+            .saturating_sub(s.f_bfree)
+            .saturating_mul(s.f_frsize),
     })
 }
 
