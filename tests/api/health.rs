@@ -3,9 +3,11 @@
 
 use actix_web::http::Method;
 
-use crate::helpers::{TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{
+    Gate, Reply, Resp, TestApp, TestReceiver, WAIT, spawn_app, spawn_app_with, wait_until,
+};
 
-async fn health(app: &TestApp, method: Method, path: &str) -> crate::helpers::Resp {
+async fn health(app: &TestApp, method: Method, path: &str) -> Resp {
     app.raw(method, &app.url(path), None, &[], None).await
 }
 
@@ -92,5 +94,23 @@ async fn a_read_only_data_dir_is_degraded() {
     }
     set_mode(0o700).unwrap();
     assert_eq!(health(&app, Method::GET, "/health").await.status, 204);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn the_report_shows_deliveries_in_flight() {
+    let app = spawn_app().await;
+    let receiver = TestReceiver::start().await;
+    let gate = Gate::new();
+    receiver.set_default(Reply::status(200).gate(&gate));
+    let app_id = app.create_app().await;
+    app.endpoint_to(&app_id, &receiver).await;
+    app.publish_simple(&app_id, "order.created").await;
+    wait_until(WAIT, "the delivery to be in flight", || async {
+        let report = health(&app, Method::GET, "/webhookd/health").await.json();
+        (report["queue"]["inFlight"] == 1).then_some(())
+    })
+    .await;
+    gate.release();
     app.stop().await;
 }
