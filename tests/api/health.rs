@@ -63,36 +63,82 @@ async fn a_nearly_full_disk_is_degraded() {
     app.stop().await;
 }
 
+/// Makes a directory unwritable for as long as it lives: mode 0500, and where
+/// that does not stop this process (root, CAP_DAC_OVERRIDE) the immutable
+/// attribute (`chattr +i`), which stops root too. `None` when neither works.
+#[cfg(unix)]
+struct Unwritable {
+    dir: std::path::PathBuf,
+    immutable: bool,
+}
+
+#[cfg(unix)]
+impl Unwritable {
+    fn make(dir: &std::path::Path) -> Option<Self> {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o500)).unwrap();
+        let mut guard = Self {
+            dir: dir.to_owned(),
+            immutable: false,
+        };
+        if !Self::writable(dir) {
+            return Some(guard);
+        }
+        guard.immutable = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        (!Self::writable(dir)).then_some(guard)
+    }
+
+    fn writable(dir: &std::path::Path) -> bool {
+        let probe = dir.join("can-this-test-write");
+        let ok = std::fs::File::create(&probe).is_ok();
+        let _ = std::fs::remove_file(&probe);
+        ok
+    }
+}
+
+#[cfg(unix)]
+impl Drop for Unwritable {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt as _;
+        if self.immutable {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(&self.dir)
+                .status();
+        }
+        let _ = std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700));
+    }
+}
+
 #[cfg(unix)]
 #[actix_web::test]
-async fn a_read_only_data_dir_is_degraded() {
-    use std::os::unix::fs::PermissionsExt as _;
-
+async fn an_unwritable_data_dir_is_degraded() {
     let app = spawn_app().await;
-    let dir = app.data_path().to_owned();
-    let set_mode = |mode| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode));
-    set_mode(0o500).unwrap();
-    // Root (or CAP_DAC_OVERRIDE) writes through the mode bits: then there is
-    // nothing to observe, and `a_nearly_full_disk_is_degraded` covers the 503.
-    let still_writable = std::fs::File::create(dir.join("can-i-write")).is_ok();
-    if still_writable {
-        let _ = std::fs::remove_file(dir.join("can-i-write"));
-        eprintln!(
-            "a_read_only_data_dir_is_degraded: running with the privilege to write to a \
-             0500 directory (root?); the unwritable-dir assertion is skipped"
-        );
-    } else {
-        let r = health(&app, Method::GET, "/webhookd/health").await;
-        let report = r.json();
-        assert_eq!(r.status, 503, "{report}");
-        assert_eq!(report["dataDir"]["writable"], false, "{report}");
-        assert!(
-            report["detail"].as_str().unwrap().contains("not writable"),
-            "{report}"
-        );
-        assert_eq!(health(&app, Method::GET, "/health").await.status, 503);
+    match Unwritable::make(app.data_path()) {
+        Some(guard) => {
+            let r = health(&app, Method::GET, "/webhookd/health").await;
+            let report = r.json();
+            assert_eq!(r.status, 503, "{report}");
+            assert_eq!(report["dataDir"]["writable"], false, "{report}");
+            assert!(
+                report["detail"].as_str().unwrap().contains("not writable"),
+                "{report}"
+            );
+            assert_eq!(report["store"]["status"], "ok", "{report}");
+            assert_eq!(health(&app, Method::GET, "/health").await.status, 503);
+            drop(guard);
+        }
+        // `a_nearly_full_disk_is_degraded` still proves the 503.
+        None => eprintln!(
+            "an_unwritable_data_dir_is_degraded: this process writes through mode 0500 \
+             (root?) and `chattr +i` is unavailable here; the unwritable-dir assertion is skipped"
+        ),
     }
-    set_mode(0o700).unwrap();
     assert_eq!(health(&app, Method::GET, "/health").await.status, 204);
     app.stop().await;
 }
