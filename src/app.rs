@@ -18,6 +18,7 @@ use crate::api::{self, ApiState};
 use crate::config::{Config, EncryptionConfig};
 use crate::dashboard::{self, DashboardState};
 use crate::delivery::{self, DeliveryHandle, Operational};
+use crate::metrics::Metrics;
 use crate::scheduler::{self, Clock, Scheduler, SchedulerHandle, SystemClock};
 use crate::store::{DataKey, Keyring, Store};
 use crate::throttle::{AuthThrottle, PublishThrottle};
@@ -57,6 +58,9 @@ pub struct Running {
     /// Runs jobs on demand (tests, the dashboard).
     pub scheduler: SchedulerHandle,
     url_file: PathBuf,
+    /// Where `/metrics` is served when `metrics.listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
+    metrics_server: Option<(ServerHandle, tokio::task::JoinHandle<std::io::Result<()>>)>,
 }
 
 pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
@@ -259,6 +263,8 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
     delivery::recover_leases(&store).context("re-queueing deliveries left in flight")?;
 
     let shutdown = CancellationToken::new();
+    // One registry per instance: counters live as long as this `Running`.
+    let metrics = Arc::new(Metrics::new());
     let delivery_handle = DeliveryHandle::default();
     let ops = Operational::setup(
         store.clone(),
@@ -269,15 +275,16 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
     let roots = delivery::client::TlsRoots::load(config.delivery.extra_ca_file.as_deref())
         .map_err(anyhow::Error::msg)?;
     let worker_task = {
-        let (store, cfg, handle, ops, shutdown) = (
+        let (store, cfg, handle, ops, metrics, shutdown) = (
             store.clone(),
             config.delivery.clone(),
             delivery_handle.clone(),
             ops.clone(),
+            metrics.clone(),
             shutdown.clone(),
         );
         actix_rt::spawn(async move {
-            if let Err(e) = delivery::run(store, cfg, handle, ops, roots, shutdown).await {
+            if let Err(e) = delivery::run(store, cfg, handle, ops, roots, metrics, shutdown).await {
                 tracing::error!(error = %e, "the delivery worker stopped on a database error");
             }
         })
@@ -288,6 +295,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         ops.clone(),
         delivery_handle.clone(),
         clock,
+        metrics.clone(),
     );
     let (scheduler, scheduler_task) = scheduler::start(scheduler, shutdown.clone());
 
@@ -302,6 +310,13 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         admin_token: token.clone(),
         auth_throttle: auth_throttle.clone(),
         publish_throttle: PublishThrottle::new(config.api.limits.publish_per_second),
+        metrics,
+        metrics_token: config.metrics.token.as_deref().map(Arc::from),
+        health: api::health::HealthCheck {
+            data_dir: config.data_dir.clone(),
+            min_free_disk_percent: config.health.min_free_disk_percent,
+            scheduler: scheduler.clone(),
+        },
     });
     let dashboard_state = web::Data::new(DashboardState::new(
         store.clone(),
@@ -317,9 +332,36 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
     let url_file = config.data_dir.join(URL_FILE);
     std::fs::write(&url_file, format!("http://{}\n", local_addr(addr)))
         .with_context(|| format!("writing {}", url_file.display()))?;
+    // `/metrics` is on a listener of its own (no token) or on the main one (token).
+    let metrics_server = match config.metrics.listen {
+        Some(at) => {
+            let listener = TcpListener::bind(at)
+                .with_context(|| format!("listening on {at} (metrics.listen)"))?;
+            let bound = listener.local_addr()?;
+            let state = state.clone();
+            let server = HttpServer::new(move || {
+                App::new().configure(|c| api::metrics::configure_open(c, state.clone()))
+            })
+            .workers(1)
+            .client_request_timeout(config.api.limits.client_request_timeout)
+            .keep_alive(config.api.limits.keep_alive)
+            .disable_signals()
+            .shutdown_timeout(5)
+            .listen(listener)?
+            .run();
+            Some((bound, server.handle(), actix_rt::spawn(server)))
+        }
+        None => None,
+    };
+    let metrics_protected = metrics_server.is_none();
     let server = HttpServer::new(move || {
         App::new()
             .wrap(tracing_actix_web::TracingLogger::default())
+            .configure(|c| {
+                if metrics_protected {
+                    api::metrics::configure_protected(c, state.clone());
+                }
+            })
             .configure(|c| api::configure(c, state.clone()))
             .configure(|c| dashboard::configure(c, dashboard_state.clone()))
     })
@@ -343,6 +385,8 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         scheduler_task,
         scheduler,
         url_file,
+        metrics_addr: metrics_server.as_ref().map(|(a, _, _)| *a),
+        metrics_server: metrics_server.map(|(_, h, t)| (h, t)),
     })
 }
 
@@ -383,6 +427,10 @@ impl Running {
     pub async fn stop(self) -> anyhow::Result<()> {
         self.server.stop(true).await;
         let _ = self.server_task.await;
+        if let Some((handle, task)) = self.metrics_server {
+            handle.stop(true).await;
+            let _ = task.await;
+        }
         self.shutdown.cancel();
         let _ = self.worker_task.await;
         let _ = self.scheduler_task.await;

@@ -76,6 +76,21 @@ struct RawConfig {
     endpoint_health: RawHealth,
     watchdog: RawWatchdog,
     operational: RawOperational,
+    metrics: RawMetrics,
+    health: RawHealthCheck,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    token: String,
+    listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    min_free_disk_percent: u8,
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,6 +185,24 @@ pub struct Config {
     pub log_json: bool,
     /// What `masked` shows.
     effective: String,
+    pub metrics: MetricsConfig,
+    pub health: HealthConfig,
+}
+
+/// Who may read `/metrics`, and where it is served.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// `None`: the admin token is accepted. Else only this token.
+    pub token: Option<String>,
+    /// `Some`: served without a token on this address only, not on `listen`.
+    pub listen: Option<SocketAddr>,
+}
+
+/// When the health check says degraded.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    /// Degraded below this much free space on the data dir's file system (0–100).
+    pub min_free_disk_percent: u8,
 }
 
 /// Where the key that encrypts secrets at rest comes from.
@@ -466,6 +499,27 @@ impl TryFrom<RawConfig> for Config {
         if !token.is_empty() && token.len() < 16 {
             return Err(invalid("admin_token", "must be at least 16 characters"));
         }
+        let metrics_token = raw.metrics.token.trim().to_owned();
+        if !metrics_token.is_empty() && metrics_token.len() < 16 {
+            return Err(invalid("metrics.token", "must be at least 16 characters"));
+        }
+        let metrics_listen = raw.metrics.listen.trim();
+        let metrics_listen = if metrics_listen.is_empty() {
+            None
+        } else {
+            Some(metrics_listen.parse().map_err(|_| {
+                invalid(
+                    "metrics.listen",
+                    format!("`{metrics_listen}` is not an address:port"),
+                )
+            })?)
+        };
+        if raw.health.min_free_disk_percent > 100 {
+            return Err(invalid(
+                "health.min_free_disk_percent",
+                "must be between 0 and 100",
+            ));
+        }
         Ok(Config {
             listen,
             data_dir: raw.data_dir,
@@ -523,6 +577,13 @@ impl TryFrom<RawConfig> for Config {
                 raw.watchdog,
                 raw.operational,
             )?,
+            metrics: MetricsConfig {
+                token: (!metrics_token.is_empty()).then_some(metrics_token),
+                listen: metrics_listen,
+            },
+            health: HealthConfig {
+                min_free_disk_percent: raw.health.min_free_disk_percent,
+            },
         })
     }
 }
@@ -570,13 +631,15 @@ impl Config {
 const NOT_SETTINGS: [&str; 1] = ["CONFIG"];
 
 /// Keys whose environment values must stay strings even when they look like numbers.
-const RAW_STRING_KEYS: [&str; 6] = [
+const RAW_STRING_KEYS: [&str; 8] = [
     "admin_token",
     "data_dir",
     "listen",
     "encryption.key",
     "encryption.key_file",
     "delivery.extra_ca_file",
+    "metrics.token",
+    "metrics.listen",
 ];
 
 impl Config {
@@ -716,6 +779,44 @@ mod tests {
             }]
         );
         assert_eq!(s.operational.url, None);
+    }
+
+    #[test]
+    fn metrics_and_health_settings() {
+        let c = Config::load_from(None, &[]).unwrap();
+        assert_eq!(c.metrics.token, None);
+        assert_eq!(c.metrics.listen, None);
+        assert_eq!(c.health.min_free_disk_percent, 5);
+        let c = Config::load_from(
+            None,
+            &env(&[
+                ("WEBHOOKD_METRICS__TOKEN", "1234567890123456"),
+                ("WEBHOOKD_METRICS__LISTEN", "127.0.0.1:9090"),
+                ("WEBHOOKD_HEALTH__MIN_FREE_DISK_PERCENT", "10"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.metrics.token.as_deref(), Some("1234567890123456"));
+        assert_eq!(c.metrics.listen.unwrap().port(), 9090);
+        assert_eq!(c.health.min_free_disk_percent, 10);
+        let masked = c.masked();
+        let metrics_table = masked.split("[metrics]").nth(1).unwrap_or_default();
+        assert!(metrics_table.contains("token = \"********\""), "{masked}");
+        assert!(!masked.contains("1234567890123456"));
+        for (k, v, key) in [
+            ("WEBHOOKD_METRICS__TOKEN", "short", "metrics.token"),
+            ("WEBHOOKD_METRICS__LISTEN", "nowhere", "metrics.listen"),
+            (
+                "WEBHOOKD_HEALTH__MIN_FREE_DISK_PERCENT",
+                "101",
+                "health.min_free_disk_percent",
+            ),
+        ] {
+            let err = Config::load_from(None, &env(&[(k, v)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{k}={v}: `{err}` does not name `{key}`");
+        }
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Providers publish events over a Svix-compatible HTTP API (`api`); each event
 //! is stored durably (`store`), fanned out to the subscribed endpoints, signed
 //! (`signing`) and POSTed with retries by the delivery worker (`delivery`).
-//! `app` wires it together; `config` and `telemetry` set it up.
+//! `app` wires it together; `config` and `telemetry` set it up; `metrics`
+//! counts what happens, for `/metrics`.
 
 pub mod admin;
 pub mod api;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod dashboard;
 pub mod delivery;
 pub mod domain;
+pub mod metrics;
 pub mod scheduler;
 pub mod signing;
 pub mod store;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beside Rust: Debian's Chromium and
 # chromedriver (the dashboard's browser test), systemd-analyze (the unit file
-# check), and a Python venv (.venv) with the
+# check), promtool (the metrics test), and a Python venv (.venv) with the
 # official Svix SDK and the Standard Webhooks library, at pinned versions.
 # Idempotent: a second run with everything in place does nothing.
 set -euo pipefail
@@ -23,6 +23,12 @@ fi
 # systemd-analyze checks the unit file (tests/cli.rs).
 if ! command -v systemd-analyze >/dev/null 2>&1; then
   apt_install systemd
+fi
+
+# promtool (Debian's prometheus package): the metrics test checks the /metrics
+# output with `promtool check metrics`.
+if ! command -v promtool >/dev/null 2>&1; then
+  apt_install prometheus
 fi
 
 SVIX_VERSION=2.9.1

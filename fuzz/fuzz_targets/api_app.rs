@@ -26,7 +26,10 @@ use webhookd::throttle::{AuthThrottle, PublishThrottle};
 use webhookd::api::{self, ApiState};
 use webhookd::config::Config;
 use webhookd::delivery::{DeliveryHandle, Operational};
+use webhookd::metrics::Metrics;
+use webhookd::scheduler::{self, Scheduler, SystemClock};
 use webhookd::store::Store;
+use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "fuzz-token";
 
@@ -54,17 +57,34 @@ fn harness() -> Harness {
         &config.scheduler.operational,
     )
     .expect("operational webhooks are off by default");
-    let state = web::Data::new(ApiState {
-        store,
-        delivery,
-        ops,
-        cfg: config.api.clone(),
-        admin_token: Arc::new(AdminToken::new(Arc::from(TOKEN), None)),
-        // No throttling: every input must reach the handlers.
-        auth_throttle: Arc::new(AuthThrottle::new(0)),
-        publish_throttle: PublishThrottle::new(0),
-    });
+    let metrics = Arc::new(Metrics::new());
     let app = system.block_on(async {
+        let scheduler = Scheduler::new(
+            store.clone(),
+            config.scheduler.clone(),
+            ops.clone(),
+            delivery.clone(),
+            Arc::new(SystemClock),
+            metrics.clone(),
+        );
+        let (scheduler, _) = scheduler::start(scheduler, CancellationToken::new());
+        let state = web::Data::new(ApiState {
+            store,
+            delivery,
+            ops,
+            cfg: config.api.clone(),
+            admin_token: Arc::new(AdminToken::new(Arc::from(TOKEN), None)),
+            // No throttling: every input must reach the handlers.
+            auth_throttle: Arc::new(AuthThrottle::new(0)),
+            publish_throttle: PublishThrottle::new(0),
+            metrics,
+            metrics_token: None,
+            health: api::health::HealthCheck {
+                data_dir: std::env::temp_dir(),
+                min_free_disk_percent: 0,
+                scheduler,
+            },
+        });
         boxed::service(init_service(App::new().configure(|c| api::configure(c, state))).await)
     });
     let h = Harness { system, app };

@@ -69,6 +69,7 @@ pub(super) async fn publish(
         Published::Created { .. } => {}
     }
     state.store.commit().await?;
+    state.metrics.messages_published.inc();
     if !targets.is_empty() {
         state.delivery.wake();
     }

@@ -12,19 +12,22 @@ mod endpoint;
 pub mod error;
 mod event_type;
 pub mod extract;
+pub mod health;
 mod message;
+pub mod metrics;
 mod middleware;
 pub mod model;
 mod token;
 
 use std::sync::Arc;
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, web};
 use serde::de::DeserializeOwned;
 
 use crate::admin::AdminToken;
 use crate::config::ApiConfig;
 use crate::delivery::{DeliveryHandle, Operational};
+use crate::metrics::Metrics;
 use crate::store::{AppRecord, EndpointRecord, Store};
 use crate::throttle::{AuthThrottle, PublishThrottle};
 pub use error::ApiError;
@@ -39,6 +42,10 @@ pub struct ApiState {
     /// Shared with the dashboard's sign-in.
     pub auth_throttle: Arc<AuthThrottle>,
     pub publish_throttle: PublishThrottle,
+    pub metrics: Arc<Metrics>,
+    /// The token `/metrics` takes instead of the admin token.
+    pub metrics_token: Option<Arc<str>>,
+    pub health: health::HealthCheck,
 }
 
 type State = web::Data<ApiState>;
@@ -73,13 +80,8 @@ impl ApiState {
 
 /// Mounts `/api/v1` on a service config.
 pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<ApiState>) {
-    // Outside the authenticated scope, so it answers other methods itself, with
-    // the same JSON 405 as the rest of the API.
-    let health = web::resource(["/api/v1/health", "/api/v1/health/ping"])
-        .route(web::get().to(health))
-        .route(web::head().to(health))
-        .default_service(web::to(health_method_not_allowed));
-    cfg.service(health).service(
+    health::routes(cfg, state.clone());
+    cfg.service(
         web::scope("/api/v1")
             .app_data(state)
             // The last `wrap` runs first: authenticate, then idempotency, which
@@ -95,16 +97,4 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<ApiState>) {
             .configure(token::routes)
             .configure(admin::routes),
     );
-}
-
-async fn health() -> HttpResponse {
-    HttpResponse::NoContent().finish()
-}
-
-async fn health_method_not_allowed(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed(format!(
-        "{} is not allowed on {}",
-        req.method(),
-        req.path()
-    )))
 }

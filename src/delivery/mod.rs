@@ -23,6 +23,7 @@ use tracing::{Instrument, info_span, warn};
 
 use crate::config::DeliveryConfig;
 use crate::domain::{AttemptId, AttemptTrigger, EndpointId, MessageId, MessageStatus, now_ms};
+use crate::metrics::Metrics;
 use crate::signing;
 use crate::store::{AttemptRecord, Claim, Next, Store, StoreError, TaskRecord};
 use client::{Request, Sender, TlsRoots};
@@ -91,6 +92,7 @@ struct Worker {
     freed: Notify,
     handle: DeliveryHandle,
     ops: Operational,
+    metrics: Arc<Metrics>,
 }
 
 /// Puts every leased delivery back on the queue, due now: at start no worker is
@@ -114,6 +116,7 @@ pub async fn run(
     handle: DeliveryHandle,
     ops: Operational,
     roots: TlsRoots,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
     let sender = Sender::new(
@@ -133,6 +136,7 @@ pub async fn run(
         freed: Notify::new(),
         handle: handle.clone(),
         ops,
+        metrics,
     });
     let mut next_sweep = tokio::time::Instant::now() + LEASE_SWEEP;
     while !shutdown.is_cancelled() {
@@ -308,6 +312,7 @@ impl Worker {
 
         let success = resp.is_success();
         let gone = resp.status == 410;
+        let (status, duration) = (resp.status, resp.duration);
         let next = if success || gone || task.trigger == AttemptTrigger::Manual {
             Next::Done
         } else {
@@ -360,6 +365,14 @@ impl Worker {
         };
         tracing::Span::current().record("attempt_id", attempt.id.as_str());
         let recorded = store.record_attempt(task, lease, &attempt, next)?;
+        self.metrics.attempt(success, status, duration);
+        if task.attempt == 0 && task.trigger == AttemptTrigger::Scheduled {
+            self.metrics
+                .first_attempt_after(now_ms() - task.msg_id.created_ms());
+        }
+        if matches!(next, Next::RetryAt(_)) {
+            self.metrics.retries_scheduled.inc();
+        }
         let _ = self.handle.landed.send(Landed {
             msg_id: attempt.msg_id.clone(),
             ep_id: attempt.ep_id.clone(),

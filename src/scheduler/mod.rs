@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::SchedulerConfig;
 use crate::delivery::{DeliveryHandle, Operational};
 use crate::domain::now_ms;
+use crate::metrics::Metrics;
 use crate::store::{JobOutcome, JobRecord, Store, StoreError};
 
 /// Where time comes from.
@@ -152,6 +153,7 @@ pub struct Scheduler {
     ops: Operational,
     delivery: DeliveryHandle,
     clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
     running: [AtomicBool; 4],
     /// Where the next reconciliation continues its sweep of delivery statuses.
     reconcile_cursor: std::sync::Mutex<Option<Vec<u8>>>,
@@ -164,6 +166,7 @@ impl Scheduler {
         ops: Operational,
         delivery: DeliveryHandle,
         clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -171,6 +174,7 @@ impl Scheduler {
             ops,
             delivery,
             clock,
+            metrics,
             running: Default::default(),
             reconcile_cursor: Default::default(),
         })
@@ -249,6 +253,7 @@ impl Scheduler {
         rec.last_started_ms = Some(started);
         rec.last_duration_ms = wall.elapsed().as_millis() as u64;
         rec.runs += 1;
+        self.metrics.job_ran(job.name(), result.is_err());
         match result {
             Ok(report) => {
                 tracing::info!(job = job.name(), counts = ?report.counts, duration_ms = rec.last_duration_ms, "job ran");

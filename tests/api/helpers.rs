@@ -81,6 +81,8 @@ async fn start_app(
         ("WEBHOOKD_RETRY_SCHEDULE", "20ms,40ms"),
         ("WEBHOOKD_REQUEST_TIMEOUT", "2s"),
         ("WEBHOOKD_ALLOW_SUBNETS", "127.0.0.0/8"),
+        // Health must not depend on how full this machine's disk is.
+        ("WEBHOOKD_HEALTH__MIN_FREE_DISK_PERCENT", "0"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -323,6 +325,14 @@ impl TestApp {
     /// The store, for what the API does not show (an attempt's error and response headers).
     pub fn store(&self) -> &webhookd::store::Store {
         &self.running.as_ref().expect("webhookd is running").store
+    }
+
+    /// Where `/metrics` is served when `metrics.listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.running
+            .as_ref()
+            .expect("webhookd is running")
+            .metrics_addr
     }
 
     /// The running scheduler (to run jobs and read their records).
