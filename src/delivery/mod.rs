@@ -75,8 +75,14 @@ const FAILING_AFTER: u32 = 4;
 
 /// How often expired leases are looked for while running.
 const LEASE_SWEEP: Duration = Duration::from_secs(10);
-/// How far a due delivery is pushed back when its endpoint is at its concurrency cap.
-const CAP_DEFER: Duration = Duration::from_millis(250);
+/// An endpoint at its concurrency cap that finished no attempt for this long is
+/// slow: its due deliveries are moved back in the queue (by as long as it has been
+/// stuck, at most `request_timeout`) instead of being looked at on every claim.
+/// A fast endpoint's deliveries just wait in place for the next free slot.
+const SLOW_AFTER_MS: i64 = 1_000;
+/// A claim stops looking after passing over this many deliveries left in place,
+/// so a long backlog of one busy endpoint is not read again on every wake-up.
+const SKIP_BUDGET: usize = 64;
 /// Longest the worker sleeps without looking at the queue (a safety net; wake-ups are explicit).
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
@@ -86,13 +92,20 @@ struct Worker {
     sender: Sender,
     lease_ms: i64,
     /// Attempts in flight per endpoint. Only touched on the worker thread.
-    per_endpoint: RefCell<HashMap<EndpointId, usize>>,
+    per_endpoint: RefCell<HashMap<EndpointId, Slots>>,
     in_flight: RefCell<usize>,
     /// Signalled whenever an attempt finishes and frees a slot.
     freed: Notify,
     handle: DeliveryHandle,
     ops: Operational,
     metrics: Arc<Metrics>,
+}
+
+/// One endpoint's attempts in flight.
+struct Slots {
+    in_flight: usize,
+    /// When it last finished an attempt (or, before the first, began one).
+    progress_ms: i64,
 }
 
 /// Puts every leased delivery back on the queue, due now: at start no worker is
@@ -213,15 +226,28 @@ impl Worker {
         }
         let cap = self.cfg.max_per_endpoint;
         let mut per_ep = self.per_endpoint.borrow_mut();
-        let defer_to = now + CAP_DEFER.as_millis() as i64;
         let lease = now + self.lease_ms;
+        let longest_defer = self.cfg.request_timeout.as_millis() as i64;
+        let mut skipped = 0;
         let tasks = self.store.claim_due(now, lease, free, free * 4 + 64, |t| {
-            let n = per_ep.entry(t.ep_id.clone()).or_insert(0);
-            if *n >= cap {
-                Claim::Defer(defer_to)
+            let slots = per_ep.entry(t.ep_id.clone()).or_insert(Slots {
+                in_flight: 0,
+                progress_ms: now,
+            });
+            if slots.in_flight < cap {
+                slots.in_flight += 1;
+                return Claim::Take;
+            }
+            let stuck = now - slots.progress_ms;
+            if stuck < SLOW_AFTER_MS {
+                skipped += 1;
+                if skipped > SKIP_BUDGET {
+                    Claim::Stop
+                } else {
+                    Claim::Skip
+                }
             } else {
-                *n += 1;
-                Claim::Take
+                Claim::Defer(now + stuck.min(longest_defer))
             }
         })?;
         *self.in_flight.borrow_mut() += tasks.len();
@@ -230,9 +256,10 @@ impl Worker {
 
     fn finish(&self, ep: &EndpointId) {
         let mut per_ep = self.per_endpoint.borrow_mut();
-        if let Some(n) = per_ep.get_mut(ep) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(slots) = per_ep.get_mut(ep) {
+            slots.in_flight -= 1;
+            slots.progress_ms = now_ms();
+            if slots.in_flight == 0 {
                 per_ep.remove(ep);
             }
         }

@@ -67,6 +67,7 @@ impl Store {
             hash: Sha256::new(),
             bytes: 0,
         };
+        self.apply_counters()?;
         let _closed = self.tree.close_gate();
         w.write_all(MAGIC).map_err(io_err)?;
         let mut entries = 0u64;

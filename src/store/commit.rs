@@ -14,6 +14,10 @@ use tokio::sync::oneshot;
 
 type Waiter = oneshot::Sender<Result<(), Arc<std::io::Error>>>;
 
+/// Longest the commit thread waits, when nobody asks for a commit, before it
+/// runs its `before_flush` work anyway.
+const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The commit thread and the way to reach it. Dropping it stops the thread and
 /// waits for it, so that the thread's handle on the database is gone too.
 pub struct GroupCommit {
@@ -33,14 +37,35 @@ impl Drop for GroupCommit {
 impl GroupCommit {
     /// Starts the commit thread; `db_file` is synced after each flush (none for a
     /// temporary database).
-    pub fn start(db: sled::Db, db_file: Option<File>) -> std::io::Result<Self> {
+    /// `before_flush` runs before each flush, at least every `IDLE_FLUSH` while
+    /// idle, and once more at the end (it merges the in-memory counters).
+    pub fn start(
+        db: sled::Db,
+        db_file: Option<File>,
+        before_flush: impl Fn() + Send + 'static,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Waiter>();
         let thread = std::thread::Builder::new()
             .name("webhookd-commit".into())
             .spawn(move || {
-                while let Ok(first) = rx.recv() {
+                loop {
+                    let first = match rx.recv_timeout(IDLE_FLUSH) {
+                        Ok(w) => w,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            before_flush();
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => {
+                            before_flush();
+                            if let Err(e) = db.flush() {
+                                tracing::error!(error = %e, "final flush failed");
+                            }
+                            break;
+                        }
+                    };
                     let mut batch = vec![first];
                     batch.extend(rx.try_iter());
+                    before_flush();
                     let result = db
                         .flush()
                         .map(|_| ())

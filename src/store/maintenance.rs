@@ -72,9 +72,12 @@ impl Cadence {
 /// The sled merge operator of the whole tree: cadences under `W`, counters elsewhere.
 pub fn merge(key: &[u8], old: Option<&[u8]>, delta: &[u8]) -> Option<Vec<u8>> {
     if key.first() == Some(&keys::ns::CADENCE) {
-        let at = i64::from_le_bytes(delta.try_into().ok()?);
-        let old = old.map(Cadence::from_bytes).unwrap_or_default();
-        return Some(old.observe(at).to_bytes().to_vec());
+        // The delta is one or more message times, 8 bytes each, in order.
+        let mut cadence = old.map(Cadence::from_bytes).unwrap_or_default();
+        for at in delta.chunks_exact(8) {
+            cadence = cadence.observe(i64::from_le_bytes(at.try_into().ok()?));
+        }
+        return Some(cadence.to_bytes().to_vec());
     }
     Counts::merge(key, old, delta)
 }
@@ -126,13 +129,13 @@ impl Store {
         event_type: &str,
         at_ms: i64,
     ) -> Result<(), StoreError> {
-        self.tree
-            .merge(keys::cadence(app, event_type), at_ms.to_le_bytes())?;
+        self.counters.observe(keys::cadence(app, event_type), at_ms);
         Ok(())
     }
 
     /// Every (app, event type) with its cadence.
     pub fn cadences(&self) -> Result<Vec<(AppId, String, Cadence)>, StoreError> {
+        self.apply_counters()?;
         let mut out = Vec::new();
         for e in self.tree.scan_prefix([keys::ns::CADENCE]) {
             let (k, v) = e?;

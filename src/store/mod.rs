@@ -13,6 +13,7 @@
 
 mod backup;
 mod commit;
+mod counters;
 pub mod keys;
 mod maintenance;
 pub mod records;
@@ -125,8 +126,14 @@ pub enum Published {
 /// What the worker does with a due task it looked at.
 pub enum Claim {
     Take,
-    /// Not now (its endpoint is at its concurrency cap): move it back in the queue
-    /// to this due time, so it does not sit in front of deliveries that can go.
+    /// Not now, but soon (its endpoint is at its cap and frees slots quickly):
+    /// leave it where it is, without a write.
+    Skip,
+    /// Not this one, and look no further this time.
+    Stop,
+    /// Not now (its endpoint is at its concurrency cap and slow): move it back in
+    /// the queue to this due time, so it does not sit in front of deliveries that
+    /// can go.
     Defer(i64),
 }
 
@@ -166,6 +173,8 @@ pub struct Store {
     keys: Arc<Keyring>,
     /// The data directory (none for a temporary store).
     dir: Option<Arc<Path>>,
+    /// Statistics bumped per message, merged in batches (see `counters`).
+    counters: Arc<counters::Counters>,
 }
 
 /// The database tree. Every write passes a gate, which a backup closes to copy
@@ -272,18 +281,29 @@ impl Store {
         file: Option<std::fs::File>,
         keys: Keyring,
     ) -> Result<Store, StoreError> {
-        let committer = Arc::new(GroupCommit::start(db.clone(), file).map_err(StoreError::Open)?);
         let tree = Tree {
             inner: (*db).clone(),
             gate: Arc::default(),
         };
         tree.set_merge_operator(maintenance::merge);
+        let counters = Arc::new(counters::Counters::default());
+        let before_flush = {
+            let (counters, tree) = (Arc::clone(&counters), tree.clone());
+            move || {
+                if let Err(e) = counters.apply(&tree) {
+                    tracing::error!(error = %e, "merging counters failed");
+                }
+            }
+        };
+        let committer =
+            Arc::new(GroupCommit::start(db.clone(), file, before_flush).map_err(StoreError::Open)?);
         Ok(Store {
             db,
             tree,
             committer,
             keys: Arc::new(keys),
             dir: None,
+            counters,
         })
     }
 
@@ -336,12 +356,18 @@ impl Store {
     }
 
     /// Adds `delta` to the counters under `key`.
-    fn count(&self, key: Vec<u8>, delta: Counts) -> Result<(), StoreError> {
-        self.tree.merge(key, delta.to_bytes())?;
+    fn count(&self, key: Vec<u8>, delta: Counts) {
+        self.counters.count(key, delta);
+    }
+
+    /// Merges the counters bumped so far into the database (readers of counters call it first).
+    fn apply_counters(&self) -> Result<(), StoreError> {
+        self.counters.apply(&self.tree)?;
         Ok(())
     }
 
     fn get_counts(&self, key: &[u8]) -> Result<Counts, StoreError> {
+        self.apply_counters()?;
         Ok(self
             .tree
             .get(key)?
@@ -483,6 +509,7 @@ impl Store {
     /// Deletes an app with its endpoints, messages, statuses and attempts.
     /// Queued deliveries of a deleted app are dropped by the worker when they come due.
     pub fn delete_app(&self, app: &AppRecord) -> Result<(), StoreError> {
+        self.apply_counters()?;
         let mut batch = sled::Batch::default();
         batch.remove(keys::app(&app.id));
         batch.remove(keys::app_message_count(&app.id));
@@ -816,7 +843,7 @@ impl Store {
                 success: 1,
                 fail: 0,
             },
-        )?;
+        );
         self.observe_message(&msg.app_id, &msg.event_type, msg.created_ms)?;
         Ok(Published::Created {
             endpoints: endpoints.len(),
@@ -1078,13 +1105,16 @@ impl Store {
             }
             let (k, v) = entry?;
             let task: TaskRecord = decode(&k, &v)?;
-            batch.remove(k);
             match decide(&task) {
                 Claim::Take => {
+                    batch.remove(k);
                     batch.insert(keys::lease(lease_until_ms, &task.id), v);
                     taken.push(task);
                 }
+                Claim::Skip => {}
+                Claim::Stop => break,
                 Claim::Defer(due_ms) => {
+                    batch.remove(k);
                     let task = TaskRecord { due_ms, ..task };
                     batch.insert(keys::queue(due_ms, &task.id), encode(&task));
                 }
@@ -1148,7 +1178,7 @@ impl Store {
     /// Records an attempt and what follows it, in one batch: the lease goes away, the
     /// attempt and its indexes are written, the delivery status is updated, and a
     /// retry (if any) is queued. Then the per-minute and per-endpoint-hour counters
-    /// are bumped (merges: exact under concurrency, but not part of the batch).
+    /// are bumped (in memory, merged in batches: see `counters`).
     pub fn record_attempt(
         &self,
         task: &TaskRecord,
@@ -1201,12 +1231,21 @@ impl Store {
             }
         }
         batch.insert(keys::dest(&task.msg_id, &task.ep_id), encode(&dest));
-        batch.insert(keys::endpoint_msg(&task.ep_id, &task.msg_id), &[]);
-        set_failed_index(&mut batch, &dest);
+        if before.is_none() {
+            batch.insert(keys::endpoint_msg(&task.ep_id, &task.msg_id), &[]);
+        }
+        // Index writes only where something changed: most attempts succeed first time.
+        let was_failed = before.as_ref().map(|b| b.status) == Some(MessageStatus::Fail);
+        if was_failed != (dest.status == MessageStatus::Fail) {
+            set_failed_index(&mut batch, &dest);
+        }
         let clock = keys::failing_since(&task.ep_id);
+        let clock_set = self.tree.contains_key(&clock)?;
         if attempt.status == MessageStatus::Success {
-            batch.remove(clock);
-        } else if !self.tree.contains_key(&clock)? {
+            if clock_set {
+                batch.remove(clock);
+            }
+        } else if !clock_set {
             let mut v = attempt.timestamp_ms.to_le_bytes().to_vec();
             v.extend_from_slice(task.app_id.as_str().as_bytes());
             batch.insert(clock, v);
@@ -1223,11 +1262,11 @@ impl Store {
                 fail: 1,
             }
         };
-        self.count(keys::minute_stats(attempt.timestamp_ms / 60_000), delta)?;
+        self.count(keys::minute_stats(attempt.timestamp_ms / 60_000), delta);
         self.count(
             keys::endpoint_hour_stats(&task.ep_id, attempt.timestamp_ms / 3_600_000),
             delta,
-        )?;
+        );
         Ok(Recorded {
             before,
             after: dest,

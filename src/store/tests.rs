@@ -205,6 +205,54 @@ fn deferred_tasks_move_back_in_the_queue() {
 }
 
 #[test]
+fn skipped_tasks_stay_in_place_and_stop_ends_the_scan() {
+    let s = Store::temporary().unwrap();
+    let a = app(None);
+    let ep = endpoint(&a.id, &[]);
+    for i in 0..5 {
+        s.publish(&message(&a.id, 10 + i, None), b"{}", &[&ep], 10 + i)
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let got = s
+        .claim_due(100, 500, 10, 100, |t| {
+            seen.push(t.due_ms);
+            match t.due_ms {
+                10 | 11 => Claim::Skip,
+                12 => Claim::Take,
+                _ => Claim::Stop,
+            }
+        })
+        .unwrap();
+    assert_eq!(seen, [10, 11, 12, 13], "the scan ends at the first Stop");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].due_ms, 12);
+    assert_eq!(s.queue_depth(), (4, 1));
+    assert_eq!(
+        s.next_due_ms().unwrap(),
+        Some(10),
+        "skipped tasks keep their place"
+    );
+}
+
+#[test]
+fn cadence_merges_several_observations_in_order() {
+    let s = Store::temporary().unwrap();
+    let a = app(None);
+    for t in [1_000, 2_000, 3_000] {
+        s.observe_message(&a.id, "tick", t).unwrap();
+    }
+    let all = s.cadences().unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].2.count, 3);
+    assert_eq!(all[0].2.last_ms, 3_000);
+    s.observe_message(&a.id, "tick", 4_000).unwrap();
+    let all = s.cadences().unwrap();
+    assert_eq!(all[0].2.count, 4);
+    assert_eq!(all[0].2.last_ms, 4_000);
+}
+
+#[test]
 fn duplicate_event_id_is_reported() {
     let s = Store::temporary().unwrap();
     let a = app(None);
@@ -638,4 +686,21 @@ fn writes_wait_while_a_backup_is_taken() {
     drop(gate);
     rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
     writer.join().unwrap();
+}
+
+#[test]
+fn counters_bumped_in_memory_survive_a_clean_close() {
+    let key = DataKey::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), 1 << 20, Keyring::new(key.clone())).unwrap();
+    let a = app(None);
+    s.create_app(&a).unwrap().unwrap();
+    for t in [10, 20] {
+        s.publish(&message(&a.id, t, None), b"{}", &[], t).unwrap();
+    }
+    // Nobody read them, so they are still in memory: closing merges them.
+    drop(s);
+    let s = Store::open(dir.path(), 1 << 20, Keyring::new(key)).unwrap();
+    assert_eq!(s.app_message_count(&a.id).unwrap(), 2);
+    assert_eq!(s.cadences().unwrap()[0].2.count, 2);
 }

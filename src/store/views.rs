@@ -54,6 +54,7 @@ impl Store {
 
     /// Attempt counts per minute for the minutes `from..to` (minutes since the epoch).
     pub fn minute_counts(&self, from: i64, to: i64) -> Result<Vec<Counts>, StoreError> {
+        self.apply_counters()?;
         let mut out = vec![Counts::default(); (to - from).max(0) as usize];
         for entry in self
             .tree
@@ -75,6 +76,7 @@ impl Store {
         from: i64,
         to: i64,
     ) -> Result<Counts, StoreError> {
+        self.apply_counters()?;
         let mut total = Counts::default();
         for entry in self
             .tree
