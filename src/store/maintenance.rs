@@ -216,17 +216,9 @@ impl Store {
             leases_released: self.release_expired_leases(now_ms, now_ms)?,
             ..Reconciled::default()
         };
-        let mut waiting: HashSet<(MessageId, EndpointId)> = HashSet::new();
-        for ns in [keys::ns::QUEUE, keys::ns::LEASE] {
-            for e in self.tree.scan_prefix([ns]) {
-                let (k, v) = e?;
-                let t: TaskRecord = decode(&k, &v)?;
-                if ns == keys::ns::QUEUE && t.due_ms < now_ms - overdue_ms {
-                    r.overdue += 1;
-                }
-                waiting.insert((t.msg_id, t.ep_id));
-            }
-        }
+        let waiting = self.waiting_tasks(now_ms - overdue_ms, Some(&mut r.overdue))?;
+        // Deliveries that look lost: requeued only if still so after a second look.
+        let mut suspects: Vec<(sled::IVec, sled::IVec, DestRecord)> = Vec::new();
         let start = cursor.map_or_else(|| vec![keys::ns::DEST], <[u8]>::to_vec);
         let end = keys::prefix_end(&[keys::ns::DEST]);
         let mut last = None;
@@ -237,38 +229,25 @@ impl Store {
             }
             if r.statuses_checked == budget {
                 r.cursor = last;
+                r.requeued = self.requeue_lost(suspects, now_ms)?;
                 return Ok(r);
             }
             r.statuses_checked += 1;
             last = Some(k.to_vec());
             let d: DestRecord = decode(&k, &v)?;
-            let mut batch = sled::Batch::default();
-            let mut changed = false;
             let queued = waiting.contains(&(d.msg_id.clone(), d.ep_id.clone()));
-            if matches!(d.status, MessageStatus::Pending | MessageStatus::Sending) && !queued {
-                let task = TaskRecord {
-                    id: TaskId::new(now_ms),
-                    app_id: d.app_id.clone(),
-                    msg_id: d.msg_id.clone(),
-                    ep_id: d.ep_id.clone(),
-                    attempt: d.attempts,
-                    trigger: AttemptTrigger::Scheduled,
-                    due_ms: now_ms,
-                };
-                batch.insert(keys::queue(now_ms, &task.id), encode(&task));
-                r.requeued += 1;
-                changed = true;
-            }
             let indexed = self.tree.contains_key(keys::failed(&d.msg_id, &d.ep_id))?;
             if indexed != (d.status == MessageStatus::Fail) {
+                let mut batch = sled::Batch::default();
                 set_failed_index(&mut batch, &d);
-                r.dead_letter_fixed += 1;
-                changed = true;
-            }
-            if changed {
                 self.tree.apply_batch(batch)?;
+                r.dead_letter_fixed += 1;
+            }
+            if matches!(d.status, MessageStatus::Pending | MessageStatus::Sending) && !queued {
+                suspects.push((k, v, d));
             }
         }
+        r.requeued = self.requeue_lost(suspects, now_ms)?;
         // Dead letters whose status is gone or no longer failed.
         for e in self.tree.scan_prefix([keys::ns::FAILED]).keys() {
             let k = e?;
@@ -282,6 +261,66 @@ impl Store {
         }
         r.cursor = None;
         Ok(r)
+    }
+
+    /// (message, endpoint) of every queued or leased delivery; counts into
+    /// `overdue` the queued ones due before `overdue_before_ms`.
+    fn waiting_tasks(
+        &self,
+        overdue_before_ms: i64,
+        mut overdue: Option<&mut usize>,
+    ) -> Result<HashSet<(MessageId, EndpointId)>, StoreError> {
+        let mut waiting = HashSet::new();
+        for ns in [keys::ns::QUEUE, keys::ns::LEASE] {
+            for e in self.tree.scan_prefix([ns]) {
+                let (k, v) = e?;
+                let t: TaskRecord = decode(&k, &v)?;
+                if let Some(n) = overdue.as_deref_mut() {
+                    if ns == keys::ns::QUEUE && t.due_ms < overdue_before_ms {
+                        *n += 1;
+                    }
+                }
+                waiting.insert((t.msg_id, t.ep_id));
+            }
+        }
+        Ok(waiting)
+    }
+
+    /// Queues again the deliveries of `suspects` that are still unfinished with no
+    /// queued or leased task and an unchanged status record. The queue and the
+    /// leases are read one after the other, not at one instant, so a delivery
+    /// moving between them (or one published meanwhile) can look lost once; it
+    /// cannot look lost twice with its status unchanged in between.
+    fn requeue_lost(
+        &self,
+        suspects: Vec<(sled::IVec, sled::IVec, DestRecord)>,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        if suspects.is_empty() {
+            return Ok(0);
+        }
+        let waiting = self.waiting_tasks(0, None)?;
+        let mut requeued = 0;
+        for (key, seen, d) in suspects {
+            if waiting.contains(&(d.msg_id.clone(), d.ep_id.clone()))
+                || self.tree.get(&key)?.as_ref() != Some(&seen)
+            {
+                continue;
+            }
+            let task = TaskRecord {
+                id: TaskId::new(now_ms),
+                app_id: d.app_id.clone(),
+                msg_id: d.msg_id.clone(),
+                ep_id: d.ep_id.clone(),
+                attempt: d.attempts,
+                trigger: AttemptTrigger::Scheduled,
+                due_ms: now_ms,
+            };
+            self.tree
+                .insert(keys::queue(now_ms, &task.id), encode(&task))?;
+            requeued += 1;
+        }
+        Ok(requeued)
     }
 
     // ----- retention -------------------------------------------------------
