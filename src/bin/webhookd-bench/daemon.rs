@@ -314,3 +314,69 @@ pub fn machine() -> (usize, u64) {
         .map_or(0, |k| k * 1024);
     (cores, mem)
 }
+
+/// CPU time of webhookd, of the bench itself (its receiver included) and of
+/// the whole machine at one instant, in seconds.
+#[derive(Clone, Copy)]
+pub struct CpuMark {
+    at: Instant,
+    daemon: Option<f64>,
+    bench: f64,
+    machine: f64,
+}
+
+/// `/proc` counts CPU time in USER_HZ ticks, 100 a second on Linux.
+const USER_HZ: f64 = 100.0;
+
+/// utime + stime of a process, from `/proc/PID/stat`.
+fn process_cpu(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after it are plain.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15, i.e. 11 and 12 after the name and state.
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / USER_HZ)
+}
+
+/// Busy time of all CPUs (everything but idle and iowait), from `/proc/stat`.
+fn machine_cpu() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let t: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is within user)
+    let busy = t.get(..8)?.iter().sum::<f64>() - t[3] - t[4];
+    Some(busy / USER_HZ)
+}
+
+impl CpuMark {
+    pub fn now(daemon: Option<u32>) -> CpuMark {
+        CpuMark {
+            at: Instant::now(),
+            daemon: daemon.and_then(|pid| process_cpu(&pid.to_string())),
+            bench: process_cpu("self").unwrap_or(0.0),
+            machine: machine_cpu().unwrap_or(0.0),
+        }
+    }
+
+    /// Cores used on average from `self` to `later`.
+    pub fn until(&self, later: &CpuMark) -> crate::report::Cpu {
+        let wall = later.at.saturating_duration_since(self.at).as_secs_f64();
+        let per = |d: f64| if wall > 0.0 { d / wall } else { 0.0 };
+        let daemon = match (self.daemon, later.daemon) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
+        let bench = later.bench - self.bench;
+        let machine = later.machine - self.machine;
+        crate::report::Cpu {
+            wall_s: wall,
+            webhookd_cores: daemon.map(per),
+            bench_cores: per(bench),
+            other_cores: per((machine - bench - daemon.unwrap_or(0.0)).max(0.0)),
+        }
+    }
+}

@@ -97,6 +97,10 @@ pub struct Opts {
     /// Where to make the data dirs [default: the system temp dir].
     #[arg(long, value_name = "DIR")]
     pub data_parent: Option<PathBuf>,
+    /// A further variable for the webhookd started, e.g.
+    /// `--daemon-env WEBHOOKD_DELIVERY__MAX_PER_ENDPOINT=128` (repeatable).
+    #[arg(long, value_name = "NAME=VALUE", value_parser = parse_env)]
+    pub daemon_env: Vec<(String, String)>,
     /// RUST_LOG of the webhookd started.
     #[arg(long, default_value = "warn")]
     pub daemon_log: String,
@@ -121,6 +125,12 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         Ok(_) => Err(format!("{s}: not a duration")),
         Err(_) => humantime::parse_duration(s).map_err(|e| format!("{s}: {e}")),
     }
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s}: expected NAME=VALUE"))
 }
 
 /// A 1 KiB JSON payload and the message that carries it.
@@ -194,6 +204,11 @@ async fn run(mut opts: Opts) -> anyhow::Result<Report> {
             request_timeout_s: o.request_timeout.as_secs_f64(),
             retry_schedule: o.retry_schedule.clone(),
             daemon_log: o.daemon_log.clone(),
+            daemon_env: o
+                .daemon_env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
             receiver_workers: o.receiver_workers,
             client_connections: connections,
         },
@@ -277,6 +292,12 @@ fn main() -> ExitCode {
             report.setup.daemon,
             report.setup.payload_bytes,
         );
+        if !report.setup.daemon_env.is_empty() {
+            println!(
+                "webhookd environment: {}",
+                report.setup.daemon_env.join(" ")
+            );
+        }
         println!();
         print!("{}", report::table(&report.figures));
     }

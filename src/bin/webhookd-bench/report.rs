@@ -64,8 +64,34 @@ pub struct Setup {
     pub request_timeout_s: f64,
     pub retry_schedule: Option<String>,
     pub daemon_log: String,
+    /// Further variables given with `--daemon-env`.
+    pub daemon_env: Vec<String>,
     pub receiver_workers: usize,
     pub client_connections: usize,
+}
+
+/// Cores used on average over a run (1.0 = one core busy all along).
+#[derive(Serialize, Clone, Copy)]
+pub struct Cpu {
+    pub wall_s: f64,
+    /// `null` when webhookd runs elsewhere (`--server`).
+    pub webhookd_cores: Option<f64>,
+    /// The bench: its client and its receiver.
+    pub bench_cores: f64,
+    /// Every other process on the machine: load that was not ours.
+    pub other_cores: f64,
+}
+
+impl Cpu {
+    fn note(&self) -> String {
+        let w = self
+            .webhookd_cores
+            .map_or("webhookd ?".to_owned(), |c| format!("webhookd {c:.2}"));
+        format!(
+            "cores used: {w}, bench {:.2}, other processes {:.2}",
+            self.bench_cores, self.other_cores
+        )
+    }
 }
 
 #[derive(Serialize)]
@@ -76,6 +102,7 @@ pub struct Direct {
     pub errors: u64,
     pub requests_per_s: f64,
     pub latency: Latency,
+    pub cpu: Cpu,
 }
 
 /// How a run of publishes went, and what arrived.
@@ -115,6 +142,8 @@ pub struct Throughput {
     pub drain_s: f64,
     /// The backlog took more than a second to drain: deliveries lagged behind publishes.
     pub queue_grew: bool,
+    /// From the first publish to the last delivery.
+    pub cpu: Cpu,
 }
 
 #[derive(Serialize, Clone)]
@@ -138,6 +167,8 @@ pub struct OpenLoop {
     /// Requests that reached the failing (500) endpoints and the slow one.
     pub failing_arrivals: u64,
     pub slow_arrivals: u64,
+    /// From the first publish until the healthy deliveries were in.
+    pub cpu: Cpu,
 }
 
 #[derive(Serialize)]
@@ -181,6 +212,8 @@ pub struct Stored {
     pub publish_errors: u64,
     pub preload_s: f64,
     pub preload_publishes_per_s: f64,
+    /// While preloading and delivering.
+    pub preload_cpu: Cpu,
     #[serde(flatten)]
     pub deliveries: Deliveries,
     /// Why the process figures below are null, if they are.
@@ -267,6 +300,13 @@ impl Rows {
     }
 }
 
+fn with_cpu(note: Option<String>, cpu: &Cpu) -> Option<String> {
+    Some(match note {
+        Some(n) => format!("{n}; {}", cpu.note()),
+        None => cpu.note(),
+    })
+}
+
 fn incomplete(d: &Deliveries) -> Option<String> {
     (!d.complete).then(|| {
         format!(
@@ -297,6 +337,7 @@ impl Report {
                 "/s",
                 None,
             );
+            r.figures.last_mut().expect("just pushed").note = Some(d.cpu.note());
             r.push(
                 "direct_latency_p99_ms",
                 "direct POST latency p99",
@@ -324,7 +365,7 @@ impl Report {
                 "/s",
                 goal,
             )
-            .note = note;
+            .note = with_cpu(note, &t.cpu);
             r.push(
                 format!("{k}_publishes_per_s"),
                 format!("publishes acked/s, {cond}"),
@@ -403,7 +444,7 @@ impl Report {
                 "ms",
                 Some(Goal::Below(10.0)),
             )
-            .note = note;
+            .note = with_cpu(note, &l.cpu);
             r.push(
                 "latency_p2d_p999_ms",
                 format!("publish-to-delivery p99.9, {cond}"),
@@ -425,7 +466,7 @@ impl Report {
                 "ms",
                 None,
             )
-            .note = incomplete(&b.deliveries);
+            .note = with_cpu(incomplete(&b.deliveries), &b.cpu);
             r.push(
                 "failing_healthy_p2d_p99_ms",
                 format!(
@@ -436,7 +477,7 @@ impl Report {
                 "ms",
                 None,
             )
-            .note = incomplete(&x.deliveries);
+            .note = with_cpu(incomplete(&x.deliveries), &x.cpu);
             r.push(
                 "failing_p99_ratio",
                 "healthy p2d p99 with failures ÷ all healthy",
@@ -521,7 +562,7 @@ impl Report {
                 "/s",
                 None,
             )
-            .note = incomplete(&s.deliveries);
+            .note = with_cpu(incomplete(&s.deliveries), &s.preload_cpu);
         }
         r.figures
     }

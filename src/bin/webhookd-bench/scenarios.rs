@@ -21,7 +21,7 @@ use tempfile::TempDir;
 
 use crate::Opts;
 use crate::api::{self, Api};
-use crate::daemon::{self, Daemon, Spawn};
+use crate::daemon::{self, CpuMark, Daemon, Spawn};
 use crate::receiver::{Receiver, Recorder};
 use crate::report::{
     Dashboard, Deliveries, Direct, Failing, Hist, OpenLoop, Restart, Stored, Throughput,
@@ -166,6 +166,7 @@ impl Bench {
         if let Some(s) = &self.opts.retry_schedule {
             env.push(("WEBHOOKD_RETRY_SCHEDULE".to_owned(), s.clone()));
         }
+        env.extend(self.opts.daemon_env.iter().cloned());
         env
     }
 
@@ -204,6 +205,12 @@ impl Bench {
             log: dir.path().join("webhookd.log"),
         };
         let daemon = Daemon::start(spawn, START_LIMIT).await?;
+        eprintln!(
+            "webhookd-bench: webhookd (pid {}) serves {}; its data dir is {}",
+            daemon.pid(),
+            daemon.base,
+            daemon.spawn.data_dir.display()
+        );
         Ok(Target {
             api: Api::new(self.client(), &daemon.base, &token),
             daemon: Some(daemon),
@@ -325,6 +332,7 @@ pub async fn direct(b: &Bench, concurrency: usize, duration: Duration) -> anyhow
     let rx = Receiver::start(b.opts.receiver_workers, 0, b.slow_sleep()).await?;
     let client = b.client();
     let url = format!("{}/direct", rx.base);
+    let cpu = CpuMark::now(None);
     let stop = Rc::new(Stop::At(Instant::now() + duration));
     // (latencies, errors, first start, last end)
     let log = Rc::new(RefCell::new((
@@ -365,6 +373,7 @@ pub async fn direct(b: &Bench, concurrency: usize, duration: Duration) -> anyhow
     for t in tasks {
         let _ = t.await;
     }
+    let cpu = cpu.until(&CpuMark::now(None));
     rx.stop().await;
     let (hist, errors, first, last) = &*log.borrow();
     let span = match (first, last) {
@@ -379,6 +388,7 @@ pub async fn direct(b: &Bench, concurrency: usize, duration: Duration) -> anyhow
         errors: *errors,
         requests_per_s: per_s(latency.count, span),
         latency,
+        cpu,
     })
 }
 
@@ -408,6 +418,8 @@ pub async fn throughput(
             max
         })
     };
+    let pid = target.daemon.as_ref().map(Daemon::pid);
+    let cpu = CpuMark::now(pid);
     let stop = Stop::At(Instant::now() + duration);
     closed_loop(&target.api, &url, &b.message, concurrency, stop, &log).await;
     let delivered_at_end = rx.rec.first();
@@ -418,6 +430,7 @@ pub async fn throughput(
     let published = log.sent.len() as u64;
     let owed = published * fanout as u64;
     let complete = wait_for(&rx.rec, owed, b.opts.drain_timeout).await;
+    let cpu = cpu.until(&CpuMark::now(pid));
     let (deliveries, last_arrival) = deliveries(&rx.rec, &log, fanout, complete);
     rx.stop().await;
     target.finish().await?;
@@ -445,6 +458,7 @@ pub async fn throughput(
         drain_s: drain.as_secs_f64(),
         queue_grew: drain > LAG_DRAIN,
         deliveries,
+        cpu,
     })
 }
 
@@ -463,6 +477,8 @@ pub async fn open_loop(
     let target = b.target().await?;
     let (_, url) = setup(&target.api, &rx, healthy, failing, slow).await?;
     let total = (f64::from(rate.max(1)) * duration.as_secs_f64()).round() as u64;
+    let pid = target.daemon.as_ref().map(Daemon::pid);
+    let cpu = CpuMark::now(pid);
     let (tx, mut ticks) = tokio::sync::mpsc::unbounded_channel::<Instant>();
     let start = Instant::now() + Duration::from_millis(50);
     let rate_f = f64::from(rate.max(1));
@@ -509,6 +525,7 @@ pub async fn open_loop(
     let log = log.take();
     let published = log.sent.len() as u64;
     let complete = wait_for(&rx.rec, published * healthy as u64, b.opts.drain_timeout).await;
+    let cpu = cpu.until(&CpuMark::now(pid));
     let (deliveries, _) = deliveries(&rx.rec, &log, healthy, complete);
     let (failing_arrivals, slow_arrivals) = (rx.rec.failing(), rx.rec.slow());
     // The receiver first: the slow endpoint's requests end, so webhookd stops sooner.
@@ -529,6 +546,7 @@ pub async fn open_loop(
         deliveries,
         failing_arrivals,
         slow_arrivals,
+        cpu,
     })
 }
 
@@ -629,6 +647,8 @@ pub async fn stored(
     let rx = Receiver::start(b.opts.receiver_workers, 1, b.slow_sleep()).await?;
     let mut target = b.target().await?;
     let (app, url) = setup(&target.api, &rx, 1, 0, false).await?;
+    let pid = target.daemon.as_ref().map(Daemon::pid);
+    let cpu = CpuMark::now(pid);
     let log = Rc::new(RefCell::new(PubLog::default()));
     let stop = Stop::Count(Cell::new(0), messages);
     let progress = {
@@ -649,6 +669,7 @@ pub async fn stored(
     let complete = wait_for(&rx.rec, published, b.opts.drain_timeout).await;
     // Delivered at the receiver is not yet recorded in webhookd: wait for that too.
     let idle = wait_idle(&target.api, b.opts.drain_timeout).await?;
+    let preload_cpu = cpu.until(&CpuMark::now(pid));
     let (deliveries, _) = deliveries(&rx.rec, &log, 1, complete && idle);
     rx.stop().await;
     // Pages of messages spread over the whole store, oldest to newest.
@@ -662,6 +683,7 @@ pub async fn stored(
         publish_errors: log.errors,
         preload_s: log.span().as_secs_f64(),
         preload_publishes_per_s: per_s(published, log.span()),
+        preload_cpu,
         deliveries,
         skipped: None,
         disk_bytes: None,
