@@ -82,7 +82,7 @@ pub struct Opts {
     #[arg(long, default_value_t = 200)]
     pub dashboard_requests: usize,
     /// How long to wait for deliveries after the last publish.
-    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
     /// Benchmark a running webhookd at this URL instead of starting one
     /// (process figures are then skipped).
@@ -116,6 +116,9 @@ pub struct Opts {
     /// Print one JSON object with every figure instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Also write that JSON object to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json_file: Option<PathBuf>,
 }
 
 /// Seconds (`20`, `0.5`) or a duration with a unit (`1500ms`, `2m`).
@@ -268,7 +271,7 @@ async fn run(mut opts: Opts) -> anyhow::Result<Report> {
 
 fn main() -> ExitCode {
     let opts = Opts::parse();
-    let json = opts.json;
+    let (json, json_file) = (opts.json, opts.json_file.clone());
     let report = match actix_web::rt::System::new().block_on(run(opts)) {
         Ok(r) => r,
         Err(e) => {
@@ -276,11 +279,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let text = serde_json::to_string_pretty(&report).expect("the report serializes");
+    if let Some(path) = json_file {
+        if let Err(e) = std::fs::write(&path, format!("{text}\n")) {
+            eprintln!("webhookd-bench: writing {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("the report serializes")
-        );
+        println!("{text}");
     } else {
         println!(
             "webhookd-bench {}: {}; {} cores, {:.1} GiB; webhookd {} ({}); {} B payloads",

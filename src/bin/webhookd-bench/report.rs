@@ -164,6 +164,11 @@ pub struct OpenLoop {
     /// Latencies are from the intended send time (coordinated omission avoided).
     #[serde(flatten)]
     pub deliveries: Deliveries,
+    /// From the last acknowledged publish to the last healthy delivery.
+    pub drain_s: f64,
+    /// The drain took more than a second: webhookd did not keep up with the
+    /// rate, so latencies measure a growing queue.
+    pub saturated: bool,
     /// Requests that reached the failing (500) endpoints and the slow one.
     pub failing_arrivals: u64,
     pub slow_arrivals: u64,
@@ -307,6 +312,21 @@ fn with_cpu(note: Option<String>, cpu: &Cpu) -> Option<String> {
     })
 }
 
+fn saturated(o: &OpenLoop) -> Option<String> {
+    o.saturated.then(|| {
+        format!(
+            "saturated: deliveries finished {:.1} s after the last publish",
+            o.drain_s
+        )
+    })
+}
+
+/// Notes joined with "; ".
+fn join(notes: impl IntoIterator<Item = Option<String>>) -> Option<String> {
+    let v: Vec<String> = notes.into_iter().flatten().collect();
+    (!v.is_empty()).then(|| v.join("; "))
+}
+
 fn incomplete(d: &Deliveries) -> Option<String> {
     (!d.complete).then(|| {
         format!(
@@ -408,7 +428,7 @@ impl Report {
                 "{} msg/s open loop, fan-out {}",
                 l.rate_per_s, l.healthy_endpoints
             );
-            let note = incomplete(&l.deliveries);
+            let note = join([incomplete(&l.deliveries), saturated(l)]);
             r.push(
                 "latency_ack_p50_ms",
                 format!("publish ack p50, {cond}"),
@@ -466,7 +486,7 @@ impl Report {
                 "ms",
                 None,
             )
-            .note = with_cpu(incomplete(&b.deliveries), &b.cpu);
+            .note = with_cpu(join([incomplete(&b.deliveries), saturated(b)]), &b.cpu);
             r.push(
                 "failing_healthy_p2d_p99_ms",
                 format!(
@@ -477,14 +497,23 @@ impl Report {
                 "ms",
                 None,
             )
-            .note = with_cpu(incomplete(&x.deliveries), &x.cpu);
-            r.push(
+            .note = with_cpu(join([incomplete(&x.deliveries), saturated(x)]), &x.cpu);
+            let ratio = r.push(
                 "failing_p99_ratio",
                 "healthy p2d p99 with failures ÷ all healthy",
                 f.p99_ratio,
                 "×",
                 Some(Goal::Below(2.0)),
             );
+            if b.saturated || x.saturated {
+                // Two growing queues compared: the ratio says nothing about isolation.
+                ratio.meets = None;
+                ratio.note = Some(format!(
+                    "not judged: webhookd did not keep up (drain {:.1} s all healthy, {:.1} s \
+                     with failures); try a lower --rate",
+                    b.drain_s, x.drain_s
+                ));
+            }
         }
         if let Some(s) = &self.stored {
             let n = s.messages;

@@ -526,7 +526,11 @@ pub async fn open_loop(
     let published = log.sent.len() as u64;
     let complete = wait_for(&rx.rec, published * healthy as u64, b.opts.drain_timeout).await;
     let cpu = cpu.until(&CpuMark::now(pid));
-    let (deliveries, _) = deliveries(&rx.rec, &log, healthy, complete);
+    let (deliveries, last_arrival) = deliveries(&rx.rec, &log, healthy, complete);
+    let drain = match (last_arrival, log.last) {
+        (Some(a), Some(p)) => a.saturating_duration_since(p),
+        _ => Duration::ZERO,
+    };
     let (failing_arrivals, slow_arrivals) = (rx.rec.failing(), rx.rec.slow());
     // The receiver first: the slow endpoint's requests end, so webhookd stops sooner.
     rx.stop().await;
@@ -544,6 +548,8 @@ pub async fn open_loop(
         send_lag: log.lag.summary(),
         ack: log.ack.summary(),
         deliveries,
+        drain_s: drain.as_secs_f64(),
+        saturated: drain > LAG_DRAIN,
         failing_arrivals,
         slow_arrivals,
         cpu,
