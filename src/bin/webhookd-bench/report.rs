@@ -327,13 +327,17 @@ fn join(notes: impl IntoIterator<Item = Option<String>>) -> Option<String> {
     (!v.is_empty()).then(|| v.join("; "))
 }
 
+/// Deliveries missing at the deadline, and duplicates.
 fn incomplete(d: &Deliveries) -> Option<String> {
-    (!d.complete).then(|| {
-        format!(
-            "incomplete: {} of {} delivered by the deadline",
-            d.delivered, d.expected
-        )
-    })
+    join([
+        (!d.complete).then(|| {
+            format!(
+                "incomplete: {} of {} delivered by the deadline",
+                d.delivered, d.expected
+            )
+        }),
+        (d.duplicates > 0).then(|| format!("{} duplicate deliveries", d.duplicates)),
+    ])
 }
 
 const MB: f64 = 1_000_000.0;
