@@ -476,6 +476,13 @@ impl Report {
                 "ms",
                 None,
             );
+            r.push(
+                "latency_send_lag_p99_ms",
+                "the bench's own send lag p99 (included in the latencies above)",
+                l.send_lag.p99_ms,
+                "ms",
+                None,
+            );
         }
         if let Some(f) = &self.failing {
             let b = &f.baseline;
