@@ -83,14 +83,22 @@ pub struct Cpu {
 }
 
 impl Cpu {
-    fn note(&self) -> String {
-        let w = self
-            .webhookd_cores
-            .map_or("webhookd ?".to_owned(), |c| format!("webhookd {c:.2}"));
-        format!(
-            "cores used: {w}, bench {:.2}, other processes {:.2}",
-            self.bench_cores, self.other_cores
-        )
+    /// `external`: webhookd runs elsewhere, maybe among the other processes.
+    fn note(&self, external: bool) -> String {
+        match (self.webhookd_cores, external) {
+            (Some(w), _) => format!(
+                "cores used: webhookd {w:.2}, bench {:.2}, other processes {:.2}",
+                self.bench_cores, self.other_cores
+            ),
+            (None, true) => format!(
+                "cores used: bench {:.2}, other processes (webhookd among them, if on this machine) {:.2}",
+                self.bench_cores, self.other_cores
+            ),
+            (None, false) => format!(
+                "cores used: bench {:.2}, other processes {:.2}",
+                self.bench_cores, self.other_cores
+            ),
+        }
     }
 }
 
@@ -305,10 +313,10 @@ impl Rows {
     }
 }
 
-fn with_cpu(note: Option<String>, cpu: &Cpu) -> Option<String> {
+fn with_cpu(note: Option<String>, cpu: &Cpu, external: bool) -> Option<String> {
     Some(match note {
-        Some(n) => format!("{n}; {}", cpu.note()),
-        None => cpu.note(),
+        Some(n) => format!("{n}; {}", cpu.note(external)),
+        None => cpu.note(external),
     })
 }
 
@@ -346,6 +354,7 @@ const KIB: f64 = 1024.0;
 impl Report {
     /// The figures of whatever ran, with the targets webhookd aims at.
     pub fn figures(&self) -> Vec<Figure> {
+        let external = self.setup.daemon == "external";
         let mut r = Rows {
             figures: Vec::new(),
             ceiling: self.direct.as_ref().map(|d| d.requests_per_s),
@@ -361,7 +370,7 @@ impl Report {
                 "/s",
                 None,
             );
-            r.figures.last_mut().expect("just pushed").note = Some(d.cpu.note());
+            r.figures.last_mut().expect("just pushed").note = Some(d.cpu.note(false));
             r.push(
                 "direct_latency_p99_ms",
                 "direct POST latency p99",
@@ -389,7 +398,7 @@ impl Report {
                 "/s",
                 goal,
             )
-            .note = with_cpu(note, &t.cpu);
+            .note = with_cpu(note, &t.cpu, external);
             r.push(
                 format!("{k}_publishes_per_s"),
                 format!("publishes acked/s, {cond}"),
@@ -468,7 +477,7 @@ impl Report {
                 "ms",
                 Some(Goal::Below(10.0)),
             )
-            .note = with_cpu(note, &l.cpu);
+            .note = with_cpu(note, &l.cpu, external);
             r.push(
                 "latency_p2d_p999_ms",
                 format!("publish-to-delivery p99.9, {cond}"),
@@ -497,7 +506,11 @@ impl Report {
                 "ms",
                 None,
             )
-            .note = with_cpu(join([incomplete(&b.deliveries), saturated(b)]), &b.cpu);
+            .note = with_cpu(
+                join([incomplete(&b.deliveries), saturated(b)]),
+                &b.cpu,
+                external,
+            );
             r.push(
                 "failing_healthy_p2d_p99_ms",
                 format!(
@@ -508,7 +521,11 @@ impl Report {
                 "ms",
                 None,
             )
-            .note = with_cpu(join([incomplete(&x.deliveries), saturated(x)]), &x.cpu);
+            .note = with_cpu(
+                join([incomplete(&x.deliveries), saturated(x)]),
+                &x.cpu,
+                external,
+            );
             let ratio = r.push(
                 "failing_p99_ratio",
                 "healthy p2d p99 with failures ÷ all healthy",
@@ -602,7 +619,7 @@ impl Report {
                 "/s",
                 None,
             )
-            .note = with_cpu(incomplete(&s.deliveries), &s.preload_cpu);
+            .note = with_cpu(incomplete(&s.deliveries), &s.preload_cpu, external);
         }
         r.figures
     }
