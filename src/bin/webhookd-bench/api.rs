@@ -1,0 +1,178 @@
+//! The bench's HTTP client: one awc client, used alike for the `direct`
+//! ceiling and for webhookd, and the few API and dashboard calls the
+//! scenarios need. Everything goes through webhookd's public HTTP surface.
+
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::web::Bytes;
+use anyhow::{Context as _, anyhow, bail};
+use awc::Client;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Largest response body the bench reads.
+const BODY_LIMIT: usize = 8 * 1024 * 1024;
+
+/// A client with room for `connections` connections and a time limit per request.
+/// Redirects are not followed (the dashboard's sign-in answers 303 with the cookie).
+pub fn client(connections: usize, timeout: Duration) -> Client {
+    Client::builder()
+        .connector(
+            awc::Connector::new()
+                .limit(connections)
+                .timeout(Duration::from_secs(5)),
+        )
+        .timeout(timeout)
+        .disable_redirects()
+        .finish()
+}
+
+/// A webhookd, through its API.
+#[derive(Clone)]
+pub struct Api {
+    pub client: Client,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    token: String,
+    auth: String,
+}
+
+#[derive(Deserialize)]
+struct WithId {
+    id: String,
+}
+
+impl Api {
+    pub fn new(client: Client, base: &str, token: &str) -> Api {
+        Api {
+            client,
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            auth: format!("Bearer {token}"),
+        }
+    }
+
+    async fn post_json(&self, path: &str, body: Value) -> anyhow::Result<String> {
+        let url = format!("{}/api/v1{path}", self.base);
+        let mut resp = self
+            .client
+            .post(&url)
+            .insert_header((header::AUTHORIZATION, self.auth.as_str()))
+            .send_json(&body)
+            .await
+            .map_err(|e| anyhow!("POST {url}: {e}"))?;
+        let bytes = resp.body().limit(BODY_LIMIT).await?;
+        if !resp.status().is_success() {
+            bail!(
+                "POST {url}: {} {}",
+                resp.status(),
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        Ok(serde_json::from_slice::<WithId>(&bytes)
+            .with_context(|| format!("POST {url}: no id in the answer"))?
+            .id)
+    }
+
+    /// Creates an application; returns its id.
+    pub async fn create_app(&self, name: &str) -> anyhow::Result<String> {
+        self.post_json("/app", json!({ "name": name })).await
+    }
+
+    /// Creates an endpoint of `app` that receives every event type; returns its id.
+    pub async fn create_endpoint(&self, app: &str, url: &str) -> anyhow::Result<String> {
+        self.post_json(&format!("/app/{app}/endpoint"), json!({ "url": url }))
+            .await
+    }
+
+    /// Where messages of `app` are published.
+    pub fn msg_url(&self, app: &str) -> String {
+        format!("{}/api/v1/app/{app}/msg", self.base)
+    }
+
+    /// Publishes one message (the body is the whole `MessageIn` JSON); returns its id.
+    pub async fn publish(&self, url: &str, body: Bytes) -> anyhow::Result<String> {
+        let mut resp = self
+            .client
+            .post(url)
+            .insert_header((header::AUTHORIZATION, self.auth.as_str()))
+            .insert_header((header::CONTENT_TYPE, "application/json"))
+            .send_body(body)
+            .await
+            .map_err(|e| anyhow!("publish: {e}"))?;
+        let bytes = resp.body().limit(BODY_LIMIT).await?;
+        if resp.status().as_u16() != 202 {
+            bail!(
+                "publish: {} {}",
+                resp.status(),
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        Ok(serde_json::from_slice::<WithId>(&bytes)
+            .context("publish: no id in the answer")?
+            .id)
+    }
+
+    /// `GET /api/v1/webhookd/health` (the full report; no token needed).
+    pub async fn health_report(&self) -> anyhow::Result<Value> {
+        let url = format!("{}/api/v1/webhookd/health", self.base);
+        let mut resp = self
+            .client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| anyhow!("GET {url}: {e}"))?;
+        Ok(resp.json().limit(BODY_LIMIT).await?)
+    }
+
+    /// `GET /api/v1/health`: its status, or an error when nothing answered.
+    pub async fn health(&self) -> anyhow::Result<u16> {
+        let url = format!("{}/api/v1/health", self.base);
+        let resp = self
+            .client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| anyhow!("GET {url}: {e}"))?;
+        Ok(resp.status().as_u16())
+    }
+
+    /// Signs in to the dashboard with the admin token; returns the `Cookie` header value.
+    pub async fn dashboard_login(&self) -> anyhow::Result<String> {
+        let url = format!("{}/login", self.base);
+        let resp = self
+            .client
+            .post(&url)
+            .send_form(&[("token", self.token.as_str()), ("next", "/")])
+            .await
+            .map_err(|e| anyhow!("POST {url}: {e}"))?;
+        if resp.status().as_u16() != 303 {
+            bail!("POST {url}: {} (expected 303 after sign-in)", resp.status());
+        }
+        resp.headers()
+            .get_all(header::SET_COOKIE)
+            .filter_map(|v| v.to_str().ok())
+            .find(|c| c.starts_with("webhookd_session="))
+            .and_then(|c| c.split(';').next())
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("POST {url}: no session cookie"))
+    }
+
+    /// GETs a dashboard page; fails unless it answers 200. Returns the page size.
+    pub async fn page(&self, path: &str, cookie: &str) -> anyhow::Result<usize> {
+        let url = format!("{}{path}", self.base);
+        let mut resp = self
+            .client
+            .get(&url)
+            .insert_header((header::COOKIE, cookie))
+            .send()
+            .await
+            .map_err(|e| anyhow!("GET {url}: {e}"))?;
+        let body = resp.body().limit(BODY_LIMIT).await?;
+        if resp.status().as_u16() != 200 {
+            bail!("GET {url}: {}", resp.status());
+        }
+        Ok(body.len())
+    }
+}
