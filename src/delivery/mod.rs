@@ -75,10 +75,11 @@ const FAILING_AFTER: u32 = 4;
 
 /// How often expired leases are looked for while running.
 const LEASE_SWEEP: Duration = Duration::from_secs(10);
-/// An endpoint at its concurrency cap that finished no attempt for this long is
-/// slow: its due deliveries are moved back in the queue (by as long as it has been
-/// stuck, at most `request_timeout`) instead of being looked at on every claim.
-/// A fast endpoint's deliveries just wait in place for the next free slot.
+/// An endpoint at its concurrency cap whose attempts take this long (on average,
+/// or the oldest one in flight so far) is slow: its due deliveries are moved back
+/// in the queue (by about one attempt's time, at most `request_timeout`) instead
+/// of being looked at on every claim. A fast endpoint's deliveries just wait in
+/// place for the next free slot.
 const SLOW_AFTER_MS: i64 = 1_000;
 /// A claim stops looking after passing over this many deliveries left in place,
 /// so a long backlog of one busy endpoint is not read again on every wake-up.
@@ -93,6 +94,8 @@ struct Worker {
     lease_ms: i64,
     /// Attempts in flight per endpoint. Only touched on the worker thread.
     per_endpoint: RefCell<HashMap<EndpointId, Slots>>,
+    /// Mean attempt duration (ms, moving average) per endpoint that had one.
+    mean_ms: RefCell<HashMap<EndpointId, f64>>,
     in_flight: RefCell<usize>,
     /// Signalled whenever an attempt finishes and frees a slot.
     freed: Notify,
@@ -145,6 +148,7 @@ pub async fn run(
         cfg,
         sender,
         per_endpoint: RefCell::new(HashMap::new()),
+        mean_ms: RefCell::new(HashMap::new()),
         in_flight: RefCell::new(0),
         freed: Notify::new(),
         handle: handle.clone(),
@@ -176,10 +180,11 @@ pub async fn run(
                     attempt = task.attempt,
                     attempt_id = tracing::field::Empty,
                 );
+                let started = tokio::time::Instant::now();
                 if let Err(e) = w.deliver(&task, lease).instrument(span).await {
                     tracing::error!(error = %e, message_id = %task.msg_id, "recording a delivery failed; its lease will expire and it will be retried");
                 }
-                w.finish(&task.ep_id);
+                w.finish(&task.ep_id, started.elapsed());
             });
         }
         let wait = match worker.store.next_due_ms()? {
@@ -226,6 +231,7 @@ impl Worker {
         }
         let cap = self.cfg.max_per_endpoint;
         let mut per_ep = self.per_endpoint.borrow_mut();
+        let mean_ms = self.mean_ms.borrow();
         let lease = now + self.lease_ms;
         let longest_defer = self.cfg.request_timeout.as_millis() as i64;
         let mut skipped = 0;
@@ -238,7 +244,8 @@ impl Worker {
                 slots.in_flight += 1;
                 return Claim::Take;
             }
-            let stuck = now - slots.progress_ms;
+            let mean = mean_ms.get(&t.ep_id).map_or(0, |m| *m as i64);
+            let stuck = (now - slots.progress_ms).max(mean);
             if stuck < SLOW_AFTER_MS {
                 skipped += 1;
                 if skipped > SKIP_BUDGET {
@@ -254,7 +261,13 @@ impl Worker {
         Ok(tasks.into_iter().map(|t| (t, lease)).collect())
     }
 
-    fn finish(&self, ep: &EndpointId) {
+    fn finish(&self, ep: &EndpointId, took: Duration) {
+        let took = took.as_millis() as f64;
+        self.mean_ms
+            .borrow_mut()
+            .entry(ep.clone())
+            .and_modify(|m| *m = 0.8 * *m + 0.2 * took)
+            .or_insert(took);
         let mut per_ep = self.per_endpoint.borrow_mut();
         if let Some(slots) = per_ep.get_mut(ep) {
             slots.in_flight -= 1;
