@@ -76,7 +76,7 @@ const FAILING_AFTER: u32 = 4;
 /// How often expired leases are looked for while running.
 const LEASE_SWEEP: Duration = Duration::from_secs(10);
 /// An endpoint at its concurrency cap whose attempts take this long (on average,
-/// or the oldest one in flight so far) is slow: its due deliveries are moved back
+/// or with none finished for that long) is slow: its due deliveries are moved back
 /// in the queue (by about one attempt's time, at most `request_timeout`) instead
 /// of being looked at on every claim. A fast endpoint's deliveries just wait in
 /// place for the next free slot.
