@@ -216,7 +216,8 @@ impl Store {
             leases_released: self.release_expired_leases(now_ms, now_ms)?,
             ..Reconciled::default()
         };
-        let waiting = self.waiting_tasks(now_ms - overdue_ms, Some(&mut r.overdue))?;
+        let (waiting, overdue) = self.waiting_tasks(now_ms - overdue_ms)?;
+        r.overdue = overdue;
         // Deliveries that look lost: requeued only if still so after a second look.
         let mut suspects: Vec<(sled::IVec, sled::IVec, DestRecord)> = Vec::new();
         let start = cursor.map_or_else(|| vec![keys::ns::DEST], <[u8]>::to_vec);
@@ -263,27 +264,25 @@ impl Store {
         Ok(r)
     }
 
-    /// (message, endpoint) of every queued or leased delivery; counts into
-    /// `overdue` the queued ones due before `overdue_before_ms`.
+    /// (message, endpoint) of every queued or leased delivery, and how many of the
+    /// queued ones were due before `overdue_before_ms`.
     fn waiting_tasks(
         &self,
         overdue_before_ms: i64,
-        mut overdue: Option<&mut usize>,
-    ) -> Result<HashSet<(MessageId, EndpointId)>, StoreError> {
+    ) -> Result<(HashSet<(MessageId, EndpointId)>, usize), StoreError> {
         let mut waiting = HashSet::new();
+        let mut overdue = 0;
         for ns in [keys::ns::QUEUE, keys::ns::LEASE] {
             for e in self.tree.scan_prefix([ns]) {
                 let (k, v) = e?;
                 let t: TaskRecord = decode(&k, &v)?;
-                if let Some(n) = overdue.as_deref_mut() {
-                    if ns == keys::ns::QUEUE && t.due_ms < overdue_before_ms {
-                        *n += 1;
-                    }
+                if ns == keys::ns::QUEUE && t.due_ms < overdue_before_ms {
+                    overdue += 1;
                 }
                 waiting.insert((t.msg_id, t.ep_id));
             }
         }
-        Ok(waiting)
+        Ok((waiting, overdue))
     }
 
     /// Queues again the deliveries of `suspects` that are still unfinished with no
@@ -299,7 +298,7 @@ impl Store {
         if suspects.is_empty() {
             return Ok(0);
         }
-        let waiting = self.waiting_tasks(0, None)?;
+        let (waiting, _) = self.waiting_tasks(now_ms)?;
         let mut requeued = 0;
         for (key, seen, d) in suspects {
             if waiting.contains(&(d.msg_id.clone(), d.ep_id.clone()))

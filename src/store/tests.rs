@@ -174,8 +174,8 @@ fn expired_leases_go_back_to_the_queue() {
     assert_eq!(again[0].id, claimed[0].id);
 }
 
-#[test]
-fn deferred_tasks_move_back_in_the_queue() {
+/// A store with five deliveries to one endpoint, due at 10..=14.
+fn five_queued_for_one_endpoint() -> Store {
     let s = Store::temporary().unwrap();
     let a = app(None);
     let ep = endpoint(&a.id, &[]);
@@ -183,6 +183,12 @@ fn deferred_tasks_move_back_in_the_queue() {
         s.publish(&message(&a.id, 10 + i, None), b"{}", &[&ep], 10 + i)
             .unwrap();
     }
+    s
+}
+
+#[test]
+fn deferred_tasks_move_back_in_the_queue() {
+    let s = five_queued_for_one_endpoint();
     let mut n = 0;
     let got = s
         .claim_due(100, 500, 10, 100, |_| {
@@ -206,13 +212,7 @@ fn deferred_tasks_move_back_in_the_queue() {
 
 #[test]
 fn skipped_tasks_stay_in_place_and_stop_ends_the_scan() {
-    let s = Store::temporary().unwrap();
-    let a = app(None);
-    let ep = endpoint(&a.id, &[]);
-    for i in 0..5 {
-        s.publish(&message(&a.id, 10 + i, None), b"{}", &[&ep], 10 + i)
-            .unwrap();
-    }
+    let s = five_queued_for_one_endpoint();
     let mut seen = Vec::new();
     let got = s
         .claim_due(100, 500, 10, 100, |t| {
