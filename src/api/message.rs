@@ -60,7 +60,11 @@ pub(super) async fn publish(
     };
     let targets: Vec<&EndpointRecord> = subscribers.iter().collect();
     let due = new.deliver_at.unwrap_or(now).max(now);
-    match state.store.publish(&msg, &new.payload, &targets, due)? {
+    match state
+        .store
+        .publish(&msg, &new.payload, &targets, due)
+        .await?
+    {
         Published::DuplicateEventId(existing) => {
             return Err(ApiError::Conflict(format!(
                 "A message with this eventId already exists ({existing})"

@@ -522,10 +522,10 @@ async fn send_test(
     };
     let payload = serde_json::json!({ "eventType": event_type, "example": true, "sentFrom": "webhookd dashboard" });
     let mut landed = state.delivery.subscribe();
-    if let Published::DuplicateEventId(_) =
-        state
-            .store
-            .publish(&msg, payload.to_string().as_bytes(), &[&ep], now)?
+    if let Published::DuplicateEventId(_) = state
+        .store
+        .publish(&msg, payload.to_string().as_bytes(), &[&ep], now)
+        .await?
     {
         return Err(DashboardError::BadRequest("duplicate message".into()));
     }

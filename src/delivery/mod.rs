@@ -25,7 +25,7 @@ use crate::config::DeliveryConfig;
 use crate::domain::{AttemptId, AttemptTrigger, EndpointId, MessageId, MessageStatus, now_ms};
 use crate::metrics::Metrics;
 use crate::signing;
-use crate::store::{AttemptRecord, Claim, Next, Store, StoreError, TaskRecord};
+use crate::store::{AttemptRecord, Claim, EndpointCache, Next, Store, StoreError, TaskRecord};
 use client::{Request, Sender, TlsRoots};
 use netguard::NetGuard;
 pub use operational::Operational;
@@ -84,6 +84,10 @@ const SLOW_AFTER_MS: i64 = 1_000;
 /// A claim stops looking after passing over this many deliveries left in place,
 /// so a long backlog of one busy endpoint is not read again on every wake-up.
 const SKIP_BUDGET: usize = 64;
+/// With at least this many attempts in flight, a freed slot does not start a
+/// claim at once: the worker waits for this many (or `CLAIM_GATHER`).
+const CLAIM_BATCH: usize = 8;
+const CLAIM_GATHER: Duration = Duration::from_millis(1);
 /// Longest the worker sleeps without looking at the queue (a safety net; wake-ups are explicit).
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
@@ -97,6 +101,8 @@ struct Worker {
     /// Mean attempt duration (ms, moving average) per endpoint that had one.
     mean_ms: RefCell<HashMap<EndpointId, f64>>,
     in_flight: RefCell<usize>,
+    /// Endpoint records already decrypted (see `Store::get_endpoint_cached`).
+    endpoints: RefCell<EndpointCache>,
     /// Signalled whenever an attempt finishes and frees a slot.
     freed: Notify,
     handle: DeliveryHandle,
@@ -150,6 +156,7 @@ pub async fn run(
         per_endpoint: RefCell::new(HashMap::new()),
         mean_ms: RefCell::new(HashMap::new()),
         in_flight: RefCell::new(0),
+        endpoints: RefCell::default(),
         freed: Notify::new(),
         handle: handle.clone(),
         ops,
@@ -168,7 +175,7 @@ pub async fn run(
             }
             next_sweep = tokio::time::Instant::now() + LEASE_SWEEP;
         }
-        let claimed = worker.claim(now)?;
+        let claimed = worker.claim(now).await?;
         for (task, lease) in claimed {
             let w = Rc::clone(&worker);
             actix_rt::spawn(async move {
@@ -197,7 +204,18 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = handle.notify.notified() => {}
-            _ = worker.freed.notified() => {}
+            _ = worker.freed.notified() => {
+                // Under load, let a few more attempts finish first, so that one
+                // claim (one pass over the queue) takes several deliveries.
+                let deadline = tokio::time::Instant::now() + CLAIM_GATHER;
+                let mut freed = 1;
+                while freed < CLAIM_BATCH && *worker.in_flight.borrow() >= CLAIM_BATCH {
+                    if tokio::time::timeout_at(deadline, worker.freed.notified()).await.is_err() {
+                        break;
+                    }
+                    freed += 1;
+                }
+            }
             _ = tokio::time::sleep(wait) => {}
         }
     }
@@ -221,7 +239,7 @@ pub async fn run(
 impl Worker {
     /// Leases as many due deliveries as there are free slots, honouring the per-endpoint cap.
     /// Returns each task with the expiry of its lease.
-    fn claim(&self, now: i64) -> Result<Vec<(TaskRecord, i64)>, StoreError> {
+    async fn claim(&self, now: i64) -> Result<Vec<(TaskRecord, i64)>, StoreError> {
         let free = self
             .cfg
             .max_in_flight
@@ -230,33 +248,35 @@ impl Worker {
             return Ok(Vec::new());
         }
         let cap = self.cfg.max_per_endpoint;
-        let mut per_ep = self.per_endpoint.borrow_mut();
-        let mean_ms = self.mean_ms.borrow();
         let lease = now + self.lease_ms;
         let longest_defer = self.cfg.request_timeout.as_millis() as i64;
         let mut skipped = 0;
-        let tasks = self.store.claim_due(now, lease, free, free * 4 + 64, |t| {
-            let slots = per_ep.entry(t.ep_id.clone()).or_insert(Slots {
-                in_flight: 0,
-                progress_ms: now,
-            });
-            if slots.in_flight < cap {
-                slots.in_flight += 1;
-                return Claim::Take;
-            }
-            let mean = mean_ms.get(&t.ep_id).map_or(0, |m| *m as i64);
-            let stuck = (now - slots.progress_ms).max(mean);
-            if stuck < SLOW_AFTER_MS {
-                skipped += 1;
-                if skipped > SKIP_BUDGET {
-                    Claim::Stop
-                } else {
-                    Claim::Skip
+        let tasks = self
+            .store
+            .claim_due(now, lease, free, free * 4 + 64, |t| {
+                let mut per_ep = self.per_endpoint.borrow_mut();
+                let slots = per_ep.entry(t.ep_id.clone()).or_insert(Slots {
+                    in_flight: 0,
+                    progress_ms: now,
+                });
+                if slots.in_flight < cap {
+                    slots.in_flight += 1;
+                    return Claim::Take;
                 }
-            } else {
-                Claim::Defer(now + stuck.min(longest_defer))
-            }
-        })?;
+                let mean = self.mean_ms.borrow().get(&t.ep_id).map_or(0, |m| *m as i64);
+                let stuck = (now - slots.progress_ms).max(mean);
+                if stuck < SLOW_AFTER_MS {
+                    skipped += 1;
+                    if skipped > SKIP_BUDGET {
+                        Claim::Stop
+                    } else {
+                        Claim::Skip
+                    }
+                } else {
+                    Claim::Defer(now + stuck.min(longest_defer))
+                }
+            })
+            .await?;
         *self.in_flight.borrow_mut() += tasks.len();
         Ok(tasks.into_iter().map(|t| (t, lease)).collect())
     }
@@ -283,7 +303,12 @@ impl Worker {
     /// One attempt of one task, recorded with what follows it.
     async fn deliver(&self, task: &TaskRecord, lease: i64) -> Result<(), StoreError> {
         let store = &self.store;
-        let Some(ep) = store.get_endpoint(&task.app_id, &task.ep_id)? else {
+        let ep = store.get_endpoint_cached(
+            &task.app_id,
+            &task.ep_id,
+            &mut self.endpoints.borrow_mut(),
+        )?;
+        let Some(ep) = ep else {
             return store.drop_task(task, lease, None); // endpoint or app deleted
         };
         let Some(msg) = store.get_message(&task.app_id, &task.msg_id)? else {
@@ -404,7 +429,7 @@ impl Worker {
             error: resp.error,
         };
         tracing::Span::current().record("attempt_id", attempt.id.as_str());
-        let recorded = store.record_attempt(task, lease, &attempt, next)?;
+        let recorded = store.record_attempt(task, lease, &attempt, next).await?;
         self.metrics.attempt(success, status, duration);
         if task.attempt == 0 && task.trigger == AttemptTrigger::Scheduled {
             self.metrics

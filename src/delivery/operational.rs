@@ -193,7 +193,8 @@ impl Operational {
         let stored = self
             .inner
             .store
-            .publish(&msg, body.to_string().as_bytes(), &[ep], now);
+            .publish(&msg, body.to_string().as_bytes(), &[ep], now)
+            .await;
         match stored {
             Ok(Published::Created { .. }) => {}
             Ok(Published::DuplicateEventId(_)) => return,

@@ -20,6 +20,7 @@ pub mod records;
 mod sealed;
 mod tokens;
 mod views;
+mod writer;
 
 use std::ops::Bound;
 use std::path::Path;
@@ -49,6 +50,10 @@ pub enum StoreError {
         #[source]
         source: postcard::Error,
     },
+    #[error("grouped write failed: {0}")]
+    Grouped(#[source] Arc<StoreError>),
+    #[error("the writer thread stopped")]
+    WriterStopped,
     #[error("could not make writes durable: {0}")]
     Commit(#[source] Arc<std::io::Error>),
     #[error("opening the database: {0}")]
@@ -151,6 +156,16 @@ pub struct Recorded {
     pub after: DestRecord,
 }
 
+/// Endpoint records opened before, with the stored bytes they were opened
+/// from (see `Store::get_endpoint_cached`).
+#[derive(Default)]
+pub struct EndpointCache(std::collections::HashMap<Vec<u8>, (sled::IVec, Arc<EndpointRecord>)>);
+
+impl EndpointCache {
+    /// Entries kept at most; when full, it starts over.
+    const CAPACITY: usize = 10_000;
+}
+
 /// How an idempotency key was claimed.
 pub enum IdemClaim {
     /// First use: handle the request, then `idempotency_finish`.
@@ -166,6 +181,9 @@ pub struct Store {
     db: sled::Db,
     /// Every record lives in the default tree (see `keys`).
     tree: Tree,
+    /// Applies the writes of publishes and attempts in groups (see `writer`).
+    /// Declared before `committer` so that it stops first.
+    writer: Arc<writer::Writer>,
     /// Shared by every clone; when the last goes, the commit thread is stopped and
     /// joined, which releases the database (and its lock) deterministically.
     committer: Arc<GroupCommit>,
@@ -297,9 +315,11 @@ impl Store {
         };
         let committer =
             Arc::new(GroupCommit::start(db.clone(), file, before_flush).map_err(StoreError::Open)?);
+        let writer = Arc::new(writer::Writer::start(tree.clone()).map_err(StoreError::Open)?);
         Ok(Store {
             db,
             tree,
+            writer,
             committer,
             keys: Arc::new(keys),
             dir: None,
@@ -632,6 +652,33 @@ impl Store {
         }
     }
 
+    /// Like `get_endpoint`, for a caller that reads the same endpoints again and
+    /// again (the delivery worker): the record is still read every time, but
+    /// opened (decrypted and decoded) only when its stored bytes changed.
+    pub fn get_endpoint_cached(
+        &self,
+        app: &AppId,
+        id: &EndpointId,
+        cache: &mut EndpointCache,
+    ) -> Result<Option<Arc<EndpointRecord>>, StoreError> {
+        let key = keys::endpoint(app, id);
+        let Some(v) = self.tree.get(&key)? else {
+            cache.0.remove(&key);
+            return Ok(None);
+        };
+        if let Some((sealed, ep)) = cache.0.get(&key)
+            && *sealed == v
+        {
+            return Ok(Some(Arc::clone(ep)));
+        }
+        let ep = Arc::new(self.open_endpoint(&key, &v)?);
+        if cache.0.len() >= EndpointCache::CAPACITY {
+            cache.0.clear();
+        }
+        cache.0.insert(key, (v, Arc::clone(&ep)));
+        Ok(Some(ep))
+    }
+
     pub fn get_endpoint(
         &self,
         app: &AppId,
@@ -773,8 +820,9 @@ impl Store {
     // ----- messages -----------------------------------------------------
 
     /// Stores a message and queues one delivery per endpoint in `endpoints`, due at
-    /// `due_ms`, atomically. Not durable until `commit()` returns.
-    pub fn publish(
+    /// `due_ms`, atomically (in a group with other writes: see `writer`).
+    /// Not durable until `commit()` returns.
+    pub async fn publish(
         &self,
         msg: &MessageRecord,
         payload: &[u8],
@@ -812,10 +860,13 @@ impl Store {
                 }
             }
         }
-        let mut batch = sled::Batch::default();
-        batch.insert(keys::message(&msg.app_id, &msg.id), encode(msg));
-        batch.insert(keys::all_messages(&msg.id), msg.app_id.as_str().as_bytes());
-        batch.insert(keys::payload(&msg.id), payload);
+        let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(3 + 3 * endpoints.len());
+        writes.push((keys::message(&msg.app_id, &msg.id), encode(msg)));
+        writes.push((
+            keys::all_messages(&msg.id),
+            msg.app_id.as_str().as_bytes().to_vec(),
+        ));
+        writes.push((keys::payload(&msg.id), payload.to_vec()));
         for ep in endpoints {
             let task = TaskRecord {
                 id: TaskId::new(due_ms),
@@ -832,11 +883,18 @@ impl Store {
                 msg.app_id.clone(),
                 Some(due_ms),
             );
-            batch.insert(keys::dest(&msg.id, &ep.id), encode(&dest));
-            batch.insert(keys::endpoint_msg(&ep.id, &msg.id), &[]);
-            batch.insert(keys::queue(due_ms, &task.id), encode(&task));
+            writes.push((keys::dest(&msg.id, &ep.id), encode(&dest)));
+            writes.push((keys::endpoint_msg(&ep.id, &msg.id), Vec::new()));
+            writes.push((keys::queue(due_ms, &task.id), encode(&task)));
         }
-        self.tree.apply_batch(batch)?;
+        self.writer
+            .write(move |o| {
+                for (k, v) in writes {
+                    o.insert(k, v);
+                }
+                Ok(())
+            })
+            .await?;
         self.count(
             keys::app_message_count(&msg.app_id),
             Counts {
@@ -1084,8 +1142,10 @@ impl Store {
     /// Moves up to `limit` due deliveries to leases expiring at `lease_until_ms`.
     /// `decide` sees each due task in due order and may defer it. At most
     /// `scan_limit` entries are looked at, so a long run of deferred tasks cannot
-    /// make one call expensive.
-    pub fn claim_due(
+    /// make one call expensive. The queue is read here; the moves are written by
+    /// the writer thread (see `writer`), so there must be only one caller at a
+    /// time (the delivery worker).
+    pub async fn claim_due(
         &self,
         now_ms: i64,
         lease_until_ms: i64,
@@ -1094,7 +1154,7 @@ impl Store {
         mut decide: impl FnMut(&TaskRecord) -> Claim,
     ) -> Result<Vec<TaskRecord>, StoreError> {
         let mut taken = Vec::new();
-        let mut batch = sled::Batch::default();
+        let mut moves: Vec<(sled::IVec, Vec<u8>, sled::IVec)> = Vec::new();
         let range = self
             .tree
             .range(vec![keys::ns::QUEUE]..keys::queue_due_end(now_ms))
@@ -1107,20 +1167,28 @@ impl Store {
             let task: TaskRecord = decode(&k, &v)?;
             match decide(&task) {
                 Claim::Take => {
-                    batch.remove(k);
-                    batch.insert(keys::lease(lease_until_ms, &task.id), v);
+                    moves.push((k, keys::lease(lease_until_ms, &task.id), v));
                     taken.push(task);
                 }
                 Claim::Skip => {}
                 Claim::Stop => break,
                 Claim::Defer(due_ms) => {
-                    batch.remove(k);
                     let task = TaskRecord { due_ms, ..task };
-                    batch.insert(keys::queue(due_ms, &task.id), encode(&task));
+                    moves.push((k, keys::queue(due_ms, &task.id), encode(&task).into()));
                 }
             }
         }
-        self.tree.apply_batch(batch)?;
+        if !moves.is_empty() {
+            self.writer
+                .write(move |o| {
+                    for (from, to, value) in moves {
+                        o.remove(from.to_vec());
+                        o.insert(to, value);
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
         Ok(taken)
     }
 
@@ -1175,82 +1243,23 @@ impl Store {
         Ok(())
     }
 
-    /// Records an attempt and what follows it, in one batch: the lease goes away, the
-    /// attempt and its indexes are written, the delivery status is updated, and a
-    /// retry (if any) is queued. Then the per-minute and per-endpoint-hour counters
-    /// are bumped (in memory, merged in batches: see `counters`).
-    pub fn record_attempt(
+    /// Records an attempt and what follows it, in one batch (grouped with other
+    /// writes: see `writer`): the lease goes away, the attempt and its indexes
+    /// are written, the delivery status is updated, and a retry (if any) is
+    /// queued. Then the per-minute and per-endpoint-hour counters are bumped (in
+    /// memory, merged in batches: see `counters`).
+    pub async fn record_attempt(
         &self,
         task: &TaskRecord,
         lease_until_ms: i64,
         attempt: &AttemptRecord,
         next: Next,
     ) -> Result<Recorded, StoreError> {
-        let mut batch = sled::Batch::default();
-        batch.remove(keys::lease(lease_until_ms, &task.id));
-        batch.insert(keys::attempt(&attempt.id), encode(attempt));
-        batch.insert(keys::attempt_by_msg(&task.msg_id, &attempt.id), &[]);
-        batch.insert(keys::attempt_by_ep(&task.ep_id, &attempt.id), &[]);
-        let before = self.dest(&task.msg_id, &task.ep_id)?;
-        let mut dest = before.clone().unwrap_or_else(|| {
-            DestRecord::new(
-                task.msg_id.clone(),
-                task.ep_id.clone(),
-                task.app_id.clone(),
-                None,
-            )
-        });
-        dest.attempts += 1;
-        if attempt.status == MessageStatus::Success {
-            dest.failures_in_row = 0;
-        } else {
-            dest.failures_in_row += 1;
-        }
-        dest.last_attempt_ms = Some(attempt.timestamp_ms);
-        dest.last_status_code = Some(attempt.response_status_code);
-        match next {
-            _ if attempt.status == MessageStatus::Success => {
-                dest.status = MessageStatus::Success;
-                dest.next_attempt_ms = None;
-            }
-            Next::RetryAt(due_ms) => {
-                let retry = TaskRecord {
-                    id: TaskId::new(attempt.timestamp_ms),
-                    attempt: task.attempt + 1,
-                    trigger: AttemptTrigger::Scheduled,
-                    due_ms,
-                    ..task.clone()
-                };
-                batch.insert(keys::queue(due_ms, &retry.id), encode(&retry));
-                dest.status = MessageStatus::Sending;
-                dest.next_attempt_ms = Some(due_ms);
-            }
-            Next::Done => {
-                dest.status = MessageStatus::Fail;
-                dest.next_attempt_ms = None;
-            }
-        }
-        batch.insert(keys::dest(&task.msg_id, &task.ep_id), encode(&dest));
-        if before.is_none() {
-            batch.insert(keys::endpoint_msg(&task.ep_id, &task.msg_id), &[]);
-        }
-        // Index writes only where something changed: most attempts succeed first time.
-        let was_failed = before.as_ref().map(|b| b.status) == Some(MessageStatus::Fail);
-        if was_failed != (dest.status == MessageStatus::Fail) {
-            set_failed_index(&mut batch, &dest);
-        }
-        let clock = keys::failing_since(&task.ep_id);
-        let clock_set = self.tree.contains_key(&clock)?;
-        if attempt.status == MessageStatus::Success {
-            if clock_set {
-                batch.remove(clock);
-            }
-        } else if !clock_set {
-            let mut v = attempt.timestamp_ms.to_le_bytes().to_vec();
-            v.extend_from_slice(task.app_id.as_str().as_bytes());
-            batch.insert(clock, v);
-        }
-        self.tree.apply_batch(batch)?;
+        let (task_c, attempt_c) = (task.clone(), attempt.clone());
+        let recorded = self
+            .writer
+            .write(move |o| stage_attempt(o, &task_c, lease_until_ms, &attempt_c, next))
+            .await?;
         let delta = if attempt.status == MessageStatus::Success {
             Counts {
                 success: 1,
@@ -1267,10 +1276,7 @@ impl Store {
             keys::endpoint_hour_stats(&task.ep_id, attempt.timestamp_ms / 3_600_000),
             delta,
         );
-        Ok(Recorded {
-            before,
-            after: dest,
-        })
+        Ok(recorded)
     }
 
     // ----- idempotency --------------------------------------------------
@@ -1337,12 +1343,119 @@ impl Store {
 }
 
 /// Keeps the dead-letter index in step with a delivery status.
-fn set_failed_index(batch: &mut sled::Batch, dest: &DestRecord) {
+/// The writes of `Store::record_attempt`, staged on the writer thread (reads
+/// first, so that a failed read stages nothing).
+fn stage_attempt(
+    o: &mut writer::Overlay,
+    task: &TaskRecord,
+    lease_until_ms: i64,
+    attempt: &AttemptRecord,
+    next: Next,
+) -> Result<Recorded, StoreError> {
+    let dest_key = keys::dest(&task.msg_id, &task.ep_id);
+    let before: Option<DestRecord> = match o.get(&dest_key)? {
+        Some(v) => Some(decode(&dest_key, &v)?),
+        None => None,
+    };
+    let clock = keys::failing_since(&task.ep_id);
+    let clock_set = o.contains_key(&clock)?;
+
+    o.remove(keys::lease(lease_until_ms, &task.id));
+    o.insert(keys::attempt(&attempt.id), encode(attempt));
+    o.insert(keys::attempt_by_msg(&task.msg_id, &attempt.id), &[][..]);
+    o.insert(keys::attempt_by_ep(&task.ep_id, &attempt.id), &[][..]);
+    let mut dest = before.clone().unwrap_or_else(|| {
+        DestRecord::new(
+            task.msg_id.clone(),
+            task.ep_id.clone(),
+            task.app_id.clone(),
+            None,
+        )
+    });
+    dest.attempts += 1;
+    if attempt.status == MessageStatus::Success {
+        dest.failures_in_row = 0;
+    } else {
+        dest.failures_in_row += 1;
+    }
+    dest.last_attempt_ms = Some(attempt.timestamp_ms);
+    dest.last_status_code = Some(attempt.response_status_code);
+    match next {
+        _ if attempt.status == MessageStatus::Success => {
+            dest.status = MessageStatus::Success;
+            dest.next_attempt_ms = None;
+        }
+        Next::RetryAt(due_ms) => {
+            let retry = TaskRecord {
+                id: TaskId::new(attempt.timestamp_ms),
+                attempt: task.attempt + 1,
+                trigger: AttemptTrigger::Scheduled,
+                due_ms,
+                ..task.clone()
+            };
+            o.insert(keys::queue(due_ms, &retry.id), encode(&retry));
+            dest.status = MessageStatus::Sending;
+            dest.next_attempt_ms = Some(due_ms);
+        }
+        Next::Done => {
+            dest.status = MessageStatus::Fail;
+            dest.next_attempt_ms = None;
+        }
+    }
+    o.insert(dest_key, encode(&dest));
+    if before.is_none() {
+        o.insert(keys::endpoint_msg(&task.ep_id, &task.msg_id), &[][..]);
+    }
+    // Index writes only where something changed: most attempts succeed first time.
+    let was_failed = before.as_ref().map(|b| b.status) == Some(MessageStatus::Fail);
+    if was_failed != (dest.status == MessageStatus::Fail) {
+        set_failed_index(o, &dest);
+    }
+    if attempt.status == MessageStatus::Success {
+        if clock_set {
+            o.remove(clock);
+        }
+    } else if !clock_set {
+        let mut v = attempt.timestamp_ms.to_le_bytes().to_vec();
+        v.extend_from_slice(task.app_id.as_str().as_bytes());
+        o.insert(clock, v);
+    }
+    Ok(Recorded {
+        before,
+        after: dest,
+    })
+}
+
+/// Where writes are staged: a sled batch, or the writer's overlay.
+trait Stage {
+    fn put(&mut self, key: Vec<u8>, value: &[u8]);
+    fn del(&mut self, key: Vec<u8>);
+}
+
+impl Stage for sled::Batch {
+    fn put(&mut self, key: Vec<u8>, value: &[u8]) {
+        self.insert(key, value);
+    }
+    fn del(&mut self, key: Vec<u8>) {
+        self.remove(key);
+    }
+}
+
+impl Stage for writer::Overlay {
+    fn put(&mut self, key: Vec<u8>, value: &[u8]) {
+        self.insert(key, value);
+    }
+    fn del(&mut self, key: Vec<u8>) {
+        self.remove(key);
+    }
+}
+
+fn set_failed_index(batch: &mut impl Stage, dest: &DestRecord) {
     let key = keys::failed(&dest.msg_id, &dest.ep_id);
     if dest.status == MessageStatus::Fail {
-        batch.insert(key, &[]);
+        batch.put(key, &[]);
     } else {
-        batch.remove(key);
+        batch.del(key);
     }
 }
 

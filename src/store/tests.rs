@@ -98,7 +98,7 @@ async fn publish_claim_fail_retry_then_succeed() {
     let ep = endpoint(&a.id, &[]);
     s.create_endpoint(&ep).unwrap().unwrap();
     let m = message(&a.id, 1_000, None);
-    let out = s.publish(&m, b"{\"a\":1}", &[&ep], 1_000).unwrap();
+    let out = s.publish(&m, b"{\"a\":1}", &[&ep], 1_000).await.unwrap();
     assert!(matches!(out, Published::Created { endpoints: 1 }));
     s.commit().await.unwrap();
     assert_eq!(s.payload(&m.id).unwrap().unwrap(), b"{\"a\":1}");
@@ -107,11 +107,13 @@ async fn publish_claim_fail_retry_then_succeed() {
     // Nothing is due before its time.
     assert!(
         s.claim_due(999, 60_000, 10, 100, |_| Claim::Take)
+            .await
             .unwrap()
             .is_empty()
     );
     let tasks = s
         .claim_due(1_000, 60_000, 10, 100, |_| Claim::Take)
+        .await
         .unwrap();
     assert_eq!(tasks.len(), 1);
     assert_eq!(s.queue_depth(), (0, 1));
@@ -123,6 +125,7 @@ async fn publish_claim_fail_retry_then_succeed() {
             &attempt(&tasks[0], false, 1_010),
             Next::RetryAt(2_000),
         )
+        .await
         .unwrap();
     assert_eq!(dest.after.status, MessageStatus::Sending);
     assert_eq!(dest.after.failures_in_row, 1);
@@ -130,6 +133,7 @@ async fn publish_claim_fail_retry_then_succeed() {
 
     let tasks = s
         .claim_due(2_000, 70_000, 10, 100, |_| Claim::Take)
+        .await
         .unwrap();
     assert_eq!(tasks[0].attempt, 1);
     let dest = s
@@ -139,6 +143,7 @@ async fn publish_claim_fail_retry_then_succeed() {
             &attempt(&tasks[0], true, 2_010),
             Next::RetryAt(9_000),
         )
+        .await
         .unwrap();
     assert_eq!(dest.after.status, MessageStatus::Success);
     assert_eq!(dest.after.failures_in_row, 0);
@@ -159,36 +164,44 @@ async fn publish_claim_fail_retry_then_succeed() {
     assert_eq!(by_ep.items[0].status, MessageStatus::Success);
 }
 
-#[test]
-fn expired_leases_go_back_to_the_queue() {
+#[tokio::test]
+async fn expired_leases_go_back_to_the_queue() {
     let s = Store::temporary().unwrap();
     let a = app(None);
     let ep = endpoint(&a.id, &[]);
     s.publish(&message(&a.id, 10, None), b"{}", &[&ep], 10)
+        .await
         .unwrap();
-    let claimed = s.claim_due(10, 500, 10, 100, |_| Claim::Take).unwrap();
+    let claimed = s
+        .claim_due(10, 500, 10, 100, |_| Claim::Take)
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(s.release_expired_leases(499, 499).unwrap(), 0);
     assert_eq!(s.release_expired_leases(500, 500).unwrap(), 1);
-    let again = s.claim_due(500, 900, 10, 100, |_| Claim::Take).unwrap();
+    let again = s
+        .claim_due(500, 900, 10, 100, |_| Claim::Take)
+        .await
+        .unwrap();
     assert_eq!(again[0].id, claimed[0].id);
 }
 
 /// A store with five deliveries to one endpoint, due at 10..=14.
-fn five_queued_for_one_endpoint() -> Store {
+async fn five_queued_for_one_endpoint() -> Store {
     let s = Store::temporary().unwrap();
     let a = app(None);
     let ep = endpoint(&a.id, &[]);
     for i in 0..5 {
         s.publish(&message(&a.id, 10 + i, None), b"{}", &[&ep], 10 + i)
+            .await
             .unwrap();
     }
     s
 }
 
-#[test]
-fn deferred_tasks_move_back_in_the_queue() {
-    let s = five_queued_for_one_endpoint();
+#[tokio::test]
+async fn deferred_tasks_move_back_in_the_queue() {
+    let s = five_queued_for_one_endpoint().await;
     let mut n = 0;
     let got = s
         .claim_due(100, 500, 10, 100, |_| {
@@ -199,20 +212,22 @@ fn deferred_tasks_move_back_in_the_queue() {
                 Claim::Defer(1_000)
             }
         })
+        .await
         .unwrap();
     assert_eq!(got.len(), 2);
     assert_eq!(s.queue_depth(), (3, 2));
     assert_eq!(s.next_due_ms().unwrap(), Some(1_000));
     assert!(
         s.claim_due(999, 500, 10, 100, |_| Claim::Take)
+            .await
             .unwrap()
             .is_empty()
     );
 }
 
-#[test]
-fn skipped_tasks_stay_in_place_and_stop_ends_the_scan() {
-    let s = five_queued_for_one_endpoint();
+#[tokio::test]
+async fn skipped_tasks_stay_in_place_and_stop_ends_the_scan() {
+    let s = five_queued_for_one_endpoint().await;
     let mut seen = Vec::new();
     let got = s
         .claim_due(100, 500, 10, 100, |t| {
@@ -223,6 +238,7 @@ fn skipped_tasks_stay_in_place_and_stop_ends_the_scan() {
                 _ => Claim::Stop,
             }
         })
+        .await
         .unwrap();
     assert_eq!(seen, [10, 11, 12, 13], "the scan ends at the first Stop");
     assert_eq!(got.len(), 1);
@@ -252,14 +268,14 @@ fn cadence_merges_several_observations_in_order() {
     assert_eq!(all[0].2.last_ms, 4_000);
 }
 
-#[test]
-fn duplicate_event_id_is_reported() {
+#[tokio::test]
+async fn duplicate_event_id_is_reported() {
     let s = Store::temporary().unwrap();
     let a = app(None);
     let first = message(&a.id, 10, Some("evt-1"));
-    s.publish(&first, b"{}", &[], 10).unwrap();
+    s.publish(&first, b"{}", &[], 10).await.unwrap();
     let again = message(&a.id, 11, Some("evt-1"));
-    match s.publish(&again, b"{}", &[], 11).unwrap() {
+    match s.publish(&again, b"{}", &[], 11).await.unwrap() {
         Published::DuplicateEventId(id) => assert_eq!(id, first.id),
         other => panic!("expected a duplicate, got {other:?}"),
     }
@@ -269,17 +285,16 @@ fn duplicate_event_id_is_reported() {
     );
 }
 
-#[test]
-fn pages_walk_both_ways_without_gaps() {
+#[tokio::test]
+async fn pages_walk_both_ways_without_gaps() {
     let s = Store::temporary().unwrap();
     let a = app(None);
-    let ids: Vec<MessageId> = (0..7)
-        .map(|i| {
-            let m = message(&a.id, 100 + i, None);
-            s.publish(&m, b"{}", &[], 100 + i).unwrap();
-            m.id
-        })
-        .collect();
+    let mut ids: Vec<MessageId> = Vec::new();
+    for i in 0..7 {
+        let m = message(&a.id, 100 + i, None);
+        s.publish(&m, b"{}", &[], 100 + i).await.unwrap();
+        ids.push(m.id);
+    }
     for order in [Order::Descending, Order::Ascending] {
         let mut req = PageReq {
             order,
@@ -343,15 +358,15 @@ fn idempotency_replays_and_expires() {
     ));
 }
 
-#[test]
-fn delete_app_removes_its_data() {
+#[tokio::test]
+async fn delete_app_removes_its_data() {
     let s = Store::temporary().unwrap();
     let a = app(Some("gone"));
     s.create_app(&a).unwrap().unwrap();
     let ep = endpoint(&a.id, &[]);
     s.create_endpoint(&ep).unwrap().unwrap();
     let m = message(&a.id, 10, Some("e1"));
-    s.publish(&m, b"{}", &[&ep], 10).unwrap();
+    s.publish(&m, b"{}", &[&ep], 10).await.unwrap();
     s.delete_app(&a).unwrap();
     assert!(s.find_app("gone").unwrap().is_none());
     assert!(s.find_message(&a.id, "e1").unwrap().is_none());
@@ -359,19 +374,21 @@ fn delete_app_removes_its_data() {
     assert!(s.dest(&m.id, &ep.id).unwrap().is_none());
 }
 
-#[test]
-fn dead_letter_index_follows_the_status() {
+#[tokio::test]
+async fn dead_letter_index_follows_the_status() {
     let s = Store::temporary().unwrap();
     let a = app(None);
     let ep = endpoint(&a.id, &[]);
     s.create_endpoint(&ep).unwrap().unwrap();
     let m = message(&a.id, 10, None);
-    s.publish(&m, b"{}", &[&ep], 10).unwrap();
+    s.publish(&m, b"{}", &[&ep], 10).await.unwrap();
     let t = s
         .claim_due(10, 500, 10, 100, |_| Claim::Take)
+        .await
         .unwrap()
         .remove(0);
     s.record_attempt(&t, 500, &attempt(&t, false, 20), Next::Done)
+        .await
         .unwrap();
     let failed = s.failed_deliveries(&PageReq::first(10)).unwrap();
     assert_eq!(failed.items.len(), 1);
@@ -399,9 +416,11 @@ fn dead_letter_index_follows_the_status() {
     );
     let t = s
         .claim_due(30, 600, 10, 100, |_| Claim::Take)
+        .await
         .unwrap()
         .remove(0);
     s.record_attempt(&t, 600, &attempt(&t, true, 40), Next::Done)
+        .await
         .unwrap();
     assert!(
         s.failed_deliveries(&PageReq::first(10))
@@ -430,8 +449,8 @@ fn dead_letter_index_follows_the_status() {
     assert_eq!(s.app_message_count(&a.id).unwrap(), 1);
 }
 
-#[test]
-fn scan_limit_cuts_a_page_and_says_where_to_resume() {
+#[tokio::test]
+async fn scan_limit_cuts_a_page_and_says_where_to_resume() {
     let s = Store::temporary().unwrap();
     let a = app(None);
     let b = AppRecord {
@@ -442,7 +461,7 @@ fn scan_limit_cuts_a_page_and_says_where_to_resume() {
     for i in 0..10 {
         let owner = if i == 2 { &b } else { &a };
         let m = message(&owner.id, 100 + i, None);
-        s.publish(&m, b"{}", &[], 100 + i).unwrap();
+        s.publish(&m, b"{}", &[], 100 + i).await.unwrap();
         ids.push(m.id);
     }
     let all = s.list_all_messages(&PageReq::first(50), |_| true).unwrap();
@@ -463,8 +482,8 @@ fn scan_limit_cuts_a_page_and_says_where_to_resume() {
     assert_eq!(second.items[0].id, ids[2]);
 }
 
-#[test]
-fn reconcile_requeues_orphans_releases_leases_and_repairs_dead_letters() {
+#[tokio::test]
+async fn reconcile_requeues_orphans_releases_leases_and_repairs_dead_letters() {
     let s = Store::temporary().unwrap();
     let a = app(None);
     let ep = endpoint(&a.id, &[]);
@@ -472,15 +491,19 @@ fn reconcile_requeues_orphans_releases_leases_and_repairs_dead_letters() {
     let leased = message(&a.id, 11, None);
     let failed = message(&a.id, 12, None);
     for m in [&orphan, &leased, &failed] {
-        s.publish(m, b"{}", &[&ep], 20).unwrap();
+        s.publish(m, b"{}", &[&ep], 20).await.unwrap();
     }
-    let tasks = s.claim_due(20, 100, 10, 100, |_| Claim::Take).unwrap();
+    let tasks = s
+        .claim_due(20, 100, 10, 100, |_| Claim::Take)
+        .await
+        .unwrap();
     // The orphan: its lease vanished (as after a lost write), its status still pending.
     let t_orphan = tasks.iter().find(|t| t.msg_id == orphan.id).unwrap();
     s.drop_task(t_orphan, 100, None).unwrap();
     // The failed one: recorded as failed, then its dead-letter entry lost.
     let t_failed = tasks.iter().find(|t| t.msg_id == failed.id).unwrap();
     s.record_attempt(t_failed, 100, &attempt(t_failed, false, 30), Next::Done)
+        .await
         .unwrap();
     s.tree.remove(keys::failed(&failed.id, &ep.id)).unwrap();
     // A stray dead-letter entry for a delivered message.
@@ -502,6 +525,7 @@ fn reconcile_requeues_orphans_releases_leases_and_repairs_dead_letters() {
     assert_eq!(failed_list[0].msg_id, failed.id);
     let due: Vec<MessageId> = s
         .claim_due(500, 900, 10, 100, |_| Claim::Take)
+        .await
         .unwrap()
         .into_iter()
         .map(|t| t.msg_id)
@@ -534,8 +558,8 @@ fn cadence_learns_the_usual_gap() {
     assert!((cadence.mean_gap_ms - 1_000.0).abs() < 1e-9);
 }
 
-#[test]
-fn retention_keeps_undelivered_messages() {
+#[tokio::test]
+async fn retention_keeps_undelivered_messages() {
     let s = Store::temporary().unwrap();
     let a = app(None);
     let ep = endpoint(&a.id, &[]);
@@ -543,12 +567,19 @@ fn retention_keeps_undelivered_messages() {
     let delivered = message(&a.id, 10, None);
     let failing = message(&a.id, 11, None);
     let orphan = message(&a.id, 12, None); // no endpoint: delivered to nobody, nothing owed
-    s.publish(&delivered, b"{\"d\":1}", &[&ep], 20).unwrap();
-    s.publish(&failing, b"{\"f\":1}", &[&ep], 20).unwrap();
-    s.publish(&orphan, b"{}", &[], 20).unwrap();
-    for t in s.claim_due(20, 100, 10, 100, |_| Claim::Take).unwrap() {
+    s.publish(&delivered, b"{\"d\":1}", &[&ep], 20)
+        .await
+        .unwrap();
+    s.publish(&failing, b"{\"f\":1}", &[&ep], 20).await.unwrap();
+    s.publish(&orphan, b"{}", &[], 20).await.unwrap();
+    for t in s
+        .claim_due(20, 100, 10, 100, |_| Claim::Take)
+        .await
+        .unwrap()
+    {
         let ok = t.msg_id == delivered.id;
         s.record_attempt(&t, 100, &attempt(&t, ok, 30), Next::Done)
+            .await
             .unwrap();
     }
     // Payload retention: the delivered and the orphan go, the failed one stays.
@@ -593,19 +624,21 @@ fn retention_keeps_undelivered_messages() {
     );
 }
 
-#[test]
-fn failing_clock_starts_at_the_first_failure_and_a_success_resets_it() {
+#[tokio::test]
+async fn failing_clock_starts_at_the_first_failure_and_a_success_resets_it() {
     let s = Store::temporary().unwrap();
     let a = app(None);
     let ep = endpoint(&a.id, &[]);
     for (i, ok) in [(0, false), (1, false)] {
         let m = message(&a.id, 10 + i, None);
-        s.publish(&m, b"{}", &[&ep], 20).unwrap();
+        s.publish(&m, b"{}", &[&ep], 20).await.unwrap();
         let t = s
             .claim_due(20, 100, 1, 100, |_| Claim::Take)
+            .await
             .unwrap()
             .remove(0);
         s.record_attempt(&t, 100, &attempt(&t, ok, 30 + i), Next::Done)
+            .await
             .unwrap();
     }
     assert_eq!(
@@ -613,12 +646,14 @@ fn failing_clock_starts_at_the_first_failure_and_a_success_resets_it() {
         vec![(a.id.clone(), ep.id.clone(), 30)]
     );
     let m = message(&a.id, 50, None);
-    s.publish(&m, b"{}", &[&ep], 60).unwrap();
+    s.publish(&m, b"{}", &[&ep], 60).await.unwrap();
     let t = s
         .claim_due(60, 100, 1, 100, |_| Claim::Take)
+        .await
         .unwrap()
         .remove(0);
     s.record_attempt(&t, 100, &attempt(&t, true, 70), Next::Done)
+        .await
         .unwrap();
     assert!(s.failing_since().unwrap().is_empty());
 }
@@ -688,15 +723,17 @@ fn writes_wait_while_a_backup_is_taken() {
     writer.join().unwrap();
 }
 
-#[test]
-fn counters_bumped_in_memory_survive_a_clean_close() {
+#[tokio::test]
+async fn counters_bumped_in_memory_survive_a_clean_close() {
     let key = DataKey::generate();
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path(), 1 << 20, Keyring::new(key.clone())).unwrap();
     let a = app(None);
     s.create_app(&a).unwrap().unwrap();
     for t in [10, 20] {
-        s.publish(&message(&a.id, t, None), b"{}", &[], t).unwrap();
+        s.publish(&message(&a.id, t, None), b"{}", &[], t)
+            .await
+            .unwrap();
     }
     // Nobody read them, so they are still in memory: closing merges them.
     drop(s);
