@@ -285,7 +285,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         );
         actix_rt::spawn(async move {
             if let Err(e) = delivery::run(store, cfg, handle, ops, roots, metrics, shutdown).await {
-                tracing::error!(error = %e, "the delivery worker stopped on a database error");
+                tracing::error!(error = %e, "the delivery worker stopped");
             }
         })
     };

@@ -136,6 +136,7 @@ struct RawOperational {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDelivery {
+    threads: u32,
     max_in_flight: u32,
     max_per_endpoint: u32,
     retry_jitter: f64,
@@ -223,6 +224,8 @@ pub struct DeliveryConfig {
     pub retry_schedule: Vec<Duration>,
     pub request_timeout: Duration,
     pub allow_subnets: Vec<IpNet>,
+    /// Delivery threads (each with its own HTTP client); at least one.
+    pub threads: usize,
     pub max_in_flight: usize,
     pub max_per_endpoint: usize,
     pub retry_jitter: f64,
@@ -528,6 +531,10 @@ impl TryFrom<RawConfig> for Config {
                 retry_schedule,
                 request_timeout,
                 allow_subnets,
+                threads: match d.threads {
+                    0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    n => n as usize,
+                },
                 max_in_flight: d.max_in_flight as usize,
                 max_per_endpoint: d.max_per_endpoint as usize,
                 retry_jitter: d.retry_jitter,

@@ -1,10 +1,13 @@
 //! The delivery worker: claims due deliveries, signs and POSTs them, records
 //! every attempt and schedules retries.
 //!
-//! Runs on one thread (`awc::Client` is `!Send`) as many concurrent local
-//! tasks, capped overall (`max_in_flight`) and per endpoint
-//! (`max_per_endpoint`) so a slow endpoint cannot hold every slot. Must not
-//! import actix-web's server side; the API wakes it through `DeliveryHandle`.
+//! One loop (`run`) claims due deliveries and hands them out, in turn, to the
+//! delivery threads (`delivery.threads`, by default one per core). Each
+//! thread has its own HTTP client (`awc::Client` is `!Send`) and runs its
+//! attempts as local tasks. The slots are shared: attempts in flight are capped
+//! overall (`max_in_flight`) and per endpoint (`max_per_endpoint`) so a slow
+//! endpoint cannot hold every slot. Must not import actix-web's server side;
+//! the API wakes the worker through `DeliveryHandle`.
 
 pub mod client;
 pub mod netguard;
@@ -14,7 +17,7 @@ pub mod retry;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -91,23 +94,41 @@ const CLAIM_GATHER: Duration = Duration::from_millis(1);
 /// Longest the worker sleeps without looking at the queue (a safety net; wake-ups are explicit).
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
-struct Worker {
+/// What the claiming loop and every delivery thread share.
+struct Shared {
     store: Store,
     cfg: DeliveryConfig,
-    sender: Sender,
     lease_ms: i64,
-    /// Attempts in flight per endpoint. Only touched on the worker thread.
-    per_endpoint: RefCell<HashMap<EndpointId, Slots>>,
-    /// Mean attempt duration (ms, moving average) per endpoint that had one.
-    mean_ms: RefCell<HashMap<EndpointId, f64>>,
-    in_flight: RefCell<usize>,
-    /// Endpoint records already decrypted (see `Store::get_endpoint_cached`).
-    endpoints: RefCell<EndpointCache>,
+    slots: Mutex<SlotBook>,
     /// Signalled whenever an attempt finishes and frees a slot.
     freed: Notify,
     handle: DeliveryHandle,
     ops: Operational,
     metrics: Arc<Metrics>,
+}
+
+/// Who holds which slots.
+#[derive(Default)]
+struct SlotBook {
+    /// Attempts in flight per endpoint.
+    per_endpoint: HashMap<EndpointId, Slots>,
+    /// Mean attempt duration (ms, moving average) per endpoint that had one.
+    mean_ms: HashMap<EndpointId, f64>,
+    in_flight: usize,
+}
+
+/// One delivery thread's own part.
+struct Lane {
+    shared: Arc<Shared>,
+    sender: Sender,
+    /// Endpoint records already decrypted (see `Store::get_endpoint_cached`).
+    endpoints: RefCell<EndpointCache>,
+}
+
+/// A delivery thread, as the claiming loop sees it.
+struct LaneHandle {
+    tx: tokio::sync::mpsc::UnboundedSender<(TaskRecord, i64)>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 /// One endpoint's attempts in flight.
@@ -140,33 +161,68 @@ pub async fn run(
     roots: TlsRoots,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-) -> Result<(), StoreError> {
-    let sender = Sender::new(
-        NetGuard::new(cfg.allow_subnets.clone()),
-        roots,
-        cfg.request_timeout,
-        cfg.max_in_flight,
-        cfg.max_response_body_bytes,
-    );
-    let worker = Rc::new(Worker {
+) -> Result<(), RunError> {
+    let shared = Arc::new(Shared {
         lease_ms: (cfg.request_timeout + cfg.lease_margin).as_millis() as i64,
         store,
         cfg,
-        sender,
-        per_endpoint: RefCell::new(HashMap::new()),
-        mean_ms: RefCell::new(HashMap::new()),
-        in_flight: RefCell::new(0),
-        endpoints: RefCell::default(),
+        slots: Mutex::default(),
         freed: Notify::new(),
         handle: handle.clone(),
         ops,
         metrics,
     });
+    let lanes = (0..shared.cfg.threads)
+        .map(|i| start_lane(i, Arc::clone(&shared), roots.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(RunError::Thread)?;
+    let result = claim_and_hand_out(&shared, &lanes, &handle, &shutdown).await;
+    // Let attempts in flight finish, within the request timeout.
+    let deadline = tokio::time::Instant::now() + shared.cfg.request_timeout;
+    while shared.in_flight() > 0 {
+        if tokio::time::timeout_at(deadline, shared.freed.notified())
+            .await
+            .is_err()
+        {
+            warn!(
+                in_flight = shared.in_flight(),
+                "stopping with attempts in flight; they are re-queued at the next start"
+            );
+            break;
+        }
+    }
+    for lane in lanes {
+        drop(lane.tx);
+        if lane.thread.join().is_err() {
+            tracing::error!("a delivery thread panicked");
+        }
+    }
+    result.map_err(RunError::Store)
+}
+
+/// Why the worker stopped before it was told to.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("starting a delivery thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The claiming loop: until `shutdown`, claims what is due and free to go and
+/// hands it to the delivery threads in turn.
+async fn claim_and_hand_out(
+    shared: &Arc<Shared>,
+    lanes: &[LaneHandle],
+    handle: &DeliveryHandle,
+    shutdown: &CancellationToken,
+) -> Result<(), StoreError> {
+    let mut turn = 0;
     let mut next_sweep = tokio::time::Instant::now() + LEASE_SWEEP;
     while !shutdown.is_cancelled() {
         let now = now_ms();
         if tokio::time::Instant::now() >= next_sweep {
-            let n = worker.store.release_expired_leases(now, now)?;
+            let n = shared.store.release_expired_leases(now, now)?;
             if n > 0 {
                 warn!(
                     released = n,
@@ -175,27 +231,16 @@ pub async fn run(
             }
             next_sweep = tokio::time::Instant::now() + LEASE_SWEEP;
         }
-        let claimed = worker.claim(now).await?;
-        for (task, lease) in claimed {
-            let w = Rc::clone(&worker);
-            actix_rt::spawn(async move {
-                let span = info_span!(
-                    "deliver",
-                    app_id = %task.app_id,
-                    message_id = %task.msg_id,
-                    endpoint_id = %task.ep_id,
-                    attempt = task.attempt,
-                    attempt_id = tracing::field::Empty,
-                );
-                let started = tokio::time::Instant::now();
-                if let Err(e) = w.deliver(&task, lease).instrument(span).await {
-                    tracing::error!(error = %e, message_id = %task.msg_id, "recording a delivery failed; its lease will expire and it will be retried");
-                }
-                w.finish(&task.ep_id, started.elapsed());
-            });
+        for (task, lease) in shared.claim(now).await? {
+            turn = (turn + 1) % lanes.len();
+            if let Err(unsent) = lanes[turn].tx.send((task, lease)) {
+                let (task, _) = unsent.0;
+                tracing::error!(message_id = %task.msg_id, "a delivery thread is gone; the delivery's lease will expire and it will be retried");
+                shared.finish(&task.ep_id, Duration::ZERO);
+            }
         }
-        let wait = match worker.store.next_due_ms()? {
-            _ if *worker.in_flight.borrow() >= worker.cfg.max_in_flight => IDLE_TICK,
+        let wait = match shared.store.next_due_ms()? {
+            _ if shared.in_flight() >= shared.cfg.max_in_flight => IDLE_TICK,
             Some(due) if due > now => Duration::from_millis((due - now) as u64).min(IDLE_TICK),
             // Due now but every candidate was capped or we just claimed: look again when a slot frees.
             Some(_) => IDLE_TICK,
@@ -204,13 +249,13 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = handle.notify.notified() => {}
-            _ = worker.freed.notified() => {
+            _ = shared.freed.notified() => {
                 // Under load, let a few more attempts finish first, so that one
                 // claim (one pass over the queue) takes several deliveries.
                 let deadline = tokio::time::Instant::now() + CLAIM_GATHER;
                 let mut freed = 1;
-                while freed < CLAIM_BATCH && *worker.in_flight.borrow() >= CLAIM_BATCH {
-                    if tokio::time::timeout_at(deadline, worker.freed.notified()).await.is_err() {
+                while freed < CLAIM_BATCH && shared.in_flight() >= CLAIM_BATCH {
+                    if tokio::time::timeout_at(deadline, shared.freed.notified()).await.is_err() {
                         break;
                     }
                     freed += 1;
@@ -219,31 +264,66 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
         }
     }
-    // Let attempts in flight finish, within the request timeout.
-    let deadline = tokio::time::Instant::now() + worker.cfg.request_timeout;
-    while *worker.in_flight.borrow() > 0 {
-        if tokio::time::timeout_at(deadline, worker.freed.notified())
-            .await
-            .is_err()
-        {
-            warn!(
-                in_flight = *worker.in_flight.borrow(),
-                "stopping with attempts in flight; they are re-queued at the next start"
-            );
-            break;
-        }
-    }
     Ok(())
 }
 
-impl Worker {
+/// Starts delivery thread `i`: it makes its own HTTP client and runs every
+/// delivery it is handed as a local task, until its channel closes.
+fn start_lane(i: usize, shared: Arc<Shared>, roots: TlsRoots) -> std::io::Result<LaneHandle> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(TaskRecord, i64)>();
+    let thread = std::thread::Builder::new()
+        .name(format!("webhookd-deliver-{i}"))
+        .spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let cfg = &shared.cfg;
+                let sender = Sender::new(
+                    NetGuard::new(cfg.allow_subnets.clone()),
+                    roots,
+                    cfg.request_timeout,
+                    cfg.max_in_flight,
+                    cfg.max_response_body_bytes,
+                );
+                let lane = Rc::new(Lane {
+                    shared,
+                    sender,
+                    endpoints: RefCell::default(),
+                });
+                while let Some((task, lease)) = rx.recv().await {
+                    let lane = Rc::clone(&lane);
+                    actix_rt::spawn(async move {
+                        let span = info_span!(
+                            "deliver",
+                            app_id = %task.app_id,
+                            message_id = %task.msg_id,
+                            endpoint_id = %task.ep_id,
+                            attempt = task.attempt,
+                            attempt_id = tracing::field::Empty,
+                        );
+                        let started = tokio::time::Instant::now();
+                        if let Err(e) = lane.deliver(&task, lease).instrument(span).await {
+                            tracing::error!(error = %e, message_id = %task.msg_id, "recording a delivery failed; its lease will expire and it will be retried");
+                        }
+                        lane.shared.finish(&task.ep_id, started.elapsed());
+                    });
+                }
+            })
+        })?;
+    Ok(LaneHandle { tx, thread })
+}
+
+impl Shared {
+    fn book(&self) -> std::sync::MutexGuard<'_, SlotBook> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.book().in_flight
+    }
+
     /// Leases as many due deliveries as there are free slots, honouring the per-endpoint cap.
     /// Returns each task with the expiry of its lease.
     async fn claim(&self, now: i64) -> Result<Vec<(TaskRecord, i64)>, StoreError> {
-        let free = self
-            .cfg
-            .max_in_flight
-            .saturating_sub(*self.in_flight.borrow());
+        let free = self.cfg.max_in_flight.saturating_sub(self.in_flight());
         if free == 0 {
             return Ok(Vec::new());
         }
@@ -254,16 +334,17 @@ impl Worker {
         let tasks = self
             .store
             .claim_due(now, lease, free, free * 4 + 64, |t| {
-                let mut per_ep = self.per_endpoint.borrow_mut();
-                let slots = per_ep.entry(t.ep_id.clone()).or_insert(Slots {
+                let mut book = self.book();
+                let mean = book.mean_ms.get(&t.ep_id).map_or(0, |m| *m as i64);
+                let slots = book.per_endpoint.entry(t.ep_id.clone()).or_insert(Slots {
                     in_flight: 0,
                     progress_ms: now,
                 });
                 if slots.in_flight < cap {
                     slots.in_flight += 1;
+                    book.in_flight += 1;
                     return Claim::Take;
                 }
-                let mean = self.mean_ms.borrow().get(&t.ep_id).map_or(0, |m| *m as i64);
                 let stuck = (now - slots.progress_ms).max(mean);
                 if stuck < SLOW_AFTER_MS {
                     skipped += 1;
@@ -277,32 +358,34 @@ impl Worker {
                 }
             })
             .await?;
-        *self.in_flight.borrow_mut() += tasks.len();
         Ok(tasks.into_iter().map(|t| (t, lease)).collect())
     }
 
     fn finish(&self, ep: &EndpointId, took: Duration) {
         let took = took.as_millis() as f64;
-        self.mean_ms
-            .borrow_mut()
-            .entry(ep.clone())
-            .and_modify(|m| *m = 0.8 * *m + 0.2 * took)
-            .or_insert(took);
-        let mut per_ep = self.per_endpoint.borrow_mut();
-        if let Some(slots) = per_ep.get_mut(ep) {
-            slots.in_flight -= 1;
-            slots.progress_ms = now_ms();
-            if slots.in_flight == 0 {
-                per_ep.remove(ep);
+        {
+            let mut book = self.book();
+            book.mean_ms
+                .entry(ep.clone())
+                .and_modify(|m| *m = 0.8 * *m + 0.2 * took)
+                .or_insert(took);
+            if let Some(slots) = book.per_endpoint.get_mut(ep) {
+                slots.in_flight -= 1;
+                slots.progress_ms = now_ms();
+                if slots.in_flight == 0 {
+                    book.per_endpoint.remove(ep);
+                }
             }
+            book.in_flight -= 1;
         }
-        *self.in_flight.borrow_mut() -= 1;
         self.freed.notify_one();
     }
+}
 
+impl Lane {
     /// One attempt of one task, recorded with what follows it.
     async fn deliver(&self, task: &TaskRecord, lease: i64) -> Result<(), StoreError> {
-        let store = &self.store;
+        let store = &self.shared.store;
         let ep = store.get_endpoint_cached(
             &task.app_id,
             &task.ep_id,
@@ -382,13 +465,13 @@ impl Worker {
             Next::Done
         } else {
             match retry::next_delay(
-                &self.cfg.retry_schedule,
+                &self.shared.cfg.retry_schedule,
                 task.attempt,
-                self.cfg.retry_jitter,
+                self.shared.cfg.retry_jitter,
                 rand::random::<f64>(),
                 resp.retry_after
                     .filter(|_| matches!(resp.status, 429 | 503)),
-                self.cfg.retry_after_max,
+                self.shared.cfg.retry_after_max,
             ) {
                 Some(d) => Next::RetryAt(now_ms() + d.as_millis() as i64),
                 None => Next::Done,
@@ -430,15 +513,16 @@ impl Worker {
         };
         tracing::Span::current().record("attempt_id", attempt.id.as_str());
         let recorded = store.record_attempt(task, lease, &attempt, next).await?;
-        self.metrics.attempt(success, status, duration);
+        self.shared.metrics.attempt(success, status, duration);
         if task.attempt == 0 && task.trigger == AttemptTrigger::Scheduled {
-            self.metrics
+            self.shared
+                .metrics
                 .first_attempt_after(now_ms() - task.msg_id.created_ms());
         }
         if matches!(next, Next::RetryAt(_)) {
-            self.metrics.retries_scheduled.inc();
+            self.shared.metrics.retries_scheduled.inc();
         }
-        let _ = self.handle.landed.send(Landed {
+        let _ = self.shared.handle.landed.send(Landed {
             msg_id: attempt.msg_id.clone(),
             ep_id: attempt.ep_id.clone(),
             attempt_id: attempt.id.clone(),
@@ -450,16 +534,16 @@ impl Worker {
                 store.put_endpoint(&current)?;
                 warn!("endpoint answered 410 Gone and was disabled");
                 if let (false, Some(app)) = (
-                    self.ops.is_reserved(&task.app_id),
+                    self.shared.ops.is_reserved(&task.app_id),
                     store.find_app(task.app_id.as_str())?,
                 ) {
                     let mut data = operational::endpoint_data(&app, &current);
                     data["reason"] = "gone".into();
-                    self.ops.emit("endpoint.disabled", data).await;
+                    self.shared.ops.emit("endpoint.disabled", data).await;
                 }
             }
         }
-        if !self.ops.is_reserved(&task.app_id) {
+        if !self.shared.ops.is_reserved(&task.app_id) {
             self.attempt_events(&msg, &attempt, &recorded, gone).await?;
         }
         Ok(())
@@ -490,6 +574,7 @@ impl Worker {
             return Ok(());
         };
         let app_uid = self
+            .shared
             .store
             .find_app(msg.app_id.as_str())?
             .and_then(|a| a.uid);
@@ -505,7 +590,7 @@ impl Worker {
                 "responseStatusCode": attempt.response_status_code,
             },
         });
-        self.ops.emit(event, data).await;
+        self.shared.ops.emit(event, data).await;
         Ok(())
     }
 }

@@ -256,7 +256,22 @@ async fn gone_410_disables_the_endpoint() {
 
 #[actix_web::test]
 async fn a_held_endpoint_does_not_delay_others() {
-    let app = spawn_app_with(&[("WEBHOOKD_DELIVERY__MAX_PER_ENDPOINT", "2")]).await;
+    held_endpoint_does_not_delay_others("1").await;
+}
+
+/// With several delivery threads the caps are still shared: the held endpoint
+/// never has more than its two slots, and every message arrives once.
+#[actix_web::test]
+async fn several_delivery_threads_share_the_caps() {
+    held_endpoint_does_not_delay_others("3").await;
+}
+
+async fn held_endpoint_does_not_delay_others(threads: &str) {
+    let app = spawn_app_with(&[
+        ("WEBHOOKD_DELIVERY__MAX_PER_ENDPOINT", "2"),
+        ("WEBHOOKD_DELIVERY__THREADS", threads),
+    ])
+    .await;
     let mut slow = TestReceiver::start().await;
     let mut fast = TestReceiver::start().await;
     let gate = Gate::new();
