@@ -14,7 +14,6 @@ pub mod netguard;
 pub mod operational;
 pub mod retry;
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -28,7 +27,7 @@ use crate::config::DeliveryConfig;
 use crate::domain::{AttemptId, AttemptTrigger, EndpointId, MessageId, MessageStatus, now_ms};
 use crate::metrics::Metrics;
 use crate::signing;
-use crate::store::{AttemptRecord, Claim, EndpointCache, Next, Store, StoreError, TaskRecord};
+use crate::store::{AttemptRecord, Claim, Next, Store, StoreError, TaskRecord};
 use client::{Request, Sender, TlsRoots};
 use netguard::NetGuard;
 pub use operational::Operational;
@@ -121,8 +120,6 @@ struct SlotBook {
 struct Lane {
     shared: Arc<Shared>,
     sender: Sender,
-    /// Endpoint records already decrypted (see `Store::get_endpoint_cached`).
-    endpoints: RefCell<EndpointCache>,
 }
 
 /// A delivery thread, as the claiming loop sees it.
@@ -283,11 +280,7 @@ fn start_lane(i: usize, shared: Arc<Shared>, roots: TlsRoots) -> std::io::Result
                     cfg.max_in_flight,
                     cfg.max_response_body_bytes,
                 );
-                let lane = Rc::new(Lane {
-                    shared,
-                    sender,
-                    endpoints: RefCell::default(),
-                });
+                let lane = Rc::new(Lane { shared, sender });
                 while let Some((task, lease)) = rx.recv().await {
                     let lane = Rc::clone(&lane);
                     actix_rt::spawn(async move {
@@ -386,12 +379,7 @@ impl Lane {
     /// One attempt of one task, recorded with what follows it.
     async fn deliver(&self, task: &TaskRecord, lease: i64) -> Result<(), StoreError> {
         let store = &self.shared.store;
-        let ep = store.get_endpoint_cached(
-            &task.app_id,
-            &task.ep_id,
-            &mut self.endpoints.borrow_mut(),
-        )?;
-        let Some(ep) = ep else {
+        let Some(ep) = store.get_endpoint(&task.app_id, &task.ep_id)? else {
             return store.drop_task(task, lease, None); // endpoint or app deleted
         };
         let Some(msg) = store.get_message(&task.app_id, &task.msg_id)? else {

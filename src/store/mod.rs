@@ -156,12 +156,13 @@ pub struct Recorded {
     pub after: DestRecord,
 }
 
-/// Endpoint records opened before, with the stored bytes they were opened
-/// from (see `Store::get_endpoint_cached`).
+/// Endpoint records opened before, by key, with the sealed bytes they were
+/// opened from: reading an endpoint (every publish, every delivery) decrypts
+/// and decodes it only when its stored bytes changed.
 #[derive(Default)]
-pub struct EndpointCache(std::collections::HashMap<Vec<u8>, (sled::IVec, Arc<EndpointRecord>)>);
+struct OpenedEndpoints(std::collections::HashMap<sled::IVec, (sled::IVec, EndpointRecord)>);
 
-impl EndpointCache {
+impl OpenedEndpoints {
     /// Entries kept at most; when full, it starts over.
     const CAPACITY: usize = 10_000;
 }
@@ -193,6 +194,7 @@ pub struct Store {
     dir: Option<Arc<Path>>,
     /// Statistics bumped per message, merged in batches (see `counters`).
     counters: Arc<counters::Counters>,
+    opened: Arc<std::sync::Mutex<OpenedEndpoints>>,
 }
 
 /// The database tree. Every write passes a gate, which a backup closes to copy
@@ -324,6 +326,7 @@ impl Store {
             keys: Arc::new(keys),
             dir: None,
             counters,
+            opened: Arc::default(),
         })
     }
 
@@ -652,33 +655,6 @@ impl Store {
         }
     }
 
-    /// Like `get_endpoint`, for a caller that reads the same endpoints again and
-    /// again (the delivery worker): the record is still read every time, but
-    /// opened (decrypted and decoded) only when its stored bytes changed.
-    pub fn get_endpoint_cached(
-        &self,
-        app: &AppId,
-        id: &EndpointId,
-        cache: &mut EndpointCache,
-    ) -> Result<Option<Arc<EndpointRecord>>, StoreError> {
-        let key = keys::endpoint(app, id);
-        let Some(v) = self.tree.get(&key)? else {
-            cache.0.remove(&key);
-            return Ok(None);
-        };
-        if let Some((sealed, ep)) = cache.0.get(&key)
-            && *sealed == v
-        {
-            return Ok(Some(Arc::clone(ep)));
-        }
-        let ep = Arc::new(self.open_endpoint(&key, &v)?);
-        if cache.0.len() >= EndpointCache::CAPACITY {
-            cache.0.clear();
-        }
-        cache.0.insert(key, (v, Arc::clone(&ep)));
-        Ok(Some(ep))
-    }
-
     pub fn get_endpoint(
         &self,
         app: &AppId,
@@ -753,6 +729,12 @@ impl Store {
     }
 
     fn open_endpoint(&self, key: &[u8], value: &[u8]) -> Result<EndpointRecord, StoreError> {
+        let opened = || self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((sealed, ep)) = opened().0.get(key)
+            && sealed.as_ref() == value
+        {
+            return Ok(ep.clone());
+        }
         let plain = self
             .keys
             .open(key, value)
@@ -760,7 +742,13 @@ impl Store {
                 key: String::from_utf8_lossy(key).into_owned(),
                 source,
             })?;
-        decode(key, &plain)
+        let ep: EndpointRecord = decode(key, &plain)?;
+        let mut cache = opened();
+        if cache.0.len() >= OpenedEndpoints::CAPACITY {
+            cache.0.clear();
+        }
+        cache.0.insert(key.into(), (value.into(), ep.clone()));
+        Ok(ep)
     }
 
     /// Seals again, with the current key, every record sealed with an older one;
