@@ -7,9 +7,6 @@ use clap::{Parser, Subcommand};
 use webhookd::config::Config;
 use webhookd::telemetry::{self, LogFormat};
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Self-hosted webhook delivery: one binary, one data directory.
 #[derive(Parser)]
 #[command(version, about)]
