@@ -2,7 +2,7 @@
 //! every attempt and schedules retries.
 //!
 //! One loop (`run`) claims due deliveries and hands them out, in turn, to the
-//! delivery threads (`delivery.threads`, by default one per core). Each
+//! delivery threads (`delivery.threads`, default 1). Each
 //! thread has its own HTTP client (`awc::Client` is `!Send`) and runs its
 //! attempts as local tasks. The slots are shared: attempts in flight are capped
 //! overall (`max_in_flight`) and per endpoint (`max_per_endpoint`) so a slow

@@ -194,6 +194,7 @@ pub struct Store {
     dir: Option<Arc<Path>>,
     /// Statistics bumped per message, merged in batches (see `counters`).
     counters: Arc<counters::Counters>,
+    /// Endpoint records already decrypted (see `OpenedEndpoints`).
     opened: Arc<std::sync::Mutex<OpenedEndpoints>>,
 }
 
