@@ -52,8 +52,8 @@ pub enum StoreError {
     },
     #[error("grouped write failed: {0}")]
     Grouped(#[source] Arc<StoreError>),
-    #[error("the writer thread stopped")]
-    WriterStopped,
+    #[error("the write was not applied (its job failed, or the writer thread stopped)")]
+    WriteLost,
     #[error("could not make writes durable: {0}")]
     Commit(#[source] Arc<std::io::Error>),
     #[error("opening the database: {0}")]

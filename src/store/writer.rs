@@ -107,6 +107,19 @@ impl Drop for Writer {
     }
 }
 
+/// Runs one job. A job that panics stages nothing and gets no reply (its
+/// caller sees `StoreError::WriteLost`); the thread and the group go on.
+fn run_job(job: Job, overlay: &mut Overlay) -> Option<Reply> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(overlay))) {
+        Ok(reply) => Some(reply),
+        Err(_) => {
+            overlay.settle(false);
+            tracing::error!("a grouped write panicked; its writes were dropped");
+            None
+        }
+    }
+}
+
 impl Writer {
     pub(super) fn start(tree: Tree) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
@@ -117,7 +130,7 @@ impl Writer {
                     let mut overlay = Overlay::new(tree.clone());
                     let replies: Vec<Reply> = std::iter::once(first)
                         .chain(rx.try_iter().take(MAX_GROUP - 1))
-                        .map(|job| job(&mut overlay))
+                        .filter_map(|job| run_job(job, &mut overlay))
                         .collect();
                     let applied = overlay.apply().map_err(Arc::new);
                     if let Err(e) = &applied {
@@ -155,9 +168,62 @@ impl Writer {
         });
         self.tx
             .as_ref()
-            .ok_or(StoreError::WriterStopped)?
+            .ok_or(StoreError::WriteLost)?
             .send(job)
-            .map_err(|_| StoreError::WriterStopped)?;
-        rx.await.map_err(|_| StoreError::WriterStopped)?
+            .map_err(|_| StoreError::WriteLost)?;
+        rx.await.map_err(|_| StoreError::WriteLost)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    #[tokio::test]
+    async fn a_job_sees_its_own_writes_and_a_failed_one_stages_nothing() {
+        let store = Store::temporary().unwrap();
+        let seen = store
+            .writer
+            .write(|o| {
+                o.insert(b"k1".to_vec(), &b"one"[..]);
+                o.get(b"k1")
+            })
+            .await
+            .unwrap();
+        assert_eq!(seen.as_deref(), Some(&b"one"[..]));
+        let failed = store
+            .writer
+            .write(|o| -> Result<(), StoreError> {
+                o.insert(b"k2".to_vec(), &b"two"[..]);
+                o.remove(b"k1".to_vec());
+                Err(StoreError::WriteLost)
+            })
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(store.tree.get(b"k1").unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(store.tree.get(b"k2").unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_is_answered_and_the_writer_goes_on() {
+        let store = Store::temporary().unwrap();
+        let lost = store
+            .writer
+            .write(|o| -> Result<(), StoreError> {
+                o.insert(b"k".to_vec(), &b"lost"[..]);
+                panic!("a job that panics");
+            })
+            .await;
+        assert!(matches!(lost, Err(StoreError::WriteLost)), "{lost:?}");
+        store
+            .writer
+            .write(|o| {
+                o.insert(b"k".to_vec(), &b"kept"[..]);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.tree.get(b"k").unwrap().as_deref(), Some(&b"kept"[..]));
     }
 }
