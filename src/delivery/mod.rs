@@ -327,8 +327,8 @@ impl Shared {
         let tasks = self
             .store
             .claim_due(now, lease, free, free * 4 + 64, |t| {
-                let mut book = self.book();
-                let mean = book.mean_ms.get(&t.ep_id).map_or(0, |m| *m as i64);
+                let mut guard = self.book();
+                let book = &mut *guard;
                 let slots = book.per_endpoint.entry(t.ep_id.clone()).or_insert(Slots {
                     in_flight: 0,
                     progress_ms: now,
@@ -338,6 +338,7 @@ impl Shared {
                     book.in_flight += 1;
                     return Claim::Take;
                 }
+                let mean = book.mean_ms.get(&t.ep_id).map_or(0, |m| *m as i64);
                 let stuck = (now - slots.progress_ms).max(mean);
                 if stuck < SLOW_AFTER_MS {
                     skipped += 1;

@@ -1331,7 +1331,6 @@ impl Store {
     }
 }
 
-/// Keeps the dead-letter index in step with a delivery status.
 /// The writes of `Store::record_attempt`, staged on the writer thread (reads
 /// first, so that a failed read stages nothing).
 fn stage_attempt(
@@ -1439,6 +1438,7 @@ impl Stage for writer::Overlay {
     }
 }
 
+/// Keeps the dead-letter index in step with a delivery status.
 fn set_failed_index(batch: &mut impl Stage, dest: &DestRecord) {
     let key = keys::failed(&dest.msg_id, &dest.ep_id);
     if dest.status == MessageStatus::Fail {
