@@ -122,6 +122,10 @@ impl Store {
                 db.flush().map_err(StoreError::from)?;
                 Ok(summary)
             });
+        // The restored store may be opened right away, in this process too.
+        if let Ok(db_file) = db_dir.join("db").canonicalize() {
+            super::wait_until_closed(&db_file);
+        }
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&db_dir);
         }

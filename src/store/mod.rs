@@ -196,6 +196,37 @@ pub struct Store {
     counters: Arc<counters::Counters>,
     /// Endpoint records already decrypted (see `OpenedEndpoints`).
     opened: Arc<std::sync::Mutex<OpenedEndpoints>>,
+    /// Declared last, so it is dropped after everything above: see `Closing`.
+    closing: Arc<Closing>,
+}
+
+/// The database file of an opened store. When the last `Store` is gone, its
+/// drop waits until the file is really closed (see `wait_until_closed`).
+struct Closing(Option<std::path::PathBuf>);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        if let Some(file) = &self.0 {
+            wait_until_closed(file);
+        }
+    }
+}
+
+/// Waits (at most two seconds) until this process no longer has `db_file`
+/// open. sled's I/O threads can still hold it for a moment after the last
+/// handle is gone, and with it the lock that opening the same directory
+/// again needs.
+fn wait_until_closed(db_file: &Path) {
+    let held = || {
+        std::fs::read_dir("/proc/self/fd").is_ok_and(|fds| {
+            fds.flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == db_file))
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while held() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 /// The database tree. Every write passes a gate, which a backup closes to copy
@@ -284,9 +315,11 @@ impl Store {
             .path(&path)
             .cache_capacity(cache_bytes)
             .open()?;
-        let file = std::fs::File::open(path.join("db")).map_err(StoreError::Open)?;
+        let db_file = path.join("db").canonicalize().map_err(StoreError::Open)?;
+        let file = std::fs::File::open(&db_file).map_err(StoreError::Open)?;
         let mut store = Self::with_db(db, Some(file), keys)?;
         store.dir = Some(dir.into());
+        store.closing = Arc::new(Closing(Some(db_file)));
         store.reseal_stale()?;
         Ok(store)
     }
@@ -328,6 +361,7 @@ impl Store {
             dir: None,
             counters,
             opened: Arc::default(),
+            closing: Arc::new(Closing(None)),
         })
     }
 
@@ -341,7 +375,8 @@ impl Store {
     }
 
     /// How many handles to this database are alive (clones of this `Store`);
-    /// the database closes, and releases its directory, when the last goes.
+    /// the database closes, and releases its directory, when the last goes
+    /// (its drop returns once the file is closed).
     pub fn handles(&self) -> usize {
         Arc::strong_count(&self.committer)
     }
