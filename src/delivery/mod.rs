@@ -77,12 +77,18 @@ const FAILING_AFTER: u32 = 4;
 
 /// How often expired leases are looked for while running.
 const LEASE_SWEEP: Duration = Duration::from_secs(10);
-/// An endpoint at its concurrency cap whose attempts take this long (on average,
-/// or with none finished for that long) is slow: its due deliveries are moved back
-/// in the queue (by about one attempt's time, at most `request_timeout`) instead
-/// of being looked at on every claim. A fast endpoint's deliveries just wait in
-/// place for the next free slot.
+/// An endpoint at its concurrency cap whose attempts take this long on average
+/// is slow: its due deliveries are moved back in the queue (by about one
+/// attempt's time, at most `request_timeout`) instead of being looked at on
+/// every claim. A fast endpoint's deliveries just wait in place for the next
+/// free slot.
 const SLOW_AFTER_MS: i64 = 1_000;
+/// So is an endpoint at its cap that has finished no attempt for this long and
+/// for twice its mean attempt time: one that just stopped answering. Its
+/// backlog piles up at the head of the queue, and a claim stops after
+/// `SKIP_BUDGET` of it, so until it is judged slow the other endpoints' due
+/// deliveries wait behind it.
+const STUCK_AFTER_MS: i64 = 100;
 /// A claim stops looking after passing over this many deliveries left in place,
 /// so a long backlog of one busy endpoint is not read again on every wake-up.
 const SKIP_BUDGET: usize = 64;
@@ -339,16 +345,16 @@ impl Shared {
                     return Claim::Take;
                 }
                 let mean = book.mean_ms.get(&t.ep_id).map_or(0, |m| *m as i64);
-                let stuck = (now - slots.progress_ms).max(mean);
-                if stuck < SLOW_AFTER_MS {
-                    skipped += 1;
-                    if skipped > SKIP_BUDGET {
-                        Claim::Stop
-                    } else {
-                        Claim::Skip
+                match slow_endpoint_deferral(mean, now - slots.progress_ms, longest_defer) {
+                    Some(by) => Claim::Defer(now + by),
+                    None => {
+                        skipped += 1;
+                        if skipped > SKIP_BUDGET {
+                            Claim::Stop
+                        } else {
+                            Claim::Skip
+                        }
                     }
-                } else {
-                    Claim::Defer(now + stuck.min(longest_defer))
                 }
             })
             .await?;
@@ -374,6 +380,15 @@ impl Shared {
         }
         self.freed.notify_one();
     }
+}
+
+/// How far to move back a due delivery of an endpoint at its cap, whose
+/// attempts take `mean_ms` on average and which has finished none for
+/// `idle_ms`: `None` while it counts as fast (see `SLOW_AFTER_MS` and
+/// `STUCK_AFTER_MS`), else about one attempt's time, at most `longest_ms`.
+fn slow_endpoint_deferral(mean_ms: i64, idle_ms: i64, longest_ms: i64) -> Option<i64> {
+    let slow = mean_ms >= SLOW_AFTER_MS || idle_ms >= STUCK_AFTER_MS.max(2 * mean_ms);
+    slow.then(|| idle_ms.max(mean_ms).min(longest_ms))
 }
 
 impl Lane {
@@ -581,5 +596,35 @@ impl Lane {
         });
         self.shared.ops.emit(event, data).await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slow_endpoint_deferral as deferral;
+
+    #[test]
+    fn an_endpoint_that_stops_answering_is_passed_over_soon() {
+        // No attempt time known yet (its first attempts hang), or a fast one.
+        assert_eq!(deferral(0, 50, 30_000), None);
+        assert_eq!(deferral(0, 150, 30_000), Some(150));
+        assert_eq!(deferral(20, 150, 30_000), Some(150));
+        // Stuck for long: moved back by at most the request timeout.
+        assert_eq!(deferral(20, 90_000, 30_000), Some(30_000));
+    }
+
+    #[test]
+    fn a_steady_endpoint_waits_in_place_between_its_finishes() {
+        // 150 ms attempts, one slot: 150 ms without a finish is normal for it,
+        // and moving its backlog back on every claim would rewrite all of it.
+        assert_eq!(deferral(150, 150, 30_000), None);
+        assert_eq!(deferral(150, 299, 30_000), None);
+        assert_eq!(deferral(150, 300, 30_000), Some(300));
+    }
+
+    #[test]
+    fn an_endpoint_slow_on_average_is_always_moved_back() {
+        assert_eq!(deferral(1_200, 0, 30_000), Some(1_200));
+        assert_eq!(deferral(45_000, 10, 30_000), Some(30_000));
     }
 }
