@@ -1,8 +1,8 @@
 //! Byte encodings of every key in the database.
 //!
-//! Everything lives in one sled tree so that a publish (message, payload, one
-//! queue entry and one status row per endpoint) is a single atomic `Batch`
-//! instead of a multi-tree transaction. A key is a one-byte namespace tag
+//! Everything lives in one sled tree, so that writes that belong together
+//! (a publish: message, payload, one queue entry and one status row per
+//! endpoint) need no multi-tree transaction. A key is a one-byte namespace tag
 //! followed by fixed-width parts; IDs have a fixed length per type and
 //! timestamps are big-endian, so byte order is the order we scan in.
 

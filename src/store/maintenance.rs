@@ -12,6 +12,10 @@ use crate::domain::{
     AppId, AttemptId, AttemptTrigger, EndpointId, MessageId, MessageStatus, TaskId,
 };
 
+/// A status older than this whose message does not exist is left over from a
+/// publish cut short by a crash (younger, its publish may still be applying).
+const ORPHAN_AFTER_MS: i64 = 60_000;
+
 /// Messages of one (app, event type): when the last one came and the usual gap.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Cadence {
@@ -304,6 +308,21 @@ impl Store {
             if waiting.contains(&(d.msg_id.clone(), d.ep_id.clone()))
                 || self.tree.get(&key)?.as_ref() != Some(&seen)
             {
+                continue;
+            }
+            if d.msg_id.created_ms() < now_ms - ORPHAN_AFTER_MS
+                && !self
+                    .tree
+                    .contains_key(keys::message(&d.app_id, &d.msg_id))?
+            {
+                // A publish cut short by a crash (its writes are applied in
+                // turn, the message after the statuses): it was never
+                // acknowledged, so its statuses go rather than a delivery.
+                let mut batch = sled::Batch::default();
+                batch.remove(key);
+                batch.remove(keys::endpoint_msg(&d.ep_id, &d.msg_id));
+                batch.remove(keys::failed(&d.msg_id, &d.ep_id));
+                self.tree.apply_batch(batch)?;
                 continue;
             }
             let task = TaskRecord {

@@ -5,8 +5,10 @@
 //! implement the same interface later. Must not know about HTTP; nothing else
 //! in the crate may `use sled`.
 //!
-//! Writes that belong together go into one `sled::Batch` on one tree (atomic,
-//! and far cheaper than a multi-tree transaction). Uniqueness (an app's `uid`,
+//! Writes that belong together go to one tree: the hot ones (publishes,
+//! claims, attempts) through the writer thread, in an order whose every prefix
+//! is safe (see `writer`), the others in one `sled::Batch` (atomic, and far
+//! cheaper than a multi-tree transaction). Uniqueness (an app's `uid`,
 //! a message's `eventId`, an idempotency key) is claimed first with a
 //! compare-and-swap on its index key, so concurrent writers cannot both win.
 //! Durability is separate: `commit()` waits for the group committer.
@@ -844,8 +846,8 @@ impl Store {
     // ----- messages -----------------------------------------------------
 
     /// Stores a message and queues one delivery per endpoint in `endpoints`, due at
-    /// `due_ms`, atomically (in a group with other writes: see `writer`).
-    /// Not durable until `commit()` returns.
+    /// `due_ms` (in a group with other writes, in a crash-safe order: see
+    /// `writer`). Not durable until `commit()` returns.
     pub async fn publish(
         &self,
         msg: &MessageRecord,
@@ -884,13 +886,19 @@ impl Store {
                 }
             }
         }
+        // In this order (the writer applies them one by one, and a crash may
+        // keep any prefix): the payload, the indexes and every status first;
+        // then the message, whose presence says the publish was whole (an
+        // `eventId` retry after a crash returns it, and reconcile requeues a
+        // status left without its queue entry); then the queue entries, which
+        // the worker may claim at once and which need the message.
         let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(3 + 3 * endpoints.len());
-        writes.push((keys::message(&msg.app_id, &msg.id), encode(msg)));
+        writes.push((keys::payload(&msg.id), payload.to_vec()));
         writes.push((
             keys::all_messages(&msg.id),
             msg.app_id.as_str().as_bytes().to_vec(),
         ));
-        writes.push((keys::payload(&msg.id), payload.to_vec()));
+        let mut queued = Vec::with_capacity(endpoints.len());
         for ep in endpoints {
             let task = TaskRecord {
                 id: TaskId::new(due_ms),
@@ -909,8 +917,10 @@ impl Store {
             );
             writes.push((keys::dest(&msg.id, &ep.id), encode(&dest)));
             writes.push((keys::endpoint_msg(&ep.id, &msg.id), Vec::new()));
-            writes.push((keys::queue(due_ms, &task.id), encode(&task)));
+            queued.push((keys::queue(due_ms, &task.id), encode(&task)));
         }
+        writes.push((keys::message(&msg.app_id, &msg.id), encode(msg)));
+        writes.extend(queued);
         self.writer
             .write(move |o| {
                 for (k, v) in writes {
@@ -1205,9 +1215,14 @@ impl Store {
         if !moves.is_empty() {
             self.writer
                 .write(move |o| {
+                    // The new key first: cut between the two by a crash, the
+                    // delivery is there twice rather than not at all.
                     for (from, to, value) in moves {
-                        o.remove(from.to_vec());
+                        let same = from.as_ref() == to.as_slice();
                         o.insert(to, value);
+                        if !same {
+                            o.remove(from.to_vec());
+                        }
                     }
                     Ok(())
                 })
@@ -1267,10 +1282,10 @@ impl Store {
         Ok(())
     }
 
-    /// Records an attempt and what follows it, in one batch (grouped with other
-    /// writes: see `writer`): the lease goes away, the attempt and its indexes
-    /// are written, the delivery status is updated, and a retry (if any) is
-    /// queued. Then the per-minute and per-endpoint-hour counters are bumped (in
+    /// Records an attempt and what follows it (grouped with other writes: see
+    /// `writer`): the attempt and its indexes are written, a retry (if any) is
+    /// queued, the delivery status is updated, and last the lease goes away.
+    /// Then the per-minute and per-endpoint-hour counters are bumped (in
     /// memory, merged in batches: see `counters`).
     pub async fn record_attempt(
         &self,
@@ -1383,7 +1398,6 @@ fn stage_attempt(
     let clock = keys::failing_since(&task.ep_id);
     let clock_set = o.contains_key(&clock)?;
 
-    o.remove(keys::lease(lease_until_ms, &task.id));
     o.insert(keys::attempt(&attempt.id), encode(attempt));
     o.insert(keys::attempt_by_msg(&task.msg_id, &attempt.id), &[][..]);
     o.insert(keys::attempt_by_ep(&task.ep_id, &attempt.id), &[][..]);
@@ -1443,6 +1457,9 @@ fn stage_attempt(
         v.extend_from_slice(task.app_id.as_str().as_bytes());
         o.insert(clock, v);
     }
+    // Last: cut by a crash before this, the delivery is made again (its lease
+    // is released at start) rather than lost.
+    o.remove(keys::lease(lease_until_ms, &task.id));
     Ok(Recorded {
         before,
         after: dest,

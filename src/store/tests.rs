@@ -482,6 +482,107 @@ async fn scan_limit_cuts_a_page_and_says_where_to_resume() {
     assert_eq!(second.items[0].id, ids[2]);
 }
 
+/// The namespace tag of every write to the tree while `f` runs, in the order
+/// sled applied them (`-` marks a removal). Events are queued as the writes
+/// happen, so once `f` is done they are all there to drain.
+async fn applied_order<F: std::future::Future<Output = ()>>(s: &Store, f: F) -> String {
+    let mut events = s.tree.watch_prefix(vec![]);
+    f.await;
+    let mut order = String::new();
+    while let Ok(e) = events.next_timeout(std::time::Duration::from_millis(10)) {
+        match e {
+            sled::Event::Insert { key, .. } => order.push(key[0] as char),
+            sled::Event::Remove { key } => {
+                order.push('-');
+                order.push(key[0] as char);
+            }
+        }
+    }
+    order
+}
+
+#[tokio::test]
+async fn a_job_is_applied_in_an_order_whose_every_prefix_is_safe() {
+    let s = Store::temporary().unwrap();
+    let a = app(None);
+    let (e1, e2) = (endpoint(&a.id, &[]), endpoint(&a.id, &[]));
+    let m = message(&a.id, 10, None);
+    // Payload, all-messages index, status and endpoint index per endpoint,
+    // then the message, then the queue entries.
+    let publish = applied_order(&s, async {
+        s.publish(&m, b"{}", &[&e1, &e2], 20).await.unwrap();
+    })
+    .await;
+    assert_eq!(publish, "PGDdDdMQQ");
+    let mut tasks = vec![];
+    let claim = applied_order(&s, async {
+        tasks = s.claim_due(20, 100, 1, 100, |_| Claim::Take).await.unwrap();
+    })
+    .await;
+    assert_eq!(claim, "L-Q", "the lease before the queue entry goes");
+    let t = &tasks[0];
+    let record = applied_order(&s, async {
+        s.record_attempt(t, 100, &attempt(t, false, 30), Next::RetryAt(500))
+            .await
+            .unwrap();
+    })
+    .await;
+    // The attempt, its indexes, the retry and the status, then the lease.
+    // (Counter merges of other threads may follow.)
+    let (before, _) = record.split_once("-L").expect("the lease is removed");
+    assert!(
+        "RrsQD".chars().all(|c| before.contains(c)),
+        "the lease goes last: {record}"
+    );
+}
+
+#[tokio::test]
+async fn reconcile_removes_the_statuses_of_a_publish_cut_before_its_message() {
+    let s = Store::temporary().unwrap();
+    let a = app(None);
+    let ep = endpoint(&a.id, &[]);
+    let whole = message(&a.id, 10, None);
+    let cut = message(&a.id, 11, None);
+    for m in [&whole, &cut] {
+        s.publish(m, b"{}", &[&ep], 20).await.unwrap();
+    }
+    let tasks = s
+        .claim_due(20, 100, 10, 100, |_| Claim::Take)
+        .await
+        .unwrap();
+    for t in &tasks {
+        s.drop_task(t, 100, None).unwrap();
+    }
+    // What a crash leaves of a publish cut after its statuses: no message
+    // record, no queue entry (both are written after the statuses).
+    s.tree.remove(keys::message(&a.id, &cut.id)).unwrap();
+
+    // Too young to tell from a publish still being applied: both requeued.
+    let young = s.reconcile(30_000, 60_000, None, 1000).unwrap();
+    assert_eq!(young.requeued, 2);
+    for t in s
+        .claim_due(30_000, 30_100, 10, 100, |_| Claim::Take)
+        .await
+        .unwrap()
+    {
+        s.drop_task(&t, 30_100, None).unwrap();
+    }
+    let r = s.reconcile(120_000, 60_000, None, 1000).unwrap();
+    assert_eq!(r.requeued, 1, "only the whole message is queued again");
+    assert!(s.dest(&cut.id, &ep.id).unwrap().is_none());
+    assert!(s.dest(&whole.id, &ep.id).unwrap().is_some());
+    assert!(
+        !s.tree
+            .contains_key(keys::endpoint_msg(&ep.id, &cut.id))
+            .unwrap()
+    );
+    assert!(
+        s.tree
+            .contains_key(keys::endpoint_msg(&ep.id, &whole.id))
+            .unwrap()
+    );
+}
+
 #[tokio::test]
 async fn reconcile_requeues_orphans_releases_leases_and_repairs_dead_letters() {
     let s = Store::temporary().unwrap();

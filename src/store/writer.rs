@@ -1,14 +1,23 @@
-//! Grouped writes: one thread applies the writes of many callers as one batch.
+//! Grouped writes: one thread applies the writes of many callers, in turn.
 //!
-//! sled 0.34 rolls its IO buffer before and after every `apply_batch`, so each
-//! batch costs two log writes, each waited for with `sync_file_range` on one of
-//! sled's IO threads, and a batch holds a process-wide lock that stops every
-//! reader. Publishes and attempt records come by the thousand per second; with
-//! a batch each, most of webhookd's CPU went into those writes and the lock.
-//! So they are handed to this thread as jobs. It takes every job waiting, lets
-//! each one read (seeing the writes of the jobs before it in the same group)
-//! and stage its writes, applies the whole group as one batch (atomic as a
-//! whole, so each job's writes are too), and then answers every caller.
+//! Publishes, claims and attempt records come by the thousand per second.
+//! Applied by their callers, each as a sled batch, most of webhookd's CPU went
+//! into the batches: sled 0.34 rolls its IO buffer before and after every
+//! `apply_batch` (two log writes, each handed to its IO threads) and stops
+//! every reader while it applies one. So they are handed to this thread as
+//! jobs. It takes every job waiting, lets each one read (seeing the writes of
+//! the jobs before it in the same group) and stage its writes, applies the
+//! group's writes one by one in the order they were staged, and then answers
+//! every caller.
+//!
+//! Without a batch a job's writes are not atomic: readers may see a job half
+//! applied, and after a crash sled recovers a prefix of its log, so a job may
+//! be cut anywhere. Every job therefore stages its writes in an order whose
+//! every prefix is a state the rest of webhookd handles (see the callers in
+//! `store/mod.rs`): what is created comes before what points to it, and what
+//! is given up (a queue entry, a lease) goes last, so a crash can lead to a
+//! second delivery but never to none. Writes are held at the gate for the
+//! whole group, so a backup never sees one half applied.
 //!
 //! A job that fails stages nothing: its writes are kept apart until it
 //! returns, and dropped if it returns an error.
@@ -24,16 +33,20 @@ use tokio::sync::oneshot;
 
 use super::{StoreError, Tree};
 
-/// Most jobs applied as one batch; beyond it the rest wait for the next one,
-/// so a flood of publishes cannot make a single batch (and its lock) long.
+/// Most jobs in one group; beyond it the rest wait for the next one, so a
+/// flood of publishes cannot keep the first callers of a group waiting long.
 const MAX_GROUP: usize = 1024;
 
 /// What one job sees and writes: the database, the writes of the jobs before
 /// it in this group, and its own.
 pub(super) struct Overlay {
     tree: Tree,
+    /// The latest staged value of each key (for reads).
     group: BTreeMap<Vec<u8>, Option<IVec>>,
     job: BTreeMap<Vec<u8>, Option<IVec>>,
+    /// Every staged write, in order (what is applied).
+    group_writes: Vec<(Vec<u8>, Option<IVec>)>,
+    job_writes: Vec<(Vec<u8>, Option<IVec>)>,
 }
 
 impl Overlay {
@@ -42,6 +55,8 @@ impl Overlay {
             tree,
             group: BTreeMap::new(),
             job: BTreeMap::new(),
+            group_writes: Vec::new(),
+            job_writes: Vec::new(),
         }
     }
 
@@ -56,34 +71,40 @@ impl Overlay {
         Ok(self.get(key)?.is_some())
     }
 
+    /// Stages a write. Writes are applied in the order they were staged, and
+    /// a crash may keep any prefix of them (see the module comment).
     pub(super) fn insert(&mut self, key: impl Into<Vec<u8>>, value: impl Into<IVec>) {
-        self.job.insert(key.into(), Some(value.into()));
+        self.stage(key.into(), Some(value.into()));
     }
 
     pub(super) fn remove(&mut self, key: impl Into<Vec<u8>>) {
-        self.job.insert(key.into(), None);
+        self.stage(key.into(), None);
     }
 
-    /// Ends the current job: keeps its writes for the batch, or drops them.
+    fn stage(&mut self, key: Vec<u8>, value: Option<IVec>) {
+        self.job.insert(key.clone(), value.clone());
+        self.job_writes.push((key, value));
+    }
+
+    /// Ends the current job: keeps its writes for the group, or drops them.
     fn settle(&mut self, keep: bool) {
         let job = std::mem::take(&mut self.job);
+        let writes = std::mem::take(&mut self.job_writes);
         if keep {
             self.group.extend(job);
+            self.group_writes.extend(writes);
         }
     }
 
     fn apply(self) -> Result<(), StoreError> {
-        if self.group.is_empty() {
-            return Ok(());
-        }
-        let mut batch = sled::Batch::default();
-        for (k, v) in self.group {
+        let _open = self.tree.open_gate();
+        for (k, v) in self.group_writes {
             match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            }
+                Some(v) => self.tree.inner.insert(k, v)?,
+                None => self.tree.inner.remove(k)?,
+            };
         }
-        Ok(self.tree.apply_batch(batch)?)
+        Ok(())
     }
 }
 
