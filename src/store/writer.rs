@@ -41,11 +41,11 @@ const MAX_GROUP: usize = 1024;
 /// it in this group, and its own.
 pub(super) struct Overlay {
     tree: Tree,
-    /// The latest staged value of each key (for reads).
+    /// The latest value the jobs before this one staged for each key.
     group: BTreeMap<Vec<u8>, Option<IVec>>,
-    job: BTreeMap<Vec<u8>, Option<IVec>>,
-    /// Every staged write, in order (what is applied).
+    /// Every write of those jobs, in the order staged (what is applied).
     group_writes: Vec<(Vec<u8>, Option<IVec>)>,
+    /// The current job's writes, in order (few: read back newest first).
     job_writes: Vec<(Vec<u8>, Option<IVec>)>,
 }
 
@@ -54,14 +54,14 @@ impl Overlay {
         Self {
             tree,
             group: BTreeMap::new(),
-            job: BTreeMap::new(),
             group_writes: Vec::new(),
             job_writes: Vec::new(),
         }
     }
 
     pub(super) fn get(&self, key: &[u8]) -> Result<Option<IVec>, StoreError> {
-        match self.job.get(key).or_else(|| self.group.get(key)) {
+        let own = self.job_writes.iter().rev().find(|(k, _)| k == key);
+        match own.map(|(_, v)| v).or_else(|| self.group.get(key)) {
             Some(staged) => Ok(staged.clone()),
             None => Ok(self.tree.get(key)?),
         }
@@ -82,16 +82,16 @@ impl Overlay {
     }
 
     fn stage(&mut self, key: Vec<u8>, value: Option<IVec>) {
-        self.job.insert(key.clone(), value.clone());
         self.job_writes.push((key, value));
     }
 
     /// Ends the current job: keeps its writes for the group, or drops them.
     fn settle(&mut self, keep: bool) {
-        let job = std::mem::take(&mut self.job);
         let writes = std::mem::take(&mut self.job_writes);
         if keep {
-            self.group.extend(job);
+            for (k, v) in &writes {
+                self.group.insert(k.clone(), v.clone());
+            }
             self.group_writes.extend(writes);
         }
     }
