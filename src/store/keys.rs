@@ -208,6 +208,12 @@ pub fn token_hash(hash: &[u8; 32]) -> Vec<u8> {
     key(ns::TOKEN_HASH, &[hash])
 }
 
+/// A delivery status and the indexes that follow it (endpoint → message, dead
+/// letters): what removing a status removes.
+pub fn dest_and_indexes(msg: &MessageId, ep: &EndpointId) -> [Vec<u8>; 3] {
+    [dest(msg, ep), endpoint_msg(ep, msg), failed(msg, ep)]
+}
+
 /// The dead-letter key of a delivery-status key (`D` msg ep → `F` msg ep).
 pub fn failed_from_dest_key(dest_key: &[u8]) -> Vec<u8> {
     let mut k = dest_key.to_vec();

@@ -319,9 +319,9 @@ impl Store {
                 // turn, the message after the statuses): it was never
                 // acknowledged, so its statuses go rather than a delivery.
                 let mut batch = sled::Batch::default();
-                batch.remove(key);
-                batch.remove(keys::endpoint_msg(&d.ep_id, &d.msg_id));
-                batch.remove(keys::failed(&d.msg_id, &d.ep_id));
+                for k in keys::dest_and_indexes(&d.msg_id, &d.ep_id) {
+                    batch.remove(k);
+                }
                 self.tree.apply_batch(batch)?;
                 continue;
             }
@@ -474,9 +474,9 @@ impl Store {
             remove(&mut batch, keys::event_id(&msg.app_id, eid))?;
         }
         for d in dests {
-            remove(&mut batch, keys::dest(&msg.id, &d.ep_id))?;
-            remove(&mut batch, keys::endpoint_msg(&d.ep_id, &msg.id))?;
-            remove(&mut batch, keys::failed(&msg.id, &d.ep_id))?;
+            for k in keys::dest_and_indexes(&msg.id, &d.ep_id) {
+                remove(&mut batch, k)?;
+            }
         }
         let prefix = keys::attempts_of_msg(&msg.id);
         let attempt_keys: Vec<sled::IVec> = self
