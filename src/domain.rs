@@ -63,6 +63,8 @@ macro_rules! prefixed_id {
 
         impl $name {
             pub const PREFIX: &'static str = $prefix;
+            /// Every ID of this type has this many bytes.
+            pub const LEN: usize = $prefix.len() + 26;
 
             pub fn new(at_ms: i64) -> Self {
                 Self(format!("{}{}", $prefix, new_id_body(at_ms)))

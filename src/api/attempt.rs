@@ -146,10 +146,9 @@ async fn get(
     let app = state.app(&app_id)?;
     let msg = find_message(&state, &app, &msg_id)?;
     let attempt = AttemptId::parse(&attempt_id)
-        .map(|id| state.store.get_attempt(&id))
+        .map(|id| state.store.get_attempt(&msg.id, &id))
         .transpose()?
         .flatten()
-        .filter(|a| a.msg_id == msg.id)
         .ok_or_else(|| ApiError::not_found("Message attempt"))?;
     Ok(HttpResponse::Ok().json(MessageAttemptOut::new(&attempt, true)))
 }

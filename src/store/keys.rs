@@ -30,11 +30,12 @@ pub mod ns {
     pub const DEST: u8 = b'D';
     /// ep_id msg_id → () (the messages sent to an endpoint)
     pub const ENDPOINT_MSG: u8 = b'd';
-    /// att_id → AttemptRecord
+    /// att_id → AttemptRecord, in stores written before attempts were kept
+    /// under their message: read and deleted, never written.
     pub const ATTEMPT: u8 = b'R';
-    /// msg_id att_id → ()
+    /// msg_id att_id → AttemptRecord (empty: the record is under `ATTEMPT`)
     pub const ATTEMPT_BY_MSG: u8 = b'r';
-    /// ep_id att_id → ()
+    /// ep_id att_id → msg_id (empty: the record is under `ATTEMPT`)
     pub const ATTEMPT_BY_EP: u8 = b's';
     /// due_ms task_id → TaskRecord (the delivery queue)
     pub const QUEUE: u8 = b'Q';
@@ -130,7 +131,8 @@ pub fn endpoint_msg(ep: &EndpointId, msg: &MessageId) -> Vec<u8> {
 pub fn endpoint_msgs_of(ep: &EndpointId) -> Vec<u8> {
     key(ns::ENDPOINT_MSG, &[ep.as_str().as_bytes()])
 }
-pub fn attempt(att: &AttemptId) -> Vec<u8> {
+/// Where an attempt was kept before attempts moved under their message.
+pub fn legacy_attempt(att: &AttemptId) -> Vec<u8> {
     key(ns::ATTEMPT, &[att.as_str().as_bytes()])
 }
 pub fn attempt_by_msg(msg: &MessageId, att: &AttemptId) -> Vec<u8> {

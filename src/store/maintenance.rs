@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 
 use super::{
-    Counts, DestRecord, JobRecord, MessageRecord, SilenceAlert, Store, StoreError, TaskRecord,
-    decode, encode, keys, set_failed_index,
+    AttemptRecord, Counts, DestRecord, JobRecord, MessageRecord, SilenceAlert, Store, StoreError,
+    TaskRecord, decode, encode, keys, set_failed_index,
 };
 use crate::domain::{
     AppId, AttemptId, AttemptTrigger, EndpointId, MessageId, MessageStatus, TaskId,
@@ -394,23 +394,38 @@ impl Store {
         Ok(r)
     }
 
-    /// Deletes attempt records older than `max_age_ms`.
+    /// Deletes attempt records older than `max_age_ms`. They are kept under
+    /// their messages, and no attempt is older than its message, so only the
+    /// attempts of messages older than that are looked at (and the records a
+    /// store written before attempts moved there keeps by attempt ID).
     pub fn delete_old_attempts(
         &self,
         now_ms: i64,
         max_age_ms: i64,
     ) -> Result<Retained, StoreError> {
+        let cutoff = now_ms - max_age_ms;
         let mut r = Retained::default();
-        let end = keys::attempt(&AttemptId::lower_bound(now_ms - max_age_ms));
-        let old: Vec<(sled::IVec, sled::IVec)> = self
-            .tree
-            .range(vec![keys::ns::ATTEMPT]..end)
-            .collect::<Result<_, _>>()?;
+        let mut old: Vec<(sled::IVec, AttemptRecord)> = Vec::new();
+        let legacy_end = keys::legacy_attempt(&AttemptId::lower_bound(cutoff));
+        for e in self.tree.range(vec![keys::ns::ATTEMPT]..legacy_end) {
+            let (k, v) = e?;
+            r.bytes_freed += (k.len() + v.len()) as u64;
+            old.push((k.clone(), decode(&k, &v)?));
+        }
+        let end = keys::attempts_of_msg(&MessageId::lower_bound(cutoff));
+        for e in self.tree.range(vec![keys::ns::ATTEMPT_BY_MSG]..end) {
+            let (k, v) = e?;
+            let id = AttemptId::parse(&str_of(&k[1 + MessageId::LEN..]));
+            // An empty value is a legacy entry: deleted with its record above.
+            if v.is_empty() || id.is_none_or(|id| id.created_ms() >= cutoff) {
+                continue;
+            }
+            r.bytes_freed += (k.len() + v.len()) as u64;
+            old.push((k.clone(), decode(&k, &v)?));
+        }
         for chunk in old.chunks(1000) {
             let mut batch = sled::Batch::default();
-            for (k, v) in chunk {
-                let a: super::AttemptRecord = decode(k, v)?;
-                r.bytes_freed += (k.len() + v.len()) as u64;
+            for (k, a) in chunk {
                 batch.remove(k.clone());
                 batch.remove(keys::attempt_by_msg(&a.msg_id, &a.id));
                 batch.remove(keys::attempt_by_ep(&a.ep_id, &a.id));
@@ -478,18 +493,16 @@ impl Store {
                 remove(&mut batch, k)?;
             }
         }
-        let prefix = keys::attempts_of_msg(&msg.id);
-        let attempt_keys: Vec<sled::IVec> = self
+        let attempts: Vec<(sled::IVec, sled::IVec)> = self
             .tree
-            .scan_prefix(&prefix)
-            .keys()
+            .scan_prefix(keys::attempts_of_msg(&msg.id))
             .collect::<Result<_, _>>()?;
-        for k in attempt_keys {
-            if let Some(att) = AttemptId::parse(&str_of(&k[prefix.len()..])) {
-                if let Some(a) = self.get_attempt(&att)? {
-                    remove(&mut batch, keys::attempt_by_ep(&a.ep_id, &att))?;
-                }
-                remove(&mut batch, keys::attempt(&att))?;
+        for (k, v) in attempts {
+            if let Some(a) = self.attempt_at(&k, &v)? {
+                remove(&mut batch, keys::attempt_by_ep(&a.ep_id, &a.id))?;
+            }
+            if let Some(legacy) = super::legacy_attempt_key(&k, &v) {
+                remove(&mut batch, legacy)?;
             }
             remove(&mut batch, k.to_vec())?;
         }

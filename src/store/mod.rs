@@ -596,12 +596,10 @@ impl Store {
                 batch.remove(keys::failed_from_dest_key(&k));
                 batch.remove(k);
             }
-            let attempts = keys::attempts_of_msg(&msg.id);
-            for k in self.tree.scan_prefix(&attempts).keys() {
-                let k = k?;
-                if let Some(att) = AttemptId::parse(&String::from_utf8_lossy(&k[attempts.len()..]))
-                {
-                    batch.remove(keys::attempt(&att));
+            for entry in self.tree.scan_prefix(keys::attempts_of_msg(&msg.id)) {
+                let (k, v) = entry?;
+                if let Some(legacy) = legacy_attempt_key(&k, &v) {
+                    batch.remove(legacy);
                 }
                 batch.remove(k);
             }
@@ -997,19 +995,16 @@ impl Store {
         batch.insert(keys::message(&msg.app_id, &msg.id), encode(&updated));
         batch.remove(keys::payload(&msg.id));
         let mut freed = 0u64;
-        let prefix = keys::attempts_of_msg(&msg.id);
-        for k in self.tree.scan_prefix(&prefix).keys() {
-            let k = k?;
-            let Some(id) = AttemptId::parse(&String::from_utf8_lossy(&k[prefix.len()..])) else {
-                continue;
-            };
+        for entry in self.tree.scan_prefix(keys::attempts_of_msg(&msg.id)) {
+            let (k, v) = entry?;
+            let at = legacy_attempt_key(&k, &v).unwrap_or_else(|| k.to_vec());
             if let Some(mut a) = self
-                .get_attempt(&id)?
+                .attempt_at(&k, &v)?
                 .filter(|a| !a.response_body.is_empty())
             {
                 freed += a.response_body.len() as u64;
                 a.response_body = Vec::new();
-                batch.insert(keys::attempt(&id), encode(&a));
+                batch.insert(at, encode(&a));
             }
         }
         self.tree.apply_batch(batch)?;
@@ -1044,40 +1039,59 @@ impl Store {
 
     // ----- attempts -----------------------------------------------------
 
-    pub fn get_attempt(&self, id: &AttemptId) -> Result<Option<AttemptRecord>, StoreError> {
-        self.get(&keys::attempt(id))
+    pub fn get_attempt(
+        &self,
+        msg: &MessageId,
+        id: &AttemptId,
+    ) -> Result<Option<AttemptRecord>, StoreError> {
+        let key = keys::attempt_by_msg(msg, id);
+        match self.tree.get(&key)? {
+            Some(v) => self.attempt_at(&key, &v),
+            None => Ok(None),
+        }
     }
 
-    fn attempts_via(
-        &self,
-        index_prefix: &[u8],
-        req: &PageReq,
-        mut keep: impl FnMut(&AttemptRecord) -> bool,
-    ) -> Result<Page<AttemptRecord>, StoreError> {
-        self.page(index_prefix, req, |k, _| {
-            let Some(id) = AttemptId::parse(&String::from_utf8_lossy(k)) else {
-                return Ok(None);
-            };
-            Ok(self.get_attempt(&id)?.filter(|a| keep(a)))
-        })
+    /// The attempt of an entry under a message's attempts (`key`, `value`).
+    fn attempt_at(&self, key: &[u8], value: &[u8]) -> Result<Option<AttemptRecord>, StoreError> {
+        match legacy_attempt_key(key, value) {
+            Some(legacy) => self.get(&legacy),
+            None => decode(key, value).map(Some),
+        }
     }
 
     pub fn attempts_of_msg(
         &self,
         msg: &MessageId,
         req: &PageReq,
-        keep: impl FnMut(&AttemptRecord) -> bool,
+        mut keep: impl FnMut(&AttemptRecord) -> bool,
     ) -> Result<Page<AttemptRecord>, StoreError> {
-        self.attempts_via(&keys::attempts_of_msg(msg), req, keep)
+        let prefix = keys::attempts_of_msg(msg);
+        self.page(&prefix, req, |id, v| {
+            let key = [&prefix[..], id].concat();
+            Ok(self.attempt_at(&key, v)?.filter(|a| keep(a)))
+        })
     }
 
     pub fn attempts_of_ep(
         &self,
         ep: &EndpointId,
         req: &PageReq,
-        keep: impl FnMut(&AttemptRecord) -> bool,
+        mut keep: impl FnMut(&AttemptRecord) -> bool,
     ) -> Result<Page<AttemptRecord>, StoreError> {
-        self.attempts_via(&keys::attempts_of_ep(ep), req, keep)
+        self.page(&keys::attempts_of_ep(ep), req, |id, msg| {
+            let Some(id) = AttemptId::parse(&String::from_utf8_lossy(id)) else {
+                return Ok(None);
+            };
+            let attempt = if msg.is_empty() {
+                self.get(&keys::legacy_attempt(&id))?
+            } else {
+                match MessageId::parse(&String::from_utf8_lossy(msg)) {
+                    Some(msg) => self.get_attempt(&msg, &id)?,
+                    None => None,
+                }
+            };
+            Ok(attempt.filter(|a| keep(a)))
+        })
     }
 
     // ----- the delivery queue -------------------------------------------
@@ -1398,9 +1412,14 @@ fn stage_attempt(
     let clock = keys::failing_since(&task.ep_id);
     let clock_set = o.contains_key(&clock)?;
 
-    o.insert(keys::attempt(&attempt.id), encode(attempt));
-    o.insert(keys::attempt_by_msg(&task.msg_id, &attempt.id), &[][..]);
-    o.insert(keys::attempt_by_ep(&task.ep_id, &attempt.id), &[][..]);
+    o.insert(
+        keys::attempt_by_msg(&task.msg_id, &attempt.id),
+        encode(attempt),
+    );
+    o.insert(
+        keys::attempt_by_ep(&task.ep_id, &attempt.id),
+        task.msg_id.as_str().as_bytes(),
+    );
     let mut dest = before.clone().unwrap_or_else(|| {
         DestRecord::new(
             task.msg_id.clone(),
@@ -1464,6 +1483,16 @@ fn stage_attempt(
         before,
         after: dest,
     })
+}
+
+/// For an entry under a message's attempts written before attempts moved
+/// there (its value is empty), the key of the record itself.
+fn legacy_attempt_key(key: &[u8], value: &[u8]) -> Option<Vec<u8>> {
+    if !value.is_empty() {
+        return None;
+    }
+    let id = key.get(1 + MessageId::LEN..)?;
+    AttemptId::parse(&String::from_utf8_lossy(id)).map(|id| keys::legacy_attempt(&id))
 }
 
 /// Where writes are staged: a sled batch, or the writer's overlay.

@@ -527,13 +527,69 @@ async fn a_job_is_applied_in_an_order_whose_every_prefix_is_safe() {
             .unwrap();
     })
     .await;
-    // The attempt, its indexes, the retry and the status, then the lease.
-    // (Counter merges of other threads may follow.)
+    // The attempt, its endpoint index, the retry and the status, then the
+    // lease. (Counter merges of other threads may follow.)
     let (before, _) = record.split_once("-L").expect("the lease is removed");
     assert!(
-        "RrsQD".chars().all(|c| before.contains(c)),
+        "rsQD".chars().all(|c| before.contains(c)),
         "the lease goes last: {record}"
     );
+}
+
+#[tokio::test]
+async fn attempts_kept_by_attempt_id_by_an_earlier_release_are_read_and_deleted() {
+    let s = Store::temporary().unwrap();
+    let a = app(None);
+    let ep = endpoint(&a.id, &[]);
+    s.create_endpoint(&ep).unwrap().unwrap();
+    let m = message(&a.id, 10, None);
+    s.publish(&m, b"{}", &[&ep], 20).await.unwrap();
+    let t = s
+        .claim_due(20, 100, 1, 100, |_| Claim::Take)
+        .await
+        .unwrap()
+        .remove(0);
+    // The earlier layout: the record under its own ID, empty index entries.
+    let old = attempt(&t, false, 30);
+    s.tree
+        .insert(keys::legacy_attempt(&old.id), encode(&old))
+        .unwrap();
+    s.tree
+        .insert(keys::attempt_by_msg(&m.id, &old.id), &[][..])
+        .unwrap();
+    s.tree
+        .insert(keys::attempt_by_ep(&ep.id, &old.id), &[][..])
+        .unwrap();
+    let new = attempt(&t, true, 40);
+    s.record_attempt(&t, 100, &new, Next::Done).await.unwrap();
+
+    let ids = |p: Page<AttemptRecord>| p.items.into_iter().map(|a| a.id).collect::<Vec<_>>();
+    let all = PageReq::first(5);
+    let both = vec![new.id.clone(), old.id.clone()];
+    assert_eq!(ids(s.attempts_of_msg(&m.id, &all, |_| true).unwrap()), both);
+    assert_eq!(ids(s.attempts_of_ep(&ep.id, &all, |_| true).unwrap()), both);
+    let got = s.get_attempt(&m.id, &old.id).unwrap().unwrap();
+    assert_eq!(got.status, MessageStatus::Fail);
+
+    // Expunging clears both response bodies, each where it is kept.
+    assert_eq!(s.expunge_content(&m).unwrap(), 4);
+    let bodies = s.attempts_of_msg(&m.id, &all, |_| true).unwrap().items;
+    assert!(bodies.iter().all(|a| a.response_body.is_empty()));
+
+    // Retention at 35 deletes the old one with its index entries only.
+    let r = s.delete_old_attempts(1_035, 1_000).unwrap();
+    assert_eq!(r.attempts_deleted, 1);
+    assert!(s.tree.get(keys::legacy_attempt(&old.id)).unwrap().is_none());
+    let just_new = vec![new.id.clone()];
+    assert_eq!(
+        ids(s.attempts_of_msg(&m.id, &all, |_| true).unwrap()),
+        just_new
+    );
+    assert_eq!(
+        ids(s.attempts_of_ep(&ep.id, &all, |_| true).unwrap()),
+        just_new
+    );
+    assert!(s.get_attempt(&m.id, &old.id).unwrap().is_none());
 }
 
 #[tokio::test]

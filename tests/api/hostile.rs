@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use webhookd::delivery::client::MAX_STORED_HEADER_BYTES;
-use webhookd::domain::AttemptId;
+use webhookd::domain::{AttemptId, MessageId};
 use webhookd::store::AttemptRecord;
 
 use crate::helpers::{TestApp, TestReceiver, WAIT, spawn_app, spawn_app_with};
@@ -156,9 +156,10 @@ async fn deliver_once(app: &TestApp, url: &str, status: u64) -> Vec<AttemptRecor
 
 fn record(app: &TestApp, attempt: &Value) -> AttemptRecord {
     let id = AttemptId::parse(attempt["id"].as_str().expect("an attempt id")).expect("an ID");
+    let msg = MessageId::parse(attempt["msgId"].as_str().expect("a message id")).expect("an ID");
     let rec = app
         .store()
-        .get_attempt(&id)
+        .get_attempt(&msg, &id)
         .expect("reading the store")
         .expect("the attempt is stored");
     assert!(rec.response_body.len() <= BODY_CAP, "{rec:?}");
