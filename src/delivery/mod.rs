@@ -16,6 +16,7 @@ pub mod retry;
 
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
 
 use crate::config::DeliveryConfig;
-use crate::domain::{AttemptId, AttemptTrigger, EndpointId, MessageId, MessageStatus, now_ms};
+use crate::domain::{
+    AttemptId, AttemptTrigger, EndpointId, MessageId, MessageStatus, TaskId, now_ms,
+};
 use crate::metrics::Metrics;
 use crate::signing;
 use crate::store::{AttemptRecord, Claim, Next, Store, StoreError, TaskRecord};
@@ -130,8 +133,18 @@ struct Lane {
 
 /// A delivery thread, as the claiming loop sees it.
 struct LaneHandle {
-    tx: tokio::sync::mpsc::UnboundedSender<(TaskRecord, i64)>,
+    tx: tokio::sync::mpsc::UnboundedSender<(TaskRecord, Arc<ClaimLease>)>,
     thread: std::thread::JoinHandle<()>,
+}
+
+/// The lease of one claim, shared by the deliveries it took. The last of
+/// them to finish gives it up, unless one could not be recorded: then it is
+/// kept, and when it expires all of them go back on the queue.
+struct ClaimLease {
+    until_ms: i64,
+    first: TaskId,
+    outstanding: AtomicUsize,
+    keep: AtomicBool,
 }
 
 /// One endpoint's attempts in flight.
@@ -237,8 +250,9 @@ async fn claim_and_hand_out(
         for (task, lease) in shared.claim(now).await? {
             turn = (turn + 1) % lanes.len();
             if let Err(unsent) = lanes[turn].tx.send((task, lease)) {
-                let (task, _) = unsent.0;
+                let (task, lease) = unsent.0;
                 tracing::error!(message_id = %task.msg_id, "a delivery thread is gone; the delivery's lease will expire and it will be retried");
+                lease.keep.store(true, Ordering::Relaxed);
                 shared.finish(&task.ep_id, Duration::ZERO);
             }
         }
@@ -273,7 +287,7 @@ async fn claim_and_hand_out(
 /// Starts delivery thread `i`: it makes its own HTTP client and runs every
 /// delivery it is handed as a local task, until its channel closes.
 fn start_lane(i: usize, shared: Arc<Shared>, roots: TlsRoots) -> std::io::Result<LaneHandle> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(TaskRecord, i64)>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(TaskRecord, Arc<ClaimLease>)>();
     let thread = std::thread::Builder::new()
         .name(format!("webhookd-deliver-{i}"))
         .spawn(move || {
@@ -299,9 +313,14 @@ fn start_lane(i: usize, shared: Arc<Shared>, roots: TlsRoots) -> std::io::Result
                             attempt_id = tracing::field::Empty,
                         );
                         let started = tokio::time::Instant::now();
-                        if let Err(e) = lane.deliver(&task, lease).instrument(span).await {
+                        if let Err(e) = lane.deliver(&task).instrument(span).await {
                             tracing::error!(error = %e, message_id = %task.msg_id, "recording a delivery failed; its lease will expire and it will be retried");
+                            lease.keep.store(true, Ordering::Relaxed);
                         }
+                        // Before the slot is freed: stopping waits for the
+                        // slots, and a lease left behind means deliveries
+                        // made again at the next start.
+                        lane.shared.settle(&lease).await;
                         lane.shared.finish(&task.ep_id, started.elapsed());
                     });
                 }
@@ -320,8 +339,8 @@ impl Shared {
     }
 
     /// Leases as many due deliveries as there are free slots, honouring the per-endpoint cap.
-    /// Returns each task with the expiry of its lease.
-    async fn claim(&self, now: i64) -> Result<Vec<(TaskRecord, i64)>, StoreError> {
+    /// Returns each task with the lease they share.
+    async fn claim(&self, now: i64) -> Result<Vec<(TaskRecord, Arc<ClaimLease>)>, StoreError> {
         let free = self.cfg.max_in_flight.saturating_sub(self.in_flight());
         if free == 0 {
             return Ok(Vec::new());
@@ -358,7 +377,30 @@ impl Shared {
                 }
             })
             .await?;
-        Ok(tasks.into_iter().map(|t| (t, lease)).collect())
+        let Some(first) = tasks.first() else {
+            return Ok(Vec::new());
+        };
+        let shared_lease = Arc::new(ClaimLease {
+            until_ms: lease,
+            first: first.id.clone(),
+            outstanding: AtomicUsize::new(tasks.len()),
+            keep: AtomicBool::new(false),
+        });
+        Ok(tasks
+            .into_iter()
+            .map(|t| (t, Arc::clone(&shared_lease)))
+            .collect())
+    }
+
+    /// One delivery of a claim is done: the last one gives up the lease.
+    async fn settle(&self, lease: &ClaimLease) {
+        if lease.outstanding.fetch_sub(1, Ordering::AcqRel) == 1
+            && !lease.keep.load(Ordering::Acquire)
+        {
+            if let Err(e) = self.store.release_lease(lease.until_ms, &lease.first).await {
+                tracing::error!(error = %e, "giving up a lease failed; its deliveries will be made again when it expires");
+            }
+        }
     }
 
     fn finish(&self, ep: &EndpointId, took: Duration) {
@@ -393,13 +435,13 @@ fn slow_endpoint_deferral(mean_ms: i64, idle_ms: i64, longest_ms: i64) -> Option
 
 impl Lane {
     /// One attempt of one task, recorded with what follows it.
-    async fn deliver(&self, task: &TaskRecord, lease: i64) -> Result<(), StoreError> {
+    async fn deliver(&self, task: &TaskRecord) -> Result<(), StoreError> {
         let store = &self.shared.store;
         let Some(ep) = store.get_endpoint(&task.app_id, &task.ep_id)? else {
-            return store.drop_task(task, lease, None); // endpoint or app deleted
+            return store.drop_task(task, None); // endpoint or app deleted
         };
         let Some(msg) = store.get_message(&task.app_id, &task.msg_id)? else {
-            return store.drop_task(task, lease, None);
+            return store.drop_task(task, None);
         };
         if task.trigger == AttemptTrigger::Scheduled && task.attempt > 0 {
             // A manual resend may have delivered it since this retry was scheduled.
@@ -407,14 +449,14 @@ impl Lane {
                 .dest(&task.msg_id, &task.ep_id)?
                 .is_some_and(|d| d.status == MessageStatus::Success)
             {
-                return store.drop_task(task, lease, None);
+                return store.drop_task(task, None);
             }
         }
         if ep.disabled || msg.expunged {
-            return store.drop_task(task, lease, Some(MessageStatus::Fail));
+            return store.drop_task(task, Some(MessageStatus::Fail));
         }
         let Some(payload) = store.payload(&msg.id)? else {
-            return store.drop_task(task, lease, Some(MessageStatus::Fail));
+            return store.drop_task(task, Some(MessageStatus::Fail));
         };
 
         let now = now_ms();
@@ -516,7 +558,7 @@ impl Lane {
             error: resp.error,
         };
         tracing::Span::current().record("attempt_id", attempt.id.as_str());
-        let recorded = store.record_attempt(task, lease, &attempt, next).await?;
+        let recorded = store.record_attempt(task, &attempt, next).await?;
         self.shared.metrics.attempt(success, status, duration);
         if task.attempt == 0 && task.trigger == AttemptTrigger::Scheduled {
             self.shared

@@ -39,8 +39,11 @@ pub mod ns {
     pub const ATTEMPT_BY_EP: u8 = b's';
     /// due_ms task_id → TaskRecord (the delivery queue)
     pub const QUEUE: u8 = b'Q';
-    /// lease_expiry_ms task_id → TaskRecord (claimed by a worker)
+    /// lease_expiry_ms task_id → TaskRecord (one task claimed by a worker), in
+    /// stores written before claims were leased together: released at start.
     pub const LEASE: u8 = b'L';
+    /// lease_expiry_ms first_task_id → Vec<TaskRecord> (the tasks of one claim)
+    pub const CLAIM_LEASE: u8 = b'l';
     /// sha256(scope) → IdempotencyRecord
     pub const IDEMPOTENCY: u8 = b'K';
     /// msg_id → app_id (every message, across applications, by time)
@@ -164,12 +167,17 @@ pub fn queue(due_ms: i64, task: &TaskId) -> Vec<u8> {
 pub fn queue_due_end(now_ms: i64) -> Vec<u8> {
     key(ns::QUEUE, &[&time(now_ms.saturating_add(1))])
 }
-pub fn lease(expiry_ms: i64, task: &TaskId) -> Vec<u8> {
-    key(ns::LEASE, &[&time(expiry_ms), task.as_str().as_bytes()])
+/// The lease of a claim: named by its expiry and the first task it took.
+pub fn claim_lease(expiry_ms: i64, first: &TaskId) -> Vec<u8> {
+    key(
+        ns::CLAIM_LEASE,
+        &[&time(expiry_ms), first.as_str().as_bytes()],
+    )
 }
-/// Upper bound (exclusive) of the leases that expired at or before `now_ms`.
-pub fn lease_expired_end(now_ms: i64) -> Vec<u8> {
-    key(ns::LEASE, &[&time(now_ms.saturating_add(1))])
+/// Upper bound (exclusive) of the leases under `tag` (`LEASE` or
+/// `CLAIM_LEASE`) that expired at or before `now_ms`.
+pub fn lease_expired_end(tag: u8, now_ms: i64) -> Vec<u8> {
+    key(tag, &[&time(now_ms.saturating_add(1))])
 }
 pub fn idempotency(scope_hash: &[u8; 32]) -> Vec<u8> {
     key(ns::IDEMPOTENCY, &[scope_hash])

@@ -276,15 +276,17 @@ impl Store {
     ) -> Result<(HashSet<(MessageId, EndpointId)>, usize), StoreError> {
         let mut waiting = HashSet::new();
         let mut overdue = 0;
-        for ns in [keys::ns::QUEUE, keys::ns::LEASE] {
-            for e in self.tree.scan_prefix([ns]) {
-                let (k, v) = e?;
-                let t: TaskRecord = decode(&k, &v)?;
-                if ns == keys::ns::QUEUE && t.due_ms < overdue_before_ms {
-                    overdue += 1;
-                }
-                waiting.insert((t.msg_id, t.ep_id));
+        for e in self.tree.scan_prefix([keys::ns::QUEUE]) {
+            let (k, v) = e?;
+            let t: TaskRecord = decode(&k, &v)?;
+            if t.due_ms < overdue_before_ms {
+                overdue += 1;
             }
+            waiting.insert((t.msg_id, t.ep_id));
+        }
+        for t in self.leased() {
+            let t = t?;
+            waiting.insert((t.msg_id, t.ep_id));
         }
         Ok((waiting, overdue))
     }

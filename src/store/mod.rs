@@ -1187,12 +1187,13 @@ impl Store {
         }))
     }
 
-    /// Moves up to `limit` due deliveries to leases expiring at `lease_until_ms`.
-    /// `decide` sees each due task in due order and may defer it. At most
-    /// `scan_limit` entries are looked at, so a long run of deferred tasks cannot
-    /// make one call expensive. The queue is read here; the moves are written by
-    /// the writer thread (see `writer`), so there must be only one caller at a
-    /// time (the delivery worker).
+    /// Takes up to `limit` due deliveries under one lease expiring at
+    /// `lease_until_ms` (see `release_lease`). `decide` sees each due task in
+    /// due order and may defer it. At most `scan_limit` entries are looked
+    /// at, so a long run of deferred tasks cannot make one call expensive.
+    /// The queue is read here; the moves are written by the writer thread
+    /// (see `writer`), so there must be only one caller at a time (the
+    /// delivery worker).
     pub async fn claim_due(
         &self,
         now_ms: i64,
@@ -1202,6 +1203,7 @@ impl Store {
         mut decide: impl FnMut(&TaskRecord) -> Claim,
     ) -> Result<Vec<TaskRecord>, StoreError> {
         let mut taken = Vec::new();
+        let mut taken_keys: Vec<sled::IVec> = Vec::new();
         let mut moves: Vec<(sled::IVec, Vec<u8>, sled::IVec)> = Vec::new();
         let range = self
             .tree
@@ -1215,7 +1217,7 @@ impl Store {
             let task: TaskRecord = decode(&k, &v)?;
             match decide(&task) {
                 Claim::Take => {
-                    moves.push((k, keys::lease(lease_until_ms, &task.id), v));
+                    taken_keys.push(k);
                     taken.push(task);
                 }
                 Claim::Skip => {}
@@ -1226,40 +1228,72 @@ impl Store {
                 }
             }
         }
-        if !moves.is_empty() {
-            self.writer
-                .write(move |o| {
-                    // The new key first: cut between the two by a crash, the
-                    // delivery is there twice rather than not at all.
-                    for (from, to, value) in moves {
-                        let same = from.as_ref() == to.as_slice();
-                        o.insert(to, value);
-                        if !same {
-                            o.remove(from.to_vec());
-                        }
-                    }
-                    Ok(())
-                })
-                .await?;
+        if taken.is_empty() && moves.is_empty() {
+            return Ok(taken);
         }
+        let lease = taken
+            .first()
+            .map(|first| (keys::claim_lease(lease_until_ms, &first.id), encode(&taken)));
+        self.writer
+            .write(move |o| {
+                // The new keys first: cut in between by a crash, a delivery
+                // is there twice rather than not at all.
+                if let Some((key, tasks)) = lease {
+                    o.insert(key, tasks);
+                }
+                for k in taken_keys {
+                    o.remove(k.to_vec());
+                }
+                for (from, to, value) in moves {
+                    let same = from.as_ref() == to.as_slice();
+                    o.insert(to, value);
+                    if !same {
+                        o.remove(from.to_vec());
+                    }
+                }
+                Ok(())
+            })
+            .await?;
         Ok(taken)
     }
 
-    /// Puts leases that expired at or before `now_ms` back on the queue, due now.
-    /// At startup (no worker alive) pass `i64::MAX` to release every lease.
+    /// Gives up the lease of a claim (`claim_due` with `lease_until_ms`,
+    /// whose first task was `first`). Call it once every delivery of the claim
+    /// is recorded or dropped: until then, a crash or the lease's expiry puts
+    /// all of them back on the queue.
+    pub async fn release_lease(
+        &self,
+        lease_until_ms: i64,
+        first: &TaskId,
+    ) -> Result<(), StoreError> {
+        let key = keys::claim_lease(lease_until_ms, first);
+        self.writer
+            .write(move |o| {
+                o.remove(key);
+                Ok(())
+            })
+            .await
+    }
+
+    /// Puts the tasks of leases that expired at or before `now_ms` back on the
+    /// queue, due `due_ms`. At startup (no worker alive) pass `i64::MAX` to
+    /// release every lease.
     pub fn release_expired_leases(&self, now_ms: i64, due_ms: i64) -> Result<usize, StoreError> {
         let mut batch = sled::Batch::default();
         let mut n = 0;
-        for entry in self
-            .tree
-            .range(vec![keys::ns::LEASE]..keys::lease_expired_end(now_ms))
-        {
-            let (k, v) = entry?;
-            let mut task: TaskRecord = decode(&k, &v)?;
-            task.due_ms = due_ms;
-            batch.remove(k);
-            batch.insert(keys::queue(due_ms, &task.id), encode(&task));
-            n += 1;
+        for tag in [keys::ns::LEASE, keys::ns::CLAIM_LEASE] {
+            for entry in self
+                .tree
+                .range(vec![tag]..keys::lease_expired_end(tag, now_ms))
+            {
+                let (k, v) = entry?;
+                for mut task in leased_tasks(&k, &v)? {
+                    task.due_ms = due_ms;
+                    batch.insert(keys::queue(due_ms, &task.id), encode(&task));
+                    n += 1;
+                }
+                batch.remove(k);
+            }
         }
         if n > 0 {
             self.tree.apply_batch(batch)?;
@@ -1267,51 +1301,67 @@ impl Store {
         Ok(n)
     }
 
+    /// Every leased task.
+    fn leased(&self) -> impl Iterator<Item = Result<TaskRecord, StoreError>> + '_ {
+        [keys::ns::LEASE, keys::ns::CLAIM_LEASE]
+            .into_iter()
+            .flat_map(|tag| self.tree.scan_prefix([tag]))
+            .flat_map(|entry| {
+                let tasks = entry
+                    .map_err(StoreError::from)
+                    .and_then(|(k, v)| leased_tasks(&k, &v));
+                match tasks {
+                    Ok(tasks) => tasks.into_iter().map(Ok).collect::<Vec<_>>(),
+                    Err(e) => vec![Err(e)],
+                }
+            })
+    }
+
     /// Deliveries waiting (queued) and in flight (leased).
     pub fn queue_depth(&self) -> (usize, usize) {
         let queued = self.tree.scan_prefix([keys::ns::QUEUE]).count();
-        let leased = self.tree.scan_prefix([keys::ns::LEASE]).count();
+        let leased = self.leased().count();
         (queued, leased)
     }
 
-    /// Finishes a leased task without an attempt (its endpoint or app is gone, or it
-    /// is no longer needed); `status` updates the delivery status if it still exists.
+    /// Finishes a claimed task without an attempt (its endpoint or app is
+    /// gone, or it is no longer needed); `status` updates the delivery status
+    /// if it still exists. The claim's lease stays until `release_lease`.
     pub fn drop_task(
         &self,
         task: &TaskRecord,
-        lease_until_ms: i64,
         status: Option<MessageStatus>,
     ) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        batch.remove(keys::lease(lease_until_ms, &task.id));
-        if let Some(status) = status {
-            if let Some(mut dest) = self.dest(&task.msg_id, &task.ep_id)? {
-                dest.status = status;
-                dest.next_attempt_ms = None;
-                batch.insert(keys::dest(&task.msg_id, &task.ep_id), encode(&dest));
-                set_failed_index(&mut batch, &dest);
-            }
+        let Some(status) = status else {
+            return Ok(());
+        };
+        if let Some(mut dest) = self.dest(&task.msg_id, &task.ep_id)? {
+            dest.status = status;
+            dest.next_attempt_ms = None;
+            let mut batch = sled::Batch::default();
+            batch.insert(keys::dest(&task.msg_id, &task.ep_id), encode(&dest));
+            set_failed_index(&mut batch, &dest);
+            self.tree.apply_batch(batch)?;
         }
-        self.tree.apply_batch(batch)?;
         Ok(())
     }
 
-    /// Records an attempt and what follows it (grouped with other writes: see
-    /// `writer`): the attempt and its indexes are written, a retry (if any) is
-    /// queued, the delivery status is updated, and last the lease goes away.
-    /// Then the per-minute and per-endpoint-hour counters are bumped (in
-    /// memory, merged in batches: see `counters`).
+    /// Records an attempt of a claimed task and what follows it (grouped with
+    /// other writes: see `writer`): the attempt and its index are written, a
+    /// retry (if any) is queued and the delivery status is updated. The
+    /// claim's lease stays until `release_lease`. Then the per-minute and
+    /// per-endpoint-hour counters are bumped (in memory, merged in batches:
+    /// see `counters`).
     pub async fn record_attempt(
         &self,
         task: &TaskRecord,
-        lease_until_ms: i64,
         attempt: &AttemptRecord,
         next: Next,
     ) -> Result<Recorded, StoreError> {
         let (task_c, attempt_c) = (task.clone(), attempt.clone());
         let recorded = self
             .writer
-            .write(move |o| stage_attempt(o, &task_c, lease_until_ms, &attempt_c, next))
+            .write(move |o| stage_attempt(o, &task_c, &attempt_c, next))
             .await?;
         let delta = if attempt.status == MessageStatus::Success {
             Counts {
@@ -1400,7 +1450,6 @@ impl Store {
 fn stage_attempt(
     o: &mut writer::Overlay,
     task: &TaskRecord,
-    lease_until_ms: i64,
     attempt: &AttemptRecord,
     next: Next,
 ) -> Result<Recorded, StoreError> {
@@ -1476,13 +1525,19 @@ fn stage_attempt(
         v.extend_from_slice(task.app_id.as_str().as_bytes());
         o.insert(clock, v);
     }
-    // Last: cut by a crash before this, the delivery is made again (its lease
-    // is released at start) rather than lost.
-    o.remove(keys::lease(lease_until_ms, &task.id));
     Ok(Recorded {
         before,
         after: dest,
     })
+}
+
+/// The tasks a lease holds: one (`LEASE`) or a claim's (`CLAIM_LEASE`).
+fn leased_tasks(key: &[u8], value: &[u8]) -> Result<Vec<TaskRecord>, StoreError> {
+    if key.first() == Some(&keys::ns::LEASE) {
+        Ok(vec![decode(key, value)?])
+    } else {
+        decode(key, value)
+    }
 }
 
 /// For an entry under a message's attempts written before attempts moved

@@ -106,11 +106,7 @@ impl Store {
             }
             s.queued += 1;
         }
-        s.in_flight = self
-            .tree
-            .scan_prefix([keys::ns::LEASE])
-            .take(count_limit)
-            .count();
+        s.in_flight = self.leased().take(count_limit).count();
         Ok(s)
     }
 

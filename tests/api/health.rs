@@ -160,3 +160,27 @@ async fn the_report_shows_deliveries_in_flight() {
     gate.release();
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn deliveries_leave_nothing_in_flight_once_recorded() {
+    let app = spawn_app().await;
+    let mut receiver = TestReceiver::start().await;
+    let app_id = app.create_app().await;
+    app.endpoint_to(&app_id, &receiver).await;
+    app.endpoint_to(&app_id, &receiver).await;
+    for _ in 0..5 {
+        app.publish_simple(&app_id, "order.created").await;
+    }
+    for _ in 0..10 {
+        receiver.next().await;
+    }
+    // The claims' leases are given up once their deliveries are recorded
+    // (else they would stay until they expire, and a restart would deliver
+    // them again).
+    wait_until(WAIT, "nothing queued or in flight", || async {
+        let report = health(&app, Method::GET, "/webhookd/health").await.json();
+        (report["queue"]["inFlight"] == 0 && report["queue"]["depth"] == 0).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
