@@ -5,8 +5,9 @@
 //! delivery threads (`delivery.threads`, default 1). Each
 //! thread has its own HTTP client (`awc::Client` is `!Send`) and runs its
 //! attempts as local tasks. The slots are shared: attempts in flight are capped
-//! overall (`max_in_flight`) and per endpoint (`max_per_endpoint`) so a slow
-//! endpoint cannot hold every slot. Must not import actix-web's server side;
+//! overall (`max_in_flight`, until each is recorded) and requests in flight per
+//! endpoint (`max_per_endpoint`, until each is answered) so a slow endpoint
+//! cannot hold every slot. Must not import actix-web's server side;
 //! the API wakes the worker through `DeliveryHandle`.
 
 pub mod client;
@@ -118,7 +119,7 @@ struct Shared {
 /// Who holds which slots.
 #[derive(Default)]
 struct SlotBook {
-    /// Attempts in flight per endpoint.
+    /// Requests in flight per endpoint.
     per_endpoint: HashMap<EndpointId, Slots>,
     /// Mean attempt duration (ms, moving average) per endpoint that had one.
     mean_ms: HashMap<EndpointId, f64>,
@@ -147,7 +148,7 @@ struct ClaimLease {
     keep: AtomicBool,
 }
 
-/// One endpoint's attempts in flight.
+/// One endpoint's requests in flight.
 struct Slots {
     in_flight: usize,
     /// When it last finished an attempt (or, before the first, began one).
@@ -253,7 +254,8 @@ async fn claim_and_hand_out(
                 let (task, lease) = unsent.0;
                 tracing::error!(message_id = %task.msg_id, "a delivery thread is gone; the delivery's lease will expire and it will be retried");
                 lease.keep.store(true, Ordering::Relaxed);
-                shared.finish(&task.ep_id, Duration::ZERO);
+                drop(EndpointSlot::new(shared, &task.ep_id));
+                shared.done();
             }
         }
         let wait = match shared.store.next_due_ms()? {
@@ -312,16 +314,17 @@ fn start_lane(i: usize, shared: Arc<Shared>, roots: TlsRoots) -> std::io::Result
                             attempt = task.attempt,
                             attempt_id = tracing::field::Empty,
                         );
-                        let started = tokio::time::Instant::now();
-                        if let Err(e) = lane.deliver(&task).instrument(span).await {
+                        let slot = EndpointSlot::new(&lane.shared, &task.ep_id);
+                        if let Err(e) = lane.deliver(&task, &slot).instrument(span).await {
                             tracing::error!(error = %e, message_id = %task.msg_id, "recording a delivery failed; its lease will expire and it will be retried");
                             lease.keep.store(true, Ordering::Relaxed);
                         }
-                        // Before the slot is freed: stopping waits for the
-                        // slots, and a lease left behind means deliveries
-                        // made again at the next start.
+                        drop(slot);
+                        // Before the overall slot is freed: stopping waits
+                        // for those, and a lease left behind means
+                        // deliveries made again at the next start.
                         lane.shared.settle(&lease).await;
-                        lane.shared.finish(&task.ep_id, started.elapsed());
+                        lane.shared.done();
                     });
                 }
             })
@@ -403,7 +406,9 @@ impl Shared {
         }
     }
 
-    fn finish(&self, ep: &EndpointId, took: Duration) {
+    /// An attempt's request is over (or was never made): its endpoint's
+    /// slot is free, and `took` goes into the endpoint's mean attempt time.
+    fn endpoint_done(&self, ep: &EndpointId, took: Duration) {
         let took = took.as_millis() as f64;
         {
             let mut book = self.book();
@@ -418,9 +423,49 @@ impl Shared {
                     book.per_endpoint.remove(ep);
                 }
             }
-            book.in_flight -= 1;
         }
         self.freed.notify_one();
+    }
+
+    /// A claimed delivery is finished (recorded, or given up): its slot in
+    /// the overall cap is free.
+    fn done(&self) {
+        self.book().in_flight -= 1;
+        self.freed.notify_one();
+    }
+}
+
+/// A delivery's place under its endpoint's cap. It is given back as soon as
+/// the request is over, before the attempt is recorded: the cap limits the
+/// requests an endpoint sees at once, and recording (a write shared with
+/// every other delivery) would otherwise hold it too.
+struct EndpointSlot {
+    shared: Arc<Shared>,
+    ep: EndpointId,
+    started: tokio::time::Instant,
+    held: std::cell::Cell<bool>,
+}
+
+impl EndpointSlot {
+    fn new(shared: &Arc<Shared>, ep: &EndpointId) -> Self {
+        Self {
+            shared: Arc::clone(shared),
+            ep: ep.clone(),
+            started: tokio::time::Instant::now(),
+            held: std::cell::Cell::new(true),
+        }
+    }
+
+    fn release(&self) {
+        if self.held.replace(false) {
+            self.shared.endpoint_done(&self.ep, self.started.elapsed());
+        }
+    }
+}
+
+impl Drop for EndpointSlot {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -435,7 +480,8 @@ fn slow_endpoint_deferral(mean_ms: i64, idle_ms: i64, longest_ms: i64) -> Option
 
 impl Lane {
     /// One attempt of one task, recorded with what follows it.
-    async fn deliver(&self, task: &TaskRecord) -> Result<(), StoreError> {
+    /// `slot` is given back once the request is over.
+    async fn deliver(&self, task: &TaskRecord, slot: &EndpointSlot) -> Result<(), StoreError> {
         let store = &self.shared.store;
         let Some(ep) = store.get_endpoint(&task.app_id, &task.ep_id)? else {
             return store.drop_task(task, None); // endpoint or app deleted
@@ -503,6 +549,7 @@ impl Lane {
                 client_cert: ep.client_cert.as_ref(),
             })
             .await;
+        slot.release();
 
         let success = resp.is_success();
         let gone = resp.status == 410;
