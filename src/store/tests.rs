@@ -375,19 +375,29 @@ async fn delete_app_removes_its_data() {
     assert!(s.dest(&m.id, &ep.id).unwrap().is_none());
 }
 
-#[tokio::test]
-async fn dead_letter_index_follows_the_status() {
+/// A store with one endpoint and one message (created at 10) published to
+/// it, due at `due` and claimed with a lease until `lease_until`.
+async fn one_claimed(
+    due: i64,
+    lease_until: i64,
+) -> (Store, EndpointRecord, MessageRecord, TaskRecord) {
     let s = Store::temporary().unwrap();
     let a = app(None);
     let ep = endpoint(&a.id, &[]);
     s.create_endpoint(&ep).unwrap().unwrap();
     let m = message(&a.id, 10, None);
-    s.publish(&m, b"{}", &[&ep], 10).await.unwrap();
+    s.publish(&m, b"{}", &[&ep], due).await.unwrap();
     let t = s
-        .claim_due(10, 500, 10, 100, |_| Claim::Take)
+        .claim_due(due, lease_until, 10, 100, |_| Claim::Take)
         .await
         .unwrap()
         .remove(0);
+    (s, ep, m, t)
+}
+
+#[tokio::test]
+async fn dead_letter_index_follows_the_status() {
+    let (s, ep, m, t) = one_claimed(10, 500).await;
     s.record_attempt(&t, &attempt(&t, false, 20), Next::Done)
         .await
         .unwrap();
@@ -447,7 +457,7 @@ async fn dead_letter_index_follows_the_status() {
             fail: 1
         }
     );
-    assert_eq!(s.app_message_count(&a.id).unwrap(), 1);
+    assert_eq!(s.app_message_count(&m.app_id).unwrap(), 1);
 }
 
 #[tokio::test]
@@ -541,17 +551,7 @@ async fn a_job_is_applied_in_an_order_whose_every_prefix_is_safe() {
 
 #[tokio::test]
 async fn attempts_kept_by_attempt_id_by_an_earlier_release_are_read_and_deleted() {
-    let s = Store::temporary().unwrap();
-    let a = app(None);
-    let ep = endpoint(&a.id, &[]);
-    s.create_endpoint(&ep).unwrap().unwrap();
-    let m = message(&a.id, 10, None);
-    s.publish(&m, b"{}", &[&ep], 20).await.unwrap();
-    let t = s
-        .claim_due(20, 100, 1, 100, |_| Claim::Take)
-        .await
-        .unwrap()
-        .remove(0);
+    let (s, ep, m, t) = one_claimed(20, 100).await;
     // The earlier layout: the record under its own ID, empty index entries.
     let old = attempt(&t, false, 30);
     s.tree
