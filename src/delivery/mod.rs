@@ -254,7 +254,7 @@ async fn claim_and_hand_out(
                 let (task, lease) = unsent.0;
                 tracing::error!(message_id = %task.msg_id, "a delivery thread is gone; the delivery's lease will expire and it will be retried");
                 lease.keep.store(true, Ordering::Relaxed);
-                drop(EndpointSlot::new(shared, &task.ep_id));
+                shared.endpoint_done(&task.ep_id, Duration::ZERO);
                 shared.done();
             }
         }

@@ -417,7 +417,7 @@ impl Store {
         let end = keys::attempts_of_msg(&MessageId::lower_bound(cutoff));
         for e in self.tree.range(vec![keys::ns::ATTEMPT_BY_MSG]..end) {
             let (k, v) = e?;
-            let id = AttemptId::parse(&str_of(&k[1 + MessageId::LEN..]));
+            let id = AttemptId::parse(&str_of(k.get(1 + MessageId::LEN..).unwrap_or_default()));
             // An empty value is a legacy entry: deleted with its record above.
             if v.is_empty() || id.is_none_or(|id| id.created_ms() >= cutoff) {
                 continue;
