@@ -349,7 +349,7 @@ impl Store {
     /// messages older than their retention: `retention_of(message)` in
     /// milliseconds. Looks at payloads created before `now_ms - shortest_ms`
     /// only. A message with a delivery still waiting, retrying or failed keeps
-    /// its payload.
+    /// its payload. A payload without a message is removed.
     pub fn expire_payloads(
         &self,
         now_ms: i64,
@@ -368,7 +368,12 @@ impl Store {
                 continue;
             };
             let Some(msg) = self.find_message_any(&id)? else {
-                self.tree.remove(&k)?;
+                // Left by a publish cut short before its message was written
+                // (never acknowledged): its payload and all-messages entry go.
+                let mut batch = sled::Batch::default();
+                batch.remove(keys::all_messages(&id));
+                batch.remove(k);
+                self.tree.apply_batch(batch)?;
                 continue;
             };
             if msg.created_ms + retention_of(&msg) > now_ms {

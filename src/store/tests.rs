@@ -624,6 +624,15 @@ async fn reconcile_removes_the_statuses_of_a_publish_cut_before_its_message() {
     s.release_lease(30_100, &tasks[0].id).await.unwrap();
     let r = s.reconcile(120_000, 60_000, None, 1000).unwrap();
     assert_eq!(r.requeued, 1, "only the whole message is queued again");
+    // Its payload and all-messages entry go with payload retention.
+    s.expire_payloads(120_000, 60_000, |_| 60_000).unwrap();
+    assert!(s.payload(&cut.id).unwrap().is_none());
+    assert!(!s.tree.contains_key(keys::all_messages(&cut.id)).unwrap());
+    assert!(
+        s.payload(&whole.id).unwrap().is_some(),
+        "still to be delivered"
+    );
+    assert!(s.tree.contains_key(keys::all_messages(&whole.id)).unwrap());
     assert!(s.dest(&cut.id, &ep.id).unwrap().is_none());
     assert!(s.dest(&whole.id, &ep.id).unwrap().is_some());
     assert!(
