@@ -1,8 +1,8 @@
 //! Byte encodings of every key in the database.
 //!
 //! Everything lives in one sled tree, so that writes that belong together
-//! (a publish: message, payload, one queue entry and one status row per
-//! endpoint) need no multi-tree transaction. A key is a one-byte namespace tag
+//! (a publish: message, payload, one status row per endpoint and one queue
+//! entry) need no multi-tree transaction. A key is a one-byte namespace tag
 //! followed by fixed-width parts; IDs have a fixed length per type and
 //! timestamps are big-endian, so byte order is the order we scan in.
 
@@ -37,7 +37,7 @@ pub mod ns {
     pub const ATTEMPT_BY_MSG: u8 = b'r';
     /// ep_id att_id → msg_id (empty: the record is under `ATTEMPT`)
     pub const ATTEMPT_BY_EP: u8 = b's';
-    /// due_ms task_id → TaskRecord (the delivery queue)
+    /// due_ms task_id → TaskRecord, or FanRecord after a 0 byte (the delivery queue)
     pub const QUEUE: u8 = b'Q';
     /// lease_expiry_ms task_id → TaskRecord (one task claimed by a worker), in
     /// stores written before claims were leased together: released at start.
@@ -162,6 +162,11 @@ fn time(ms: i64) -> [u8; 8] {
 }
 pub fn queue(due_ms: i64, task: &TaskId) -> Vec<u8> {
     key(ns::QUEUE, &[&time(due_ms), task.as_str().as_bytes()])
+}
+/// The due time a queue entry's key holds.
+pub fn queue_due(key: &[u8]) -> Option<i64> {
+    let due: [u8; 8] = key.get(1..9)?.try_into().ok()?;
+    Some(u64::from_be_bytes(due) as i64)
 }
 /// Upper bound (exclusive) of the queue entries due at or before `now_ms`.
 pub fn queue_due_end(now_ms: i64) -> Vec<u8> {

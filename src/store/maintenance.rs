@@ -276,13 +276,13 @@ impl Store {
     ) -> Result<(HashSet<(MessageId, EndpointId)>, usize), StoreError> {
         let mut waiting = HashSet::new();
         let mut overdue = 0;
-        for e in self.tree.scan_prefix([keys::ns::QUEUE]) {
-            let (k, v) = e?;
-            let t: TaskRecord = decode(&k, &v)?;
-            if t.due_ms < overdue_before_ms {
-                overdue += 1;
+        for entry in self.queued() {
+            for t in entry?.tasks() {
+                if t.due_ms < overdue_before_ms {
+                    overdue += 1;
+                }
+                waiting.insert((t.msg_id, t.ep_id));
             }
-            waiting.insert((t.msg_id, t.ep_id));
         }
         for t in self.leased() {
             let t = t?;

@@ -890,23 +890,13 @@ impl Store {
         // `eventId` retry after a crash returns it, and reconcile requeues a
         // status left without its queue entry); then the queue entries, which
         // the worker may claim at once and which need the message.
-        let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(3 + 3 * endpoints.len());
+        let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(4 + 2 * endpoints.len());
         writes.push((keys::payload(&msg.id), payload.to_vec()));
         writes.push((
             keys::all_messages(&msg.id),
             msg.app_id.as_str().as_bytes().to_vec(),
         ));
-        let mut queued = Vec::with_capacity(endpoints.len());
         for ep in endpoints {
-            let task = TaskRecord {
-                id: TaskId::new(due_ms),
-                app_id: msg.app_id.clone(),
-                msg_id: msg.id.clone(),
-                ep_id: ep.id.clone(),
-                attempt: 0,
-                trigger: AttemptTrigger::Scheduled,
-                due_ms,
-            };
             let dest = DestRecord::new(
                 msg.id.clone(),
                 ep.id.clone(),
@@ -915,10 +905,20 @@ impl Store {
             );
             writes.push((keys::dest(&msg.id, &ep.id), encode(&dest)));
             writes.push((keys::endpoint_msg(&ep.id, &msg.id), Vec::new()));
-            queued.push((keys::queue(due_ms, &task.id), encode(&task)));
         }
         writes.push((keys::message(&msg.app_id, &msg.id), encode(msg)));
-        writes.extend(queued);
+        // One queue entry for all the endpoints: a task for one, a fan for more.
+        let fan = FanRecord {
+            app_id: msg.app_id.clone(),
+            msg_id: msg.id.clone(),
+            ep_ids: endpoints.iter().map(|ep| ep.id.clone()).collect(),
+            due_ms,
+        };
+        match fan.tasks().as_slice() {
+            [] => {}
+            [task] => writes.push((keys::queue(due_ms, &task.id), encode(task))),
+            _ => writes.push((keys::queue(due_ms, &TaskId::new(due_ms)), encode_fan(&fan))),
+        }
         self.writer
             .write(move |o| {
                 for (k, v) in writes {
@@ -1178,22 +1178,20 @@ impl Store {
         let first = self
             .tree
             .scan_prefix([keys::ns::QUEUE])
+            .keys()
             .next()
             .transpose()?;
-        Ok(first.map(|(_, v)| v).and_then(|v| {
-            postcard::from_bytes::<TaskRecord>(&v)
-                .ok()
-                .map(|t| t.due_ms)
-        }))
+        Ok(first.as_deref().and_then(keys::queue_due))
     }
 
     /// Takes up to `limit` due deliveries under one lease expiring at
     /// `lease_until_ms` (see `release_lease`). `decide` sees each due task in
-    /// due order and may defer it. At most `scan_limit` entries are looked
-    /// at, so a long run of deferred tasks cannot make one call expensive.
-    /// The queue is read here; the moves are written by the writer thread
-    /// (see `writer`), so there must be only one caller at a time (the
-    /// delivery worker).
+    /// due order and may defer it. At most `scan_limit` queue entries are
+    /// looked at, so a long run of deferred tasks cannot make one call
+    /// expensive. A fan entry (see `FanRecord`) is looked at task by task:
+    /// what it still holds stays in its place. The queue is read here; the
+    /// moves are written by the writer thread (see `writer`), so there must be
+    /// only one caller at a time (the delivery worker).
     pub async fn claim_due(
         &self,
         now_ms: i64,
@@ -1203,32 +1201,56 @@ impl Store {
         mut decide: impl FnMut(&TaskRecord) -> Claim,
     ) -> Result<Vec<TaskRecord>, StoreError> {
         let mut taken = Vec::new();
-        let mut taken_keys: Vec<sled::IVec> = Vec::new();
-        let mut moves: Vec<(sled::IVec, Vec<u8>, sled::IVec)> = Vec::new();
+        // Deferred tasks and fans left smaller, then the entries that go.
+        let mut inserts: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut removals: Vec<sled::IVec> = Vec::new();
         let range = self
             .tree
             .range(vec![keys::ns::QUEUE]..keys::queue_due_end(now_ms))
             .take(scan_limit);
+        let mut stop = false;
         for entry in range {
-            if taken.len() == limit {
+            if stop || taken.len() == limit {
                 break;
             }
             let (k, v) = entry?;
-            let task: TaskRecord = decode(&k, &v)?;
-            match decide(&task) {
-                Claim::Take => {
-                    taken_keys.push(k);
-                    taken.push(task);
+            let queued = Queued::decode(&k, &v)?;
+            let mut left = Vec::new();
+            for task in queued.tasks() {
+                if stop || taken.len() == limit {
+                    left.push(task.ep_id);
+                    continue;
                 }
-                Claim::Skip => {}
-                Claim::Stop => break,
-                Claim::Defer(due_ms) => {
-                    let task = TaskRecord { due_ms, ..task };
-                    moves.push((k, keys::queue(due_ms, &task.id), encode(&task).into()));
+                match decide(&task) {
+                    Claim::Take => taken.push(task),
+                    Claim::Skip => left.push(task.ep_id),
+                    Claim::Stop => {
+                        stop = true;
+                        left.push(task.ep_id);
+                    }
+                    Claim::Defer(due_ms) => {
+                        let key = keys::queue(due_ms, &task.id);
+                        if key.as_slice() == k.as_ref() {
+                            left.push(task.ep_id);
+                        } else {
+                            inserts.push((key, encode(&TaskRecord { due_ms, ..task })));
+                        }
+                    }
                 }
             }
+            match queued {
+                _ if left.is_empty() => removals.push(k),
+                Queued::Fan(fan) if left.len() < fan.ep_ids.len() => inserts.push((
+                    k.to_vec(),
+                    encode_fan(&FanRecord {
+                        ep_ids: left,
+                        ..fan
+                    }),
+                )),
+                _ => {}
+            }
         }
-        if taken.is_empty() && moves.is_empty() {
+        if taken.is_empty() && inserts.is_empty() && removals.is_empty() {
             return Ok(taken);
         }
         let lease = taken
@@ -1241,15 +1263,11 @@ impl Store {
                 if let Some((key, tasks)) = lease {
                     o.insert(key, tasks);
                 }
-                for k in taken_keys {
-                    o.remove(k.to_vec());
+                for (k, v) in inserts {
+                    o.insert(k, v);
                 }
-                for (from, to, value) in moves {
-                    let same = from.as_ref() == to.as_slice();
-                    o.insert(to, value);
-                    if !same {
-                        o.remove(from.to_vec());
-                    }
+                for k in removals {
+                    o.remove(k.to_vec());
                 }
                 Ok(())
             })
@@ -1301,6 +1319,14 @@ impl Store {
         Ok(n)
     }
 
+    /// Every queue entry, in due order.
+    fn queued(&self) -> impl Iterator<Item = Result<Queued, StoreError>> + '_ {
+        self.tree.scan_prefix([keys::ns::QUEUE]).map(|entry| {
+            let (k, v) = entry?;
+            Queued::decode(&k, &v)
+        })
+    }
+
     /// Every leased task.
     fn leased(&self) -> impl Iterator<Item = Result<TaskRecord, StoreError>> + '_ {
         [keys::ns::LEASE, keys::ns::CLAIM_LEASE]
@@ -1319,7 +1345,7 @@ impl Store {
 
     /// Deliveries waiting (queued) and in flight (leased).
     pub fn queue_depth(&self) -> (usize, usize) {
-        let queued = self.tree.scan_prefix([keys::ns::QUEUE]).count();
+        let queued = self.queued().map(|q| q.map_or(1, |q| q.len())).sum();
         let leased = self.leased().count();
         (queued, leased)
     }
@@ -1529,6 +1555,50 @@ fn stage_attempt(
         before,
         after: dest,
     })
+}
+
+/// A queue entry: one task, or the first attempts of a message to several
+/// endpoints (a `FanRecord`, after its tag byte).
+enum Queued {
+    One(TaskRecord),
+    Fan(FanRecord),
+}
+
+impl Queued {
+    fn decode(key: &[u8], value: &[u8]) -> Result<Self, StoreError> {
+        match value.split_first() {
+            Some((&FanRecord::TAG, fan)) => Ok(Queued::Fan(decode(key, fan)?)),
+            _ => Ok(Queued::One(decode(key, value)?)),
+        }
+    }
+
+    fn due_ms(&self) -> i64 {
+        match self {
+            Queued::One(task) => task.due_ms,
+            Queued::Fan(fan) => fan.due_ms,
+        }
+    }
+
+    /// How many deliveries it holds.
+    fn len(&self) -> usize {
+        match self {
+            Queued::One(_) => 1,
+            Queued::Fan(fan) => fan.ep_ids.len(),
+        }
+    }
+
+    fn tasks(&self) -> Vec<TaskRecord> {
+        match self {
+            Queued::One(task) => vec![task.clone()],
+            Queued::Fan(fan) => fan.tasks(),
+        }
+    }
+}
+
+fn encode_fan(fan: &FanRecord) -> Vec<u8> {
+    let mut bytes = vec![FanRecord::TAG];
+    bytes.extend(encode(fan));
+    bytes
 }
 
 /// The tasks a lease holds: one (`LEASE`) or a claim's (`CLAIM_LEASE`).

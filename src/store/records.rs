@@ -155,6 +155,38 @@ pub struct TaskRecord {
     pub due_ms: i64,
 }
 
+/// The first scheduled attempts of one message to several endpoints, queued
+/// as one entry. Stored after a 0 byte ([`FanRecord::TAG`]), which no
+/// `TaskRecord` starts with (its ID is never empty), so a queue entry is one
+/// or the other.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FanRecord {
+    pub app_id: AppId,
+    pub msg_id: MessageId,
+    pub ep_ids: Vec<EndpointId>,
+    pub due_ms: i64,
+}
+
+impl FanRecord {
+    pub const TAG: u8 = 0;
+
+    /// One task per endpoint, each with an ID of its own.
+    pub fn tasks(&self) -> Vec<TaskRecord> {
+        self.ep_ids
+            .iter()
+            .map(|ep| TaskRecord {
+                id: TaskId::new(self.due_ms),
+                app_id: self.app_id.clone(),
+                msg_id: self.msg_id.clone(),
+                ep_id: ep.clone(),
+                attempt: 0,
+                trigger: AttemptTrigger::Scheduled,
+                due_ms: self.due_ms,
+            })
+            .collect()
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AttemptRecord {
     pub id: AttemptId,

@@ -252,6 +252,80 @@ async fn skipped_tasks_stay_in_place_and_stop_ends_the_scan() {
     );
 }
 
+#[tokio::test]
+async fn a_message_to_several_endpoints_is_one_queue_entry_taken_apart_by_claims() {
+    let s = Store::temporary().unwrap();
+    let a = app(None);
+    let eps: Vec<EndpointRecord> = (0..4).map(|_| endpoint(&a.id, &[])).collect();
+    let m = message(&a.id, 10, None);
+    s.publish(&m, b"{}", &eps.iter().collect::<Vec<_>>(), 20)
+        .await
+        .unwrap();
+    assert_eq!(s.tree.scan_prefix([keys::ns::QUEUE]).count(), 1);
+    assert_eq!(s.queue_depth(), (4, 0));
+    assert_eq!(s.next_due_ms().unwrap(), Some(20));
+    let next: Vec<EndpointId> = s
+        .next_deliveries(10)
+        .unwrap()
+        .into_iter()
+        .map(|t| t.ep_id)
+        .collect();
+    assert_eq!(next, eps.iter().map(|e| e.id.clone()).collect::<Vec<_>>());
+    assert_eq!(s.queue_summary(10).unwrap().queued, 4);
+
+    // One taken, one skipped, one deferred, one left by the limit.
+    let mut seen = 0;
+    let taken = s
+        .claim_due(20, 100, 1, 100, |t| {
+            seen += 1;
+            if t.ep_id == eps[0].id {
+                Claim::Skip
+            } else if t.ep_id == eps[1].id {
+                Claim::Defer(50)
+            } else {
+                Claim::Take
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen, 3, "the limit ends the look at the fan");
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].ep_id, eps[2].id);
+    assert_eq!((taken[0].attempt, taken[0].due_ms), (0, 20));
+    assert_eq!(s.queue_depth(), (3, 1));
+    assert_eq!(
+        s.next_due_ms().unwrap(),
+        Some(20),
+        "what the fan still holds keeps its place"
+    );
+    // Every delivery is waiting somewhere: reconcile requeues none.
+    assert_eq!(s.reconcile(30, 60_000, None, 100).unwrap().requeued, 0);
+
+    let rest: Vec<EndpointId> = s
+        .claim_due(20, 100, 10, 100, |_| Claim::Take)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.ep_id)
+        .collect();
+    assert_eq!(rest, [eps[0].id.clone(), eps[3].id.clone()]);
+    let deferred = s
+        .claim_due(50, 100, 10, 100, |_| Claim::Take)
+        .await
+        .unwrap();
+    assert_eq!(deferred.len(), 1);
+    assert_eq!(
+        (deferred[0].ep_id.clone(), deferred[0].due_ms),
+        (eps[1].id.clone(), 50)
+    );
+    assert_eq!(s.queue_depth(), (0, 4));
+
+    // Expired, each lease puts its deliveries back one by one.
+    assert_eq!(s.release_expired_leases(100, 200).unwrap(), 4);
+    assert_eq!(s.tree.scan_prefix([keys::ns::QUEUE]).count(), 4);
+    assert_eq!(s.queue_depth(), (4, 0));
+}
+
 #[test]
 fn cadence_merges_several_observations_in_order() {
     let s = Store::temporary().unwrap();
@@ -519,13 +593,18 @@ async fn a_job_is_applied_in_an_order_whose_every_prefix_is_safe() {
     let (e1, e2) = (endpoint(&a.id, &[]), endpoint(&a.id, &[]));
     let m = message(&a.id, 10, None);
     // Payload, all-messages index, status and endpoint index per endpoint,
-    // then the message, then the queue entries.
+    // then the message, then the queue entry (one for both endpoints).
     let publish = applied_order(&s, async {
         s.publish(&m, b"{}", &[&e1, &e2], 20).await.unwrap();
     })
     .await;
-    assert_eq!(publish, "PGDdDdMQQ");
+    assert_eq!(publish, "PGDdDdMQ");
     let mut tasks = vec![];
+    let claim = applied_order(&s, async {
+        tasks = s.claim_due(20, 100, 1, 100, |_| Claim::Take).await.unwrap();
+    })
+    .await;
+    assert_eq!(claim, "lQ", "the lease before the entry keeps one endpoint");
     let claim = applied_order(&s, async {
         tasks = s.claim_due(20, 100, 1, 100, |_| Claim::Take).await.unwrap();
     })

@@ -2,7 +2,7 @@
 //! dead letters, counters over time and the state of the queue. Each reads an
 //! index or a bounded range, never the whole database.
 
-use super::{Counts, DestRecord, MessageRecord, Page, PageReq, Store, StoreError, decode, keys};
+use super::{Counts, DestRecord, MessageRecord, Page, PageReq, Store, StoreError, keys};
 use crate::domain::{AppId, EndpointId, MessageId};
 
 /// What the delivery queue looks like right now.
@@ -95,16 +95,16 @@ impl Store {
     /// Counts the queue, looking at no more than `count_limit` entries.
     pub fn queue_summary(&self, count_limit: usize) -> Result<QueueSummary, StoreError> {
         let mut s = QueueSummary::default();
-        for (i, entry) in self.tree.scan_prefix([keys::ns::QUEUE]).enumerate() {
+        for (i, entry) in self.queued().enumerate() {
             if i == count_limit {
                 s.queued_capped = true;
                 break;
             }
-            let (k, v) = entry?;
+            let entry = entry?;
             if i == 0 {
-                s.oldest_due_ms = Some(decode::<super::TaskRecord>(&k, &v)?.due_ms);
+                s.oldest_due_ms = Some(entry.due_ms());
             }
-            s.queued += 1;
+            s.queued += entry.len();
         }
         s.in_flight = self.leased().take(count_limit).count();
         Ok(s)
@@ -112,14 +112,15 @@ impl Store {
 
     /// The earliest queued deliveries (the next to go), up to `limit`.
     pub fn next_deliveries(&self, limit: usize) -> Result<Vec<super::TaskRecord>, StoreError> {
-        self.tree
-            .scan_prefix([keys::ns::QUEUE])
-            .take(limit)
-            .map(|e| {
-                let (k, v) = e?;
-                decode(&k, &v)
-            })
-            .collect()
+        let mut next = Vec::new();
+        for entry in self.queued() {
+            if next.len() >= limit {
+                break;
+            }
+            next.extend(entry?.tasks());
+        }
+        next.truncate(limit);
+        Ok(next)
     }
 }
 
