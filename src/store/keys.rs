@@ -22,7 +22,8 @@ pub mod ns {
     pub const ENDPOINT_UID: u8 = b'e';
     /// app_id msg_id → MessageRecord
     pub const MESSAGE: u8 = b'M';
-    /// msg_id → raw payload bytes
+    /// msg_id → raw payload bytes, in stores written before payloads moved
+    /// to `ALL_MESSAGES`: read, expunged and deleted, never written.
     pub const PAYLOAD: u8 = b'P';
     /// app_id eventId → msg_id
     pub const EVENT_ID: u8 = b'I';
@@ -46,7 +47,8 @@ pub mod ns {
     pub const CLAIM_LEASE: u8 = b'l';
     /// sha256(scope) → IdempotencyRecord
     pub const IDEMPOTENCY: u8 = b'K';
-    /// msg_id → app_id (every message, across applications, by time)
+    /// msg_id → app_id, then the raw payload until it is expunged (every
+    /// message, across applications, by time)
     pub const ALL_MESSAGES: u8 = b'G';
     /// msg_id ep_id → () (deliveries whose status is Fail: the dead letters)
     pub const FAILED: u8 = b'F';

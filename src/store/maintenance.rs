@@ -347,9 +347,11 @@ impl Store {
 
     /// Removes payloads (and the response bodies recorded for them) of delivered
     /// messages older than their retention: `retention_of(message)` in
-    /// milliseconds. Looks at payloads created before `now_ms - shortest_ms`
-    /// only. A message with a delivery still waiting, retrying or failed keeps
-    /// its payload. A payload without a message is removed.
+    /// milliseconds. Looks at messages created before `now_ms - shortest_ms`
+    /// only, through the all-messages index, which holds the payloads (and,
+    /// in stores written before, through the payloads under their own key).
+    /// A message with a delivery still waiting, retrying or failed keeps its
+    /// payload. A payload without a message is removed.
     pub fn expire_payloads(
         &self,
         now_ms: i64,
@@ -357,13 +359,19 @@ impl Store {
         mut retention_of: impl FnMut(&MessageRecord) -> i64,
     ) -> Result<Retained, StoreError> {
         let mut r = Retained::default();
-        let end = keys::payload(&MessageId::lower_bound(now_ms - shortest_ms));
-        let keys_in_range: Vec<sled::IVec> = self
+        let before = MessageId::lower_bound(now_ms - shortest_ms);
+        let held = self
             .tree
-            .range(vec![keys::ns::PAYLOAD]..end)
-            .keys()
-            .collect::<Result<_, _>>()?;
-        for k in keys_in_range {
+            .range(vec![keys::ns::ALL_MESSAGES]..keys::all_messages(&before))
+            .filter(|e| {
+                e.as_ref()
+                    .map_or(true, |(_, v)| super::all_messages_payload(v).is_some())
+            });
+        let legacy = self
+            .tree
+            .range(vec![keys::ns::PAYLOAD]..keys::payload(&before));
+        for entry in held.chain(legacy) {
+            let (k, _) = entry?;
             let Some(id) = MessageId::parse(&str_of(&k[1..])) else {
                 continue;
             };
@@ -372,7 +380,7 @@ impl Store {
                 // (never acknowledged): its payload and all-messages entry go.
                 let mut batch = sled::Batch::default();
                 batch.remove(keys::all_messages(&id));
-                batch.remove(k);
+                batch.remove(keys::payload(&id));
                 self.tree.apply_batch(batch)?;
                 continue;
             };
@@ -383,10 +391,9 @@ impl Store {
             let undelivered = self
                 .tree
                 .scan_prefix(keys::dests_of(&id))
-                .values()
-                .map(|v| {
-                    v.map_err(StoreError::from)
-                        .and_then(|v| decode::<DestRecord>(&k, &v))
+                .map(|e| {
+                    e.map_err(StoreError::from)
+                        .and_then(|(k, v)| decode::<DestRecord>(&k, &v))
                 })
                 .collect::<Result<Vec<_>, _>>()?
                 .iter()
@@ -394,7 +401,7 @@ impl Store {
             if undelivered {
                 continue;
             }
-            r.bytes_freed += self.tree.get(&k)?.map_or(0, |v| v.len() as u64);
+            r.bytes_freed += self.payload(&id)?.map_or(0, |p| p.len() as u64);
             r.bytes_freed += self.expunge_content(&msg)?;
             r.payloads_expunged += 1;
         }
@@ -454,7 +461,7 @@ impl Store {
             let (k, v) = e?;
             let (Some(id), Some(app)) = (
                 MessageId::parse(&str_of(&k[1..])),
-                AppId::parse(&str_of(&v)),
+                super::all_messages_app(&v),
             ) else {
                 continue;
             };

@@ -891,10 +891,9 @@ impl Store {
         // status left without its queue entry); then the queue entries, which
         // the worker may claim at once and which need the message.
         let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(4 + 2 * endpoints.len());
-        writes.push((keys::payload(&msg.id), payload.to_vec()));
         writes.push((
             keys::all_messages(&msg.id),
-            msg.app_id.as_str().as_bytes().to_vec(),
+            all_messages_value(&msg.app_id, payload),
         ));
         for ep in endpoints {
             let dest = DestRecord::new(
@@ -983,6 +982,12 @@ impl Store {
 
     /// The raw payload bytes, unless expunged.
     pub fn payload(&self, msg: &MessageId) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(entry) = self.tree.get(keys::all_messages(msg))? {
+            if let Some(payload) = all_messages_payload(&entry) {
+                return Ok(Some(payload.to_vec()));
+            }
+        }
+        // Kept under its own key by an earlier release.
         Ok(self.tree.get(keys::payload(msg))?.map(|v| v.to_vec()))
     }
 
@@ -993,6 +998,12 @@ impl Store {
         updated.expunged = true;
         let mut batch = sled::Batch::default();
         batch.insert(keys::message(&msg.app_id, &msg.id), encode(&updated));
+        if self.tree.contains_key(keys::all_messages(&msg.id))? {
+            batch.insert(
+                keys::all_messages(&msg.id),
+                all_messages_value(&msg.app_id, &[]),
+            );
+        }
         batch.remove(keys::payload(&msg.id));
         let mut freed = 0u64;
         for entry in self.tree.scan_prefix(keys::attempts_of_msg(&msg.id)) {
@@ -1555,6 +1566,26 @@ fn stage_attempt(
         before,
         after: dest,
     })
+}
+
+/// An all-messages entry's value: the message's app ID, then its payload
+/// until that is expunged. (Stores written before kept payloads under
+/// `PAYLOAD`, and only the app ID here.) A payload is never empty: it is JSON.
+fn all_messages_value(app: &AppId, payload: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(AppId::LEN + payload.len());
+    value.extend_from_slice(app.as_str().as_bytes());
+    value.extend_from_slice(payload);
+    value
+}
+
+/// The app ID of an all-messages entry.
+fn all_messages_app(value: &[u8]) -> Option<AppId> {
+    AppId::parse(std::str::from_utf8(value.get(..AppId::LEN)?).ok()?)
+}
+
+/// The payload an all-messages entry holds, if it holds one.
+fn all_messages_payload(value: &[u8]) -> Option<&[u8]> {
+    value.get(AppId::LEN..).filter(|p| !p.is_empty())
 }
 
 /// A queue entry: one task, or the first attempts of a message to several

@@ -592,13 +592,13 @@ async fn a_job_is_applied_in_an_order_whose_every_prefix_is_safe() {
     let a = app(None);
     let (e1, e2) = (endpoint(&a.id, &[]), endpoint(&a.id, &[]));
     let m = message(&a.id, 10, None);
-    // Payload, all-messages index, status and endpoint index per endpoint,
-    // then the message, then the queue entry (one for both endpoints).
+    // All-messages entry (with the payload), status and endpoint index per
+    // endpoint, then the message, then the queue entry (one for both endpoints).
     let publish = applied_order(&s, async {
         s.publish(&m, b"{}", &[&e1, &e2], 20).await.unwrap();
     })
     .await;
-    assert_eq!(publish, "PGDdDdMQ");
+    assert_eq!(publish, "GDdDdMQ");
     let mut tasks = vec![];
     let claim = applied_order(&s, async {
         tasks = s.claim_due(20, 100, 1, 100, |_| Claim::Take).await.unwrap();
@@ -626,6 +626,60 @@ async fn a_job_is_applied_in_an_order_whose_every_prefix_is_safe() {
     })
     .await;
     assert!(release.starts_with("-l"), "{release}");
+}
+
+#[tokio::test]
+async fn payloads_kept_under_their_own_key_by_an_earlier_release_are_read_and_expire() {
+    let s = Store::temporary().unwrap();
+    let a = app(None);
+    let ep = endpoint(&a.id, &[]);
+    s.create_endpoint(&ep).unwrap().unwrap();
+    let (old, new) = (message(&a.id, 10, None), message(&a.id, 11, None));
+    for m in [&old, &new] {
+        s.publish(m, b"{\"p\":1}", &[&ep], 20).await.unwrap();
+    }
+    assert!(
+        !s.tree.contains_key(keys::payload(&new.id)).unwrap(),
+        "the payload is in the all-messages entry"
+    );
+    // The earlier layout: the payload under its own key, the app ID alone
+    // in the all-messages entry.
+    s.tree
+        .insert(keys::payload(&old.id), &b"{\"p\":0}"[..])
+        .unwrap();
+    s.tree
+        .insert(keys::all_messages(&old.id), a.id.as_str().as_bytes())
+        .unwrap();
+    assert_eq!(s.payload(&old.id).unwrap().unwrap(), b"{\"p\":0}");
+    assert_eq!(s.payload(&new.id).unwrap().unwrap(), b"{\"p\":1}");
+    assert_eq!(s.find_message_any(&old.id).unwrap().unwrap().id, old.id);
+    let all = s.list_all_messages(&PageReq::first(5), |_| true).unwrap();
+    assert_eq!(all.items.len(), 2);
+
+    for t in s
+        .claim_due(20, 100, 10, 100, |_| Claim::Take)
+        .await
+        .unwrap()
+    {
+        s.record_attempt(&t, &attempt(&t, true, 30), Next::Done)
+            .await
+            .unwrap();
+    }
+    let r = s.expire_payloads(10_000, 1_000, |_| 1_000).unwrap();
+    assert_eq!(r.payloads_expunged, 2);
+    assert_eq!(r.bytes_freed, 2 * (7 + 2), "payloads and response bodies");
+    for m in [&old, &new] {
+        assert!(s.payload(&m.id).unwrap().is_none());
+        assert!(s.find_message_any(&m.id).unwrap().unwrap().expunged);
+    }
+    assert!(!s.tree.contains_key(keys::payload(&old.id)).unwrap());
+    let again = s.expire_payloads(20_000, 1_000, |_| 1_000).unwrap();
+    assert_eq!(
+        again.payloads_expunged, 0,
+        "an expunged payload is not looked at twice"
+    );
+    let all = s.list_all_messages(&PageReq::first(5), |_| true).unwrap();
+    assert_eq!(all.items.len(), 2, "expunged messages stay listed");
 }
 
 #[tokio::test]

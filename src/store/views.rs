@@ -29,7 +29,7 @@ impl Store {
         self.page(&[keys::ns::ALL_MESSAGES], req, |k, v| {
             let (Some(msg), Some(app)) = (
                 MessageId::parse(&String::from_utf8_lossy(k)),
-                AppId::parse(&String::from_utf8_lossy(v)),
+                super::all_messages_app(v),
             ) else {
                 return Ok(None);
             };
@@ -127,10 +127,10 @@ impl Store {
 impl Store {
     /// Finds a message by ID alone, whatever its application (through the global index).
     pub fn find_message_any(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
-        let Some(app) = self.tree.get(keys::all_messages(id))? else {
+        let Some(entry) = self.tree.get(keys::all_messages(id))? else {
             return Ok(None);
         };
-        match AppId::parse(&String::from_utf8_lossy(&app)) {
+        match super::all_messages_app(&entry) {
             Some(app) => self.get_message(&app, id),
             None => Ok(None),
         }
