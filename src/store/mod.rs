@@ -885,12 +885,13 @@ impl Store {
             }
         }
         // In this order (the writer applies them one by one, and a crash may
-        // keep any prefix): the payload, the indexes and every status first;
-        // then the message, whose presence says the publish was whole (an
-        // `eventId` retry after a crash returns it, and reconcile requeues a
-        // status left without its queue entry); then the queue entries, which
-        // the worker may claim at once and which need the message.
-        let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(4 + 2 * endpoints.len());
+        // keep any prefix): the all-messages entry (with the payload), every
+        // status and its index first; then the message, whose presence says
+        // the publish was whole (an `eventId` retry after a crash returns it,
+        // and reconcile requeues a status left without its queue entry); then
+        // the queue entry, which the worker may claim at once and which needs
+        // the message.
+        let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(3 + 2 * endpoints.len());
         writes.push((
             keys::all_messages(&msg.id),
             all_messages_value(&msg.app_id, payload),
@@ -913,9 +914,12 @@ impl Store {
             ep_ids: endpoints.iter().map(|ep| ep.id.clone()).collect(),
             due_ms,
         };
-        match fan.tasks().as_slice() {
-            [] => {}
-            [task] => writes.push((keys::queue(due_ms, &task.id), encode(task))),
+        match fan.ep_ids.len() {
+            0 => {}
+            1 => {
+                let task = &fan.tasks()[0];
+                writes.push((keys::queue(due_ms, &task.id), encode(task)));
+            }
             _ => writes.push((keys::queue(due_ms, &TaskId::new(due_ms)), encode_fan(&fan))),
         }
         self.writer
