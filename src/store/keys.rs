@@ -146,6 +146,11 @@ pub fn attempt_by_msg(msg: &MessageId, att: &AttemptId) -> Vec<u8> {
         &[msg.as_str().as_bytes(), att.as_str().as_bytes()],
     )
 }
+/// The attempt ID of an `attempt_by_msg` key.
+pub fn attempt_in_msg_key(key: &[u8]) -> Option<AttemptId> {
+    let id = std::str::from_utf8(key.get(1 + MessageId::LEN..)?).ok()?;
+    AttemptId::parse(id)
+}
 pub fn attempts_of_msg(msg: &MessageId) -> Vec<u8> {
     key(ns::ATTEMPT_BY_MSG, &[msg.as_str().as_bytes()])
 }

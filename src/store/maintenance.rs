@@ -360,18 +360,20 @@ impl Store {
     ) -> Result<Retained, StoreError> {
         let mut r = Retained::default();
         let before = MessageId::lower_bound(now_ms - shortest_ms);
+        // Each with the length of the payload it holds.
         let held = self
             .tree
             .range(vec![keys::ns::ALL_MESSAGES]..keys::all_messages(&before))
-            .filter(|e| {
-                e.as_ref()
-                    .map_or(true, |(_, v)| super::all_messages_payload(v).is_some())
+            .filter_map(|e| match e {
+                Ok((k, v)) => super::all_messages_payload(&v).map(|p| Ok((k, p.len()))),
+                Err(e) => Some(Err(e)),
             });
         let legacy = self
             .tree
-            .range(vec![keys::ns::PAYLOAD]..keys::payload(&before));
+            .range(vec![keys::ns::PAYLOAD]..keys::payload(&before))
+            .map(|e| e.map(|(k, v)| (k, v.len())));
         for entry in held.chain(legacy) {
-            let (k, _) = entry?;
+            let (k, payload_len) = entry?;
             let Some(id) = MessageId::parse(&str_of(&k[1..])) else {
                 continue;
             };
@@ -401,7 +403,7 @@ impl Store {
             if undelivered {
                 continue;
             }
-            r.bytes_freed += self.payload(&id)?.map_or(0, |p| p.len() as u64);
+            r.bytes_freed += payload_len as u64;
             r.bytes_freed += self.expunge_content(&msg)?;
             r.payloads_expunged += 1;
         }
@@ -429,7 +431,7 @@ impl Store {
         let end = keys::attempts_of_msg(&MessageId::lower_bound(cutoff));
         for e in self.tree.range(vec![keys::ns::ATTEMPT_BY_MSG]..end) {
             let (k, v) = e?;
-            let id = AttemptId::parse(&str_of(k.get(1 + MessageId::LEN..).unwrap_or_default()));
+            let id = keys::attempt_in_msg_key(&k);
             // An empty value is a legacy entry: deleted with its record above.
             if v.is_empty() || id.is_none_or(|id| id.created_ms() >= cutoff) {
                 continue;

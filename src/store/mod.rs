@@ -1651,8 +1651,7 @@ fn legacy_attempt_key(key: &[u8], value: &[u8]) -> Option<Vec<u8>> {
     if !value.is_empty() {
         return None;
     }
-    let id = key.get(1 + MessageId::LEN..)?;
-    AttemptId::parse(&String::from_utf8_lossy(id)).map(|id| keys::legacy_attempt(&id))
+    keys::attempt_in_msg_key(key).map(|id| keys::legacy_attempt(&id))
 }
 
 /// Where writes are staged: a sled batch, or the writer's overlay.
