@@ -21,7 +21,7 @@ use actix_web::web::Bytes;
 use clap::{Parser, ValueEnum};
 
 use report::{Machine, Report, Setup};
-use scenarios::{Bench, PAYLOAD_BYTES};
+use scenarios::{Bench, Bodies, PAYLOAD_BYTES};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
 enum Scenario {
@@ -136,13 +136,32 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s}: expected NAME=VALUE"))
 }
 
-/// A 1 KiB JSON payload and the message that carries it.
-fn bodies() -> (Bytes, Bytes) {
+/// How many distinct messages the publishers take turns with.
+const DISTINCT_BODIES: usize = 1024;
+
+/// 1 KiB JSON payloads, each with its own random data (letters and digits,
+/// about six bits of entropy a byte, so they compress less than most JSON),
+/// and the messages that carry them: nothing that stores or compresses them
+/// gains from one message repeating another.
+fn bodies() -> (Bodies, Bodies) {
+    use rand::Rng as _;
+    use rand::distr::Alphanumeric;
     let shell = r#"{"data":""}"#.len();
-    let payload = format!(r#"{{"data":"{}"}}"#, "x".repeat(PAYLOAD_BYTES - shell));
-    debug_assert_eq!(payload.len(), PAYLOAD_BYTES);
-    let message = format!(r#"{{"eventType":"bench.event","payload":{payload}}}"#);
-    (Bytes::from(payload), Bytes::from(message))
+    let mut rng = rand::rng();
+    let (payloads, messages): (Vec<_>, Vec<_>) = (0..DISTINCT_BODIES)
+        .map(|_| {
+            let data: String = (&mut rng)
+                .sample_iter(Alphanumeric)
+                .take(PAYLOAD_BYTES - shell)
+                .map(char::from)
+                .collect();
+            let payload = format!(r#"{{"data":"{data}"}}"#);
+            debug_assert_eq!(payload.len(), PAYLOAD_BYTES);
+            let message = format!(r#"{{"eventType":"bench.event","payload":{payload}}}"#);
+            (Bytes::from(payload), Bytes::from(message))
+        })
+        .unzip();
+    (Bodies::new(payloads), Bodies::new(messages))
 }
 
 /// The tiny settings of `smoke`.

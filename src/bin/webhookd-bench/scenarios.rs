@@ -52,11 +52,35 @@ pub struct Bench {
     pub bin: Option<PathBuf>,
     /// Where data dirs are made.
     pub data_parent: PathBuf,
-    /// A whole `MessageIn`: `{"eventType":"bench.event","payload":{…1 KiB…}}`.
-    pub message: Bytes,
-    /// The payload alone, what `direct` posts.
-    pub payload: Bytes,
+    /// Whole `MessageIn`s: `{"eventType":"bench.event","payload":{…1 KiB…}}`.
+    pub message: Bodies,
+    /// The payloads alone, what `direct` posts.
+    pub payload: Bodies,
     pub connections: usize,
+}
+
+/// Request bodies handed out in turn, shared by every publisher of a scenario.
+#[derive(Clone)]
+pub struct Bodies {
+    all: Rc<[Bytes]>,
+    next: Rc<Cell<usize>>,
+}
+
+impl Bodies {
+    pub fn new(all: Vec<Bytes>) -> Self {
+        assert!(!all.is_empty(), "at least one body");
+        Self {
+            all: all.into(),
+            next: Rc::default(),
+        }
+    }
+
+    /// The next body (a cheap clone).
+    pub fn next(&self) -> Bytes {
+        let i = self.next.get();
+        self.next.set((i + 1) % self.all.len());
+        self.all[i].clone()
+    }
 }
 
 /// The webhookd a scenario talks to.
@@ -249,7 +273,7 @@ async fn setup(
 async fn closed_loop(
     api: &Api,
     url: &str,
-    body: &Bytes,
+    bodies: &Bodies,
     concurrency: usize,
     stop: Stop,
     log: &Rc<RefCell<PubLog>>,
@@ -257,12 +281,12 @@ async fn closed_loop(
     let stop = Rc::new(stop);
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (api, url, body) = (api.clone(), url.to_owned(), body.clone());
+            let (api, url, bodies) = (api.clone(), url.to_owned(), bodies.clone());
             let (stop, log) = (stop.clone(), log.clone());
             actix_web::rt::spawn(async move {
                 while stop.next() {
                     let t0 = Instant::now();
-                    let r = api.publish(&url, body.clone()).await;
+                    let r = api.publish(&url, bodies.next()).await;
                     log.borrow_mut().note(t0, t0, Instant::now(), r);
                 }
             })
@@ -342,7 +366,7 @@ fn deliveries(
     )
 }
 
-/// The loopback ceiling: the same client posts the same payload straight to the receiver.
+/// The loopback ceiling: the same client posts the same payloads straight to the receiver.
 pub async fn direct(b: &Bench, concurrency: usize, duration: Duration) -> anyhow::Result<Direct> {
     let rx = Receiver::start(b.opts.receiver_workers, 0, b.slow_sleep()).await?;
     let client = b.client();
@@ -358,7 +382,7 @@ pub async fn direct(b: &Bench, concurrency: usize, duration: Duration) -> anyhow
     )));
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (client, url, body) = (client.clone(), url.clone(), b.payload.clone());
+            let (client, url, bodies) = (client.clone(), url.clone(), b.payload.clone());
             let (stop, log) = (stop.clone(), log.clone());
             actix_web::rt::spawn(async move {
                 while stop.next() {
@@ -366,7 +390,7 @@ pub async fn direct(b: &Bench, concurrency: usize, duration: Duration) -> anyhow
                     let ok = match client
                         .post(url.as_str())
                         .insert_header(("content-type", "application/json"))
-                        .send_body(body.clone())
+                        .send_body(bodies.next())
                         .await
                     {
                         Ok(mut resp) => resp.body().await.is_ok() && resp.status().is_success(),
@@ -518,7 +542,7 @@ pub async fn open_loop(
     while let Some(intended) = ticks.recv().await {
         outstanding.set(outstanding.get() + 1);
         max_outstanding = max_outstanding.max(outstanding.get());
-        let (api, url, body) = (target.api.clone(), url.clone(), b.message.clone());
+        let (api, url, body) = (target.api.clone(), url.clone(), b.message.next());
         let (log, outstanding, idle) = (log.clone(), outstanding.clone(), idle.clone());
         actix_web::rt::spawn(async move {
             let t0 = Instant::now();
