@@ -113,8 +113,7 @@ impl Store {
         if db_dir.exists() {
             return Err(RestoreError::NotEmpty(db_dir.display().to_string()));
         }
-        let result = sled::Config::new()
-            .path(&db_dir)
+        let result = super::sled_config(&db_dir)
             .open()
             .map_err(|e| RestoreError::Store(e.into()))
             .and_then(|db| {

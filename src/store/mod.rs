@@ -296,6 +296,39 @@ impl Tree {
     }
 }
 
+/// The zstd level of sled's log. zstd's fast levels (below 1) leave literals
+/// as they are and only look for repeats, which is most of what the log
+/// offers (keys, record layouts, pages written again), at a fraction of the
+/// CPU of level 1; vendor/README.md says why sled is patched to allow them.
+/// -1 finds more of them than -5, for a little more CPU (BENCHMARKS.md).
+const COMPRESSION_LEVEL: i32 = -1;
+
+/// sled's settings for the database at `path`. A new database compresses its
+/// log. sled cannot change that later, so a database made without (by a
+/// release before compression) is opened as it was made; a backup restored
+/// into a new data dir is compressed.
+fn sled_config(path: &Path) -> sled::Config {
+    // sled's own record of how the database was made: lines of text, then a
+    // checksum. Unreadable (or absent: a new database) means compressed, and
+    // sled reports any real problem.
+    let made_without = std::fs::read(path.join("conf")).is_ok_and(|conf| {
+        conf.split(|&b| b == b'\n')
+            .any(|line| line == b"use_compression: false")
+    });
+    let config = sled::Config::new().path(path);
+    if made_without {
+        config
+    } else {
+        compressed(config)
+    }
+}
+
+fn compressed(config: sled::Config) -> sled::Config {
+    config
+        .use_compression(true)
+        .compression_factor(COMPRESSION_LEVEL)
+}
+
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_stdvec(value).expect("records contain only postcard-encodable types")
 }
@@ -313,10 +346,15 @@ impl Store {
     /// current key before this returns (which is how a key rotation completes).
     pub fn open(dir: &Path, cache_bytes: u64, keys: Keyring) -> Result<Store, StoreError> {
         let path = dir.join("db");
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(cache_bytes)
-            .open()?;
+        let config = sled_config(&path);
+        // sled counts a cached page by its size in the log, which compressed
+        // is about half of what the page takes in memory.
+        let cache_bytes = if config.use_compression {
+            cache_bytes / 2
+        } else {
+            cache_bytes
+        };
+        let db = config.cache_capacity(cache_bytes).open()?;
         let db_file = path.join("db").canonicalize().map_err(StoreError::Open)?;
         let file = std::fs::File::open(&db_file).map_err(StoreError::Open)?;
         let mut store = Self::with_db(db, Some(file), keys)?;
@@ -328,7 +366,7 @@ impl Store {
 
     /// A throw-away database for tests.
     pub fn temporary() -> Result<Store, StoreError> {
-        let db = sled::Config::new().temporary(true).open()?;
+        let db = compressed(sled::Config::new().temporary(true)).open()?;
         Self::with_db(db, None, Keyring::new(DataKey::generate()))
     }
 

@@ -1051,3 +1051,39 @@ async fn counters_bumped_in_memory_survive_a_clean_close() {
     assert_eq!(s.app_message_count(&a.id).unwrap(), 2);
     assert_eq!(s.cadences().unwrap()[0].2.count, 2);
 }
+
+#[tokio::test]
+async fn a_store_made_without_compression_stays_so_and_a_new_one_compresses() {
+    let key = DataKey::generate();
+    // sled's record of how a database was made (text, then a checksum).
+    let conf = |dir: &Path| {
+        String::from_utf8_lossy(&std::fs::read(dir.join("db/conf")).unwrap()).into_owned()
+    };
+    // What a release before compression made: sled's log as it comes.
+    let old = tempfile::tempdir().unwrap();
+    let db = sled::Config::new()
+        .path(old.path().join("db"))
+        .open()
+        .unwrap();
+    drop(db);
+    wait_until_closed(&old.path().join("db/db").canonicalize().unwrap());
+    let s = Store::open(old.path(), 1 << 20, Keyring::new(key.clone())).unwrap();
+    let a = app(None);
+    s.create_app(&a).unwrap().unwrap();
+    let m = message(&a.id, 10, None);
+    s.publish(&m, br#"{"n":1}"#, &[], 10).await.unwrap();
+    drop(s);
+    let s = Store::open(old.path(), 1 << 20, Keyring::new(key.clone())).unwrap();
+    assert_eq!(s.payload(&m.id).unwrap().unwrap(), br#"{"n":1}"#);
+    drop(s);
+    assert!(conf(old.path()).contains("use_compression: false"));
+
+    let new = tempfile::tempdir().unwrap();
+    let s = Store::open(new.path(), 1 << 20, Keyring::new(key.clone())).unwrap();
+    s.create_app(&a).unwrap().unwrap();
+    s.publish(&m, br#"{"n":2}"#, &[], 10).await.unwrap();
+    drop(s);
+    assert!(conf(new.path()).contains("use_compression: true"));
+    let s = Store::open(new.path(), 1 << 20, Keyring::new(key)).unwrap();
+    assert_eq!(s.payload(&m.id).unwrap().unwrap(), br#"{"n":2}"#);
+}
