@@ -446,6 +446,14 @@ impl Running {
         }
         if self.store.handles() > 1 {
             tracing::warn!("stopped with the database still in use elsewhere");
+            return Ok(());
+        }
+        // Everything is durable already; this only shortens the next start.
+        let store = self.store;
+        match actix_rt::task::spawn_blocking(move || store.close_with_snapshot()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not snapshot the database"),
+            Err(e) => tracing::warn!(error = %e, "could not snapshot the database"),
         }
         Ok(())
     }

@@ -270,12 +270,23 @@ fn logs_are_json_when_configured_and_never_hold_the_token() {
 }
 
 #[test]
-fn sigterm_exits_zero() {
+fn sigterm_exits_zero_and_leaves_a_snapshot_for_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(with_token(command(dir.path())));
     d.signal("-TERM");
     let status = d.wait(Duration::from_secs(20));
     assert!(status.success(), "{status:?}");
+    // sled's snapshots are `snap.<position in its log, hex>`; the one written
+    // when the database was made is at 0, the stop's covers what was written.
+    let newest = std::fs::read_dir(dir.path().join("db"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            u64::from_str_radix(name.strip_prefix("snap.")?, 16).ok()
+        })
+        .max();
+    assert!(newest.is_some_and(|lsn| lsn > 0), "{newest:?}");
 }
 
 #[test]

@@ -1087,3 +1087,33 @@ async fn a_store_made_without_compression_stays_so_and_a_new_one_compresses() {
     let s = Store::open(new.path(), 1 << 20, Keyring::new(key)).unwrap();
     assert_eq!(s.payload(&m.id).unwrap().unwrap(), br#"{"n":2}"#);
 }
+
+#[tokio::test]
+async fn closing_with_a_snapshot_leaves_one_that_covers_the_whole_log() {
+    let key = DataKey::generate();
+    let dir = tempfile::tempdir().unwrap();
+    // sled's snapshots are `snap.<position in the log, hex>`.
+    let newest_snapshot = || {
+        std::fs::read_dir(dir.path().join("db"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                u64::from_str_radix(name.strip_prefix("snap.")?, 16).ok()
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    let s = Store::open(dir.path(), 1 << 20, Keyring::new(key.clone())).unwrap();
+    let a = app(None);
+    s.create_app(&a).unwrap().unwrap();
+    let m = message(&a.id, 10, None);
+    s.publish(&m, br#"{"n":1}"#, &[], 10).await.unwrap();
+    s.commit().await.unwrap();
+    let before = newest_snapshot();
+    s.close_with_snapshot().unwrap();
+    assert!(newest_snapshot() > before, "no newer snapshot");
+    let s = Store::open(dir.path(), 1 << 20, Keyring::new(key)).unwrap();
+    assert_eq!(s.payload(&m.id).unwrap().unwrap(), br#"{"n":1}"#);
+    assert_eq!(s.app_message_count(&a.id).unwrap(), 1);
+}
