@@ -449,16 +449,22 @@ async fn delete_app_removes_its_data() {
     assert!(s.dest(&m.id, &ep.id).unwrap().is_none());
 }
 
+/// A temporary store with one endpoint (no event-type filter) of an app.
+fn store_with_endpoint() -> (Store, AppRecord, EndpointRecord) {
+    let s = Store::temporary().unwrap();
+    let a = app(None);
+    let ep = endpoint(&a.id, &[]);
+    s.create_endpoint(&ep).unwrap().unwrap();
+    (s, a, ep)
+}
+
 /// A store with one endpoint and one message (created at 10) published to
 /// it, due at `due` and claimed with a lease until `lease_until`.
 async fn one_claimed(
     due: i64,
     lease_until: i64,
 ) -> (Store, EndpointRecord, MessageRecord, TaskRecord) {
-    let s = Store::temporary().unwrap();
-    let a = app(None);
-    let ep = endpoint(&a.id, &[]);
-    s.create_endpoint(&ep).unwrap().unwrap();
+    let (s, a, ep) = store_with_endpoint();
     let m = message(&a.id, 10, None);
     s.publish(&m, b"{}", &[&ep], due).await.unwrap();
     let t = s
@@ -630,10 +636,7 @@ async fn a_job_is_applied_in_an_order_whose_every_prefix_is_safe() {
 
 #[tokio::test]
 async fn payloads_kept_under_their_own_key_by_an_earlier_release_are_read_and_expire() {
-    let s = Store::temporary().unwrap();
-    let a = app(None);
-    let ep = endpoint(&a.id, &[]);
-    s.create_endpoint(&ep).unwrap().unwrap();
+    let (s, a, ep) = store_with_endpoint();
     let (old, new) = (message(&a.id, 10, None), message(&a.id, 11, None));
     for m in [&old, &new] {
         s.publish(m, b"{\"p\":1}", &[&ep], 20).await.unwrap();
@@ -870,10 +873,7 @@ fn cadence_learns_the_usual_gap() {
 
 #[tokio::test]
 async fn retention_keeps_undelivered_messages() {
-    let s = Store::temporary().unwrap();
-    let a = app(None);
-    let ep = endpoint(&a.id, &[]);
-    s.create_endpoint(&ep).unwrap().unwrap();
+    let (s, a, ep) = store_with_endpoint();
     let delivered = message(&a.id, 10, None);
     let failing = message(&a.id, 11, None);
     let orphan = message(&a.id, 12, None); // no endpoint: delivered to nobody, nothing owed
