@@ -24,7 +24,10 @@ pub(crate) const META_PID: PageId = 0;
 pub(crate) const COUNTER_PID: PageId = 1;
 pub(crate) const BATCH_MANIFEST_PID: PageId = PageId::max_value() - 666;
 
-pub(crate) const PAGE_CONSOLIDATION_THRESHOLD: usize = 10;
+// webhookd patch: a page is rewritten whole after 20 updates, not 10.
+// Each rewrite of a leaf is compressed and written to the log in full,
+// on the thread that made the update.
+pub(crate) const PAGE_CONSOLIDATION_THRESHOLD: usize = 20;
 pub(crate) const SEGMENT_CLEANUP_THRESHOLD: usize = 50;
 
 // Allows for around 1 trillion items to be stored
