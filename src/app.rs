@@ -27,8 +27,8 @@ use crate::throttle::{AuthThrottle, PublishThrottle};
 /// by its size in the log, far below what the page takes in memory, and a
 /// larger cache raised the peak memory while 1,000,000 messages were
 /// published (330 MB at 64 MiB, 224 MB at 8 MiB) without making publishing
-/// or the dashboard faster (BENCHMARKS.md, item 19).
-pub(crate) const STORE_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+/// or the dashboard faster (BENCHMARKS.md, items 19 and 20).
+pub(crate) const STORE_CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Name of the generated admin token file inside the data directory.
 pub const TOKEN_FILE: &str = "admin-token";
