@@ -296,13 +296,6 @@ impl Tree {
     }
 }
 
-/// The zstd level of sled's log. zstd's fast levels (below 1) leave literals
-/// as they are and only look for repeats, which is most of what the log
-/// offers (keys, record layouts, pages written again), at a fraction of the
-/// CPU of level 1; vendor/README.md says why sled is patched to allow them.
-/// -1 finds more of them than -5, for a little more CPU (BENCHMARKS.md).
-const COMPRESSION_LEVEL: i32 = -1;
-
 /// sled's settings for the database at `path`. A new database compresses its
 /// log. sled cannot change that later, so a database made without (by a
 /// release before compression) is opened as it was made; a backup restored
@@ -323,10 +316,13 @@ fn sled_config(path: &Path) -> sled::Config {
     }
 }
 
+/// Compressed with LZ4 (the copy of sled in vendor/ is patched for that;
+/// its log messages written with zstd before are still read): no entropy
+/// stage, so it finds the repeats sled's log is made of (keys, record
+/// layouts, pages written again) for less CPU than zstd's fastest levels
+/// (BENCHMARKS.md, item 21).
 fn compressed(config: sled::Config) -> sled::Config {
-    config
-        .use_compression(true)
-        .compression_factor(COMPRESSION_LEVEL)
+    config.use_compression(true)
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {

@@ -1088,6 +1088,46 @@ async fn a_store_made_without_compression_stays_so_and_a_new_one_compresses() {
     assert_eq!(s.payload(&m.id).unwrap().unwrap(), br#"{"n":2}"#);
 }
 
+/// A data dir written while sled's log was compressed with zstd (webhookd
+/// before LZ4, `tests/fixtures/zstd-log`: app `fixture` with one message)
+/// opens, reads, takes new writes and opens again.
+#[tokio::test]
+async fn a_log_written_with_zstd_is_still_read_beside_new_writes() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/zstd-log");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    std::fs::create_dir_all(db.join("blobs")).unwrap();
+    for name in ["conf", "snap.0000000000000464"] {
+        std::fs::copy(fixture.join(name), db.join(name)).unwrap();
+    }
+    let log = zstd::decode_all(&std::fs::read(fixture.join("db.zst")).unwrap()[..]).unwrap();
+    std::fs::write(db.join("db"), log).unwrap();
+
+    let key = DataKey::generate();
+    let old = MessageId::parse("msg_01M93XYS7A97YB5N0F8K0CJE6W").unwrap();
+    let s = Store::open(dir.path(), 1 << 20, Keyring::new(key.clone())).unwrap();
+    let app = s.find_app("fixture").unwrap().expect("the fixture's app");
+    let m = s.get_message(&app.id, &old).unwrap().expect("its message");
+    assert_eq!(m.event_id.as_deref(), Some("evt-1"));
+    let new = message(&app.id, m.created_ms + 1, None);
+    s.publish(&new, br#"{"written":"with lz4"}"#, &[], 10)
+        .await
+        .unwrap();
+    s.commit().await.unwrap();
+    drop(s);
+
+    let s = Store::open(dir.path(), 1 << 20, Keyring::new(key)).unwrap();
+    assert_eq!(
+        s.payload(&old).unwrap().unwrap(),
+        br#"{"written":"with zstd"}"#
+    );
+    assert_eq!(
+        s.payload(&new.id).unwrap().unwrap(),
+        br#"{"written":"with lz4"}"#
+    );
+    assert_eq!(s.app_message_count(&app.id).unwrap(), 2);
+}
+
 #[tokio::test]
 async fn closing_with_a_snapshot_leaves_one_that_covers_the_whole_log() {
     let key = DataKey::generate();

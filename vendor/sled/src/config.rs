@@ -499,7 +499,7 @@ impl Config {
         (
             compression_factor,
             i32,
-            "the compression factor to use with zstd compression. Ranges from -7 up to 22. Levels >= 20 are 'ultra', levels < 1 fast."
+            "the compression factor to use with zstd compression. Ranges from 1 up to 22. Levels >= 20 are 'ultra'."
         ),
         (
             temporary,
@@ -538,10 +538,9 @@ impl Config {
                 "the 'compression' feature must be enabled"
             );
         }
-        // webhookd patch: zstd's fast levels, -7 to -1, are allowed too.
         supported!(
-            self.compression_factor >= -7,
-            "compression_factor must be >= -7"
+            self.compression_factor >= 1,
+            "compression_factor must be >= 1"
         );
         supported!(
             self.compression_factor <= 22,

@@ -260,21 +260,36 @@ pub(crate) fn u32_to_arr(number: u32) -> [u8; 4] {
 }
 
 // webhookd patch (see vendor/README.md): every thread keeps one zstd
-// context for compressing and one for decompressing. Upstream made a new
-// context for each log message, and making one runs `cpuid`, which a virtual
-// machine traps: that cost more than the compression itself.
+// context for decompressing. Upstream made a new context for each log
+// message, and making one runs `cpuid`, which a virtual machine traps: that
+// cost more than the decompression itself. (Log messages are now written
+// with LZ4, below; this reads those written with zstd before.)
 #[cfg(feature = "compression")]
 thread_local! {
-    static COMPRESSOR: std::cell::RefCell<zstd::block::Compressor> =
-        std::cell::RefCell::new(zstd::block::Compressor::new());
     static DECOMPRESSOR: std::cell::RefCell<zstd::block::Decompressor> =
         std::cell::RefCell::new(zstd::block::Decompressor::new());
 }
 
-/// Compresses one log message with this thread's context.
+/// webhookd patch (see vendor/README.md): the first byte of an LZ4 log
+/// message. A zstd frame starts with 0x28 (its magic number, little-endian)
+/// and a skippable one with 0x50 to 0x5F, so this tells the two apart, and
+/// logs written with zstd stay readable.
 #[cfg(feature = "compression")]
-pub(crate) fn compress(buf: &[u8], level: i32) -> Vec<u8> {
-    COMPRESSOR.with(|c| c.borrow_mut().compress(buf, level)).unwrap()
+const LZ4_TAG: u8 = b'L';
+
+/// Compresses one log message: this tag, the length of `buf` (4 bytes,
+/// little-endian), then `buf` as one LZ4 block. webhookd patch: upstream
+/// used zstd at `compression_factor`, which is now only checked. LZ4 has no
+/// entropy stage: zstd spent more building its tables for each small
+/// message than finding repeats in it.
+#[cfg(feature = "compression")]
+pub(crate) fn compress(buf: &[u8], _level: i32) -> Vec<u8> {
+    let mut out = vec![0; 1 + lz4_flex::block::get_maximum_output_size(buf.len()) + 4];
+    out[0] = LZ4_TAG;
+    out[1..5].copy_from_slice(&u32::try_from(buf.len()).unwrap().to_le_bytes());
+    let len = lz4_flex::block::compress_into(buf, &mut out[5..]).unwrap();
+    out.truncate(5 + len);
+    out
 }
 
 #[allow(clippy::needless_pass_by_value)]
@@ -288,8 +303,13 @@ pub(crate) fn maybe_decompress(in_buf: Vec<u8>) -> std::io::Result<Vec<u8>> {
         let _ivec_varint = u64::deserialize(scootable_in_buf)
             .expect("this had to be serialized with an extra length frame");
         let _measure = Measure::new(&M.decompress);
-        // Frames written by `compress` say how long they are; decompress
-        // those with this thread's context, anything else as upstream did.
+        if scootable_in_buf.first() == Some(&LZ4_TAG) {
+            return lz4_flex::block::decompress_size_prepended(&scootable_in_buf[1..])
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+        }
+        // zstd frames (written before LZ4, by this copy with change 1) say
+        // how long they are; decompress those with this thread's context,
+        // anything else as upstream did.
         let size = zstd::zstd_safe::get_frame_content_size(scootable_in_buf);
         let out_buf = if size != CONTENTSIZE_ERROR && size != CONTENTSIZE_UNKNOWN {
             DECOMPRESSOR.with(|d| {
