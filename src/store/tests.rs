@@ -1088,6 +1088,45 @@ async fn a_store_made_without_compression_stays_so_and_a_new_one_compresses() {
     assert_eq!(s.payload(&m.id).unwrap().unwrap(), br#"{"n":2}"#);
 }
 
+/// Payloads larger than a log message may be (a quarter of a segment) go to
+/// sled's blob files, compressed like the log; they read back whole after a
+/// restart, whether they compress or not.
+#[tokio::test]
+async fn payloads_that_sled_keeps_as_blobs_read_back_after_a_restart() {
+    use rand::Rng as _;
+    let key = DataKey::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let random: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(300 * 1024)
+        .map(char::from)
+        .collect();
+    let payloads = [
+        format!(r#"{{"data":"{random}"}}"#),
+        format!(r#"{{"data":"{}"}}"#, "order created ".repeat(20 * 1024)),
+    ];
+    let s = Store::open(dir.path(), 1 << 20, Keyring::new(key.clone())).unwrap();
+    let a = app(None);
+    s.create_app(&a).unwrap().unwrap();
+    let mut ids = vec![];
+    for (i, payload) in payloads.iter().enumerate() {
+        let m = message(&a.id, 10 + i as i64, None);
+        s.publish(&m, payload.as_bytes(), &[], 10).await.unwrap();
+        ids.push(m.id);
+    }
+    s.commit().await.unwrap();
+    let blobs = std::fs::read_dir(dir.path().join("db/blobs"))
+        .unwrap()
+        .count();
+    assert!(blobs > 0, "no payload went to a blob file");
+    drop(s);
+
+    let s = Store::open(dir.path(), 1 << 20, Keyring::new(key)).unwrap();
+    for (id, payload) in ids.iter().zip(&payloads) {
+        assert_eq!(s.payload(id).unwrap().unwrap(), payload.as_bytes());
+    }
+}
+
 /// A data dir written while sled's log was compressed with zstd (webhookd
 /// before LZ4, `tests/fixtures/zstd-log`: app `fixture` with one message)
 /// opens, reads, takes new writes and opens again.
