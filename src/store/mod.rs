@@ -320,7 +320,8 @@ fn sled_config(path: &Path) -> sled::Config {
 /// its log messages written with zstd before are still read): no entropy
 /// stage, so it finds the repeats sled's log is made of (keys, record
 /// layouts, pages written again) for less CPU than zstd's fastest levels
-/// (BENCHMARKS.md, item 21).
+/// (BENCHMARKS.md, item 21). sled's snapshots stay zstd, at sled's default
+/// level.
 fn compressed(config: sled::Config) -> sled::Config {
     config.use_compression(true)
 }

@@ -139,8 +139,7 @@ impl Log {
 
                 // webhookd patch (vendor/README.md, changes 1 and 8): this
                 // crate's `compress` (LZ4), not a new zstd context each time.
-                let compressed_buf =
-                    super::compress(&buf, self.config.compression_factor);
+                let compressed_buf = super::compress(&buf);
 
                 return self.reserve_inner(
                     log_kind,

@@ -279,11 +279,12 @@ const LZ4_TAG: u8 = b'L';
 
 /// Compresses one log message: this tag, the length of `buf` (4 bytes,
 /// little-endian), then `buf` as one LZ4 block. webhookd patch: upstream
-/// used zstd at `compression_factor`, which is now only checked. LZ4 has no
-/// entropy stage: zstd spent more building its tables for each small
-/// message than finding repeats in it.
+/// used zstd at `compression_factor`, which now sets only the level of the
+/// snapshots (still zstd, `snapshot.rs`). LZ4 has no entropy stage: zstd
+/// spent more building its tables for each small message than finding
+/// repeats in it.
 #[cfg(feature = "compression")]
-pub(crate) fn compress(buf: &[u8], _level: i32) -> Vec<u8> {
+pub(crate) fn compress(buf: &[u8]) -> Vec<u8> {
     let mut out = vec![0; 1 + lz4_flex::block::get_maximum_output_size(buf.len()) + 4];
     out[0] = LZ4_TAG;
     out[1..5].copy_from_slice(&u32::try_from(buf.len()).unwrap().to_le_bytes());
