@@ -1196,3 +1196,72 @@ async fn closing_with_a_snapshot_leaves_one_that_covers_the_whole_log() {
     assert_eq!(s.payload(&m.id).unwrap().unwrap(), br#"{"n":1}"#);
     assert_eq!(s.app_message_count(&a.id).unwrap(), 1);
 }
+
+/// sled (vendor/sled, change 9) splits a leaf where the key that found it
+/// full would go, so that keys written in order fill their leaves. Written
+/// in order at several places of the tree at once (like the store's
+/// namespaces), in reverse, at random and between keys already written, and
+/// taken away from the front like a queue, every key reads back, in order,
+/// before and after a reopen.
+#[test]
+fn sled_keeps_every_key_whatever_order_they_are_written_in() {
+    use rand::{Rng as _, SeedableRng as _};
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .unwrap()
+    };
+    let db = open();
+    let mut model = BTreeMap::<Vec<u8>, Vec<u8>>::new();
+    let mut put = |db: &sled::Db, k: Vec<u8>, v: Vec<u8>| {
+        db.insert(&k, v.clone()).unwrap();
+        model.insert(k, v);
+    };
+    let key = |ns: u8, n: u64, tail: &[u8]| [&[ns][..], &n.to_be_bytes(), tail].concat();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    for n in 0..3_000u64 {
+        for ns in [b'G', b'M', b'Q'] {
+            put(&db, key(ns, n, b""), n.to_le_bytes().to_vec());
+        }
+        put(&db, key(b'D', 3_000 - n, b""), vec![1; (n % 50) as usize]);
+        put(&db, key(b'R', rng.random(), b""), vec![2; 8]);
+    }
+    for n in (0..3_000u64).step_by(3) {
+        put(&db, key(b'G', n, b"x"), vec![3]);
+    }
+    for n in 0..2_500u64 {
+        let k = key(b'Q', n, b"");
+        db.remove(&k).unwrap();
+        model.remove(&k);
+    }
+    let check = |db: &sled::Db| {
+        let stored: Vec<(Vec<u8>, Vec<u8>)> = db
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .collect();
+        let expected: Vec<(Vec<u8>, Vec<u8>)> =
+            model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        assert_eq!(stored.len(), expected.len());
+        assert!(stored == expected, "keys or values differ");
+        for (k, v) in model.iter().step_by(7) {
+            assert_eq!(db.get(k).unwrap().as_deref(), Some(&v[..]));
+        }
+        let from = key(b'M', 1_000, b"");
+        let to = key(b'M', 1_100, b"");
+        assert_eq!(db.range(from.clone()..to.clone()).count(), 100);
+        assert_eq!(
+            db.range(from..to).next_back().unwrap().unwrap().0,
+            key(b'M', 1_099, b"")
+        );
+    };
+    check(&db);
+    db.flush().unwrap();
+    drop(db);
+    wait_until_closed(&dir.path().join("db/db").canonicalize().unwrap());
+    check(&open());
+}

@@ -163,18 +163,18 @@ impl Node {
         true
     }
 
-    pub(crate) fn split(mut self) -> (Node, Node) {
+    pub(crate) fn split(mut self, key: &[u8]) -> (Node, Node) {
         fn split_inner<T>(
             keys: &mut Vec<IVec>,
             values: &mut Vec<T>,
             old_prefix: &[u8],
             old_hi: &[u8],
             suffix_truncation: bool,
+            split_point: usize,
         ) -> (IVec, u8, Vec<IVec>, Vec<T>)
         where
             T: Clone + Ord,
         {
-            let split_point = keys.len() / 2 + 1;
             let right_keys = keys.split_off(split_point);
             let right_values = values.split_off(split_point);
             let right_min = &right_keys[0];
@@ -241,10 +241,12 @@ impl Node {
             )
         }
 
+        let leaf_split_point = self.leaf_split_point(key);
         let prefixed_lo = &self.lo[..self.prefix_len as usize];
         let prefixed_hi = &self.hi;
         let (split, right_prefix_len, right_data) = match self.data {
             Data::Index(ref mut index) => {
+                let split_point = index.keys.len() / 2 + 1;
                 let (split, right_prefix_len, right_keys, right_values) =
                     split_inner(
                         &mut index.keys,
@@ -252,6 +254,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         false,
+                        split_point,
                     );
 
                 (
@@ -271,6 +274,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         true,
+                        leaf_split_point,
                     );
 
                 (
@@ -596,16 +600,46 @@ impl Node {
         }
     }
 
+    /// webhookd patch: where a leaf splits, given the key whose traversal
+    /// found it too large. Upstream splits every node in the middle. Keys
+    /// written in time order are inserted at the end of a leaf (or at the
+    /// end of their key range inside one), so the left half never gets
+    /// another insert and every leaf stays half full. A leaf splits at the
+    /// place that key would be inserted instead, no further left than the
+    /// middle and leaving the right side at least the 4 entries below
+    /// which a leaf is merged: a leaf filled in order keeps 29 of its 33
+    /// entries, which nearly halves the splits (and the pages) of such
+    /// writes. Index nodes, and leaves a key outside their bounds found,
+    /// split in the middle as before.
+    fn leaf_split_point(&self, key: &[u8]) -> usize {
+        let len = self.data.len();
+        let middle = len / 2 + 1;
+        let leaf = match &self.data {
+            Data::Leaf(leaf) => leaf,
+            Data::Index(_) => return middle,
+        };
+        let in_bounds = key >= self.lo.as_ref()
+            && (self.hi.is_empty() || key < self.hi.as_ref());
+        if !in_bounds || len < middle + 4 {
+            return middle;
+        }
+        let suffix = &key[self.prefix_len as usize..];
+        let insert_at = match leaf.keys.binary_search_by(|k| fastcmp(k, suffix))
+        {
+            Ok(idx) | Err(idx) => idx,
+        };
+        insert_at.clamp(middle, len - 4)
+    }
+
     pub(crate) fn should_split(&self) -> bool {
         let threshold = if cfg!(any(test, feature = "lock_free_delays")) {
             2
         } else if self.data.is_index() {
             256
         } else {
-            // webhookd patch: leaves split above 32 entries, not 16. Keys
-            // written in time order leave every split leaf half full, and
-            // each leaf is a page with its own entries in the page table,
-            // so this halves the pages (and their memory) of a store.
+            // webhookd patch: leaves split above 32 entries, not 16. Each
+            // leaf is a page with its own entries in the page table, so
+            // this halves the pages (and their memory) of a store.
             32
         };
 
