@@ -143,6 +143,7 @@ fn smoke_run_reports_every_figure_and_counts_every_delivery() {
         "stored_disk_bytes_per_message",
         "stored_rss_peak_mb",
         "stored_start_to_serving_s",
+        "stored_graceful_stop_s",
         "stored_dashboard_message_list_p99_ms",
         "stored_dashboard_message_page_p99_ms",
     ] {

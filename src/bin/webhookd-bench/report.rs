@@ -586,6 +586,15 @@ impl Report {
                     .as_ref()
                     .map(|x| format!("ready line after {:.3} s", x.ready_line_s))
             });
+            // What a restart costs before its start: webhookd's graceful stop
+            // ends by writing sled's snapshot (`Store::close_with_snapshot`).
+            r.push(
+                "stored_graceful_stop_s",
+                format!("graceful stop (SIGTERM to exit), {n} stored"),
+                s.stop_s,
+                "s",
+                None,
+            );
             let d = &s.dashboard;
             for (key, label, lat) in [
                 (
