@@ -133,18 +133,17 @@ impl Log {
         #[cfg(feature = "compression")]
         {
             if self.config.use_compression && pid != BATCH_MANIFEST_PID {
-                let buf = item.serialize();
-
                 let _measure = Measure::new(&M.compress);
 
-                // webhookd patch (vendor/README.md, changes 1 and 8): this
-                // crate's `compress` (LZ4), not a new zstd context each time.
-                let compressed_buf = super::compress(&buf);
+                // webhookd patch (vendor/README.md, changes 1, 8 and 10):
+                // this crate's `compress` (LZ4, in scratch buffers), not a
+                // new zstd context each time.
+                let compressed_buf = super::compress(item);
 
                 return self.reserve_inner(
                     log_kind,
                     pid,
-                    &IVec::from(compressed_buf),
+                    &compressed_buf,
                     None,
                     guard,
                 );

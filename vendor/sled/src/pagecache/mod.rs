@@ -283,14 +283,43 @@ const LZ4_TAG: u8 = b'L';
 /// snapshots (still zstd, `snapshot.rs`). LZ4 has no entropy stage: zstd
 /// spent more building its tables for each small message than finding
 /// repeats in it.
+///
+/// webhookd patch (change 10): `item` is serialized into, and compressed
+/// into, this thread's two scratch buffers, and only the result is copied
+/// out. Upstream allocated a zeroed buffer for each (a leaf is tens of
+/// KiB), and jemalloc zeroes an allocation that large by handing its pages
+/// back to the kernel (`madvise`), which costs a TLB flush on every core
+/// and a page fault per page at the next write. Buffers above 1 MiB (a
+/// blob) are dropped after use rather than kept.
 #[cfg(feature = "compression")]
-pub(crate) fn compress(buf: &[u8]) -> Vec<u8> {
-    let mut out = vec![0; 1 + lz4_flex::block::get_maximum_output_size(buf.len()) + 4];
-    out[0] = LZ4_TAG;
-    out[1..5].copy_from_slice(&u32::try_from(buf.len()).unwrap().to_le_bytes());
-    let len = lz4_flex::block::compress_into(buf, &mut out[5..]).unwrap();
-    out.truncate(5 + len);
-    out
+pub(crate) fn compress<T: Serialize>(item: &T) -> IVec {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
+            std::cell::RefCell::new((Vec::new(), Vec::new()));
+    }
+    const KEPT: usize = 1 << 20;
+    SCRATCH.with(|scratch| {
+        let (raw, out) = &mut *scratch.borrow_mut();
+        let raw_len = usize::try_from(item.serialized_size()).unwrap();
+        if raw.len() < raw_len {
+            raw.resize(raw_len, 0);
+        }
+        item.serialize_into(&mut &mut raw[..raw_len]);
+        let out_len = 5 + lz4_flex::block::get_maximum_output_size(raw_len);
+        if out.len() < out_len {
+            out.resize(out_len, 0);
+        }
+        out[0] = LZ4_TAG;
+        out[1..5].copy_from_slice(&u32::try_from(raw_len).unwrap().to_le_bytes());
+        let len = lz4_flex::block::compress_into(&raw[..raw_len], &mut out[5..out_len]).unwrap();
+        let compressed = IVec::from(&out[..5 + len]);
+        for buf in [raw, out] {
+            if buf.len() > KEPT {
+                *buf = Vec::new();
+            }
+        }
+        compressed
+    })
 }
 
 #[allow(clippy::needless_pass_by_value)]
