@@ -89,10 +89,13 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<ApiState>) {
             .wrap(actix_web::middleware::from_fn(middleware::json_errors))
             .wrap(actix_web::middleware::from_fn(middleware::idempotency))
             .wrap(actix_web::middleware::from_fn(auth::authenticate))
+            // Resources are tried in this order, each with its own regex
+            // (and once more for the request's tracing span): publishing,
+            // the busiest route, first. No two patterns match the same path.
+            .configure(message::routes)
             .configure(application::routes)
             .configure(event_type::routes)
             .configure(endpoint::routes)
-            .configure(message::routes)
             .configure(attempt::routes)
             .configure(token::routes)
             .configure(admin::routes),

@@ -277,8 +277,8 @@ thread_local! {
 #[cfg(feature = "compression")]
 const LZ4_TAG: u8 = b'L';
 
-/// Compresses one log message: this tag, the length of `buf` (4 bytes,
-/// little-endian), then `buf` as one LZ4 block. webhookd patch: upstream
+/// Serializes and compresses one log message: this tag, the length of the
+/// serialized `item` (4 bytes, little-endian), then it as one LZ4 block. webhookd patch: upstream
 /// used zstd at `compression_factor`, which now sets only the level of the
 /// snapshots (still zstd, `snapshot.rs`). LZ4 has no entropy stage: zstd
 /// spent more building its tables for each small message than finding
