@@ -241,12 +241,11 @@ impl Node {
             )
         }
 
-        let leaf_split_point = self.leaf_split_point(key);
+        let split_point = self.split_point(key);
         let prefixed_lo = &self.lo[..self.prefix_len as usize];
         let prefixed_hi = &self.hi;
         let (split, right_prefix_len, right_data) = match self.data {
             Data::Index(ref mut index) => {
-                let split_point = index.keys.len() / 2 + 1;
                 let (split, right_prefix_len, right_keys, right_values) =
                     split_inner(
                         &mut index.keys,
@@ -274,7 +273,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         true,
-                        leaf_split_point,
+                        split_point,
                     );
 
                 (
@@ -600,7 +599,7 @@ impl Node {
         }
     }
 
-    /// webhookd patch: where a leaf splits, given the key whose traversal
+    /// webhookd patch: where a node splits, given the key whose traversal
     /// found it too large. Upstream splits every node in the middle. Keys
     /// written in time order are inserted at the end of a leaf (or at the
     /// end of their key range inside one), so the left half never gets
@@ -611,7 +610,7 @@ impl Node {
     /// entries, which nearly halves the splits (and the pages) of such
     /// writes. Index nodes, and leaves a key outside their bounds found,
     /// split in the middle as before.
-    fn leaf_split_point(&self, key: &[u8]) -> usize {
+    fn split_point(&self, key: &[u8]) -> usize {
         let len = self.data.len();
         let middle = len / 2 + 1;
         let leaf = match &self.data {

@@ -278,11 +278,11 @@ thread_local! {
 const LZ4_TAG: u8 = b'L';
 
 /// Serializes and compresses one log message: this tag, the length of the
-/// serialized `item` (4 bytes, little-endian), then it as one LZ4 block. webhookd patch: upstream
-/// used zstd at `compression_factor`, which now sets only the level of the
-/// snapshots (still zstd, `snapshot.rs`). LZ4 has no entropy stage: zstd
-/// spent more building its tables for each small message than finding
-/// repeats in it.
+/// serialized `item` (4 bytes, little-endian), then it as one LZ4 block.
+/// webhookd patch: upstream used zstd at `compression_factor`, which now
+/// sets only the level of the snapshots (still zstd, `snapshot.rs`). LZ4
+/// has no entropy stage: zstd spent more building its tables for each
+/// small message than finding repeats in it.
 ///
 /// webhookd patch (change 10): `item` is serialized into, and compressed
 /// into, this thread's two scratch buffers, and only the result is copied
