@@ -39,6 +39,11 @@ fn all_delivered(v: &Value, healthy: u64) {
     assert_eq!(uint(v, "/delivered"), published * healthy, "{v}");
     assert_eq!(v["complete"], true, "{v}");
     measured(v, "/publish_to_delivery");
+    // Duplicates are allowed (at least once), and the first ten are named.
+    let named = v["duplicates_seen"]
+        .as_array()
+        .expect("duplicates_seen is a list");
+    assert_eq!(named.len() as u64, uint(v, "/duplicates").min(10), "{v}");
 }
 
 #[test]

@@ -8,7 +8,7 @@ use actix_web::http::header;
 use actix_web::web::Bytes;
 use anyhow::{Context as _, anyhow, bail};
 use awc::Client;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// Largest response body the bench reads.
@@ -36,6 +36,19 @@ pub struct Api {
     pub base: String,
     token: String,
     auth: String,
+}
+
+/// What the bench reads of one of webhookd's attempts.
+#[derive(Deserialize, Serialize, Clone)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    pub url: String,
+    pub timestamp: String,
+    /// 0 when no answer came (refused, reset, timed out).
+    pub response_status_code: u16,
+    pub response_duration_ms: u64,
+    /// 0 scheduled, 1 manual.
+    pub trigger_type: u8,
 }
 
 #[derive(Deserialize)]
@@ -112,6 +125,33 @@ impl Api {
         Ok(serde_json::from_slice::<WithId>(&bytes)
             .context("publish: no id in the answer")?
             .id)
+    }
+
+    /// The attempts of message `msg` of `app` (up to 100, newest first).
+    pub async fn attempts(&self, app: &str, msg: &str) -> anyhow::Result<Vec<Attempt>> {
+        #[derive(Deserialize)]
+        struct List {
+            data: Vec<Attempt>,
+        }
+        let url = format!("{}/api/v1/app/{app}/attempt/msg/{msg}?limit=100", self.base);
+        let mut resp = self
+            .client
+            .get(&url)
+            .insert_header((header::AUTHORIZATION, self.auth.as_str()))
+            .send()
+            .await
+            .map_err(|e| anyhow!("GET {url}: {e}"))?;
+        let bytes = resp.body().limit(BODY_LIMIT).await?;
+        if !resp.status().is_success() {
+            bail!(
+                "GET {url}: {} {}",
+                resp.status(),
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        Ok(serde_json::from_slice::<List>(&bytes)
+            .with_context(|| format!("GET {url}: not a list of attempts"))?
+            .data)
     }
 
     /// `GET /api/v1/webhookd/health` (the full report; no token needed).

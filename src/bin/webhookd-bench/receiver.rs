@@ -25,6 +25,8 @@ pub struct Recorder {
     ok: Vec<Mutex<HashMap<Box<str>, Instant>>>,
     first: AtomicU64,
     duplicates: AtomicU64,
+    /// The first `DUPLICATES_KEPT` duplicates: endpoint number and `webhook-id`.
+    duplicates_kept: Mutex<Vec<(usize, Box<str>)>>,
     failing: AtomicU64,
     slow: AtomicU64,
     slow_sleep: Duration,
@@ -34,6 +36,9 @@ pub struct Recorder {
 /// `Relaxed` is enough because nothing else is ordered by them.
 const ORDER: Ordering = Ordering::Relaxed;
 
+/// How many duplicates are kept by name, for their attempts to be looked up.
+const DUPLICATES_KEPT: usize = 10;
+
 impl Recorder {
     /// First arrivals on the healthy endpoints so far.
     pub fn first(&self) -> u64 {
@@ -41,6 +46,13 @@ impl Recorder {
     }
     pub fn duplicates(&self) -> u64 {
         self.duplicates.load(ORDER)
+    }
+    /// The first few duplicates: endpoint number (`/ok/{n}`) and `webhook-id`.
+    pub fn duplicates_kept(&self) -> Vec<(usize, Box<str>)> {
+        self.duplicates_kept
+            .lock()
+            .expect("duplicate list lock poisoned")
+            .clone()
     }
     pub fn failing(&self) -> u64 {
         self.failing.load(ORDER)
@@ -76,6 +88,7 @@ impl Receiver {
             ok: (0..ok_endpoints).map(|_| Mutex::default()).collect(),
             first: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
+            duplicates_kept: Mutex::default(),
             failing: AtomicU64::new(0),
             slow: AtomicU64::new(0),
             slow_sleep,
@@ -123,7 +136,8 @@ async fn ok(
     _body: web::Bytes,
 ) -> HttpResponse {
     let at = Instant::now();
-    let Some(map) = rec.ok.get(n.into_inner()) else {
+    let n = n.into_inner();
+    let Some(map) = rec.ok.get(n) else {
         return HttpResponse::NotFound().finish();
     };
     let Some(id) = req
@@ -137,6 +151,13 @@ async fn ok(
     match map.entry(id.into()) {
         Entry::Occupied(_) => {
             rec.duplicates.fetch_add(1, ORDER);
+            let mut kept = rec
+                .duplicates_kept
+                .lock()
+                .expect("duplicate list lock poisoned");
+            if kept.len() < DUPLICATES_KEPT {
+                kept.push((n, id.into()));
+            }
         }
         Entry::Vacant(v) => {
             v.insert(at);

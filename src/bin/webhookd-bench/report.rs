@@ -8,6 +8,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::api::Attempt;
+
 /// Latencies in microseconds, from 1 µs to 1 h at 3 significant digits.
 pub struct Hist(Histogram<u64>);
 
@@ -122,9 +124,23 @@ pub struct Deliveries {
     pub delivered: u64,
     /// Arrivals after the first of the same message at the same endpoint.
     pub duplicates: u64,
+    /// The first few of those, with webhookd's attempts of each.
+    pub duplicates_seen: Vec<Duplicate>,
     /// Every expected delivery arrived before the deadline.
     pub complete: bool,
     pub publish_to_delivery: Latency,
+}
+
+/// A message that arrived more than once at one endpoint.
+#[derive(Serialize, Clone)]
+pub struct Duplicate {
+    pub message_id: String,
+    /// The receiver's path, `/ok/{n}`.
+    pub endpoint: String,
+    /// webhookd's attempts of it at that endpoint, newest first (empty if
+    /// they could not be read: see `error`).
+    pub attempts: Vec<Attempt>,
+    pub error: Option<String>,
 }
 
 #[derive(Serialize)]

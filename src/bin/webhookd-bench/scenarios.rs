@@ -24,7 +24,7 @@ use crate::api::{self, Api};
 use crate::daemon::{self, CpuMark, Daemon, Spawn};
 use crate::receiver::{Receiver, Recorder};
 use crate::report::{
-    Dashboard, Deliveries, Direct, Failing, Hist, OpenLoop, Restart, Stored, Throughput,
+    Dashboard, Deliveries, Direct, Duplicate, Failing, Hist, OpenLoop, Restart, Stored, Throughput,
 };
 
 /// Size of each message's payload, the body webhookd delivers.
@@ -345,7 +345,10 @@ fn join(
     (hist, matched, last)
 }
 
-fn deliveries(
+/// What arrived of what `log` sent to `healthy` endpoints of `app`.
+async fn deliveries(
+    api: &Api,
+    app: &str,
     rec: &Recorder,
     log: &PubLog,
     healthy: usize,
@@ -359,11 +362,57 @@ fn deliveries(
             expected,
             delivered,
             duplicates: rec.duplicates(),
+            duplicates_seen: duplicates_seen(api, app, rec).await,
             complete: complete && delivered == expected,
             publish_to_delivery: hist.summary(),
         },
         last,
     )
+}
+
+/// The duplicates the receiver kept, each with webhookd's attempts of it at
+/// its endpoint, which tell why it was sent again; each is also printed.
+async fn duplicates_seen(api: &Api, app: &str, rec: &Recorder) -> Vec<Duplicate> {
+    let mut seen = Vec::new();
+    for (n, id) in rec.duplicates_kept() {
+        let endpoint = format!("/ok/{n}");
+        let (attempts, error) = match api.attempts(app, &id).await {
+            Ok(all) => (
+                all.into_iter()
+                    .filter(|a| a.url.ends_with(&endpoint))
+                    .collect::<Vec<_>>(),
+                None,
+            ),
+            Err(e) => (Vec::new(), Some(format!("{e:#}"))),
+        };
+        let told = match &error {
+            Some(e) => format!("its attempts could not be read: {e}"),
+            None => attempts
+                .iter()
+                .rev()
+                .map(|a| {
+                    format!(
+                        "{} answered {} in {} ms{}",
+                        a.timestamp,
+                        a.response_status_code,
+                        a.response_duration_ms,
+                        if a.trigger_type == 1 { " (manual)" } else { "" }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        };
+        eprintln!(
+            "webhookd-bench: {id} arrived more than once at {endpoint}; webhookd's attempts: {told}"
+        );
+        seen.push(Duplicate {
+            message_id: id.into(),
+            endpoint,
+            attempts,
+            error,
+        });
+    }
+    seen
 }
 
 /// The loopback ceiling: the same client posts the same payloads straight to the receiver.
@@ -440,7 +489,7 @@ pub async fn throughput(
 ) -> anyhow::Result<Throughput> {
     let rx = Receiver::start(b.opts.receiver_workers, fanout, b.slow_sleep()).await?;
     let target = b.target().await?;
-    let (_, url) = setup(&target.api, &rx, fanout, 0, false).await?;
+    let (app, url) = setup(&target.api, &rx, fanout, 0, false).await?;
     let log = Rc::new(RefCell::new(PubLog::default()));
     let running = Rc::new(Cell::new(true));
     // Deliveries owed, sampled while publishing.
@@ -470,7 +519,8 @@ pub async fn throughput(
     let owed = published * fanout as u64;
     let complete = wait_for(&rx.rec, owed, b.opts.drain_timeout).await;
     let cpu = cpu.until(&CpuMark::now(pid));
-    let (deliveries, last_arrival) = deliveries(&rx.rec, &log, fanout, complete);
+    let (deliveries, last_arrival) =
+        deliveries(&target.api, &app, &rx.rec, &log, fanout, complete).await;
     rx.stop().await;
     target.finish().await?;
     let (first, end) = (
@@ -514,7 +564,7 @@ pub async fn open_loop(
 ) -> anyhow::Result<OpenLoop> {
     let rx = Receiver::start(b.opts.receiver_workers, healthy, b.slow_sleep()).await?;
     let target = b.target().await?;
-    let (_, url) = setup(&target.api, &rx, healthy, failing, slow).await?;
+    let (app, url) = setup(&target.api, &rx, healthy, failing, slow).await?;
     let total = (f64::from(rate.max(1)) * duration.as_secs_f64()).round() as u64;
     let pid = target.daemon.as_ref().map(Daemon::pid);
     let cpu = CpuMark::now(pid);
@@ -565,7 +615,8 @@ pub async fn open_loop(
     let published = log.sent.len() as u64;
     let complete = wait_for(&rx.rec, published * healthy as u64, b.opts.drain_timeout).await;
     let cpu = cpu.until(&CpuMark::now(pid));
-    let (deliveries, last_arrival) = deliveries(&rx.rec, &log, healthy, complete);
+    let (deliveries, last_arrival) =
+        deliveries(&target.api, &app, &rx.rec, &log, healthy, complete).await;
     let drain = match (last_arrival, log.last) {
         (Some(a), Some(p)) => a.saturating_duration_since(p),
         _ => Duration::ZERO,
@@ -717,7 +768,7 @@ pub async fn stored(
     // too, unless deliveries are missing anyway.
     let idle = complete && wait_idle(&target.api, b.opts.drain_timeout).await?;
     let preload_cpu = cpu.until(&CpuMark::now(pid));
-    let (deliveries, _) = deliveries(&rx.rec, &log, 1, complete && idle);
+    let (deliveries, _) = deliveries(&target.api, &app, &rx.rec, &log, 1, complete && idle).await;
     rx.stop().await;
     // Pages of messages spread over the whole store, oldest to newest.
     let ids: Vec<String> = (0..requests.max(1))
