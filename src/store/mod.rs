@@ -198,6 +198,10 @@ pub struct Store {
     counters: Arc<counters::Counters>,
     /// Endpoint records already decrypted (see `OpenedEndpoints`).
     opened: Arc<std::sync::Mutex<OpenedEndpoints>>,
+    /// Held while expired leases go back on the queue: the worker's sweep and
+    /// reconcile both do it, and two at once would each queue every task of
+    /// a lease they both read (a second delivery of each).
+    releasing_leases: Arc<std::sync::Mutex<()>>,
     /// Declared last, so it is dropped after everything above: see `Closing`.
     closing: Arc<Closing>,
 }
@@ -420,6 +424,7 @@ impl Store {
             dir: None,
             counters,
             opened: Arc::default(),
+            releasing_leases: Arc::default(),
             closing: Arc::new(Closing(None)),
         })
     }
@@ -1369,6 +1374,10 @@ impl Store {
     /// queue, due `due_ms`. At startup (no worker alive) pass `i64::MAX` to
     /// release every lease.
     pub fn release_expired_leases(&self, now_ms: i64, due_ms: i64) -> Result<usize, StoreError> {
+        let _one_at_a_time = self
+            .releasing_leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let mut batch = sled::Batch::default();
         let mut n = 0;
         for tag in [keys::ns::LEASE, keys::ns::CLAIM_LEASE] {

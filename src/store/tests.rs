@@ -187,6 +187,43 @@ async fn expired_leases_go_back_to_the_queue() {
     assert_eq!(again[0].id, claimed[0].id);
 }
 
+/// The worker's sweep and reconcile may look for expired leases at the same
+/// moment: each delivery goes back on the queue once, not once per caller
+/// (which would deliver it twice).
+#[tokio::test]
+async fn two_callers_releasing_the_same_expired_leases_requeue_each_delivery_once() {
+    for _round in 0..20 {
+        let s = Store::temporary().unwrap();
+        let a = app(None);
+        let ep = endpoint(&a.id, &[]);
+        for i in 0..50 {
+            s.publish(&message(&a.id, 10 + i, None), b"{}", &[&ep], 10)
+                .await
+                .unwrap();
+        }
+        // Fifty claims of one delivery each: fifty leases, expiring at 500.
+        for _ in 0..50 {
+            s.claim_due(10, 500, 1, 100, |_| Claim::Take).await.unwrap();
+        }
+        let start = std::sync::Barrier::new(2);
+        let released: usize = std::thread::scope(|scope| {
+            let callers: Vec<_> = [1_000, 2_000]
+                .map(|due| {
+                    let (s, start) = (&s, &start);
+                    scope.spawn(move || {
+                        start.wait();
+                        s.release_expired_leases(600, due).unwrap()
+                    })
+                })
+                .into_iter()
+                .collect();
+            callers.into_iter().map(|c| c.join().unwrap()).sum()
+        });
+        let queued: usize = s.queued().map(|e| e.unwrap().tasks().len()).sum();
+        assert_eq!((released, queued), (50, 50));
+    }
+}
+
 /// A store with five deliveries to one endpoint, due at 10..=14.
 async fn five_queued_for_one_endpoint() -> Store {
     let s = Store::temporary().unwrap();
