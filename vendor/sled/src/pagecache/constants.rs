@@ -24,10 +24,11 @@ pub(crate) const META_PID: PageId = 0;
 pub(crate) const COUNTER_PID: PageId = 1;
 pub(crate) const BATCH_MANIFEST_PID: PageId = PageId::max_value() - 666;
 
-// webhookd patch: a page is rewritten whole after 20 updates, not 10.
+// webhookd patch: a page is rewritten whole after 32 updates, not 10.
 // Each rewrite of a leaf is compressed and written to the log in full,
-// on the thread that made the update.
-pub(crate) const PAGE_CONSOLIDATION_THRESHOLD: usize = 20;
+// on the thread that made the update; a leaf filled in key order (change
+// 9) splits at 33 entries, which writes it whole anyway.
+pub(crate) const PAGE_CONSOLIDATION_THRESHOLD: usize = 32;
 pub(crate) const SEGMENT_CLEANUP_THRESHOLD: usize = 50;
 
 // Allows for around 1 trillion items to be stored
