@@ -8,6 +8,7 @@ use actix_web::http::header;
 use actix_web::web::Bytes;
 use anyhow::{Context as _, anyhow, bail};
 use awc::Client;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -56,6 +57,23 @@ struct WithId {
     id: String,
 }
 
+/// The JSON body of a successful answer to `request` (`METHOD URL`), or
+/// an error with the status and body of any other.
+async fn json_answer<T: DeserializeOwned>(
+    request: &str,
+    mut resp: awc::ClientResponse,
+) -> anyhow::Result<T> {
+    let bytes = resp.body().limit(BODY_LIMIT).await?;
+    if !resp.status().is_success() {
+        bail!(
+            "{request}: {} {}",
+            resp.status(),
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+    serde_json::from_slice(&bytes).with_context(|| format!("{request}: not the JSON expected"))
+}
+
 impl Api {
     pub fn new(client: Client, base: &str, token: &str) -> Api {
         Api {
@@ -68,23 +86,15 @@ impl Api {
 
     async fn post_json(&self, path: &str, body: Value) -> anyhow::Result<String> {
         let url = format!("{}/api/v1{path}", self.base);
-        let mut resp = self
+        let resp = self
             .client
             .post(&url)
             .insert_header((header::AUTHORIZATION, self.auth.as_str()))
             .send_json(&body)
             .await
             .map_err(|e| anyhow!("POST {url}: {e}"))?;
-        let bytes = resp.body().limit(BODY_LIMIT).await?;
-        if !resp.status().is_success() {
-            bail!(
-                "POST {url}: {} {}",
-                resp.status(),
-                String::from_utf8_lossy(&bytes)
-            );
-        }
-        Ok(serde_json::from_slice::<WithId>(&bytes)
-            .with_context(|| format!("POST {url}: no id in the answer"))?
+        Ok(json_answer::<WithId>(&format!("POST {url}"), resp)
+            .await?
             .id)
     }
 
@@ -134,24 +144,14 @@ impl Api {
             data: Vec<Attempt>,
         }
         let url = format!("{}/api/v1/app/{app}/attempt/msg/{msg}?limit=100", self.base);
-        let mut resp = self
+        let resp = self
             .client
             .get(&url)
             .insert_header((header::AUTHORIZATION, self.auth.as_str()))
             .send()
             .await
             .map_err(|e| anyhow!("GET {url}: {e}"))?;
-        let bytes = resp.body().limit(BODY_LIMIT).await?;
-        if !resp.status().is_success() {
-            bail!(
-                "GET {url}: {} {}",
-                resp.status(),
-                String::from_utf8_lossy(&bytes)
-            );
-        }
-        Ok(serde_json::from_slice::<List>(&bytes)
-            .with_context(|| format!("GET {url}: not a list of attempts"))?
-            .data)
+        Ok(json_answer::<List>(&format!("GET {url}"), resp).await?.data)
     }
 
     /// `GET /api/v1/webhookd/health` (the full report; no token needed).
