@@ -207,7 +207,7 @@ async fn two_callers_releasing_the_same_expired_leases_requeue_each_delivery_onc
         }
         let start = std::sync::Barrier::new(2);
         let released: usize = std::thread::scope(|scope| {
-            let callers: Vec<_> = [1_000, 2_000]
+            [1_000, 2_000]
                 .map(|due| {
                     let (s, start) = (&s, &start);
                     scope.spawn(move || {
@@ -216,8 +216,8 @@ async fn two_callers_releasing_the_same_expired_leases_requeue_each_delivery_onc
                     })
                 })
                 .into_iter()
-                .collect();
-            callers.into_iter().map(|c| c.join().unwrap()).sum()
+                .map(|c| c.join().unwrap())
+                .sum()
         });
         let queued: usize = s.queued().map(|e| e.unwrap().tasks().len()).sum();
         assert_eq!((released, queued), (50, 50));
