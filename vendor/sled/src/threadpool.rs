@@ -68,7 +68,10 @@ impl Queue {
         // with the notify below.
         drop(queue);
 
-        self.cv.notify_all();
+        // webhookd patch (see vendor/README.md): one job, one thread.
+        // Waking every idle thread for it (upstream's `notify_all`) sent
+        // all but one straight back to sleep.
+        self.cv.notify_one();
 
         len
     }
