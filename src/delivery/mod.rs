@@ -239,7 +239,9 @@ async fn claim_and_hand_out(
     while !shutdown.is_cancelled() {
         let now = now_ms();
         if tokio::time::Instant::now() >= next_sweep {
-            let n = shared.store.release_expired_leases(now, now)?;
+            let n = shared
+                .store
+                .release_expired_leases(shared.store.lease_clock_ms(), now)?;
             if n > 0 {
                 warn!(
                     released = n,
@@ -349,7 +351,7 @@ impl Shared {
             return Ok(Vec::new());
         }
         let cap = self.cfg.max_per_endpoint;
-        let lease = now + self.lease_ms;
+        let lease = self.store.lease_clock_ms() + self.lease_ms;
         let longest_defer = self.cfg.request_timeout.as_millis() as i64;
         let mut skipped = 0;
         let tasks = self

@@ -205,10 +205,11 @@ impl Store {
 
     // ----- reconciliation --------------------------------------------------
 
-    /// One reconciliation pass: puts expired leases back on the queue, counts
-    /// deliveries overdue by more than `overdue_ms`, and checks up to `budget`
-    /// delivery statuses from `cursor` on: a waiting one with nothing queued or
-    /// leased is queued again, and the dead-letter index is made to agree.
+    /// One reconciliation pass: puts expired leases back on the queue (by the
+    /// lease clock, `lease_clock_ms`, not `now_ms`), counts deliveries
+    /// overdue by more than `overdue_ms`, and checks up to `budget` delivery
+    /// statuses from `cursor` on: a waiting one with nothing queued or leased
+    /// is queued again, and the dead-letter index is made to agree.
     pub fn reconcile(
         &self,
         now_ms: i64,
@@ -217,7 +218,7 @@ impl Store {
         budget: usize,
     ) -> Result<Reconciled, StoreError> {
         let mut r = Reconciled {
-            leases_released: self.release_expired_leases(now_ms, now_ms)?,
+            leases_released: self.release_expired_leases(self.lease_clock_ms(), now_ms)?,
             ..Reconciled::default()
         };
         let (waiting, overdue) = self.waiting_tasks(now_ms - overdue_ms)?;

@@ -202,6 +202,8 @@ pub struct Store {
     /// reconcile both do it, and two at once would each queue every task of
     /// a lease they both read (a second delivery of each).
     releasing_leases: Arc<std::sync::Mutex<()>>,
+    /// Where the lease clock starts (see `lease_clock_ms`).
+    lease_clock: std::time::Instant,
     /// Declared last, so it is dropped after everything above: see `Closing`.
     closing: Arc<Closing>,
 }
@@ -425,6 +427,7 @@ impl Store {
             counters,
             opened: Arc::default(),
             releasing_leases: Arc::default(),
+            lease_clock: std::time::Instant::now(),
             closing: Arc::new(Closing(None)),
         })
     }
@@ -1261,14 +1264,26 @@ impl Store {
         Ok(first.as_deref().and_then(keys::queue_due))
     }
 
+    /// Milliseconds on the lease clock, which lease expiries are read on:
+    /// monotonic, counted from when this store was opened. Not the wall
+    /// clock, so that a step of it (a time sync, the clock set by hand) neither
+    /// expires every lease in flight (a second delivery of each) nor holds
+    /// leases back. A lease never outlives its process (at start every one
+    /// is released), so a clock that starts at zero each time is enough.
+    pub fn lease_clock_ms(&self) -> i64 {
+        self.lease_clock.elapsed().as_millis() as i64
+    }
+
     /// Takes up to `limit` due deliveries under one lease expiring at
-    /// `lease_until_ms` (see `release_lease`). `decide` sees each due task in
-    /// due order and may defer it. At most `scan_limit` queue entries are
-    /// looked at, so a long run of deferred tasks cannot make one call
-    /// expensive. A fan entry (see `FanRecord`) is looked at task by task:
-    /// what it still holds stays in its place. The queue is read here; the
-    /// moves are written by the writer thread (see `writer`), so there must be
-    /// only one caller at a time (the delivery worker).
+    /// `lease_until_ms` on the lease clock (see `lease_clock_ms` and
+    /// `release_lease`); due times, and `now_ms`, are on the wall clock.
+    /// `decide` sees each due task in due order and may defer it. At most
+    /// `scan_limit` queue entries are looked at, so a long run of deferred
+    /// tasks cannot make one call expensive. A fan entry (see `FanRecord`) is
+    /// looked at task by task: what it still holds stays in its place. The
+    /// queue is read here; the moves are written by the writer thread (see
+    /// `writer`), so there must be only one caller at a time (the delivery
+    /// worker).
     pub async fn claim_due(
         &self,
         now_ms: i64,
@@ -1370,10 +1385,14 @@ impl Store {
             .await
     }
 
-    /// Puts the tasks of leases that expired at or before `now_ms` back on the
-    /// queue, due `due_ms`. At startup (no worker alive) pass `i64::MAX` to
-    /// release every lease.
-    pub fn release_expired_leases(&self, now_ms: i64, due_ms: i64) -> Result<usize, StoreError> {
+    /// Puts the tasks of leases that expired at or before `lease_now_ms` (on
+    /// the lease clock: see `lease_clock_ms`) back on the queue, due `due_ms`.
+    /// At startup (no worker alive) pass `i64::MAX` to release every lease.
+    pub fn release_expired_leases(
+        &self,
+        lease_now_ms: i64,
+        due_ms: i64,
+    ) -> Result<usize, StoreError> {
         let _one_at_a_time = self
             .releasing_leases
             .lock()
@@ -1383,7 +1402,7 @@ impl Store {
         for tag in [keys::ns::LEASE, keys::ns::CLAIM_LEASE] {
             for entry in self
                 .tree
-                .range(vec![tag]..keys::lease_expired_end(tag, now_ms))
+                .range(vec![tag]..keys::lease_expired_end(tag, lease_now_ms))
             {
                 let (k, v) = entry?;
                 for mut task in leased_tasks(&k, &v)? {

@@ -187,6 +187,32 @@ async fn expired_leases_go_back_to_the_queue() {
     assert_eq!(again[0].id, claimed[0].id);
 }
 
+/// Leases expire by the lease clock: a wall clock stepped a day ahead (a time
+/// sync, the clock set by hand) puts no delivery in flight back on the queue.
+#[tokio::test]
+async fn a_step_of_the_wall_clock_expires_no_lease() {
+    let s = Store::temporary().unwrap();
+    let a = app(None);
+    let ep = endpoint(&a.id, &[]);
+    let now = crate::domain::now_ms();
+    s.publish(&message(&a.id, 10, None), b"{}", &[&ep], now)
+        .await
+        .unwrap();
+    let until = s.lease_clock_ms() + 60_000;
+    let claimed = s
+        .claim_due(now, until, 10, 100, |_| Claim::Take)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let a_day_later = now + 86_400_000;
+    let r = s.reconcile(a_day_later, 60_000, None, 100).unwrap();
+    assert_eq!((r.leases_released, r.requeued), (0, 0));
+    assert_eq!(s.queue_depth(), (0, 1), "still in flight");
+    // Once the lease clock reaches the lease's end, it expires.
+    assert_eq!(s.release_expired_leases(until, a_day_later).unwrap(), 1);
+    assert_eq!(s.queue_depth(), (1, 0));
+}
+
 /// The worker's sweep and reconcile may look for expired leases at the same
 /// moment: each delivery goes back on the queue once, not once per caller
 /// (which would deliver it twice).
@@ -850,11 +876,9 @@ async fn reconcile_requeues_orphans_releases_leases_and_repairs_dead_letters() {
     // The orphan: its lease given up with no attempt recorded (as after a
     // lost write), its status still pending.
     s.release_lease(100, &tasks[0].id).await.unwrap();
-    // The leased one: claimed on its own, its lease left to expire.
-    let claimed = s
-        .claim_due(20, 100, 10, 100, |_| Claim::Take)
-        .await
-        .unwrap();
+    // The leased one: claimed on its own, under a lease expired at once
+    // (reconcile reads the lease clock, which is past 0).
+    let claimed = s.claim_due(20, 0, 10, 100, |_| Claim::Take).await.unwrap();
     assert_eq!(claimed.len(), 1);
     // A stray dead-letter entry for a delivered message.
     s.tree
@@ -864,7 +888,7 @@ async fn reconcile_requeues_orphans_releases_leases_and_repairs_dead_letters() {
     let r = s.reconcile(500, 60_000, None, 1000).unwrap();
     assert_eq!(
         r.leases_released, 1,
-        "the leased task's lease (expiring at 100) expired"
+        "the leased task's lease (expiring at 0) expired"
     );
     assert_eq!(r.requeued, 1, "the orphan is queued again");
     assert_eq!(r.dead_letter_fixed, 2);
