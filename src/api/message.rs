@@ -49,16 +49,17 @@ pub(super) async fn publish(
         expunged: false,
         payload_retention_ms: new.payload_retention_ms,
     };
-    let subscribers: Vec<EndpointRecord> = match new.only {
-        Some(ep) => vec![ep.clone()],
-        None => state
-            .store
-            .endpoints_of(&app.id)?
-            .into_iter()
-            .filter(|e| e.subscribes(&msg.event_type, &msg.channels))
-            .collect(),
+    let every_endpoint;
+    let targets: Vec<&EndpointRecord> = match new.only {
+        Some(ep) => vec![ep],
+        None => {
+            every_endpoint = state.store.endpoints_of(&app.id)?;
+            every_endpoint
+                .iter()
+                .filter(|e| e.subscribes(&msg.event_type, &msg.channels))
+                .collect()
+        }
     };
-    let targets: Vec<&EndpointRecord> = subscribers.iter().collect();
     let due = new.deliver_at.unwrap_or(now).max(now);
     match state
         .store

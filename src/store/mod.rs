@@ -169,6 +169,20 @@ impl OpenedEndpoints {
     const CAPACITY: usize = 10_000;
 }
 
+/// Each app's endpoints as `endpoints_of` last read them (every publish asks
+/// for them), kept while no endpoint record has been written since: they were
+/// read when `Store::endpoints_written` was `written`.
+#[derive(Default)]
+struct AppEndpoints {
+    written: u64,
+    by_app: std::collections::HashMap<AppId, Arc<Vec<EndpointRecord>>>,
+}
+
+impl AppEndpoints {
+    /// Apps kept at most; when full, it starts over.
+    const CAPACITY: usize = 10_000;
+}
+
 /// How an idempotency key was claimed.
 pub enum IdemClaim {
     /// First use: handle the request, then `idempotency_finish`.
@@ -198,6 +212,10 @@ pub struct Store {
     counters: Arc<counters::Counters>,
     /// Endpoint records already decrypted (see `OpenedEndpoints`).
     opened: Arc<std::sync::Mutex<OpenedEndpoints>>,
+    /// Counts the writes of endpoint records (see `endpoints_written`).
+    endpoints_written: Arc<std::sync::atomic::AtomicU64>,
+    /// The endpoints of the apps published to lately (see `AppEndpoints`).
+    app_endpoints: Arc<std::sync::Mutex<AppEndpoints>>,
     /// Held while expired leases go back on the queue: the worker's sweep and
     /// reconcile both do it, and two at once would each queue every task of
     /// a lease they both read (a second delivery of each).
@@ -426,6 +444,8 @@ impl Store {
             dir: None,
             counters,
             opened: Arc::default(),
+            endpoints_written: Arc::default(),
+            app_endpoints: Arc::default(),
             releasing_leases: Arc::default(),
             lease_clock: std::time::Instant::now(),
             closing: Arc::new(Closing(None)),
@@ -642,8 +662,8 @@ impl Store {
         if let Some(uid) = &app.uid {
             batch.remove(keys::app_uid(uid));
         }
-        for ep in self.endpoints_of(&app.id)? {
-            self.delete_endpoint_into(&mut batch, &ep)?;
+        for ep in self.endpoints_of(&app.id)?.iter() {
+            self.delete_endpoint_into(&mut batch, ep)?;
         }
         self.delete_tokens_into(&mut batch, &app.id)?;
         let msgs_prefix = keys::messages_of(&app.id);
@@ -670,6 +690,7 @@ impl Store {
             }
         }
         self.tree.apply_batch(batch)?;
+        self.endpoints_changed();
         Ok(())
     }
 
@@ -733,6 +754,7 @@ impl Store {
         }
         let (k, v) = self.seal_endpoint(ep);
         self.tree.insert(k, v)?;
+        self.endpoints_changed();
         Ok(Ok(()))
     }
 
@@ -768,14 +790,50 @@ impl Store {
         }
     }
 
-    pub fn endpoints_of(&self, app: &AppId) -> Result<Vec<EndpointRecord>, StoreError> {
-        self.tree
-            .scan_prefix(keys::endpoints_of(app))
-            .map(|e| {
-                let (k, v) = e?;
-                self.open_endpoint(&k, &v)
-            })
-            .collect()
+    /// Every endpoint of `app`, in ID order. Read from the tree only when an
+    /// endpoint record was written since the last read (see `AppEndpoints`).
+    pub fn endpoints_of(&self, app: &AppId) -> Result<Arc<Vec<EndpointRecord>>, StoreError> {
+        use std::sync::atomic::Ordering;
+        // Read before the tree: a write that lands during the read below
+        // moves the count on, so what was read is not kept for long.
+        let written = self.endpoints_written.load(Ordering::Acquire);
+        let lock = || self.app_endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let cache = lock();
+            if let Some(eps) = cache.by_app.get(app)
+                && cache.written == written
+            {
+                return Ok(Arc::clone(eps));
+            }
+        }
+        let eps: Arc<Vec<EndpointRecord>> = Arc::new(
+            self.tree
+                .scan_prefix(keys::endpoints_of(app))
+                .map(|e| {
+                    let (k, v) = e?;
+                    self.open_endpoint(&k, &v)
+                })
+                .collect::<Result<_, _>>()?,
+        );
+        let mut cache = lock();
+        if cache.written < written {
+            cache.by_app.clear();
+            cache.written = written;
+        }
+        if cache.written == written {
+            if cache.by_app.len() >= AppEndpoints::CAPACITY {
+                cache.by_app.clear();
+            }
+            cache.by_app.insert(app.clone(), Arc::clone(&eps));
+        }
+        Ok(eps)
+    }
+
+    /// Call after every write of an endpoint record, once it is in the tree:
+    /// `endpoints_of` reads the tree again from then on.
+    fn endpoints_changed(&self) {
+        self.endpoints_written
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 
     pub fn list_endpoints(
@@ -812,6 +870,7 @@ impl Store {
             }
         }
         self.tree.apply_batch(batch)?;
+        self.endpoints_changed();
         Ok(Ok(()))
     }
 
@@ -819,6 +878,7 @@ impl Store {
     pub fn put_endpoint(&self, ep: &EndpointRecord) -> Result<(), StoreError> {
         let (k, v) = self.seal_endpoint(ep);
         self.tree.insert(k, v)?;
+        self.endpoints_changed();
         Ok(())
     }
 
@@ -868,6 +928,7 @@ impl Store {
         }
         if n > 0 {
             self.tree.apply_batch(batch)?;
+            self.endpoints_changed();
             self.db.flush()?;
         }
         Ok(n)
@@ -903,6 +964,7 @@ impl Store {
         let mut batch = sled::Batch::default();
         self.delete_endpoint_into(&mut batch, ep)?;
         self.tree.apply_batch(batch)?;
+        self.endpoints_changed();
         Ok(())
     }
 

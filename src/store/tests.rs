@@ -513,6 +513,52 @@ async fn delete_app_removes_its_data() {
 }
 
 /// A temporary store with one endpoint (no event-type filter) of an app.
+/// `endpoints_of` answers from memory between endpoint writes: every kind
+/// of write shows in its next answer.
+#[test]
+fn endpoints_of_sees_every_endpoint_write_at_once() {
+    let s = Store::temporary().unwrap();
+    let a = app(None);
+    s.create_app(&a).unwrap().unwrap();
+    let seen = |s: &Store| -> Vec<(EndpointId, bool)> {
+        s.endpoints_of(&a.id)
+            .unwrap()
+            .iter()
+            .map(|e| (e.id.clone(), e.disabled))
+            .collect()
+    };
+    assert!(seen(&s).is_empty());
+    let ep = endpoint(&a.id, &[]);
+    s.create_endpoint(&ep).unwrap().unwrap();
+    assert_eq!(seen(&s), [(ep.id.clone(), false)]);
+    let disabled = EndpointRecord {
+        disabled: true,
+        ..ep.clone()
+    };
+    s.put_endpoint(&disabled).unwrap();
+    assert_eq!(seen(&s), [(ep.id.clone(), true)]);
+    let enabled = EndpointRecord {
+        uid: Some("orders".into()),
+        disabled: false,
+        ..ep.clone()
+    };
+    s.update_endpoint(&disabled, &enabled).unwrap().unwrap();
+    assert_eq!(seen(&s), [(ep.id.clone(), false)]);
+    let second = EndpointRecord {
+        id: EndpointId::new(3),
+        ..endpoint(&a.id, &[])
+    };
+    s.create_endpoint(&second).unwrap().unwrap();
+    assert_eq!(
+        seen(&s),
+        [(ep.id.clone(), false), (second.id.clone(), false)]
+    );
+    s.delete_endpoint(&enabled).unwrap();
+    assert_eq!(seen(&s), [(second.id.clone(), false)]);
+    s.delete_app(&a).unwrap();
+    assert!(seen(&s).is_empty());
+}
+
 fn store_with_endpoint() -> (Store, AppRecord, EndpointRecord) {
     let s = Store::temporary().unwrap();
     let a = app(None);
