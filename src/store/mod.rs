@@ -795,7 +795,7 @@ impl Store {
     pub fn endpoints_of(&self, app: &AppId) -> Result<Arc<Vec<EndpointRecord>>, StoreError> {
         use std::sync::atomic::Ordering;
         // Read before the tree: a write that lands during the read below
-        // moves the count on, so what was read is not kept for long.
+        // moves the count on, and what it read is not used again.
         let written = self.endpoints_written.load(Ordering::Acquire);
         let lock = || self.app_endpoints.lock().unwrap_or_else(|p| p.into_inner());
         {

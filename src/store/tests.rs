@@ -512,7 +512,6 @@ async fn delete_app_removes_its_data() {
     assert!(s.dest(&m.id, &ep.id).unwrap().is_none());
 }
 
-/// A temporary store with one endpoint (no event-type filter) of an app.
 /// `endpoints_of` answers from memory between endpoint writes: every kind
 /// of write shows in its next answer.
 #[test]
@@ -559,6 +558,7 @@ fn endpoints_of_sees_every_endpoint_write_at_once() {
     assert!(seen(&s).is_empty());
 }
 
+/// A temporary store with one endpoint (no event-type filter) of an app.
 fn store_with_endpoint() -> (Store, AppRecord, EndpointRecord) {
     let s = Store::temporary().unwrap();
     let a = app(None);
