@@ -176,11 +176,19 @@ impl OpenedEndpoints {
 struct AppEndpoints {
     written: u64,
     by_app: std::collections::HashMap<AppId, Arc<Vec<EndpointRecord>>>,
+    /// Endpoint records in `by_app`, all apps together.
+    records: usize,
 }
 
 impl AppEndpoints {
-    /// Apps kept at most; when full, it starts over.
+    /// Endpoint records kept at most (as in `OpenedEndpoints`); when full,
+    /// it starts over.
     const CAPACITY: usize = 10_000;
+
+    fn clear(&mut self) {
+        self.by_app.clear();
+        self.records = 0;
+    }
 }
 
 /// How an idempotency key was claimed.
@@ -817,14 +825,17 @@ impl Store {
         );
         let mut cache = lock();
         if cache.written < written {
-            cache.by_app.clear();
+            cache.clear();
             cache.written = written;
         }
-        if cache.written == written {
-            if cache.by_app.len() >= AppEndpoints::CAPACITY {
-                cache.by_app.clear();
+        if cache.written == written && eps.len() <= AppEndpoints::CAPACITY {
+            if cache.records + eps.len() > AppEndpoints::CAPACITY {
+                cache.clear();
             }
-            cache.by_app.insert(app.clone(), Arc::clone(&eps));
+            cache.records += eps.len();
+            if let Some(old) = cache.by_app.insert(app.clone(), Arc::clone(&eps)) {
+                cache.records -= old.len();
+            }
         }
         Ok(eps)
     }
