@@ -181,9 +181,9 @@ struct AppEndpoints {
 }
 
 impl AppEndpoints {
-    /// Endpoint records kept at most (as in `OpenedEndpoints`); when full,
-    /// it starts over.
-    const CAPACITY: usize = 10_000;
+    /// Endpoint records kept at most, as many as `OpenedEndpoints` keeps;
+    /// when full, it starts over.
+    const CAPACITY: usize = OpenedEndpoints::CAPACITY;
 
     fn clear(&mut self) {
         self.by_app.clear();
