@@ -264,7 +264,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
     let store = Store::open(&config.data_dir, STORE_CACHE_BYTES, keys)
         .with_context(|| format!("opening the database in {}", config.data_dir.display()))?;
 
-    delivery::recover_leases(&store).context("re-queueing deliveries left in flight")?;
+    delivery::recover_in_flight(&store).context("re-queueing deliveries left in flight")?;
 
     let shutdown = CancellationToken::new();
     // One registry per instance: counters live as long as this `Running`.

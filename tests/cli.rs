@@ -539,6 +539,77 @@ async fn acknowledged_publishes_survive(signal: &str, receiver_delay: Duration) 
     assert!(restarted.wait(DEADLINE).success());
 }
 
+/// Deliveries the worker holds only in memory (handed over by their publish,
+/// never queued) when the daemon is killed are made after the restart. The
+/// receiver leaves every request unanswered until the kill, so none of them
+/// was recorded: some were in flight, the rest waiting for a slot. Reconcile
+/// is off, so what finds them is the start.
+#[actix_web::test]
+async fn deliveries_held_in_memory_at_kill_9_are_made_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let answering = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (hook, seen) = start_receiver_answering_when(answering.clone());
+    let without_reconcile = || {
+        let mut cmd = with_token(command(dir.path()));
+        cmd.env("WEBHOOKD_SCHEDULER__RECONCILE", "off");
+        cmd
+    };
+    let daemon = Daemon::start(without_reconcile());
+    let client = client();
+    let app_id = app_with_endpoint(&client, &daemon.base, &hook).await;
+    // More than the endpoint takes at once (64), fewer than the worker holds.
+    let mut acked = HashSet::new();
+    for i in 0..100 {
+        let body = json!({"eventType": "held", "payload": {"i": i}});
+        let url = format!("{}/api/v1/app/{app_id}/msg", daemon.base);
+        let (status, v) = call(&client, "POST", url, Some(body)).await.unwrap();
+        assert_eq!(status, 202, "{v}");
+        acked.insert(v["id"].as_str().unwrap().to_owned());
+    }
+    daemon.signal("-KILL");
+    daemon.wait(SHUTDOWN_BOUND);
+    answering.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(seen.lock().unwrap().is_empty(), "nothing answered before");
+    let _restarted = Daemon::start(without_reconcile());
+    all_delivered(&acked, &seen).await;
+}
+
+/// A receiver that leaves every request unanswered until `answering` is set,
+/// and from then on answers at once, remembering each `webhook-id`.
+fn start_receiver_answering_when(
+    answering: Arc<std::sync::atomic::AtomicBool>,
+) -> (String, Arc<Mutex<HashSet<String>>>) {
+    let seen: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let s = seen.clone();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = HttpServer::new(move || {
+        let (s, answering) = (s.clone(), answering.clone());
+        App::new().default_service(web::to(move |req: HttpRequest, _body: web::Bytes| {
+            let (s, answering) = (s.clone(), answering.clone());
+            async move {
+                if !answering.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::future::pending::<()>().await;
+                }
+                if let Some(id) = req
+                    .headers()
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                {
+                    s.lock().unwrap().insert(id.to_owned());
+                }
+                HttpResponse::Ok().finish()
+            }
+        }))
+    })
+    .workers(2)
+    .listen(listener)
+    .unwrap()
+    .run();
+    actix_rt::spawn(server);
+    (format!("http://127.0.0.1:{port}/hook"), seen)
+}
+
 /// An online backup taken while publishes go on restores into a new data dir
 /// whose webhookd delivers every message acknowledged before the backup,
 /// including those the original had in flight; an offline backup works too.

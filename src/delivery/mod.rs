@@ -134,8 +134,15 @@ struct Lane {
 
 /// A delivery thread, as the claiming loop sees it.
 struct LaneHandle {
-    tx: tokio::sync::mpsc::UnboundedSender<(TaskRecord, Arc<ClaimLease>)>,
+    tx: tokio::sync::mpsc::UnboundedSender<(TaskRecord, Hold)>,
     thread: std::thread::JoinHandle<()>,
+}
+
+/// How a delivery was taken: claimed from the queue under a lease, or
+/// handed over by its publish in memory (see `Store::take_handed_over`).
+enum Hold {
+    Lease(Arc<ClaimLease>),
+    Handed,
 }
 
 /// The lease of one claim, shared by the deliveries it took. The last of
@@ -156,9 +163,13 @@ struct Slots {
 }
 
 /// Puts every leased delivery back on the queue, due now: at start no worker is
-/// alive, so every lease is stale. Call before `run`.
-pub fn recover_leases(store: &Store) -> Result<usize, StoreError> {
-    let recovered = store.release_expired_leases(i64::MAX, now_ms())?;
+/// alive, so every lease is stale. Then queues every delivery handed over in
+/// memory and left unrecorded by the process before (see
+/// `Store::recover_handed_over`). Call before `run`.
+pub fn recover_in_flight(store: &Store) -> Result<usize, StoreError> {
+    let now = now_ms();
+    let recovered =
+        store.release_expired_leases(i64::MAX, now)? + store.recover_handed_over(now)?;
     if recovered > 0 {
         tracing::info!(
             recovered,
@@ -193,7 +204,11 @@ pub async fn run(
         .map(|i| start_lane(i, Arc::clone(&shared), roots.clone()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(RunError::Thread)?;
+    shared.store.open_handoff(shared.cfg.max_in_flight);
     let result = claim_and_hand_out(&shared, &lanes, &handle, &shutdown).await;
+    // Publishes from now on queue their deliveries; those handed over and not
+    // taken are found at the next start.
+    shared.store.close_handoff();
     // Let attempts in flight finish, within the request timeout.
     let deadline = tokio::time::Instant::now() + shared.cfg.request_timeout;
     while shared.in_flight() > 0 {
@@ -235,6 +250,8 @@ async fn claim_and_hand_out(
     shutdown: &CancellationToken,
 ) -> Result<(), StoreError> {
     let mut turn = 0;
+    // Whether the queue had deliveries due at the last look.
+    let mut queue_due = false;
     let mut next_sweep = tokio::time::Instant::now() + LEASE_SWEEP;
     while !shutdown.is_cancelled() {
         let now = now_ms();
@@ -250,17 +267,20 @@ async fn claim_and_hand_out(
             }
             next_sweep = tokio::time::Instant::now() + LEASE_SWEEP;
         }
-        for (task, lease) in shared.claim(now).await? {
+        for (task, hold) in shared.claim(now, queue_due).await? {
             turn = (turn + 1) % lanes.len();
-            if let Err(unsent) = lanes[turn].tx.send((task, lease)) {
-                let (task, lease) = unsent.0;
-                tracing::error!(message_id = %task.msg_id, "a delivery thread is gone; the delivery's lease will expire and it will be retried");
-                lease.keep.store(true, Ordering::Relaxed);
+            if let Err(unsent) = lanes[turn].tx.send((task, hold)) {
+                let (task, hold) = unsent.0;
+                tracing::error!(message_id = %task.msg_id, "a delivery thread is gone; the delivery will be retried");
+                shared.given_up(&hold);
+                shared.settle(&task, &hold).await;
                 shared.endpoint_done(&task.ep_id, Duration::ZERO);
                 shared.done();
             }
         }
-        let wait = match shared.store.next_due_ms()? {
+        let next_due = shared.store.next_due_ms()?;
+        queue_due = next_due.is_some_and(|due| due <= now);
+        let wait = match next_due {
             _ if shared.in_flight() >= shared.cfg.max_in_flight => IDLE_TICK,
             Some(due) if due > now => Duration::from_millis((due - now) as u64).min(IDLE_TICK),
             // Due now but every candidate was capped or we just claimed: look again when a slot frees.
@@ -291,7 +311,7 @@ async fn claim_and_hand_out(
 /// Starts delivery thread `i`: it makes its own HTTP client and runs every
 /// delivery it is handed as a local task, until its channel closes.
 fn start_lane(i: usize, shared: Arc<Shared>, roots: TlsRoots) -> std::io::Result<LaneHandle> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(TaskRecord, Arc<ClaimLease>)>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(TaskRecord, Hold)>();
     let thread = std::thread::Builder::new()
         .name(format!("webhookd-deliver-{i}"))
         .spawn(move || {
@@ -305,7 +325,7 @@ fn start_lane(i: usize, shared: Arc<Shared>, roots: TlsRoots) -> std::io::Result
                     cfg.max_response_body_bytes,
                 );
                 let lane = Rc::new(Lane { shared, sender });
-                while let Some((task, lease)) = rx.recv().await {
+                while let Some((task, hold)) = rx.recv().await {
                     let lane = Rc::clone(&lane);
                     actix_rt::spawn(async move {
                         let span = info_span!(
@@ -318,14 +338,14 @@ fn start_lane(i: usize, shared: Arc<Shared>, roots: TlsRoots) -> std::io::Result
                         );
                         let slot = EndpointSlot::new(&lane.shared, &task.ep_id);
                         if let Err(e) = lane.deliver(&task, &slot).instrument(span).await {
-                            tracing::error!(error = %e, message_id = %task.msg_id, "recording a delivery failed; its lease will expire and it will be retried");
-                            lease.keep.store(true, Ordering::Relaxed);
+                            tracing::error!(error = %e, message_id = %task.msg_id, "recording a delivery failed; it will be retried");
+                            lane.shared.given_up(&hold);
                         }
                         drop(slot);
                         // Before the overall slot is freed: stopping waits
                         // for those, and a lease left behind means
                         // deliveries made again at the next start.
-                        lane.shared.settle(&lease).await;
+                        lane.shared.settle(&task, &hold).await;
                         lane.shared.done();
                     });
                 }
@@ -343,9 +363,16 @@ impl Shared {
         self.book().in_flight
     }
 
-    /// Leases as many due deliveries as there are free slots, honouring the per-endpoint cap.
-    /// Returns each task with the lease they share.
-    async fn claim(&self, now: i64) -> Result<Vec<(TaskRecord, Arc<ClaimLease>)>, StoreError> {
+    /// Takes as many deliveries as there are free slots, honouring the
+    /// per-endpoint cap: those handed over by publishes, and due ones from
+    /// the queue under one lease. While the queue has deliveries due
+    /// (`queue_due`), each gets half the free slots first, so that neither
+    /// waits for the other to run dry. Returns each task with how it is held.
+    async fn claim(
+        &self,
+        now: i64,
+        queue_due: bool,
+    ) -> Result<Vec<(TaskRecord, Hold)>, StoreError> {
         let free = self.cfg.max_in_flight.saturating_sub(self.in_flight());
         if free == 0 {
             return Ok(Vec::new());
@@ -354,57 +381,89 @@ impl Shared {
         let lease = self.store.lease_clock_ms() + self.lease_ms;
         let longest_defer = self.cfg.request_timeout.as_millis() as i64;
         let mut skipped = 0;
-        let tasks = self
-            .store
-            .claim_due(now, lease, free, free * 4 + 64, |t| {
-                let mut guard = self.book();
-                let book = &mut *guard;
-                let slots = book.per_endpoint.entry(t.ep_id.clone()).or_insert(Slots {
-                    in_flight: 0,
-                    progress_ms: now,
-                });
-                if slots.in_flight < cap {
-                    slots.in_flight += 1;
-                    book.in_flight += 1;
-                    return Claim::Take;
-                }
-                let mean = book.mean_ms.get(&t.ep_id).map_or(0, |m| *m as i64);
-                match slow_endpoint_deferral(mean, now - slots.progress_ms, longest_defer) {
-                    Some(by) => Claim::Defer(now + by),
-                    None => {
-                        skipped += 1;
-                        if skipped > SKIP_BUDGET {
-                            Claim::Stop
-                        } else {
-                            Claim::Skip
-                        }
+        let mut decide = |t: &TaskRecord| {
+            let mut guard = self.book();
+            let book = &mut *guard;
+            let slots = book.per_endpoint.entry(t.ep_id.clone()).or_insert(Slots {
+                in_flight: 0,
+                progress_ms: now,
+            });
+            if slots.in_flight < cap {
+                slots.in_flight += 1;
+                book.in_flight += 1;
+                return Claim::Take;
+            }
+            let mean = book.mean_ms.get(&t.ep_id).map_or(0, |m| *m as i64);
+            match slow_endpoint_deferral(mean, now - slots.progress_ms, longest_defer) {
+                Some(by) => Claim::Defer(now + by),
+                None => {
+                    skipped += 1;
+                    if skipped > SKIP_BUDGET {
+                        Claim::Stop
+                    } else {
+                        Claim::Skip
                     }
                 }
-            })
-            .await?;
-        let Some(first) = tasks.first() else {
-            return Ok(Vec::new());
+            }
         };
-        let shared_lease = Arc::new(ClaimLease {
-            until_ms: lease,
-            first: first.id.clone(),
-            outstanding: AtomicUsize::new(tasks.len()),
-            keep: AtomicBool::new(false),
-        });
-        Ok(tasks
-            .into_iter()
-            .map(|t| (t, Arc::clone(&shared_lease)))
-            .collect())
+        let share = if queue_due { free.div_ceil(2) } else { free };
+        let mut handed = self.store.take_handed_over(share, &mut decide).await?;
+        let left = free - handed.len();
+        let tasks = match left {
+            0 => Vec::new(),
+            _ => {
+                self.store
+                    .claim_due(now, lease, left, left * 4 + 64, &mut decide)
+                    .await?
+            }
+        };
+        // What the queue left of its share.
+        let left = left - tasks.len();
+        if queue_due && left > 0 {
+            handed.extend(self.store.take_handed_over(left, &mut decide).await?);
+        }
+        let mut out: Vec<(TaskRecord, Hold)> =
+            handed.into_iter().map(|t| (t, Hold::Handed)).collect();
+        if let Some(first) = tasks.first() {
+            let shared_lease = Arc::new(ClaimLease {
+                until_ms: lease,
+                first: first.id.clone(),
+                outstanding: AtomicUsize::new(tasks.len()),
+                keep: AtomicBool::new(false),
+            });
+            out.extend(
+                tasks
+                    .into_iter()
+                    .map(|t| (t, Hold::Lease(Arc::clone(&shared_lease)))),
+            );
+        }
+        Ok(out)
     }
 
-    /// One delivery of a claim is done: the last one gives up the lease.
-    async fn settle(&self, lease: &ClaimLease) {
-        if lease.outstanding.fetch_sub(1, Ordering::AcqRel) == 1
-            && !lease.keep.load(Ordering::Acquire)
-        {
-            if let Err(e) = self.store.release_lease(lease.until_ms, &lease.first).await {
-                tracing::error!(error = %e, "giving up a lease failed; its deliveries will be made again when it expires");
+    /// A delivery could not be recorded (call `settle` after). Claimed under
+    /// a lease, it keeps the lease, which puts the claim back on the queue
+    /// when it expires; handed over, it is let go like any other, and
+    /// reconcile finds it waiting with nothing queued.
+    fn given_up(&self, hold: &Hold) {
+        if let Hold::Lease(lease) = hold {
+            lease.keep.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// One delivery is done: the last one of a claim gives up its lease; one
+    /// handed over is no longer held.
+    async fn settle(&self, task: &TaskRecord, hold: &Hold) {
+        match hold {
+            Hold::Lease(lease) => {
+                if lease.outstanding.fetch_sub(1, Ordering::AcqRel) == 1
+                    && !lease.keep.load(Ordering::Acquire)
+                {
+                    if let Err(e) = self.store.release_lease(lease.until_ms, &lease.first).await {
+                        tracing::error!(error = %e, "giving up a lease failed; its deliveries will be made again when it expires");
+                    }
+                }
             }
+            Hold::Handed => self.store.handed_over_done(task),
         }
     }
 

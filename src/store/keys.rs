@@ -66,6 +66,9 @@ pub mod ns {
     pub const SILENCE: u8 = b'w';
     /// ep_id → since_ms (8 bytes LE) app_id: every attempt since then failed
     pub const FAILING_SINCE: u8 = b'h';
+    /// (one key) → msg_id: no message before it has a delivery held only in
+    /// memory (see `store/handoff.rs`)
+    pub const HANDOFF_MARK: u8 = b'm';
     /// token_id → TokenRecord
     pub const TOKEN: u8 = b'z';
     /// sha256(token) → token_id
@@ -191,6 +194,10 @@ pub fn claim_lease(expiry_ms: i64, first: &TaskId) -> Vec<u8> {
 pub fn lease_expired_end(tag: u8, now_ms: i64) -> Vec<u8> {
     key(tag, &[&time(now_ms.saturating_add(1))])
 }
+pub fn handoff_mark() -> Vec<u8> {
+    vec![ns::HANDOFF_MARK]
+}
+
 pub fn idempotency(scope_hash: &[u8; 32]) -> Vec<u8> {
     key(ns::IDEMPOTENCY, &[scope_hash])
 }

@@ -269,13 +269,15 @@ impl Store {
         Ok(r)
     }
 
-    /// (message, endpoint) of every queued or leased delivery, and how many of the
-    /// queued ones were due before `overdue_before_ms`.
+    /// (message, endpoint) of every queued, leased or handed-over delivery,
+    /// and how many of the queued ones were due before `overdue_before_ms`.
+    /// The hand-off is read first: a delivery leaves it for the queue (an
+    /// endpoint at its cap) only once its queue entry is written.
     fn waiting_tasks(
         &self,
         overdue_before_ms: i64,
     ) -> Result<(HashSet<(MessageId, EndpointId)>, usize), StoreError> {
-        let mut waiting = HashSet::new();
+        let mut waiting: HashSet<_> = self.handoff.held().into_iter().collect();
         let mut overdue = 0;
         for entry in self.queued() {
             for t in entry?.tasks() {
@@ -321,27 +323,86 @@ impl Store {
                 // A publish cut short by a crash (its writes are applied in
                 // turn, the message after the statuses): it was never
                 // acknowledged, so its statuses go rather than a delivery.
-                let mut batch = sled::Batch::default();
-                for k in keys::dest_and_indexes(&d.msg_id, &d.ep_id) {
-                    batch.remove(k);
-                }
-                self.tree.apply_batch(batch)?;
+                self.remove_status(&d)?;
                 continue;
             }
-            let task = TaskRecord {
-                id: TaskId::new(now_ms),
-                app_id: d.app_id.clone(),
-                msg_id: d.msg_id.clone(),
-                ep_id: d.ep_id.clone(),
-                attempt: d.attempts,
-                trigger: AttemptTrigger::Scheduled,
-                due_ms: now_ms,
-            };
-            self.tree
-                .insert(keys::queue(now_ms, &task.id), encode(&task))?;
+            self.queue_again(&d, now_ms)?;
             requeued += 1;
         }
         Ok(requeued)
+    }
+
+    /// At start, before the worker runs: queues (due `now_ms`) every delivery
+    /// a process before left handed over in memory and unrecorded (see
+    /// `handoff`): a waiting status from the hand-off mark on with nothing
+    /// queued or leased (release the leases first). A status whose message
+    /// is missing is from a publish a crash cut short, never acknowledged:
+    /// it is removed. Then writes a new mark, from which on messages may be
+    /// handed over once the worker opens the hand-off (`open_handoff`).
+    /// Returns how many were queued.
+    pub fn recover_handed_over(&self, now_ms: i64) -> Result<usize, StoreError> {
+        let mark = self
+            .get_str(&keys::handoff_mark())?
+            .and_then(|m| MessageId::parse(&m));
+        let mut requeued = 0;
+        if let Some(mark) = mark {
+            let mut waiting = None;
+            let end = keys::prefix_end(&[keys::ns::DEST]);
+            for e in self.tree.range(keys::dests_of(&mark)..end) {
+                let (k, v) = e?;
+                let d: DestRecord = decode(&k, &v)?;
+                if !matches!(d.status, MessageStatus::Pending | MessageStatus::Sending) {
+                    continue;
+                }
+                let waiting = match &mut waiting {
+                    Some(w) => w,
+                    None => waiting.insert(self.waiting_tasks(now_ms)?.0),
+                };
+                if waiting.contains(&(d.msg_id.clone(), d.ep_id.clone())) {
+                    continue;
+                }
+                if self
+                    .tree
+                    .contains_key(keys::message(&d.app_id, &d.msg_id))?
+                {
+                    self.queue_again(&d, now_ms)?;
+                    requeued += 1;
+                } else {
+                    self.remove_status(&d)?;
+                }
+            }
+        }
+        let floor = MessageId::lower_bound(now_ms);
+        self.tree
+            .insert(keys::handoff_mark(), floor.as_str().as_bytes())?;
+        self.handoff.recovered(floor);
+        Ok(requeued)
+    }
+
+    /// Removes a status (with its indexes) left by a publish cut short.
+    fn remove_status(&self, d: &DestRecord) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for k in keys::dest_and_indexes(&d.msg_id, &d.ep_id) {
+            batch.remove(k);
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Queues the next attempt of a delivery found with nothing queued, due `now_ms`.
+    fn queue_again(&self, d: &DestRecord, now_ms: i64) -> Result<(), StoreError> {
+        let task = TaskRecord {
+            id: TaskId::new(now_ms),
+            app_id: d.app_id.clone(),
+            msg_id: d.msg_id.clone(),
+            ep_id: d.ep_id.clone(),
+            attempt: d.attempts,
+            trigger: AttemptTrigger::Scheduled,
+            due_ms: now_ms,
+        };
+        self.tree
+            .insert(keys::queue(now_ms, &task.id), encode(&task))?;
+        Ok(())
     }
 
     // ----- retention -------------------------------------------------------

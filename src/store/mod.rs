@@ -16,6 +16,7 @@
 mod backup;
 mod commit;
 mod counters;
+mod handoff;
 pub mod keys;
 mod maintenance;
 pub mod records;
@@ -230,6 +231,8 @@ pub struct Store {
     releasing_leases: Arc<std::sync::Mutex<()>>,
     /// Where the lease clock starts (see `lease_clock_ms`).
     lease_clock: std::time::Instant,
+    /// Deliveries handed from publishes to the worker in memory (see `handoff`).
+    handoff: Arc<handoff::Handoff>,
     /// Declared last, so it is dropped after everything above: see `Closing`.
     closing: Arc<Closing>,
 }
@@ -432,11 +435,20 @@ impl Store {
         };
         tree.set_merge_operator(maintenance::merge);
         let counters = Arc::new(counters::Counters::default());
+        let handoff = Arc::new(handoff::Handoff::default());
         let before_flush = {
-            let (counters, tree) = (Arc::clone(&counters), tree.clone());
+            let (counters, handoff, tree) =
+                (Arc::clone(&counters), Arc::clone(&handoff), tree.clone());
             move || {
                 if let Err(e) = counters.apply(&tree) {
                     tracing::error!(error = %e, "merging counters failed");
+                }
+                if let Some(mark) =
+                    handoff.next_mark(std::time::Instant::now(), crate::domain::now_ms())
+                {
+                    if let Err(e) = tree.insert(keys::handoff_mark(), mark.as_str().as_bytes()) {
+                        tracing::error!(error = %e, "moving the hand-off mark failed");
+                    }
                 }
             }
         };
@@ -456,6 +468,7 @@ impl Store {
             app_endpoints: Arc::default(),
             releasing_leases: Arc::default(),
             lease_clock: std::time::Instant::now(),
+            handoff,
             closing: Arc::new(Closing(None)),
         })
     }
@@ -982,8 +995,9 @@ impl Store {
     // ----- messages -----------------------------------------------------
 
     /// Stores a message and queues one delivery per endpoint in `endpoints`, due at
-    /// `due_ms` (in a group with other writes, in a crash-safe order: see
-    /// `writer`). Not durable until `commit()` returns.
+    /// `due_ms`, or hands them to the worker in memory (see `handoff`), in a
+    /// group with other writes, in a crash-safe order (see `writer`). Not
+    /// durable until `commit()` returns.
     pub async fn publish(
         &self,
         msg: &MessageRecord,
@@ -1022,13 +1036,20 @@ impl Store {
                 }
             }
         }
+        // Handed to the worker in memory if due now and it has room (see
+        // `handoff`), else queued.
+        let ep_ids: Vec<EndpointId> = endpoints.iter().map(|ep| ep.id.clone()).collect();
+        let handed = !ep_ids.is_empty()
+            && due_ms <= crate::domain::now_ms()
+            && self.handoff.reserve(&msg.id, &ep_ids).await;
         // In this order (the writer applies them one by one, and a crash may
         // keep any prefix): the all-messages entry (with the payload), every
         // status and its index first; then the message, whose presence says
         // the publish was whole (an `eventId` retry after a crash returns it,
         // and reconcile requeues a status left without its queue entry); then
         // the queue entry, which the worker may claim at once and which needs
-        // the message.
+        // the message. A delivery handed over has no queue entry: its status
+        // is what a start after a crash finds it by.
         let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(3 + 2 * endpoints.len());
         writes.push((
             keys::all_messages(&msg.id),
@@ -1049,10 +1070,11 @@ impl Store {
         let fan = FanRecord {
             app_id: msg.app_id.clone(),
             msg_id: msg.id.clone(),
-            ep_ids: endpoints.iter().map(|ep| ep.id.clone()).collect(),
+            ep_ids,
             due_ms,
         };
         match fan.ep_ids.len() {
+            _ if handed => {}
             0 => {}
             1 => {
                 let task = &fan.tasks()[0];
@@ -1060,14 +1082,25 @@ impl Store {
             }
             _ => writes.push((keys::queue(due_ms, &TaskId::new(due_ms)), encode_fan(&fan))),
         }
-        self.writer
+        let written = self
+            .writer
             .write(move |o| {
                 for (k, v) in writes {
                     o.insert(k, v);
                 }
                 Ok(())
             })
-            .await?;
+            .await;
+        match written {
+            Ok(()) if handed => self.handoff.hand_over(fan.tasks()),
+            Ok(()) => {}
+            Err(e) => {
+                if handed {
+                    self.handoff.cancel(&msg.id, &fan.ep_ids);
+                }
+                return Err(e);
+            }
+        }
         self.count(
             keys::app_message_count(&msg.app_id),
             Counts {
@@ -1458,6 +1491,58 @@ impl Store {
             .await
     }
 
+    /// The worker runs: publishes may hand it their deliveries (see
+    /// `handoff`), up to `capacity` waiting to be taken; once it is full, they
+    /// wait for room. Nothing is handed over before `recover_handed_over`
+    /// ran. Call once.
+    pub fn open_handoff(&self, capacity: usize) {
+        self.handoff.open(capacity);
+    }
+
+    /// The worker stopped: publishes queue their deliveries again.
+    pub fn close_handoff(&self) {
+        self.handoff.close();
+    }
+
+    /// Takes up to `limit` deliveries handed over by publishes, as `decide`
+    /// says (as in `claim_due`; one deferred is queued at its new due time).
+    /// A delivery taken is held in memory, with no queue entry and no lease,
+    /// until `handed_over_done`.
+    pub async fn take_handed_over(
+        &self,
+        limit: usize,
+        decide: &mut impl FnMut(&TaskRecord) -> Claim,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        let (taken, deferred) = self.handoff.take(limit, decide);
+        if !deferred.is_empty() {
+            let entries: Vec<(Vec<u8>, Vec<u8>)> = deferred
+                .iter()
+                .map(|t| (keys::queue(t.due_ms, &t.id), encode(t)))
+                .collect();
+            let written = self
+                .writer
+                .write(move |o| {
+                    for (k, v) in entries {
+                        o.insert(k, v);
+                    }
+                    Ok(())
+                })
+                .await;
+            // Queued, or (the write failed) left for reconcile to find.
+            for t in &deferred {
+                self.handoff.release(&t.msg_id, &t.ep_id);
+            }
+            written?;
+        }
+        Ok(taken)
+    }
+
+    /// A delivery taken by `take_handed_over` is recorded or dropped (or,
+    /// if recording it failed, left for reconcile to queue again).
+    pub fn handed_over_done(&self, task: &TaskRecord) {
+        self.handoff.release(&task.msg_id, &task.ep_id);
+    }
+
     /// Puts the tasks of leases that expired at or before `lease_now_ms` (on
     /// the lease clock: see `lease_clock_ms`) back on the queue, due `due_ms`.
     /// At startup (no worker alive) pass `i64::MAX` to release every lease.
@@ -1516,11 +1601,13 @@ impl Store {
             })
     }
 
-    /// Deliveries waiting (queued) and in flight (leased).
+    /// Deliveries waiting (queued, or handed over and not taken yet) and in
+    /// flight (leased, or taken from the hand-off).
     pub fn queue_depth(&self) -> (usize, usize) {
-        let queued = self.queued().map(|q| q.map_or(1, |q| q.len())).sum();
+        let (ready, taken) = self.handoff.depth();
+        let queued: usize = self.queued().map(|q| q.map_or(1, |q| q.len())).sum();
         let leased = self.leased().count();
-        (queued, leased)
+        (queued + ready, leased + taken)
     }
 
     /// Finishes a claimed task without an attempt (its endpoint or app is

@@ -1420,3 +1420,113 @@ fn sled_reads_back_every_kind_of_value_from_its_compressed_log() {
         Some(&39u32.to_le_bytes().repeat(39)[..])
     );
 }
+
+/// A store on disk with one endpoint of an app, its hand-off recovered (as
+/// at a start) and open to a worker taking 8 at a time.
+fn on_disk_with_handoff(dir: &Path, key: &DataKey) -> (Store, AppRecord, EndpointRecord) {
+    let s = Store::open(dir, 1 << 20, Keyring::new(key.clone())).unwrap();
+    let a = app(None);
+    let ep = endpoint(&a.id, &[]);
+    s.create_app(&a).unwrap().unwrap();
+    s.create_endpoint(&ep).unwrap().unwrap();
+    assert_eq!(s.recover_handed_over(crate::domain::now_ms()).unwrap(), 0);
+    s.open_handoff(8);
+    (s, a, ep)
+}
+
+/// A delivery handed over in memory has no queue entry; one the process
+/// did not record before it ended (taken or not) is queued at the next
+/// start, one it recorded is not.
+#[tokio::test]
+async fn deliveries_handed_over_and_not_recorded_are_queued_at_the_next_start() {
+    let key = DataKey::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let (s, a, ep) = on_disk_with_handoff(dir.path(), &key);
+    let now = crate::domain::now_ms();
+    let msgs: Vec<MessageRecord> = (0..3).map(|i| message(&a.id, now + i, None)).collect();
+    for m in &msgs {
+        s.publish(m, b"{}", &[&ep], now).await.unwrap();
+    }
+    assert_eq!(s.queue_depth(), (3, 0), "waiting for the worker");
+    assert_eq!(s.next_due_ms().unwrap(), None, "with no queue entry");
+    let taken = s.take_handed_over(2, &mut |_| Claim::Take).await.unwrap();
+    assert_eq!(taken.len(), 2);
+    assert_eq!(s.queue_depth(), (1, 2));
+    s.record_attempt(&taken[0], &attempt(&taken[0], true, now), Next::Done)
+        .await
+        .unwrap();
+    s.handed_over_done(&taken[0]);
+    assert_eq!(s.queue_depth(), (1, 1));
+    s.commit().await.unwrap();
+    drop(s);
+
+    let s = Store::open(dir.path(), 1 << 20, Keyring::new(key.clone())).unwrap();
+    assert_eq!(s.queue_depth(), (0, 0), "nothing held, nothing queued");
+    assert_eq!(s.recover_handed_over(crate::domain::now_ms()).unwrap(), 2);
+    let mut queued: Vec<MessageId> = s
+        .claim_due(crate::domain::now_ms(), 1, 10, 100, |_| Claim::Take)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.msg_id)
+        .collect();
+    queued.sort();
+    assert_eq!(queued, [msgs[1].id.clone(), msgs[2].id.clone()]);
+    // The next start has nothing more to find.
+    drop(s);
+    let s = Store::open(dir.path(), 1 << 20, Keyring::new(key.clone())).unwrap();
+    assert_eq!(s.recover_handed_over(crate::domain::now_ms()).unwrap(), 0);
+}
+
+/// Reconcile counts a delivery held in memory as waiting, however long it
+/// is held; one let go without being recorded it queues again.
+#[tokio::test]
+async fn reconcile_leaves_a_handed_over_delivery_alone_until_it_is_let_go() {
+    let key = DataKey::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let (s, a, ep) = on_disk_with_handoff(dir.path(), &key);
+    let now = crate::domain::now_ms();
+    s.publish(&message(&a.id, now, None), b"{}", &[&ep], now)
+        .await
+        .unwrap();
+    let later = now + 3_600_000;
+    for _ in 0..2 {
+        assert_eq!(s.reconcile(later, 60_000, None, 100).unwrap().requeued, 0);
+    }
+    let taken = s.take_handed_over(8, &mut |_| Claim::Take).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(s.reconcile(later, 60_000, None, 100).unwrap().requeued, 0);
+    }
+    assert_eq!(s.queue_depth(), (0, 1));
+    // Recording it failed: let go, it is found waiting with nothing queued.
+    s.handed_over_done(&taken[0]);
+    assert_eq!(s.reconcile(later, 60_000, None, 100).unwrap().requeued, 1);
+    assert_eq!(s.queue_depth(), (1, 0));
+}
+
+/// A delivery due later is queued, not handed over; one handed over whose
+/// endpoint is slow at its cap is queued at the time the worker defers it to.
+#[tokio::test]
+async fn deliveries_due_later_or_deferred_are_queued() {
+    let key = DataKey::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let (s, a, ep) = on_disk_with_handoff(dir.path(), &key);
+    let now = crate::domain::now_ms();
+    s.publish(&message(&a.id, now, None), b"{}", &[&ep], now + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(s.next_due_ms().unwrap(), Some(now + 60_000), "queued");
+    s.publish(&message(&a.id, now + 1, None), b"{}", &[&ep], now)
+        .await
+        .unwrap();
+    assert_eq!(s.queue_depth(), (2, 0), "one queued, one handed over");
+    let taken = s
+        .take_handed_over(8, &mut |_| Claim::Defer(now + 5_000))
+        .await
+        .unwrap();
+    assert!(taken.is_empty());
+    let due: Vec<i64> = s.queued().map(|q| q.unwrap().due_ms()).collect();
+    assert_eq!(due, [now + 5_000, now + 60_000]);
+    assert_eq!(s.queue_depth(), (2, 0));
+    assert_eq!(s.reconcile(now, 60_000, None, 100).unwrap().requeued, 0);
+}

@@ -107,6 +107,10 @@ impl Store {
             s.queued += entry.len();
         }
         s.in_flight = self.leased().take(count_limit).count();
+        // Deliveries handed over in memory: waiting for the worker, or taken.
+        let (ready, taken) = self.handoff.depth();
+        s.queued += ready;
+        s.in_flight += taken;
         Ok(s)
     }
 
