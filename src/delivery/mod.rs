@@ -267,17 +267,21 @@ async fn claim_and_hand_out(
             }
             next_sweep = tokio::time::Instant::now() + LEASE_SWEEP;
         }
-        for (task, hold) in shared.claim(now, queue_due).await? {
+        let mut hand_out = |task: TaskRecord, hold: Hold| {
             turn = (turn + 1) % lanes.len();
             if let Err(unsent) = lanes[turn].tx.send((task, hold)) {
                 let (task, hold) = unsent.0;
                 tracing::error!(message_id = %task.msg_id, "a delivery thread is gone; the delivery will be retried");
-                shared.given_up(&hold);
-                shared.settle(&task, &hold).await;
+                // A lease kept expires; a delivery let go, reconcile finds.
+                match hold {
+                    Hold::Lease(lease) => lease.keep.store(true, Ordering::Relaxed),
+                    Hold::Handed => shared.store.handed_over_done(&task),
+                }
                 shared.endpoint_done(&task.ep_id, Duration::ZERO);
                 shared.done();
             }
-        }
+        };
+        shared.claim(now, queue_due, &mut hand_out).await?;
         let next_due = shared.store.next_due_ms()?;
         queue_due = next_due.is_some_and(|due| due <= now);
         let wait = match next_due {
@@ -364,18 +368,21 @@ impl Shared {
     }
 
     /// Takes as many deliveries as there are free slots, honouring the
-    /// per-endpoint cap: those handed over by publishes, and due ones from
-    /// the queue under one lease. While the queue has deliveries due
+    /// per-endpoint cap, and passes each to `hand_out` with how it is held:
+    /// first those handed over by publishes (before anything is written, so
+    /// that they never wait for the writer here), then due ones from the
+    /// queue under one lease. While the queue has deliveries due
     /// (`queue_due`), each gets half the free slots first, so that neither
-    /// waits for the other to run dry. Returns each task with how it is held.
+    /// waits for the other to run dry.
     async fn claim(
         &self,
         now: i64,
         queue_due: bool,
-    ) -> Result<Vec<(TaskRecord, Hold)>, StoreError> {
+        hand_out: &mut impl FnMut(TaskRecord, Hold),
+    ) -> Result<(), StoreError> {
         let free = self.cfg.max_in_flight.saturating_sub(self.in_flight());
         if free == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let cap = self.cfg.max_per_endpoint;
         let lease = self.store.lease_clock_ms() + self.lease_ms;
@@ -407,23 +414,16 @@ impl Shared {
             }
         };
         let share = if queue_due { free.div_ceil(2) } else { free };
-        let mut handed = self.store.take_handed_over(share, &mut decide).await?;
-        let left = free - handed.len();
-        let tasks = match left {
-            0 => Vec::new(),
-            _ => {
-                self.store
-                    .claim_due(now, lease, left, left * 4 + 64, &mut decide)
-                    .await?
-            }
-        };
-        // What the queue left of its share.
-        let left = left - tasks.len();
-        if queue_due && left > 0 {
-            handed.extend(self.store.take_handed_over(left, &mut decide).await?);
+        let mut left = free;
+        left -= self.take_handed(share, &mut decide, hand_out).await?;
+        if left == 0 {
+            return Ok(());
         }
-        let mut out: Vec<(TaskRecord, Hold)> =
-            handed.into_iter().map(|t| (t, Hold::Handed)).collect();
+        let tasks = self
+            .store
+            .claim_due(now, lease, left, left * 4 + 64, &mut decide)
+            .await?;
+        left -= tasks.len();
         if let Some(first) = tasks.first() {
             let shared_lease = Arc::new(ClaimLease {
                 until_ms: lease,
@@ -431,13 +431,32 @@ impl Shared {
                 outstanding: AtomicUsize::new(tasks.len()),
                 keep: AtomicBool::new(false),
             });
-            out.extend(
-                tasks
-                    .into_iter()
-                    .map(|t| (t, Hold::Lease(Arc::clone(&shared_lease)))),
-            );
+            for task in tasks {
+                hand_out(task, Hold::Lease(Arc::clone(&shared_lease)));
+            }
         }
-        Ok(out)
+        // What the queue left of its share.
+        if queue_due && left > 0 {
+            self.take_handed(left, &mut decide, hand_out).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes up to `limit` deliveries handed over, passes them to
+    /// `hand_out`, then queues those deferred. Returns how many it took.
+    async fn take_handed(
+        &self,
+        limit: usize,
+        decide: &mut impl FnMut(&TaskRecord) -> Claim,
+        hand_out: &mut impl FnMut(TaskRecord, Hold),
+    ) -> Result<usize, StoreError> {
+        let (taken, deferred) = self.store.take_handed_over(limit, decide);
+        let n = taken.len();
+        for task in taken {
+            hand_out(task, Hold::Handed);
+        }
+        self.store.queue_deferred(deferred).await?;
+        Ok(n)
     }
 
     /// A delivery could not be recorded (call `settle` after). Claimed under

@@ -1505,36 +1505,42 @@ impl Store {
     }
 
     /// Takes up to `limit` deliveries handed over by publishes, as `decide`
-    /// says (as in `claim_due`; one deferred is queued at its new due time).
-    /// A delivery taken is held in memory, with no queue entry and no lease,
-    /// until `handed_over_done`.
-    pub async fn take_handed_over(
+    /// says (as in `claim_due`). Returns those taken, each held in memory,
+    /// with no queue entry and no lease, until `handed_over_done`; and those
+    /// deferred, which the caller queues with `queue_deferred` (until then
+    /// they are held too).
+    pub fn take_handed_over(
         &self,
         limit: usize,
         decide: &mut impl FnMut(&TaskRecord) -> Claim,
-    ) -> Result<Vec<TaskRecord>, StoreError> {
-        let (taken, deferred) = self.handoff.take(limit, decide);
-        if !deferred.is_empty() {
-            let entries: Vec<(Vec<u8>, Vec<u8>)> = deferred
-                .iter()
-                .map(|t| (keys::queue(t.due_ms, &t.id), encode(t)))
-                .collect();
-            let written = self
-                .writer
-                .write(move |o| {
-                    for (k, v) in entries {
-                        o.insert(k, v);
-                    }
-                    Ok(())
-                })
-                .await;
-            // Queued, or (the write failed) left for reconcile to find.
-            for t in &deferred {
-                self.handoff.release(&t.msg_id, &t.ep_id);
-            }
-            written?;
+    ) -> (Vec<TaskRecord>, Vec<TaskRecord>) {
+        self.handoff.take(limit, decide)
+    }
+
+    /// Queues the deliveries `take_handed_over` deferred, each at its new
+    /// due time, and lets them go (if the write fails, reconcile finds them
+    /// waiting with nothing queued).
+    pub async fn queue_deferred(&self, deferred: Vec<TaskRecord>) -> Result<(), StoreError> {
+        if deferred.is_empty() {
+            return Ok(());
         }
-        Ok(taken)
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = deferred
+            .iter()
+            .map(|t| (keys::queue(t.due_ms, &t.id), encode(t)))
+            .collect();
+        let written = self
+            .writer
+            .write(move |o| {
+                for (k, v) in entries {
+                    o.insert(k, v);
+                }
+                Ok(())
+            })
+            .await;
+        for t in &deferred {
+            self.handoff.release(&t.msg_id, &t.ep_id);
+        }
+        written
     }
 
     /// A delivery taken by `take_handed_over` is recorded or dropped (or,

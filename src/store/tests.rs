@@ -1449,7 +1449,7 @@ async fn deliveries_handed_over_and_not_recorded_are_queued_at_the_next_start() 
     }
     assert_eq!(s.queue_depth(), (3, 0), "waiting for the worker");
     assert_eq!(s.next_due_ms().unwrap(), None, "with no queue entry");
-    let taken = s.take_handed_over(2, &mut |_| Claim::Take).await.unwrap();
+    let (taken, _) = s.take_handed_over(2, &mut |_| Claim::Take);
     assert_eq!(taken.len(), 2);
     assert_eq!(s.queue_depth(), (1, 2));
     s.record_attempt(&taken[0], &attempt(&taken[0], true, now), Next::Done)
@@ -1493,7 +1493,7 @@ async fn reconcile_leaves_a_handed_over_delivery_alone_until_it_is_let_go() {
     for _ in 0..2 {
         assert_eq!(s.reconcile(later, 60_000, None, 100).unwrap().requeued, 0);
     }
-    let taken = s.take_handed_over(8, &mut |_| Claim::Take).await.unwrap();
+    let (taken, _) = s.take_handed_over(8, &mut |_| Claim::Take);
     for _ in 0..2 {
         assert_eq!(s.reconcile(later, 60_000, None, 100).unwrap().requeued, 0);
     }
@@ -1520,11 +1520,15 @@ async fn deliveries_due_later_or_deferred_are_queued() {
         .await
         .unwrap();
     assert_eq!(s.queue_depth(), (2, 0), "one queued, one handed over");
-    let taken = s
-        .take_handed_over(8, &mut |_| Claim::Defer(now + 5_000))
-        .await
-        .unwrap();
+    let (taken, deferred) = s.take_handed_over(8, &mut |_| Claim::Defer(now + 5_000));
     assert!(taken.is_empty());
+    assert_eq!(
+        s.queue_depth(),
+        (1, 1),
+        "the deferred one held until queued"
+    );
+    assert_eq!(s.reconcile(now, 60_000, None, 100).unwrap().requeued, 0);
+    s.queue_deferred(deferred).await.unwrap();
     let due: Vec<i64> = s.queued().map(|q| q.unwrap().due_ms()).collect();
     assert_eq!(due, [now + 5_000, now + 60_000]);
     assert_eq!(s.queue_depth(), (2, 0));
