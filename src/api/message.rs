@@ -30,8 +30,9 @@ pub(super) struct NewMessage<'a> {
     pub payload_retention_ms: Option<i64>,
 }
 
-/// Stores a message with one delivery per matching endpoint and returns once that
-/// is durable (a shared group commit), then wakes the delivery worker.
+/// Stores a message with one delivery per matching endpoint, wakes the
+/// delivery worker, and returns once the message is durable (a shared group
+/// commit).
 pub(super) async fn publish(
     state: &State,
     app: &AppRecord,
@@ -73,11 +74,14 @@ pub(super) async fn publish(
         }
         Published::Created { .. } => {}
     }
-    state.store.commit().await?;
-    state.metrics.messages_published.inc();
+    // The worker may start before the commit: a delivery of a message whose
+    // commit then fails is one the client is told to publish again (at
+    // least once), and waiting would put the sync into every delivery's latency.
     if !targets.is_empty() {
         state.delivery.wake();
     }
+    state.store.commit().await?;
+    state.metrics.messages_published.inc();
     Ok(msg)
 }
 
