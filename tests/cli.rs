@@ -371,22 +371,39 @@ async fn start_gated_receiver(
 ) -> (String, Arc<Mutex<HashSet<String>>>) {
     let seen: Arc<Mutex<HashSet<String>>> = Arc::default();
     let s = seen.clone();
+    let url = serve_hooks(move |id| {
+        let (s, mut gate) = (s.clone(), gate.clone());
+        async move {
+            let _ = gate.wait_for(|open| *open).await;
+            if let Some(id) = id {
+                s.lock().unwrap().insert(id);
+            }
+            actix_rt::time::sleep(delay).await;
+        }
+    });
+    (url, seen)
+}
+
+/// Serves every request on 127.0.0.1 with `answer`, which gets its
+/// `webhook-id`, and then a 200; returns the hook's URL.
+fn serve_hooks<F, Fut>(answer: F) -> String
+where
+    F: Fn(Option<String>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let server = HttpServer::new(move || {
-        let (s, gate) = (s.clone(), gate.clone());
+        let answer = answer.clone();
         App::new().default_service(web::to(move |req: HttpRequest, _body: web::Bytes| {
-            let (s, mut gate) = (s.clone(), gate.clone());
+            let id = req
+                .headers()
+                .get("webhook-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let answered = answer(id);
             async move {
-                let _ = gate.wait_for(|open| *open).await;
-                if let Some(id) = req
-                    .headers()
-                    .get("webhook-id")
-                    .and_then(|v| v.to_str().ok())
-                {
-                    s.lock().unwrap().insert(id.to_owned());
-                }
-                actix_rt::time::sleep(delay).await;
+                answered.await;
                 HttpResponse::Ok().finish()
             }
         }))
@@ -396,7 +413,7 @@ async fn start_gated_receiver(
     .unwrap()
     .run();
     actix_rt::spawn(server);
-    (format!("http://127.0.0.1:{port}/hook"), seen)
+    format!("http://127.0.0.1:{port}/hook")
 }
 
 fn client() -> awc::Client {
@@ -581,33 +598,18 @@ fn start_receiver_answering_when(
 ) -> (String, Arc<Mutex<HashSet<String>>>) {
     let seen: Arc<Mutex<HashSet<String>>> = Arc::default();
     let s = seen.clone();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = HttpServer::new(move || {
+    let url = serve_hooks(move |id| {
         let (s, answering) = (s.clone(), answering.clone());
-        App::new().default_service(web::to(move |req: HttpRequest, _body: web::Bytes| {
-            let (s, answering) = (s.clone(), answering.clone());
-            async move {
-                if !answering.load(std::sync::atomic::Ordering::SeqCst) {
-                    std::future::pending::<()>().await;
-                }
-                if let Some(id) = req
-                    .headers()
-                    .get("webhook-id")
-                    .and_then(|v| v.to_str().ok())
-                {
-                    s.lock().unwrap().insert(id.to_owned());
-                }
-                HttpResponse::Ok().finish()
+        async move {
+            if !answering.load(std::sync::atomic::Ordering::SeqCst) {
+                std::future::pending::<()>().await;
             }
-        }))
-    })
-    .workers(2)
-    .listen(listener)
-    .unwrap()
-    .run();
-    actix_rt::spawn(server);
-    (format!("http://127.0.0.1:{port}/hook"), seen)
+            if let Some(id) = id {
+                s.lock().unwrap().insert(id);
+            }
+        }
+    });
+    (url, seen)
 }
 
 /// An online backup taken while publishes go on restores into a new data dir

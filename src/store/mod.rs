@@ -1082,16 +1082,7 @@ impl Store {
             }
             _ => writes.push((keys::queue(due_ms, &TaskId::new(due_ms)), encode_fan(&fan))),
         }
-        let written = self
-            .writer
-            .write(move |o| {
-                for (k, v) in writes {
-                    o.insert(k, v);
-                }
-                Ok(())
-            })
-            .await;
-        match written {
+        match self.insert_all(writes).await {
             Ok(()) if handed => self.handoff.hand_over(fan.tasks()),
             Ok(()) => {}
             Err(e) => {
@@ -1112,6 +1103,18 @@ impl Store {
         Ok(Published::Created {
             endpoints: endpoints.len(),
         })
+    }
+
+    /// Inserts `writes` through the writer, in this order (see `writer`).
+    async fn insert_all(&self, writes: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
+        self.writer
+            .write(move |o| {
+                for (k, v) in writes {
+                    o.insert(k, v);
+                }
+                Ok(())
+            })
+            .await
     }
 
     /// Finds a message of `app` by ID or by `eventId`.
@@ -1524,19 +1527,11 @@ impl Store {
         if deferred.is_empty() {
             return Ok(());
         }
-        let entries: Vec<(Vec<u8>, Vec<u8>)> = deferred
+        let entries = deferred
             .iter()
             .map(|t| (keys::queue(t.due_ms, &t.id), encode(t)))
             .collect();
-        let written = self
-            .writer
-            .write(move |o| {
-                for (k, v) in entries {
-                    o.insert(k, v);
-                }
-                Ok(())
-            })
-            .await;
+        let written = self.insert_all(entries).await;
         for t in &deferred {
             self.handoff.release(&t.msg_id, &t.ep_id);
         }
