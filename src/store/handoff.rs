@@ -18,7 +18,7 @@
 //! queue, and every delivery stays on the cheap path. One that waited in
 //! vain queues its deliveries, and until the worker takes something again
 //! the next ones queue without waiting. Nothing is handed over before the
-//! recovery ran (`floor` unset), nor while no worker takes deliveries.
+//! recovery ran (`mark` unset), nor while no worker takes deliveries.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
@@ -69,17 +69,16 @@ struct State {
     /// Every delivery held only in memory: from the reservation until it is
     /// recorded, dropped or queued.
     held: BTreeSet<(MessageId, EndpointId)>,
-    /// No message before it is handed over, and the mark is never put past
-    /// it: raised only to the oldest message held. None until the recovery
-    /// at start ran: nothing is handed over and the mark is not written.
-    floor: Option<MessageId>,
-    /// The mark as last written, and when.
-    marked: Option<(MessageId, Instant)>,
+    /// The mark as last chosen (written, or about to be), and when. No
+    /// message before it is handed over, and it is raised only to the
+    /// oldest message held. None until the recovery at start ran: nothing
+    /// is handed over and the mark is not written.
+    mark: Option<(MessageId, Instant)>,
 }
 
 impl State {
     fn may_hold(&self, msg: &MessageId, deliveries: usize) -> bool {
-        self.floor.as_ref().is_some_and(|floor| msg >= floor) && deliveries <= self.capacity
+        self.mark.as_ref().is_some_and(|(mark, _)| msg >= mark) && deliveries <= self.capacity
     }
 }
 
@@ -88,11 +87,10 @@ impl Handoff {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// After the recovery at start: messages from `floor` on may be handed over.
-    pub(super) fn recovered(&self, floor: MessageId) {
-        let mut s = self.lock();
-        s.marked = Some((floor.clone(), Instant::now()));
-        s.floor = Some(floor);
+    /// After the recovery at start, which wrote `mark`: messages from it on
+    /// may be handed over.
+    pub(super) fn recovered(&self, mark: MessageId) {
+        self.lock().mark = Some((mark, Instant::now()));
     }
 
     /// The worker takes deliveries handed over, up to `capacity` waiting. Once.
@@ -137,7 +135,7 @@ impl Handoff {
         };
         places.forget();
         let mut s = self.lock();
-        // The floor may have moved past a message that waited long.
+        // The mark may have moved past a message that waited long.
         if !s.may_hold(msg, n) {
             drop(s);
             self.room.add_permits(n);
@@ -225,26 +223,20 @@ impl Handoff {
 
     /// The mark to write at `now` (`now_ms` on the wall clock), if it is
     /// time and it moved: the oldest message held, or with none held
-    /// `MARK_LAG_MS` before `now_ms`; never below the floor, which follows
-    /// it up.
+    /// `MARK_LAG_MS` before `now_ms`; never below the mark before.
     pub(super) fn next_mark(&self, now: Instant, now_ms: i64) -> Option<MessageId> {
         let mut s = self.lock();
-        let floor = s.floor.clone()?;
-        if s.marked
-            .as_ref()
-            .is_some_and(|(_, at)| now.saturating_duration_since(*at) < MARK_EVERY)
-        {
+        let (before, at) = s.mark.clone()?;
+        if now.saturating_duration_since(at) < MARK_EVERY {
             return None;
         }
         let oldest = match s.held.first() {
             Some((msg, _)) => msg.clone(),
             None => MessageId::lower_bound(now_ms - MARK_LAG_MS),
         };
-        let mark = oldest.max(floor);
-        let moved = s.marked.as_ref().is_none_or(|(m, _)| *m != mark);
-        s.marked = Some((mark.clone(), now));
-        s.floor = Some(mark.clone());
-        moved.then_some(mark)
+        let mark = oldest.max(before.clone());
+        s.mark = Some((mark.clone(), now));
+        (mark != before).then_some(mark)
     }
 }
 
@@ -284,7 +276,7 @@ mod tests {
         h.hand_over(tasks(&m2, &ep));
         assert_eq!(h.depth(), (2, 0));
 
-        let t1 = h.lock().marked.as_ref().unwrap().1 + MARK_EVERY;
+        let t1 = h.lock().mark.as_ref().unwrap().1 + MARK_EVERY;
         assert_eq!(h.next_mark(t1 - MARK_EVERY / 2, 300_000), None, "too soon");
         assert_eq!(h.next_mark(t1, 300_000), Some(m1.clone()));
         let (taken, _) = h.take(8, &mut |_| Claim::Take);

@@ -372,10 +372,10 @@ impl Store {
                 }
             }
         }
-        let floor = MessageId::lower_bound(now_ms);
+        let new_mark = MessageId::lower_bound(now_ms);
         self.tree
-            .insert(keys::handoff_mark(), floor.as_str().as_bytes())?;
-        self.handoff.recovered(floor);
+            .insert(keys::handoff_mark(), new_mark.as_str().as_bytes())?;
+        self.handoff.recovered(new_mark);
         Ok(requeued)
     }
 
