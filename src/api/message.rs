@@ -62,9 +62,16 @@ pub(super) async fn publish(
         }
     };
     let due = new.deliver_at.unwrap_or(now).max(now);
+    // The worker is woken once the writes are applied, before their sync (see
+    // `Store::publish`).
+    let wake = (!targets.is_empty()).then(|| state.delivery.clone());
     match state
         .store
-        .publish(&msg, &new.payload, &targets, due)
+        .publish(&msg, &new.payload, &targets, due, move || {
+            if let Some(delivery) = wake {
+                delivery.wake();
+            }
+        })
         .await?
     {
         Published::DuplicateEventId(existing) => {
@@ -74,13 +81,6 @@ pub(super) async fn publish(
         }
         Published::Created { .. } => {}
     }
-    // The worker may start before the commit: a delivery of a message whose
-    // commit then fails is one the client is told to publish again (at
-    // least once), and waiting would put the sync into every delivery's latency.
-    if !targets.is_empty() {
-        state.delivery.wake();
-    }
-    state.store.commit().await?;
     state.metrics.messages_published.inc();
     Ok(msg)
 }

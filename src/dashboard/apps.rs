@@ -522,15 +522,20 @@ async fn send_test(
     };
     let payload = serde_json::json!({ "eventType": event_type, "example": true, "sentFrom": "webhookd dashboard" });
     let mut landed = state.delivery.subscribe();
+    let delivery = state.delivery.clone();
     if let Published::DuplicateEventId(_) = state
         .store
-        .publish(&msg, payload.to_string().as_bytes(), &[&ep], now)
+        .publish(
+            &msg,
+            payload.to_string().as_bytes(),
+            &[&ep],
+            now,
+            move || delivery.wake(),
+        )
         .await?
     {
         return Err(DashboardError::BadRequest("duplicate message".into()));
     }
-    state.store.commit().await?;
-    state.delivery.wake();
     // Show the outcome on the endpoint page: wait briefly for the attempt to be recorded.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     while let Ok(Ok(l)) = tokio::time::timeout_at(deadline, landed.recv()).await {

@@ -190,10 +190,13 @@ impl Operational {
             expunged: false,
             payload_retention_ms: None,
         };
+        let delivery = self.inner.delivery.clone();
         let stored = self
             .inner
             .store
-            .publish(&msg, body.to_string().as_bytes(), &[ep], now)
+            .publish(&msg, body.to_string().as_bytes(), &[ep], now, move || {
+                delivery.wake()
+            })
             .await;
         match stored {
             Ok(Published::Created { .. }) => {}
@@ -203,11 +206,7 @@ impl Operational {
                 return;
             }
         }
-        if let Err(e) = self.inner.store.commit().await {
-            tracing::error!(error = %e, event_type, "storing an operational event failed");
-        }
         tracing::info!(event_type, "operational event");
-        self.inner.delivery.wake();
     }
 }
 

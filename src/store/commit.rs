@@ -12,7 +12,8 @@ use std::sync::mpsc;
 
 use tokio::sync::oneshot;
 
-type Waiter = oneshot::Sender<Result<(), Arc<std::io::Error>>>;
+/// Called once everything written before it was sent is durable (or failed to be).
+pub(super) type Waiter = Box<dyn FnOnce(Result<(), Arc<std::io::Error>>) + Send>;
 
 /// Longest the commit thread waits, when nobody asks for a commit, before it
 /// runs its `before_flush` work anyway.
@@ -76,7 +77,7 @@ impl GroupCommit {
                         tracing::error!(error = %e, waiters = batch.len(), "group commit failed");
                     }
                     for w in batch {
-                        let _ = w.send(result.clone());
+                        w(result.clone());
                     }
                 }
             })?;
@@ -86,28 +87,37 @@ impl GroupCommit {
         })
     }
 
-    fn send(&self, w: Waiter) -> Result<(), Arc<std::io::Error>> {
-        let closed = || Arc::new(std::io::Error::other("commit thread stopped"));
-        self.tx
-            .as_ref()
-            .ok_or_else(closed)?
-            .send(w)
-            .map_err(|_| closed())
+    /// Calls `w` once everything written before the call is on stable
+    /// storage (at once, with an error, if the commit thread is gone).
+    pub(super) fn then(&self, w: Waiter) {
+        let sent = match &self.tx {
+            Some(tx) => tx.send(w).map_err(|mpsc::SendError(w)| w),
+            None => Err(w),
+        };
+        if let Err(w) = sent {
+            w(Err(stopped()));
+        }
     }
 
     /// Resolves once everything written before the call is on stable storage.
     pub async fn commit(&self) -> Result<(), Arc<std::io::Error>> {
         let (tx, rx) = oneshot::channel();
-        self.send(tx)?;
-        rx.await
-            .map_err(|_| Arc::new(std::io::Error::other("commit thread stopped")))?
+        self.then(Box::new(move |r| {
+            let _ = tx.send(r);
+        }));
+        rx.await.map_err(|_| stopped())?
     }
 
     /// Blocking form, for code that is not async (CLI commands, shutdown).
     pub fn commit_blocking(&self) -> Result<(), Arc<std::io::Error>> {
         let (tx, rx) = oneshot::channel();
-        self.send(tx)?;
-        rx.blocking_recv()
-            .map_err(|_| Arc::new(std::io::Error::other("commit thread stopped")))?
+        self.then(Box::new(move |r| {
+            let _ = tx.send(r);
+        }));
+        rx.blocking_recv().map_err(|_| stopped())?
     }
+}
+
+fn stopped() -> Arc<std::io::Error> {
+    Arc::new(std::io::Error::other("commit thread stopped"))
 }

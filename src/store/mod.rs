@@ -454,7 +454,10 @@ impl Store {
         };
         let committer =
             Arc::new(GroupCommit::start(db.clone(), file, before_flush).map_err(StoreError::Open)?);
-        let writer = Arc::new(writer::Writer::start(tree.clone()).map_err(StoreError::Open)?);
+        let writer = Arc::new(
+            writer::Writer::start(tree.clone(), Arc::clone(&committer))
+                .map_err(StoreError::Open)?,
+        );
         Ok(Store {
             db,
             tree,
@@ -486,7 +489,9 @@ impl Store {
     /// the database closes, and releases its directory, when the last goes
     /// (its drop returns once the file is closed).
     pub fn handles(&self) -> usize {
-        Arc::strong_count(&self.committer)
+        // Only clones of this `Store` hold `closing` (the writer thread holds
+        // the committer too).
+        Arc::strong_count(&self.closing)
     }
 
     /// Bytes the database occupies on disk.
@@ -996,14 +1001,19 @@ impl Store {
 
     /// Stores a message and queues one delivery per endpoint in `endpoints`, due at
     /// `due_ms`, or hands them to the worker in memory (see `handoff`), in a
-    /// group with other writes, in a crash-safe order (see `writer`). Not
-    /// durable until `commit()` returns.
+    /// group with other writes, in a crash-safe order (see `writer`), and
+    /// returns once that is durable (a shared group commit). `applied` runs
+    /// on the writer thread as soon as the writes are applied, before the
+    /// sync: the caller wakes the delivery worker there, so that the sync is
+    /// not in every delivery's latency (a message whose sync then fails is
+    /// one its client is told to publish again: at least once still holds).
     pub async fn publish(
         &self,
         msg: &MessageRecord,
         payload: &[u8],
         endpoints: &[&EndpointRecord],
         due_ms: i64,
+        applied: impl FnOnce() + Send + 'static,
     ) -> Result<Published, StoreError> {
         if let Some(eid) = &msg.event_id {
             let key = keys::event_id(&msg.app_id, eid);
@@ -1082,9 +1092,21 @@ impl Store {
             }
             _ => writes.push((keys::queue(due_ms, &TaskId::new(due_ms)), encode_fan(&fan))),
         }
-        match self.insert_all(writes).await {
-            Ok(()) if handed => self.handoff.hand_over(fan.tasks()),
+        let handoff = Arc::clone(&self.handoff);
+        let held = handed.then(|| fan.tasks());
+        let written = self
+            .writer
+            .write_durable(insert_each(writes), move || {
+                if let Some(tasks) = held {
+                    handoff.hand_over(tasks);
+                }
+                applied();
+            })
+            .await;
+        match written {
             Ok(()) => {}
+            // Applied (and handed over): only the sync failed.
+            Err(e @ StoreError::Commit(_)) => return Err(e),
             Err(e) => {
                 if handed {
                     self.handoff.cancel(&msg.id, &fan.ep_ids);
@@ -1103,18 +1125,6 @@ impl Store {
         Ok(Published::Created {
             endpoints: endpoints.len(),
         })
-    }
-
-    /// Inserts `writes` through the writer, in this order (see `writer`).
-    async fn insert_all(&self, writes: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
-        self.writer
-            .write(move |o| {
-                for (k, v) in writes {
-                    o.insert(k, v);
-                }
-                Ok(())
-            })
-            .await
     }
 
     /// Finds a message of `app` by ID or by `eventId`.
@@ -1531,7 +1541,7 @@ impl Store {
             .iter()
             .map(|t| (keys::queue(t.due_ms, &t.id), encode(t)))
             .collect();
-        let written = self.insert_all(entries).await;
+        let written = self.writer.write(insert_each(entries)).await;
         for t in &deferred {
             self.handoff.release(&t.msg_id, &t.ep_id);
         }
@@ -1816,6 +1826,18 @@ fn stage_attempt(
         before,
         after: dest,
     })
+}
+
+/// A writer job that inserts `writes` in this order (see `writer`).
+fn insert_each(
+    writes: Vec<(Vec<u8>, Vec<u8>)>,
+) -> impl FnOnce(&mut writer::Overlay) -> Result<(), StoreError> + Send + 'static {
+    move |o| {
+        for (k, v) in writes {
+            o.insert(k, v);
+        }
+        Ok(())
+    }
 }
 
 /// An all-messages entry's value: the message's app ID, then its payload

@@ -98,7 +98,10 @@ async fn publish_claim_fail_retry_then_succeed() {
     let ep = endpoint(&a.id, &[]);
     s.create_endpoint(&ep).unwrap().unwrap();
     let m = message(&a.id, 1_000, None);
-    let out = s.publish(&m, b"{\"a\":1}", &[&ep], 1_000).await.unwrap();
+    let out = s
+        .publish(&m, b"{\"a\":1}", &[&ep], 1_000, || {})
+        .await
+        .unwrap();
     assert!(matches!(out, Published::Created { endpoints: 1 }));
     s.commit().await.unwrap();
     assert_eq!(s.payload(&m.id).unwrap().unwrap(), b"{\"a\":1}");
@@ -170,7 +173,7 @@ async fn expired_leases_go_back_to_the_queue() {
     let s = Store::temporary().unwrap();
     let a = app(None);
     let ep = endpoint(&a.id, &[]);
-    s.publish(&message(&a.id, 10, None), b"{}", &[&ep], 10)
+    s.publish(&message(&a.id, 10, None), b"{}", &[&ep], 10, || {})
         .await
         .unwrap();
     let claimed = s
@@ -195,7 +198,7 @@ async fn a_step_of_the_wall_clock_expires_no_lease() {
     let a = app(None);
     let ep = endpoint(&a.id, &[]);
     let now = crate::domain::now_ms();
-    s.publish(&message(&a.id, 10, None), b"{}", &[&ep], now)
+    s.publish(&message(&a.id, 10, None), b"{}", &[&ep], now, || {})
         .await
         .unwrap();
     let until = s.lease_clock_ms() + 60_000;
@@ -223,7 +226,7 @@ async fn two_callers_releasing_the_same_expired_leases_requeue_each_delivery_onc
         let a = app(None);
         let ep = endpoint(&a.id, &[]);
         for i in 0..50 {
-            s.publish(&message(&a.id, 10 + i, None), b"{}", &[&ep], 10)
+            s.publish(&message(&a.id, 10 + i, None), b"{}", &[&ep], 10, || {})
                 .await
                 .unwrap();
         }
@@ -256,7 +259,7 @@ async fn five_queued_for_one_endpoint() -> Store {
     let a = app(None);
     let ep = endpoint(&a.id, &[]);
     for i in 0..5 {
-        s.publish(&message(&a.id, 10 + i, None), b"{}", &[&ep], 10 + i)
+        s.publish(&message(&a.id, 10 + i, None), b"{}", &[&ep], 10 + i, || {})
             .await
             .unwrap();
     }
@@ -321,7 +324,7 @@ async fn a_message_to_several_endpoints_is_one_queue_entry_taken_apart_by_claims
     let a = app(None);
     let eps: Vec<EndpointRecord> = (0..4).map(|_| endpoint(&a.id, &[])).collect();
     let m = message(&a.id, 10, None);
-    s.publish(&m, b"{}", &eps.iter().collect::<Vec<_>>(), 20)
+    s.publish(&m, b"{}", &eps.iter().collect::<Vec<_>>(), 20, || {})
         .await
         .unwrap();
     assert_eq!(s.tree.scan_prefix([keys::ns::QUEUE]).count(), 1);
@@ -411,9 +414,9 @@ async fn duplicate_event_id_is_reported() {
     let s = Store::temporary().unwrap();
     let a = app(None);
     let first = message(&a.id, 10, Some("evt-1"));
-    s.publish(&first, b"{}", &[], 10).await.unwrap();
+    s.publish(&first, b"{}", &[], 10, || {}).await.unwrap();
     let again = message(&a.id, 11, Some("evt-1"));
-    match s.publish(&again, b"{}", &[], 11).await.unwrap() {
+    match s.publish(&again, b"{}", &[], 11, || {}).await.unwrap() {
         Published::DuplicateEventId(id) => assert_eq!(id, first.id),
         other => panic!("expected a duplicate, got {other:?}"),
     }
@@ -430,7 +433,7 @@ async fn pages_walk_both_ways_without_gaps() {
     let mut ids: Vec<MessageId> = Vec::new();
     for i in 0..7 {
         let m = message(&a.id, 100 + i, None);
-        s.publish(&m, b"{}", &[], 100 + i).await.unwrap();
+        s.publish(&m, b"{}", &[], 100 + i, || {}).await.unwrap();
         ids.push(m.id);
     }
     for order in [Order::Descending, Order::Ascending] {
@@ -504,7 +507,7 @@ async fn delete_app_removes_its_data() {
     let ep = endpoint(&a.id, &[]);
     s.create_endpoint(&ep).unwrap().unwrap();
     let m = message(&a.id, 10, Some("e1"));
-    s.publish(&m, b"{}", &[&ep], 10).await.unwrap();
+    s.publish(&m, b"{}", &[&ep], 10, || {}).await.unwrap();
     s.delete_app(&a).unwrap();
     assert!(s.find_app("gone").unwrap().is_none());
     assert!(s.find_message(&a.id, "e1").unwrap().is_none());
@@ -575,7 +578,7 @@ async fn one_claimed(
 ) -> (Store, EndpointRecord, MessageRecord, TaskRecord) {
     let (s, a, ep) = store_with_endpoint();
     let m = message(&a.id, 10, None);
-    s.publish(&m, b"{}", &[&ep], due).await.unwrap();
+    s.publish(&m, b"{}", &[&ep], due, || {}).await.unwrap();
     let t = s
         .claim_due(due, lease_until, 10, 100, |_| Claim::Take)
         .await
@@ -661,7 +664,7 @@ async fn scan_limit_cuts_a_page_and_says_where_to_resume() {
     for i in 0..10 {
         let owner = if i == 2 { &b } else { &a };
         let m = message(&owner.id, 100 + i, None);
-        s.publish(&m, b"{}", &[], 100 + i).await.unwrap();
+        s.publish(&m, b"{}", &[], 100 + i, || {}).await.unwrap();
         ids.push(m.id);
     }
     let all = s.list_all_messages(&PageReq::first(50), |_| true).unwrap();
@@ -710,7 +713,7 @@ async fn a_job_is_applied_in_an_order_whose_every_prefix_is_safe() {
     // All-messages entry (with the payload), status and endpoint index per
     // endpoint, then the message, then the queue entry (one for both endpoints).
     let publish = applied_order(&s, async {
-        s.publish(&m, b"{}", &[&e1, &e2], 20).await.unwrap();
+        s.publish(&m, b"{}", &[&e1, &e2], 20, || {}).await.unwrap();
     })
     .await;
     assert_eq!(publish, "GDdDdMQ");
@@ -748,7 +751,7 @@ async fn payloads_kept_under_their_own_key_by_an_earlier_release_are_read_and_ex
     let (s, a, ep) = store_with_endpoint();
     let (old, new) = (message(&a.id, 10, None), message(&a.id, 11, None));
     for m in [&old, &new] {
-        s.publish(m, b"{\"p\":1}", &[&ep], 20).await.unwrap();
+        s.publish(m, b"{\"p\":1}", &[&ep], 20, || {}).await.unwrap();
     }
     assert!(
         !s.tree.contains_key(keys::payload(&new.id)).unwrap(),
@@ -848,7 +851,7 @@ async fn reconcile_removes_the_statuses_of_a_publish_cut_before_its_message() {
     let whole = message(&a.id, 10, None);
     let cut = message(&a.id, 11, None);
     for m in [&whole, &cut] {
-        s.publish(m, b"{}", &[&ep], 20).await.unwrap();
+        s.publish(m, b"{}", &[&ep], 20, || {}).await.unwrap();
     }
     let tasks = s
         .claim_due(20, 100, 10, 100, |_| Claim::Take)
@@ -901,7 +904,7 @@ async fn reconcile_requeues_orphans_releases_leases_and_repairs_dead_letters() {
     let leased = message(&a.id, 11, None);
     let failed = message(&a.id, 12, None);
     for m in [&orphan, &leased, &failed] {
-        s.publish(m, b"{}", &[&ep], 20).await.unwrap();
+        s.publish(m, b"{}", &[&ep], 20, || {}).await.unwrap();
     }
     let tasks = s
         .claim_due(20, 100, 10, 100, |t| {
@@ -984,11 +987,13 @@ async fn retention_keeps_undelivered_messages() {
     let delivered = message(&a.id, 10, None);
     let failing = message(&a.id, 11, None);
     let orphan = message(&a.id, 12, None); // no endpoint: delivered to nobody, nothing owed
-    s.publish(&delivered, b"{\"d\":1}", &[&ep], 20)
+    s.publish(&delivered, b"{\"d\":1}", &[&ep], 20, || {})
         .await
         .unwrap();
-    s.publish(&failing, b"{\"f\":1}", &[&ep], 20).await.unwrap();
-    s.publish(&orphan, b"{}", &[], 20).await.unwrap();
+    s.publish(&failing, b"{\"f\":1}", &[&ep], 20, || {})
+        .await
+        .unwrap();
+    s.publish(&orphan, b"{}", &[], 20, || {}).await.unwrap();
     for t in s
         .claim_due(20, 100, 10, 100, |_| Claim::Take)
         .await
@@ -1048,7 +1053,7 @@ async fn failing_clock_starts_at_the_first_failure_and_a_success_resets_it() {
     let ep = endpoint(&a.id, &[]);
     for (i, ok) in [(0, false), (1, false)] {
         let m = message(&a.id, 10 + i, None);
-        s.publish(&m, b"{}", &[&ep], 20).await.unwrap();
+        s.publish(&m, b"{}", &[&ep], 20, || {}).await.unwrap();
         let t = s
             .claim_due(20, 100, 1, 100, |_| Claim::Take)
             .await
@@ -1063,7 +1068,7 @@ async fn failing_clock_starts_at_the_first_failure_and_a_success_resets_it() {
         vec![(a.id.clone(), ep.id.clone(), 30)]
     );
     let m = message(&a.id, 50, None);
-    s.publish(&m, b"{}", &[&ep], 60).await.unwrap();
+    s.publish(&m, b"{}", &[&ep], 60, || {}).await.unwrap();
     let t = s
         .claim_due(60, 100, 1, 100, |_| Claim::Take)
         .await
@@ -1148,7 +1153,7 @@ async fn counters_bumped_in_memory_survive_a_clean_close() {
     let a = app(None);
     s.create_app(&a).unwrap().unwrap();
     for t in [10, 20] {
-        s.publish(&message(&a.id, t, None), b"{}", &[], t)
+        s.publish(&message(&a.id, t, None), b"{}", &[], t, || {})
             .await
             .unwrap();
     }
@@ -1178,7 +1183,7 @@ async fn a_store_made_without_compression_stays_so_and_a_new_one_compresses() {
     let a = app(None);
     s.create_app(&a).unwrap().unwrap();
     let m = message(&a.id, 10, None);
-    s.publish(&m, br#"{"n":1}"#, &[], 10).await.unwrap();
+    s.publish(&m, br#"{"n":1}"#, &[], 10, || {}).await.unwrap();
     drop(s);
     let s = Store::open(old.path(), 1 << 20, Keyring::new(key.clone())).unwrap();
     assert_eq!(s.payload(&m.id).unwrap().unwrap(), br#"{"n":1}"#);
@@ -1188,7 +1193,7 @@ async fn a_store_made_without_compression_stays_so_and_a_new_one_compresses() {
     let new = tempfile::tempdir().unwrap();
     let s = Store::open(new.path(), 1 << 20, Keyring::new(key.clone())).unwrap();
     s.create_app(&a).unwrap().unwrap();
-    s.publish(&m, br#"{"n":2}"#, &[], 10).await.unwrap();
+    s.publish(&m, br#"{"n":2}"#, &[], 10, || {}).await.unwrap();
     drop(s);
     assert!(conf(new.path()).contains("use_compression: true"));
     let s = Store::open(new.path(), 1 << 20, Keyring::new(key)).unwrap();
@@ -1218,7 +1223,9 @@ async fn payloads_that_sled_keeps_as_blobs_read_back_after_a_restart() {
     let mut ids = vec![];
     for (i, payload) in payloads.iter().enumerate() {
         let m = message(&a.id, 10 + i as i64, None);
-        s.publish(&m, payload.as_bytes(), &[], 10).await.unwrap();
+        s.publish(&m, payload.as_bytes(), &[], 10, || {})
+            .await
+            .unwrap();
         ids.push(m.id);
     }
     s.commit().await.unwrap();
@@ -1256,7 +1263,7 @@ async fn a_log_written_with_zstd_is_still_read_beside_new_writes() {
     let m = s.get_message(&app.id, &old).unwrap().expect("its message");
     assert_eq!(m.event_id.as_deref(), Some("evt-1"));
     let new = message(&app.id, m.created_ms + 1, None);
-    s.publish(&new, br#"{"written":"with lz4"}"#, &[], 10)
+    s.publish(&new, br#"{"written":"with lz4"}"#, &[], 10, || {})
         .await
         .unwrap();
     s.commit().await.unwrap();
@@ -1294,7 +1301,7 @@ async fn closing_with_a_snapshot_leaves_one_that_covers_the_whole_log() {
     let a = app(None);
     s.create_app(&a).unwrap().unwrap();
     let m = message(&a.id, 10, None);
-    s.publish(&m, br#"{"n":1}"#, &[], 10).await.unwrap();
+    s.publish(&m, br#"{"n":1}"#, &[], 10, || {}).await.unwrap();
     s.commit().await.unwrap();
     let before = newest_snapshot();
     s.close_with_snapshot().unwrap();
@@ -1445,7 +1452,7 @@ async fn deliveries_handed_over_and_not_recorded_are_queued_at_the_next_start() 
     let now = crate::domain::now_ms();
     let msgs: Vec<MessageRecord> = (0..3).map(|i| message(&a.id, now + i, None)).collect();
     for m in &msgs {
-        s.publish(m, b"{}", &[&ep], now).await.unwrap();
+        s.publish(m, b"{}", &[&ep], now, || {}).await.unwrap();
     }
     assert_eq!(s.queue_depth(), (3, 0), "waiting for the worker");
     assert_eq!(s.next_due_ms().unwrap(), None, "with no queue entry");
@@ -1486,7 +1493,7 @@ async fn reconcile_leaves_a_handed_over_delivery_alone_until_it_is_let_go() {
     let dir = tempfile::tempdir().unwrap();
     let (s, a, ep) = on_disk_with_handoff(dir.path(), &key);
     let now = crate::domain::now_ms();
-    s.publish(&message(&a.id, now, None), b"{}", &[&ep], now)
+    s.publish(&message(&a.id, now, None), b"{}", &[&ep], now, || {})
         .await
         .unwrap();
     let later = now + 3_600_000;
@@ -1512,11 +1519,17 @@ async fn deliveries_due_later_or_deferred_are_queued() {
     let dir = tempfile::tempdir().unwrap();
     let (s, a, ep) = on_disk_with_handoff(dir.path(), &key);
     let now = crate::domain::now_ms();
-    s.publish(&message(&a.id, now, None), b"{}", &[&ep], now + 60_000)
-        .await
-        .unwrap();
+    s.publish(
+        &message(&a.id, now, None),
+        b"{}",
+        &[&ep],
+        now + 60_000,
+        || {},
+    )
+    .await
+    .unwrap();
     assert_eq!(s.next_due_ms().unwrap(), Some(now + 60_000), "queued");
-    s.publish(&message(&a.id, now + 1, None), b"{}", &[&ep], now)
+    s.publish(&message(&a.id, now + 1, None), b"{}", &[&ep], now, || {})
         .await
         .unwrap();
     assert_eq!(s.queue_depth(), (2, 0), "one queued, one handed over");

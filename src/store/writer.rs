@@ -23,7 +23,10 @@
 //! returns, and dropped if it returns an error.
 //!
 //! Durability stays with the commit thread: a caller that needs it calls
-//! `commit()` after its job was applied.
+//! `commit()` after its job was applied, or sends its job with
+//! `write_durable`, whose answer this thread passes on to the commit thread
+//! once the group is applied (one group, one request): the caller is woken
+//! once, after the sync, instead of once for each.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, mpsc};
@@ -31,6 +34,7 @@ use std::sync::{Arc, mpsc};
 use sled::IVec;
 use tokio::sync::oneshot;
 
+use super::commit::{GroupCommit, Waiter};
 use super::{StoreError, Tree};
 
 /// Most jobs in one group; beyond it the rest wait for the next one, so a
@@ -108,8 +112,9 @@ impl Overlay {
     }
 }
 
-/// Called once the group holding a job was applied (or failed to be).
-type Reply = Box<dyn FnOnce(Result<(), Arc<StoreError>>) + Send>;
+/// Called once the group holding a job was applied (or failed to be);
+/// returns what to call once that is durable, for a `write_durable` job.
+type Reply = Box<dyn FnOnce(Result<(), Arc<StoreError>>) -> Option<Waiter> + Send>;
 type Job = Box<dyn FnOnce(&mut Overlay) -> Reply + Send>;
 
 /// The writer thread and the way to reach it. Dropping it stops the thread
@@ -142,7 +147,7 @@ fn run_job(job: Job, overlay: &mut Overlay) -> Option<Reply> {
 }
 
 impl Writer {
-    pub(super) fn start(tree: Tree) -> std::io::Result<Self> {
+    pub(super) fn start(tree: Tree, committer: Arc<GroupCommit>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("webhookd-writer".into())
@@ -157,8 +162,16 @@ impl Writer {
                     if let Err(e) = &applied {
                         tracing::error!(error = %e, jobs = replies.len(), "grouped write failed");
                     }
-                    for reply in replies {
-                        reply(applied.clone());
+                    let durable: Vec<Waiter> = replies
+                        .into_iter()
+                        .filter_map(|reply| reply(applied.clone()))
+                        .collect();
+                    if !durable.is_empty() {
+                        committer.then(Box::new(move |synced| {
+                            for w in durable {
+                                w(synced.clone());
+                            }
+                        }));
                     }
                 }
             })?;
@@ -175,16 +188,47 @@ impl Writer {
         &self,
         job: impl FnOnce(&mut Overlay) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
+        self.submit(job, None).await
+    }
+
+    /// Like `write`, but returns once the writes are durable (a
+    /// `StoreError::Commit` if only that failed). `applied` runs on this
+    /// thread once they are applied, before the sync, if the job succeeded.
+    pub(super) async fn write_durable<R: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Overlay) -> Result<R, StoreError> + Send + 'static,
+        applied: impl FnOnce() + Send + 'static,
+    ) -> Result<R, StoreError> {
+        self.submit(job, Some(Box::new(applied))).await
+    }
+
+    async fn submit<R: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Overlay) -> Result<R, StoreError> + Send + 'static,
+        durable: Option<Box<dyn FnOnce() + Send>>,
+    ) -> Result<R, StoreError> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |overlay: &mut Overlay| {
             let out = job(overlay);
             overlay.settle(out.is_ok());
             Box::new(move |applied| {
-                let _ = tx.send(match (out, applied) {
+                let out = match (out, applied) {
                     (Ok(r), Ok(())) => Ok(r),
                     (Err(e), _) => Err(e),
                     (Ok(_), Err(e)) => Err(StoreError::Grouped(e)),
-                });
+                };
+                match (out, durable) {
+                    (Ok(r), Some(applied)) => {
+                        applied();
+                        Some(Box::new(move |synced: Result<(), Arc<std::io::Error>>| {
+                            let _ = tx.send(synced.map(|()| r).map_err(StoreError::Commit));
+                        }))
+                    }
+                    (out, _) => {
+                        let _ = tx.send(out);
+                        None
+                    }
+                }
             })
         });
         self.tx
@@ -224,6 +268,42 @@ mod tests {
         assert!(failed.is_err());
         assert_eq!(store.tree.get(b"k1").unwrap().as_deref(), Some(&b"one"[..]));
         assert_eq!(store.tree.get(b"k2").unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_durable_write_runs_applied_once_applied_and_a_failed_one_does_not() {
+        let store = Store::temporary().unwrap();
+        let (seen, applied) = std::sync::mpsc::channel();
+        let tree = store.tree.clone();
+        let got = store
+            .writer
+            .write_durable(
+                |o| {
+                    o.insert(b"k".to_vec(), &b"v"[..]);
+                    Ok(7)
+                },
+                move || seen.send(tree.get(b"k").unwrap()).unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(got, 7);
+        let value = applied.try_recv().expect("applied ran before the answer");
+        assert_eq!(value.as_deref(), Some(&b"v"[..]), "and saw the write");
+
+        let (seen, applied) = std::sync::mpsc::channel::<()>();
+        let failed = store
+            .writer
+            .write_durable(
+                |o| -> Result<(), StoreError> {
+                    o.insert(b"k".to_vec(), &b"lost"[..]);
+                    Err(StoreError::WriteLost)
+                },
+                move || seen.send(()).unwrap(),
+            )
+            .await;
+        assert!(matches!(failed, Err(StoreError::WriteLost)), "{failed:?}");
+        assert!(applied.try_recv().is_err(), "no applied for a failed job");
+        assert_eq!(store.tree.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
     }
 
     #[tokio::test]
