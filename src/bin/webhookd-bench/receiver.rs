@@ -78,14 +78,23 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Starts a receiver with `ok_endpoints` healthy endpoints (`/ok/0` …).
+    /// Starts a receiver with `ok_endpoints` healthy endpoints (`/ok/0` …),
+    /// each expecting about `expected` messages. Their maps are made that
+    /// large up front: a map that grows rehashes everything it holds under
+    /// its lock, and all endpoints reach the same size at the same moment,
+    /// so the receiver's threads would stop for all of them at once and
+    /// the arrivals queued behind them would be stamped late (stalls of tens
+    /// of milliseconds at 500 msg/s, every time the count doubles).
     pub async fn start(
         workers: usize,
         ok_endpoints: usize,
+        expected: usize,
         slow_sleep: Duration,
     ) -> anyhow::Result<Receiver> {
         let rec = Arc::new(Recorder {
-            ok: (0..ok_endpoints).map(|_| Mutex::default()).collect(),
+            ok: (0..ok_endpoints)
+                .map(|_| Mutex::new(HashMap::with_capacity(expected)))
+                .collect(),
             first: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             duplicates_kept: Mutex::default(),

@@ -417,7 +417,7 @@ async fn duplicates_seen(api: &Api, app: &str, rec: &Recorder) -> Vec<Duplicate>
 
 /// The loopback ceiling: the same client posts the same payloads straight to the receiver.
 pub async fn direct(b: &Bench, concurrency: usize, duration: Duration) -> anyhow::Result<Direct> {
-    let rx = Receiver::start(b.opts.receiver_workers, 0, b.slow_sleep()).await?;
+    let rx = Receiver::start(b.opts.receiver_workers, 0, 0, b.slow_sleep()).await?;
     let client = b.client();
     let url = format!("{}/direct", rx.base);
     let cpu = CpuMark::now(None);
@@ -487,7 +487,9 @@ pub async fn throughput(
     duration: Duration,
     fanout: usize,
 ) -> anyhow::Result<Throughput> {
-    let rx = Receiver::start(b.opts.receiver_workers, fanout, b.slow_sleep()).await?;
+    // Messages per endpoint at up to the fan-out 10 target's rate.
+    let expected = (30_000.0 * duration.as_secs_f64()) as usize / fanout.max(1);
+    let rx = Receiver::start(b.opts.receiver_workers, fanout, expected, b.slow_sleep()).await?;
     let target = b.target().await?;
     let (app, url) = setup(&target.api, &rx, fanout, 0, false).await?;
     let log = Rc::new(RefCell::new(PubLog::default()));
@@ -562,10 +564,16 @@ pub async fn open_loop(
     failing: usize,
     slow: bool,
 ) -> anyhow::Result<OpenLoop> {
-    let rx = Receiver::start(b.opts.receiver_workers, healthy, b.slow_sleep()).await?;
+    let total = (f64::from(rate.max(1)) * duration.as_secs_f64()).round() as u64;
+    let rx = Receiver::start(
+        b.opts.receiver_workers,
+        healthy,
+        total as usize,
+        b.slow_sleep(),
+    )
+    .await?;
     let target = b.target().await?;
     let (app, url) = setup(&target.api, &rx, healthy, failing, slow).await?;
-    let total = (f64::from(rate.max(1)) * duration.as_secs_f64()).round() as u64;
     let pid = target.daemon.as_ref().map(Daemon::pid);
     let cpu = CpuMark::now(pid);
     let (tx, mut ticks) = tokio::sync::mpsc::unbounded_channel::<Instant>();
@@ -741,7 +749,13 @@ pub async fn stored(
     concurrency: usize,
     requests: usize,
 ) -> anyhow::Result<Stored> {
-    let rx = Receiver::start(b.opts.receiver_workers, 1, b.slow_sleep()).await?;
+    let rx = Receiver::start(
+        b.opts.receiver_workers,
+        1,
+        messages as usize,
+        b.slow_sleep(),
+    )
+    .await?;
     let mut target = b.target().await?;
     let (app, url) = setup(&target.api, &rx, 1, 0, false).await?;
     let pid = target.daemon.as_ref().map(Daemon::pid);
