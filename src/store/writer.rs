@@ -219,7 +219,11 @@ impl Writer {
                 };
                 match (out, durable) {
                     (Ok(r), Some(applied)) => {
-                        applied();
+                        // Like a job, it may not take the thread down.
+                        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(applied)).is_err()
+                        {
+                            tracing::error!("the step after a grouped write panicked");
+                        }
                         Some(Box::new(move |synced: Result<(), Arc<std::io::Error>>| {
                             let _ = tx.send(synced.map(|()| r).map_err(StoreError::Commit));
                         }))
