@@ -209,6 +209,12 @@ impl Handoff {
         self.lock().held.remove(&(msg.clone(), ep.clone()));
     }
 
+    /// The first `limit` deliveries waiting for the worker, in the order
+    /// they were handed over.
+    pub(super) fn waiting(&self, limit: usize) -> Vec<TaskRecord> {
+        self.lock().ready.iter().take(limit).cloned().collect()
+    }
+
     /// Every delivery held only in memory.
     pub(super) fn held(&self) -> Vec<(MessageId, EndpointId)> {
         self.lock().held.iter().cloned().collect()

@@ -1456,6 +1456,16 @@ async fn deliveries_handed_over_and_not_recorded_are_queued_at_the_next_start() 
     }
     assert_eq!(s.queue_depth(), (3, 0), "waiting for the worker");
     assert_eq!(s.next_due_ms().unwrap(), None, "with no queue entry");
+    let next: Vec<MessageId> = s
+        .next_deliveries(10)
+        .unwrap()
+        .into_iter()
+        .map(|t| t.msg_id)
+        .collect();
+    let ids: Vec<MessageId> = msgs.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(next, ids, "the dashboard lists them as the next to go");
+    let summary = s.queue_summary(10).unwrap();
+    assert_eq!((summary.queued, summary.oldest_due_ms), (3, Some(now)));
     let (taken, _) = s.take_handed_over(2, &mut |_| Claim::Take);
     assert_eq!(taken.len(), 2);
     assert_eq!(s.queue_depth(), (1, 2));

@@ -111,18 +111,27 @@ impl Store {
         let (ready, taken) = self.handoff.depth();
         s.queued += ready;
         s.in_flight += taken;
+        if let Some(first) = self.handoff.waiting(1).first() {
+            s.oldest_due_ms = Some(
+                s.oldest_due_ms
+                    .map_or(first.due_ms, |d| d.min(first.due_ms)),
+            );
+        }
         Ok(s)
     }
 
-    /// The earliest queued deliveries (the next to go), up to `limit`.
+    /// The earliest waiting deliveries (the next to go), up to `limit`:
+    /// queued, and handed over in memory.
     pub fn next_deliveries(&self, limit: usize) -> Result<Vec<super::TaskRecord>, StoreError> {
-        let mut next = Vec::new();
+        let mut next = self.handoff.waiting(limit);
+        let handed = next.len();
         for entry in self.queued() {
-            if next.len() >= limit {
+            if next.len() - handed >= limit {
                 break;
             }
             next.extend(entry?.tasks());
         }
+        next.sort_by_key(|t| t.due_ms);
         next.truncate(limit);
         Ok(next)
     }
