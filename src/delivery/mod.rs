@@ -272,10 +272,11 @@ async fn claim_and_hand_out(
             if let Err(unsent) = lanes[turn].tx.send((task, hold)) {
                 let (task, hold) = unsent.0;
                 tracing::error!(message_id = %task.msg_id, "a delivery thread is gone; the delivery will be retried");
-                // A lease kept expires; a delivery let go, reconcile finds.
-                match hold {
-                    Hold::Lease(lease) => lease.keep.store(true, Ordering::Relaxed),
-                    Hold::Handed => shared.store.handed_over_done(&task),
+                // As `settle` after `given_up`, which cannot be awaited here
+                // (a lease kept is never released, so it needs no write).
+                shared.given_up(&hold);
+                if let Hold::Handed = hold {
+                    shared.store.handed_over_done(&task);
                 }
                 shared.endpoint_done(&task.ep_id, Duration::ZERO);
                 shared.done();
