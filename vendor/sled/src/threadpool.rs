@@ -101,18 +101,19 @@ fn perform_work(is_immortal: bool) {
         debug_delay();
         let task_res = QUEUE.recv_timeout(wait_limit);
 
+        // webhookd patch (change 13): `WAITING_THREAD_COUNT` counts the
+        // threads waiting for a job (in `recv_timeout`) and nothing else.
+        // Upstream also took one off for each thread running a job, so with
+        // more threads busy than idle the count wrapped around, and no
+        // thread was ever added while they all waited for the disk.
         if let Some(task) = task_res {
-            WAITING_THREAD_COUNT.fetch_sub(1, SeqCst);
             (task)();
-            WAITING_THREAD_COUNT.fetch_add(1, SeqCst);
             performed += 1;
         }
 
         while let Some(task) = QUEUE.try_recv() {
             debug_delay();
-            WAITING_THREAD_COUNT.fetch_sub(1, SeqCst);
             (task)();
-            WAITING_THREAD_COUNT.fetch_add(1, SeqCst);
             performed += 1;
         }
 
@@ -134,12 +135,11 @@ fn perform_work(is_immortal: bool) {
 fn maybe_spawn_new_thread() -> Result<()> {
     debug_delay();
     let total_workers = TOTAL_THREAD_COUNT.load(Acquire);
-    debug_delay();
-    let waiting_threads = WAITING_THREAD_COUNT.load(Acquire);
 
-    if waiting_threads >= DESIRED_WAITING_THREADS
-        || total_workers >= MAX_THREADS
-    {
+    // webhookd patch (change 13): called when a job is queued that no
+    // waiting thread will take, so the count of waiting threads is not
+    // checked again here.
+    if total_workers >= MAX_THREADS {
         return Ok(());
     }
 
@@ -211,7 +211,12 @@ where
 
     let depth = QUEUE.send(Box::new(task));
 
-    if depth > DESIRED_WAITING_THREADS {
+    // webhookd patch (change 13): a new thread when more jobs are queued
+    // than threads wait to take them (upstream: more than seven queued).
+    // Log writes wait for the disk on these threads, so a write queued
+    // behind them waited for every sync under way, and so did a reader of
+    // what it holds.
+    if depth > WAITING_THREAD_COUNT.load(Acquire) {
         maybe_spawn_new_thread()?;
     }
 

@@ -174,6 +174,9 @@ impl IoBuf {
 #[derive(Debug)]
 pub(crate) struct StabilityIntervals {
     fsynced_ranges: Vec<(Lsn, Lsn)>,
+    // webhookd patch (change 12): buffers handed to the file (`pwrite`)
+    // whose sync has not finished; what they hold can be read back.
+    written_ranges: Vec<(Lsn, Lsn)>,
     batches: BTreeMap<Lsn, Lsn>,
     stable_lsn: Lsn,
 }
@@ -183,6 +186,7 @@ impl StabilityIntervals {
         StabilityIntervals {
             stable_lsn: lsn,
             fsynced_ranges: vec![],
+            written_ranges: vec![],
             batches: BTreeMap::default(),
         }
     }
@@ -728,6 +732,9 @@ impl IoBufs {
         {
             let f = &self.config.file;
             pwrite_all(f, data, log_offset)?;
+            if total_len > 0 {
+                self.mark_written(base_lsn, total_len);
+            }
             if !self.config.temporary {
                 #[cfg(target_os = "linux")]
                 {
@@ -818,6 +825,9 @@ impl IoBufs {
 
         let interval = (whence, whence + len as Lsn - 1);
 
+        // webhookd patch (change 12): no longer only written.
+        intervals.written_ranges.retain(|&(low, _)| low != whence);
+
         let updated = intervals.mark_fsync(interval);
 
         if let Some(new_stable_lsn) = updated {
@@ -838,6 +848,15 @@ impl IoBufs {
             // with the notify below.
             drop(intervals);
         }
+        let _notified = self.interval_updated.notify_all();
+    }
+
+    /// webhookd patch (change 12): the buffer at `whence` is in the file,
+    /// not yet synced; readers waiting for it may go on.
+    fn mark_written(&self, whence: Lsn, len: usize) {
+        let mut intervals = self.intervals.lock();
+        intervals.written_ranges.push((whence, whence + len as Lsn - 1));
+        drop(intervals);
         let _notified = self.interval_updated.notify_all();
     }
 
@@ -878,7 +897,30 @@ pub(in crate::pagecache) fn make_stable(
     iobufs: &Arc<IoBufs>,
     lsn: Lsn,
 ) -> Result<usize> {
-    make_stable_inner(iobufs, lsn, false)
+    make_stable_inner(iobufs, lsn, Wait::Stable)
+}
+
+/// How far `make_stable_inner` waits (webhookd patch, change 12: it was a
+/// `partial_durability` flag, now `Durable`).
+#[derive(Clone, Copy, PartialEq)]
+pub(in crate::pagecache) enum Wait {
+    /// Everything up to the lsn is on disk.
+    Stable,
+    /// The buffer holding the lsn is on disk.
+    Durable,
+    /// The buffer holding the lsn is in the file, synced or not, so a read
+    /// of the file returns it.
+    Written,
+}
+
+/// webhookd patch (change 12): blocks until the log message at `lsn` can be
+/// read from the file. Upstream waited for it to be durable, so a page read
+/// back from the log waited for a sync of the file that held it.
+pub(in crate::pagecache) fn make_readable(
+    iobufs: &Arc<IoBufs>,
+    lsn: Lsn,
+) -> Result<usize> {
+    make_stable_inner(iobufs, lsn, Wait::Written)
 }
 
 /// Blocks until the specified log sequence number
@@ -894,13 +936,13 @@ pub(in crate::pagecache) fn make_durable(
     iobufs: &Arc<IoBufs>,
     lsn: Lsn,
 ) -> Result<usize> {
-    make_stable_inner(iobufs, lsn, true)
+    make_stable_inner(iobufs, lsn, Wait::Durable)
 }
 
 pub(in crate::pagecache) fn make_stable_inner(
     iobufs: &Arc<IoBufs>,
     lsn: Lsn,
-    partial_durability: bool,
+    wait: Wait,
 ) -> Result<usize> {
     let _measure = Measure::new(&M.make_stable);
 
@@ -957,13 +999,21 @@ pub(in crate::pagecache) fn make_stable_inner(
 
         stable = iobufs.stable();
 
-        if partial_durability {
+        if wait != Wait::Stable {
             if waiter.stable_lsn > lsn {
                 return Ok(assert_usize(stable - first_stable));
             }
 
             for (low, high) in &waiter.fsynced_ranges {
                 if *low <= lsn && *high > lsn {
+                    return Ok(assert_usize(stable - first_stable));
+                }
+            }
+        }
+
+        if wait == Wait::Written {
+            for (low, high) in &waiter.written_ranges {
+                if *low <= lsn && *high >= lsn {
                     return Ok(assert_usize(stable - first_stable));
                 }
             }

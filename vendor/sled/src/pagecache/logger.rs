@@ -57,7 +57,8 @@ impl Log {
         );
 
         if ptr.is_inline() {
-            iobuf::make_durable(&self.iobufs, lsn)?;
+            // webhookd patch (change 12): wait for the write, not the sync.
+            iobuf::make_readable(&self.iobufs, lsn)?;
             let f = &self.config.file;
             read_message(
                 &**f,
