@@ -15,6 +15,9 @@ use crate::domain::{
 /// A status older than this whose message does not exist is left over from a
 /// publish cut short by a crash (younger, its publish may still be applying).
 const ORPHAN_AFTER_MS: i64 = 60_000;
+/// Statuses a reconciliation sweep checks between two calls of its
+/// `between_chunks`.
+pub const RECONCILE_CHUNK: usize = 1_000;
 
 /// Messages of one (app, event type): when the last one came and the usual gap.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -210,12 +213,15 @@ impl Store {
     /// overdue by more than `overdue_ms`, and checks up to `budget` delivery
     /// statuses from `cursor` on: a waiting one with nothing queued or leased
     /// is queued again, and the dead-letter index is made to agree.
+    /// `between_chunks` runs after every `RECONCILE_CHUNK` statuses checked,
+    /// so that the caller can spread a long sweep out (see `jobs::reconcile`).
     pub fn reconcile(
         &self,
         now_ms: i64,
         overdue_ms: i64,
         cursor: Option<&[u8]>,
         budget: usize,
+        mut between_chunks: impl FnMut(),
     ) -> Result<Reconciled, StoreError> {
         let mut r = Reconciled {
             leases_released: self.release_expired_leases(self.lease_clock_ms(), now_ms)?,
@@ -239,11 +245,19 @@ impl Store {
                 return Ok(r);
             }
             r.statuses_checked += 1;
+            if r.statuses_checked % RECONCILE_CHUNK == 0 {
+                between_chunks();
+            }
             last = Some(k.to_vec());
             let d: DestRecord = decode(&k, &v)?;
             let queued = waiting.contains(&(d.msg_id.clone(), d.ep_id.clone()));
-            let indexed = self.tree.contains_key(keys::failed(&d.msg_id, &d.ep_id))?;
-            if indexed != (d.status == MessageStatus::Fail) {
+            // A failed one missing from the dead-letter index is indexed here;
+            // an index entry whose status is not failed is removed by the
+            // look at the whole index below, at the end of the sweep (most
+            // statuses are not failed).
+            if d.status == MessageStatus::Fail
+                && !self.tree.contains_key(keys::failed(&d.msg_id, &d.ep_id))?
+            {
                 let mut batch = sled::Batch::default();
                 set_failed_index(&mut batch, &d);
                 self.tree.apply_batch(batch)?;

@@ -208,7 +208,7 @@ async fn a_step_of_the_wall_clock_expires_no_lease() {
         .unwrap();
     assert_eq!(claimed.len(), 1);
     let a_day_later = now + 86_400_000;
-    let r = s.reconcile(a_day_later, 60_000, None, 100).unwrap();
+    let r = s.reconcile(a_day_later, 60_000, None, 100, || {}).unwrap();
     assert_eq!((r.leases_released, r.requeued), (0, 0));
     assert_eq!(s.queue_depth(), (0, 1), "still in flight");
     // Once the lease clock reaches the lease's end, it expires.
@@ -365,7 +365,10 @@ async fn a_message_to_several_endpoints_is_one_queue_entry_taken_apart_by_claims
         "what the fan still holds keeps its place"
     );
     // Every delivery is waiting somewhere: reconcile requeues none.
-    assert_eq!(s.reconcile(30, 60_000, None, 100).unwrap().requeued, 0);
+    assert_eq!(
+        s.reconcile(30, 60_000, None, 100, || {}).unwrap().requeued,
+        0
+    );
 
     let rest: Vec<EndpointId> = s
         .claim_due(20, 100, 10, 100, |_| Claim::Take)
@@ -863,14 +866,14 @@ async fn reconcile_removes_the_statuses_of_a_publish_cut_before_its_message() {
     s.tree.remove(keys::message(&a.id, &cut.id)).unwrap();
 
     // Too young to tell from a publish still being applied: both requeued.
-    let young = s.reconcile(30_000, 60_000, None, 1000).unwrap();
+    let young = s.reconcile(30_000, 60_000, None, 1000, || {}).unwrap();
     assert_eq!(young.requeued, 2);
     let tasks = s
         .claim_due(30_000, 30_100, 10, 100, |_| Claim::Take)
         .await
         .unwrap();
     s.release_lease(30_100, &tasks[0].id).await.unwrap();
-    let r = s.reconcile(120_000, 60_000, None, 1000).unwrap();
+    let r = s.reconcile(120_000, 60_000, None, 1000, || {}).unwrap();
     assert_eq!(r.requeued, 1, "only the whole message is queued again");
     // Its payload and all-messages entry go with payload retention.
     s.expire_payloads(120_000, 60_000, |_| 60_000).unwrap();
@@ -934,7 +937,7 @@ async fn reconcile_requeues_orphans_releases_leases_and_repairs_dead_letters() {
         .insert(keys::failed(&leased.id, &ep.id), &[])
         .unwrap();
 
-    let r = s.reconcile(500, 60_000, None, 1000).unwrap();
+    let r = s.reconcile(500, 60_000, None, 1000, || {}).unwrap();
     assert_eq!(
         r.leases_released, 1,
         "the leased task's lease (expiring at 0) expired"
@@ -955,12 +958,14 @@ async fn reconcile_requeues_orphans_releases_leases_and_repairs_dead_letters() {
         .collect();
     assert!(due.contains(&orphan.id) && due.contains(&leased.id));
     // A second pass finds nothing more to mend.
-    let again = s.reconcile(600, 60_000, None, 1000).unwrap();
+    let again = s.reconcile(600, 60_000, None, 1000, || {}).unwrap();
     assert_eq!((again.requeued, again.dead_letter_fixed), (0, 0));
     // A small budget sweeps in steps.
-    let step = s.reconcile(600, 60_000, None, 2).unwrap();
+    let step = s.reconcile(600, 60_000, None, 2, || {}).unwrap();
     assert_eq!(step.statuses_checked, 2);
-    let rest = s.reconcile(600, 60_000, step.cursor.as_deref(), 2).unwrap();
+    let rest = s
+        .reconcile(600, 60_000, step.cursor.as_deref(), 2, || {})
+        .unwrap();
     assert_eq!(rest.statuses_checked, 1);
     assert!(rest.cursor.is_none());
 }
@@ -1508,16 +1513,31 @@ async fn reconcile_leaves_a_handed_over_delivery_alone_until_it_is_let_go() {
         .unwrap();
     let later = now + 3_600_000;
     for _ in 0..2 {
-        assert_eq!(s.reconcile(later, 60_000, None, 100).unwrap().requeued, 0);
+        assert_eq!(
+            s.reconcile(later, 60_000, None, 100, || {})
+                .unwrap()
+                .requeued,
+            0
+        );
     }
     let (taken, _) = s.take_handed_over(8, &mut |_| Claim::Take);
     for _ in 0..2 {
-        assert_eq!(s.reconcile(later, 60_000, None, 100).unwrap().requeued, 0);
+        assert_eq!(
+            s.reconcile(later, 60_000, None, 100, || {})
+                .unwrap()
+                .requeued,
+            0
+        );
     }
     assert_eq!(s.queue_depth(), (0, 1));
     // Recording it failed: let go, it is found waiting with nothing queued.
     s.handed_over_done(&taken[0]);
-    assert_eq!(s.reconcile(later, 60_000, None, 100).unwrap().requeued, 1);
+    assert_eq!(
+        s.reconcile(later, 60_000, None, 100, || {})
+            .unwrap()
+            .requeued,
+        1
+    );
     assert_eq!(s.queue_depth(), (1, 0));
 }
 
@@ -1550,10 +1570,38 @@ async fn deliveries_due_later_or_deferred_are_queued() {
         (1, 1),
         "the deferred one held until queued"
     );
-    assert_eq!(s.reconcile(now, 60_000, None, 100).unwrap().requeued, 0);
+    assert_eq!(
+        s.reconcile(now, 60_000, None, 100, || {}).unwrap().requeued,
+        0
+    );
     s.queue_deferred(deferred).await.unwrap();
     let due: Vec<i64> = s.queued().map(|q| q.unwrap().due_ms()).collect();
     assert_eq!(due, [now + 5_000, now + 60_000]);
     assert_eq!(s.queue_depth(), (2, 0));
-    assert_eq!(s.reconcile(now, 60_000, None, 100).unwrap().requeued, 0);
+    assert_eq!(
+        s.reconcile(now, 60_000, None, 100, || {}).unwrap().requeued,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_long_reconcile_sweep_calls_back_between_chunks() {
+    use super::maintenance::RECONCILE_CHUNK;
+    let s = Store::temporary().unwrap();
+    let a = app(None);
+    let eps: Vec<EndpointRecord> = (0..2 * RECONCILE_CHUNK + 1)
+        .map(|_| endpoint(&a.id, &[]))
+        .collect();
+    let targets: Vec<&EndpointRecord> = eps.iter().collect();
+    s.publish(&message(&a.id, 10, None), b"{}", &targets, 20, || {})
+        .await
+        .unwrap();
+    let mut rests = 0;
+    let r = s
+        .reconcile(30, 60_000, None, 10 * RECONCILE_CHUNK, || rests += 1)
+        .unwrap();
+    assert_eq!(r.statuses_checked, 2 * RECONCILE_CHUNK + 1);
+    assert_eq!(rests, 2, "once after each full chunk");
+    assert_eq!(r.requeued, 0, "every delivery is queued");
+    assert!(r.cursor.is_none());
 }
