@@ -245,9 +245,6 @@ impl Store {
                 return Ok(r);
             }
             r.statuses_checked += 1;
-            if r.statuses_checked % RECONCILE_CHUNK == 0 {
-                between_chunks();
-            }
             last = Some(k.to_vec());
             let d: DestRecord = decode(&k, &v)?;
             let queued = waiting.contains(&(d.msg_id.clone(), d.ep_id.clone()));
@@ -265,6 +262,9 @@ impl Store {
             }
             if matches!(d.status, MessageStatus::Pending | MessageStatus::Sending) && !queued {
                 suspects.push((k, v, d));
+            }
+            if r.statuses_checked % RECONCILE_CHUNK == 0 {
+                between_chunks();
             }
         }
         r.requeued = self.requeue_lost(suspects, now_ms)?;
