@@ -165,7 +165,7 @@ async fn list_destinations(
     page.order = crate::store::Order::Ascending;
     let app = state.app(&app_id)?;
     let msg = find_message(&state, &app, &msg_id)?;
-    let dests = state.store.dests_of(&msg.id, &page)?;
+    let dests = state.store.dests_of(&msg, &page)?;
     let mut data = Vec::with_capacity(dests.items.len());
     for d in &dests.items {
         if let Some(ep) = state.store.get_endpoint(&app.id, &d.ep_id)? {

@@ -70,7 +70,7 @@ fn row(
     names: &mut AppNames,
     m: &MessageRecord,
 ) -> Result<MessageRow, DashboardError> {
-    let dests = state.store.dests_of(&m.id, &PageReq::first(1000))?.items;
+    let dests = state.store.dests_of(m, &PageReq::first(1000))?.items;
     let count = |f: fn(MessageStatus) -> bool| dests.iter().filter(|d| f(d.status)).count();
     let delivered = count(|s| s == MessageStatus::Success);
     let failed = count(|s| s == MessageStatus::Fail);
@@ -308,7 +308,7 @@ async fn messages(state: State, req: HttpRequest, f: web::Query<Filters>) -> Pag
                 None => true,
                 Some(s) => state
                     .store
-                    .dests_of(&m.id, &PageReq::first(1000))
+                    .dests_of(m, &PageReq::first(1000))
                     .map(|d| d.items.iter().any(|d| d.status == s))
                     .unwrap_or(false),
             };
@@ -420,7 +420,7 @@ async fn message(state: State, req: HttpRequest, path: web::Path<String>) -> Pag
     let now = now_ms();
     let dests: Vec<DestView> = state
         .store
-        .dests_of(&msg.id, &all)?
+        .dests_of(&msg, &all)?
         .items
         .iter()
         .map(|d: &DestRecord| {
@@ -501,7 +501,7 @@ async fn redeliver(
     }
     let mut targets = Vec::new();
     if form.endpoint == "failed" {
-        for d in state.store.dests_of(&msg.id, &PageReq::first(1000))?.items {
+        for d in state.store.dests_of(&msg, &PageReq::first(1000))?.items {
             let usable = state
                 .store
                 .get_endpoint(&msg.app_id, &d.ep_id)?

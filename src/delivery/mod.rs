@@ -272,12 +272,9 @@ async fn claim_and_hand_out(
             if let Err(unsent) = lanes[turn].tx.send((task, hold)) {
                 let (task, hold) = unsent.0;
                 tracing::error!(message_id = %task.msg_id, "a delivery thread is gone; the delivery will be retried");
-                // As `settle` after `given_up`, which cannot be awaited here
-                // (a lease kept is never released, so it needs no write).
-                shared.given_up(&hold);
-                if let Hold::Handed = hold {
-                    shared.store.handed_over_done(&task);
-                }
+                // As `given_up` and then `settle`, which cannot be awaited
+                // here (a lease kept is never released, so it needs no write).
+                shared.given_up(&task, &hold);
                 shared.endpoint_done(&task.ep_id, Duration::ZERO);
                 shared.done();
             }
@@ -342,15 +339,19 @@ fn start_lane(i: usize, shared: Arc<Shared>, roots: TlsRoots) -> std::io::Result
                             attempt_id = tracing::field::Empty,
                         );
                         let slot = EndpointSlot::new(&lane.shared, &task.ep_id);
-                        if let Err(e) = lane.deliver(&task, &slot).instrument(span).await {
-                            tracing::error!(error = %e, message_id = %task.msg_id, "recording a delivery failed; it will be retried");
-                            lane.shared.given_up(&hold);
-                        }
+                        let recorded = match lane.deliver(&task, &slot).instrument(span).await {
+                            Ok(()) => true,
+                            Err(e) => {
+                                tracing::error!(error = %e, message_id = %task.msg_id, "recording a delivery failed; it will be retried");
+                                lane.shared.given_up(&task, &hold);
+                                false
+                            }
+                        };
                         drop(slot);
                         // Before the overall slot is freed: stopping waits
                         // for those, and a lease left behind means
                         // deliveries made again at the next start.
-                        lane.shared.settle(&task, &hold).await;
+                        lane.shared.settle(&task, &hold, recorded).await;
                         lane.shared.done();
                     });
                 }
@@ -462,17 +463,24 @@ impl Shared {
 
     /// A delivery could not be recorded (call `settle` after). Claimed under
     /// a lease, it keeps the lease, which puts the claim back on the queue
-    /// when it expires; handed over, it is let go like any other, and
-    /// reconcile finds it waiting with nothing queued.
-    fn given_up(&self, hold: &Hold) {
-        if let Hold::Lease(lease) = hold {
-            lease.keep.store(true, Ordering::Relaxed);
+    /// when it expires; handed over, it has no status yet that reconcile
+    /// would find, so it is queued now (if that fails too, it stays held
+    /// and the next start queues it).
+    fn given_up(&self, task: &TaskRecord, hold: &Hold) {
+        match hold {
+            Hold::Lease(lease) => lease.keep.store(true, Ordering::Relaxed),
+            Hold::Handed => {
+                if let Err(e) = self.store.requeue_handed_over(task, now_ms()) {
+                    tracing::error!(error = %e, message_id = %task.msg_id, "queueing a delivery again failed; it will be queued at the next start");
+                }
+            }
         }
     }
 
-    /// One delivery is done: the last one of a claim gives up its lease; one
-    /// handed over is no longer held.
-    async fn settle(&self, task: &TaskRecord, hold: &Hold) {
+    /// One delivery is done (`recorded`, or given up): the last one of a
+    /// claim gives up its lease; one handed over and recorded is no longer
+    /// held (one given up was let go by `given_up`, or stays held).
+    async fn settle(&self, task: &TaskRecord, hold: &Hold, recorded: bool) {
         match hold {
             Hold::Lease(lease) => {
                 if lease.outstanding.fetch_sub(1, Ordering::AcqRel) == 1
@@ -483,7 +491,8 @@ impl Shared {
                     }
                 }
             }
-            Hold::Handed => self.store.handed_over_done(task),
+            Hold::Handed if recorded => self.store.handed_over_done(task),
+            Hold::Handed => {}
         }
     }
 

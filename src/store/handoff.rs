@@ -4,13 +4,17 @@
 //! `Q` entry that the worker would claim under a lease and remove a moment
 //! later: three writes and a round trip through the writer): it hands them
 //! over here, and the worker takes them from memory. Until its attempt is
-//! recorded, such a delivery's only durable trace is its status (`D`,
-//! waiting). So that a start after a crash finds it, the store keeps a mark
-//! (`keys::handoff_mark`): no message before the mark has a delivery held
-//! only in memory. A start queues every waiting status from the mark on
-//! that has nothing queued (`Store::recover_handed_over`, which also lets
-//! the hand-off begin); while running, the commit thread moves the mark up
-//! to the oldest message still held, at most every `MARK_EVERY`.
+//! recorded, such a delivery has no status (`D`) either, one write fewer
+//! per delivery: its only durable trace is the endpoint's index entry
+//! (`d`), and readers of statuses show it as waiting while it is held
+//! (`held_of`, `is_held`). So that a start after a crash finds it, the
+//! store keeps a mark (`keys::handoff_mark`): no message before the mark
+//! has a delivery held only in memory. A start queues every delivery of a
+//! message from the mark on that has an index entry and no status, and
+//! every waiting status from the mark on that has nothing queued
+//! (`Store::recover_handed_over`, which also lets the hand-off begin);
+//! while running, the commit thread moves the mark up to the oldest
+//! message still held, at most every `MARK_EVERY`.
 //!
 //! While the worker is full, a publish waits for room (first come, first
 //! served, at most `ROOM_WAIT`) instead of queueing: under a load the worker
@@ -218,6 +222,21 @@ impl Handoff {
     /// Every delivery held only in memory.
     pub(super) fn held(&self) -> Vec<(MessageId, EndpointId)> {
         self.lock().held.iter().cloned().collect()
+    }
+
+    /// The endpoints to which a delivery of `msg` is held only in memory.
+    pub(super) fn held_of(&self, msg: &MessageId) -> Vec<EndpointId> {
+        let s = self.lock();
+        s.held
+            .iter()
+            .filter(|(m, _)| m == msg)
+            .map(|(_, ep)| ep.clone())
+            .collect()
+    }
+
+    /// Whether the delivery of `msg` to `ep` is held only in memory.
+    pub(super) fn is_held(&self, msg: &MessageId, ep: &EndpointId) -> bool {
+        self.lock().held.contains(&(msg.clone(), ep.clone()))
     }
 
     /// Deliveries held waiting for the worker, and held by it.

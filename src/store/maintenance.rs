@@ -348,12 +348,13 @@ impl Store {
 
     /// At start, before the worker runs: queues (due `now_ms`) every delivery
     /// a process before left handed over in memory and unrecorded (see
-    /// `handoff`): a waiting status from the hand-off mark on with nothing
-    /// queued or leased (release the leases first). A status whose message
-    /// is missing is from a publish a crash cut short, never acknowledged:
-    /// it is removed. Then writes a new mark, from which on messages may be
-    /// handed over once the worker opens the hand-off (`open_handoff`).
-    /// Returns how many were queued.
+    /// `handoff`): from the hand-off mark on, a waiting status with nothing
+    /// queued or leased (release the leases first), and an endpoint's index
+    /// entry without a status (a delivery handed over has none until its
+    /// attempt is recorded). One whose message is missing is from a publish
+    /// a crash cut short, never acknowledged: it is removed. Then writes a
+    /// new mark, from which on messages may be handed over once the worker
+    /// opens the hand-off (`open_handoff`). Returns how many were queued.
     pub fn recover_handed_over(&self, now_ms: i64) -> Result<usize, StoreError> {
         let mark = self
             .get_str(&keys::handoff_mark())?
@@ -385,11 +386,53 @@ impl Store {
                     self.remove_status(&d)?;
                 }
             }
+            requeued += self.recover_unstatused(&mark, now_ms)?;
         }
         let new_mark = MessageId::lower_bound(now_ms);
         self.tree
             .insert(keys::handoff_mark(), new_mark.as_str().as_bytes())?;
         self.handoff.recovered(new_mark);
+        Ok(requeued)
+    }
+
+    /// Queues every delivery of a message from `mark` on that has an index
+    /// entry and no status: handed over and not recorded (see
+    /// `recover_handed_over`). Returns how many were queued.
+    fn recover_unstatused(&self, mark: &MessageId, now_ms: i64) -> Result<usize, StoreError> {
+        let mut requeued = 0;
+        let end = keys::prefix_end(&[keys::ns::ALL_MESSAGES]);
+        for entry in self.tree.range(keys::all_messages(mark)..end) {
+            let (k, v) = entry?;
+            let (Some(msg), Some(app)) = (
+                MessageId::parse(&String::from_utf8_lossy(&k[1..])),
+                super::all_messages_app(&v),
+            ) else {
+                continue;
+            };
+            let whole = self.tree.contains_key(keys::message(&app, &msg))?;
+            for ep in self.endpoints_of(&app)?.iter() {
+                let index = keys::endpoint_msg(&ep.id, &msg);
+                if !self.tree.contains_key(&index)?
+                    || self.tree.contains_key(keys::dest(&msg, &ep.id))?
+                {
+                    continue;
+                }
+                if whole {
+                    self.enqueue(&TaskRecord {
+                        id: TaskId::new(now_ms),
+                        app_id: app.clone(),
+                        msg_id: msg.clone(),
+                        ep_id: ep.id.clone(),
+                        attempt: 0,
+                        trigger: AttemptTrigger::Scheduled,
+                        due_ms: now_ms,
+                    })?;
+                    requeued += 1;
+                } else {
+                    self.tree.remove(index)?;
+                }
+            }
+        }
         Ok(requeued)
     }
 

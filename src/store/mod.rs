@@ -562,25 +562,7 @@ impl Store {
         req: &PageReq,
         mut f: impl FnMut(&[u8], &[u8]) -> Result<Option<T>, StoreError>,
     ) -> Result<Page<T>, StoreError> {
-        let with = |id: &str| {
-            let mut k = prefix.to_vec();
-            k.extend_from_slice(id.as_bytes());
-            k
-        };
-        let mut lo = Bound::Included(prefix.to_vec());
-        let mut hi = Bound::Excluded(keys::prefix_end(prefix));
-        if let Some(min) = &req.min_id {
-            lo = Bound::Included(with(min));
-        }
-        if let Some(max) = &req.max_id {
-            hi = Bound::Excluded(with(max));
-        }
-        if let Some(cursor) = &req.cursor {
-            match req.order {
-                Order::Descending => hi = tighter_hi(hi, with(cursor)),
-                Order::Ascending => lo = tighter_lo(lo, with(cursor)),
-            }
-        }
+        let (lo, hi) = page_bounds(prefix, req);
         if range_is_empty(&lo, &hi) {
             return Ok(Page {
                 items: Vec::new(),
@@ -1058,21 +1040,24 @@ impl Store {
         // the publish was whole (an `eventId` retry after a crash returns it,
         // and reconcile requeues a status left without its queue entry); then
         // the queue entry, which the worker may claim at once and which needs
-        // the message. A delivery handed over has no queue entry: its status
-        // is what a start after a crash finds it by.
+        // the message. A delivery handed over has neither a queue entry nor a
+        // status until its attempt is recorded: its index entry is what a
+        // start after a crash finds it by (see `handoff`).
         let mut writes: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(3 + 2 * endpoints.len());
         writes.push((
             keys::all_messages(&msg.id),
             all_messages_value(&msg.app_id, payload),
         ));
         for ep in endpoints {
-            let dest = DestRecord::new(
-                msg.id.clone(),
-                ep.id.clone(),
-                msg.app_id.clone(),
-                Some(due_ms),
-            );
-            writes.push((keys::dest(&msg.id, &ep.id), encode(&dest)));
+            if !handed {
+                let dest = DestRecord::new(
+                    msg.id.clone(),
+                    ep.id.clone(),
+                    msg.app_id.clone(),
+                    Some(due_ms),
+                );
+                writes.push((keys::dest(&msg.id, &ep.id), encode(&dest)));
+            }
             writes.push((keys::endpoint_msg(&ep.id, &msg.id), Vec::new()));
         }
         writes.push((keys::message(&msg.app_id, &msg.id), encode(msg)));
@@ -1216,12 +1201,50 @@ impl Store {
         self.get(&keys::dest(msg, ep))
     }
 
-    /// The endpoints a message was sent to, with its status at each.
-    pub fn dests_of(&self, msg: &MessageId, req: &PageReq) -> Result<Page<DestRecord>, StoreError> {
-        self.page(&keys::dests_of(msg), req, |k, v| Ok(Some(decode(k, v)?)))
+    /// The endpoints a message was sent to, with its status at each. A
+    /// delivery handed over and not attempted yet has no status record: it
+    /// is shown waiting (see `handoff`).
+    pub fn dests_of(
+        &self,
+        msg: &MessageRecord,
+        req: &PageReq,
+    ) -> Result<Page<DestRecord>, StoreError> {
+        let prefix = keys::dests_of(&msg.id);
+        // Held first: one recorded since has its status by the scan below.
+        let held = self.handoff.held_of(&msg.id);
+        if held.is_empty() {
+            return self.page(&prefix, req, |k, v| Ok(Some(decode(k, v)?)));
+        }
+        let mut all = std::collections::BTreeMap::new();
+        for ep in held {
+            let status = handed_over_status(&msg.id, msg.app_id.clone(), ep.clone());
+            all.insert(keys::dest(&msg.id, &ep), status);
+        }
+        for entry in self.tree.scan_prefix(&prefix) {
+            let (k, v) = entry?;
+            all.insert(k.to_vec(), decode(&k, &v)?);
+        }
+        let bounds = page_bounds(&prefix, req);
+        let mut items: Vec<DestRecord> = all
+            .into_iter()
+            .filter(|(k, _)| std::ops::RangeBounds::contains(&bounds, k))
+            .map(|(_, d)| d)
+            .collect();
+        if req.order == Order::Descending {
+            items.reverse();
+        }
+        let done = items.len() <= req.limit;
+        items.truncate(req.limit);
+        Ok(Page {
+            items,
+            done,
+            resume: None,
+        })
     }
 
-    /// Messages sent to an endpoint (newest first by default), with their status there.
+    /// Messages sent to an endpoint (newest first by default), with their
+    /// status there (waiting for one handed over and not attempted yet, as
+    /// in `dests_of`).
     pub fn endpoint_messages(
         &self,
         ep: &EndpointId,
@@ -1232,7 +1255,23 @@ impl Store {
             let Some(msg) = MessageId::parse(&String::from_utf8_lossy(k)) else {
                 return Ok(None);
             };
-            Ok(self.dest(&msg, ep)?.filter(|d| keep(d)))
+            // Held first: one recorded since has its status by now.
+            let held = self.handoff.is_held(&msg, ep);
+            let dest = match self.dest(&msg, ep)? {
+                Some(d) => d,
+                None if held => {
+                    let app = self
+                        .tree
+                        .get(keys::all_messages(&msg))?
+                        .and_then(|v| all_messages_app(&v));
+                    match app {
+                        Some(app) => handed_over_status(&msg, app, ep.clone()),
+                        None => return Ok(None),
+                    }
+                }
+                None => return Ok(None),
+            };
+            Ok(Some(dest).filter(|d| keep(d)))
         })
     }
 
@@ -1531,27 +1570,48 @@ impl Store {
     }
 
     /// Queues the deliveries `take_handed_over` deferred, each at its new
-    /// due time, and lets them go (if the write fails, reconcile finds them
-    /// waiting with nothing queued).
+    /// due time, with the status they did not have yet (written first: a
+    /// crash between the two leaves a waiting status, which reconcile
+    /// queues), and lets them go. If the write fails they stay held, and
+    /// the next start queues them.
     pub async fn queue_deferred(&self, deferred: Vec<TaskRecord>) -> Result<(), StoreError> {
         if deferred.is_empty() {
             return Ok(());
         }
-        let entries = deferred
-            .iter()
-            .map(|t| (keys::queue(t.due_ms, &t.id), encode(t)))
-            .collect();
-        let written = self.writer.write(insert_each(entries)).await;
+        let mut entries = Vec::with_capacity(2 * deferred.len());
+        for t in &deferred {
+            let dest = DestRecord::new(
+                t.msg_id.clone(),
+                t.ep_id.clone(),
+                t.app_id.clone(),
+                Some(t.due_ms),
+            );
+            entries.push((keys::dest(&t.msg_id, &t.ep_id), encode(&dest)));
+            entries.push((keys::queue(t.due_ms, &t.id), encode(t)));
+        }
+        self.writer.write(insert_each(entries)).await?;
         for t in &deferred {
             self.handoff.release(&t.msg_id, &t.ep_id);
         }
-        written
+        Ok(())
     }
 
-    /// A delivery taken by `take_handed_over` is recorded or dropped (or,
-    /// if recording it failed, left for reconcile to queue again).
+    /// A delivery taken by `take_handed_over` is recorded or dropped.
     pub fn handed_over_done(&self, task: &TaskRecord) {
         self.handoff.release(&task.msg_id, &task.ep_id);
+    }
+
+    /// A delivery taken by `take_handed_over` could not be recorded: it is
+    /// queued, due `now_ms`, with a status if it has none yet, and let go.
+    /// If that fails it stays held (the next start queues it).
+    pub fn requeue_handed_over(&self, task: &TaskRecord, now_ms: i64) -> Result<(), StoreError> {
+        self.enqueue(&TaskRecord {
+            id: TaskId::new(now_ms),
+            due_ms: now_ms,
+            ..task.clone()
+        })?;
+        self.handoff.release(&task.msg_id, &task.ep_id);
+        Ok(())
     }
 
     /// Puts the tasks of leases that expired at or before `lease_now_ms` (on
@@ -1622,8 +1682,9 @@ impl Store {
     }
 
     /// Finishes a claimed task without an attempt (its endpoint or app is
-    /// gone, or it is no longer needed); `status` updates the delivery status
-    /// if it still exists. The claim's lease stays until `release_lease`.
+    /// gone, or it is no longer needed); `status` sets the delivery status
+    /// (making one for a delivery handed over, which has none yet). The
+    /// claim's lease stays until `release_lease`.
     pub fn drop_task(
         &self,
         task: &TaskRecord,
@@ -1632,14 +1693,21 @@ impl Store {
         let Some(status) = status else {
             return Ok(());
         };
-        if let Some(mut dest) = self.dest(&task.msg_id, &task.ep_id)? {
-            dest.status = status;
-            dest.next_attempt_ms = None;
-            let mut batch = sled::Batch::default();
-            batch.insert(keys::dest(&task.msg_id, &task.ep_id), encode(&dest));
-            set_failed_index(&mut batch, &dest);
-            self.tree.apply_batch(batch)?;
-        }
+        // A delivery handed over by its publish has no status yet.
+        let mut dest = self.dest(&task.msg_id, &task.ep_id)?.unwrap_or_else(|| {
+            DestRecord::new(
+                task.msg_id.clone(),
+                task.ep_id.clone(),
+                task.app_id.clone(),
+                None,
+            )
+        });
+        dest.status = status;
+        dest.next_attempt_ms = None;
+        let mut batch = sled::Batch::default();
+        batch.insert(keys::dest(&task.msg_id, &task.ep_id), encode(&dest));
+        set_failed_index(&mut batch, &dest);
+        self.tree.apply_batch(batch)?;
         Ok(())
     }
 
@@ -1804,10 +1872,9 @@ fn stage_attempt(
             dest.next_attempt_ms = None;
         }
     }
+    // Without a status before, the delivery was handed over by its publish,
+    // which wrote its index entry.
     o.insert(dest_key, encode(&dest));
-    if before.is_none() {
-        o.insert(keys::endpoint_msg(&task.ep_id, &task.msg_id), &[][..]);
-    }
     // Index writes only where something changed: most attempts succeed first time.
     let was_failed = before.as_ref().map(|b| b.status) == Some(MessageStatus::Fail);
     if was_failed != (dest.status == MessageStatus::Fail) {
@@ -1826,6 +1893,12 @@ fn stage_attempt(
         before,
         after: dest,
     })
+}
+
+/// The status of a delivery of `msg` handed over and not attempted yet,
+/// which has no record (see `handoff`): waiting, due when it was published.
+fn handed_over_status(msg: &MessageId, app: AppId, ep: EndpointId) -> DestRecord {
+    DestRecord::new(msg.clone(), ep, app, Some(msg.created_ms()))
 }
 
 /// A writer job that inserts `writes` in this order (see `writer`).
@@ -1954,6 +2027,30 @@ fn set_failed_index(batch: &mut impl Stage, dest: &DestRecord) {
     } else {
         batch.del(key);
     }
+}
+
+/// The keys under `prefix` that a page asked for by `req` may hold (see `Store::page`).
+fn page_bounds(prefix: &[u8], req: &PageReq) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let with = |id: &str| {
+        let mut k = prefix.to_vec();
+        k.extend_from_slice(id.as_bytes());
+        k
+    };
+    let mut lo = Bound::Included(prefix.to_vec());
+    let mut hi = Bound::Excluded(keys::prefix_end(prefix));
+    if let Some(min) = &req.min_id {
+        lo = Bound::Included(with(min));
+    }
+    if let Some(max) = &req.max_id {
+        hi = Bound::Excluded(with(max));
+    }
+    if let Some(cursor) = &req.cursor {
+        match req.order {
+            Order::Descending => hi = tighter_hi(hi, with(cursor)),
+            Order::Ascending => lo = tighter_lo(lo, with(cursor)),
+        }
+    }
+    (lo, hi)
 }
 
 fn tighter_hi(current: Bound<Vec<u8>>, candidate: Vec<u8>) -> Bound<Vec<u8>> {

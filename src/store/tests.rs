@@ -1500,8 +1500,8 @@ async fn deliveries_handed_over_and_not_recorded_are_queued_at_the_next_start() 
     assert_eq!(s.recover_handed_over(crate::domain::now_ms()).unwrap(), 0);
 }
 
-/// Reconcile counts a delivery held in memory as waiting, however long it
-/// is held; one let go without being recorded it queues again.
+/// Reconcile leaves a delivery held in memory alone, however long it is
+/// held; one that could not be recorded is queued again at once.
 #[tokio::test]
 async fn reconcile_leaves_a_handed_over_delivery_alone_until_it_is_let_go() {
     let key = DataKey::generate();
@@ -1530,15 +1530,121 @@ async fn reconcile_leaves_a_handed_over_delivery_alone_until_it_is_let_go() {
         );
     }
     assert_eq!(s.queue_depth(), (0, 1));
-    // Recording it failed: let go, it is found waiting with nothing queued.
-    s.handed_over_done(&taken[0]);
+    // Recording it failed: it is queued, with a status, and let go.
+    s.requeue_handed_over(&taken[0], later).unwrap();
+    assert_eq!(s.queue_depth(), (1, 0));
+    assert_eq!(s.next_due_ms().unwrap(), Some(later));
+    let d = s.dest(&taken[0].msg_id, &ep.id).unwrap().unwrap();
+    assert_eq!(
+        (d.status, d.next_attempt_ms),
+        (MessageStatus::Pending, Some(later))
+    );
     assert_eq!(
         s.reconcile(later, 60_000, None, 100, || {})
             .unwrap()
             .requeued,
+        0
+    );
+}
+
+/// A delivery handed over has no status record until its attempt is
+/// recorded (one write fewer); the listings show it waiting meanwhile, and
+/// it is recorded, dropped or deferred with a status of its own.
+#[tokio::test]
+async fn a_handed_over_delivery_is_listed_waiting_until_it_has_a_status() {
+    let key = DataKey::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let (s, a, ep) = on_disk_with_handoff(dir.path(), &key);
+    let ep2 = endpoint(&a.id, &[]);
+    s.create_endpoint(&ep2).unwrap().unwrap();
+    let now = crate::domain::now_ms();
+    let msgs: Vec<MessageRecord> = (0..3).map(|i| message(&a.id, now + i, None)).collect();
+    for m in &msgs {
+        s.publish(m, b"{}", &[&ep, &ep2], now, || {}).await.unwrap();
+    }
+    let statuses = |m: &MessageRecord, req: &PageReq| -> Vec<(EndpointId, MessageStatus)> {
+        s.dests_of(m, req)
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|d| (d.ep_id, d.status))
+            .collect()
+    };
+    let mut eps = [ep.id.clone(), ep2.id.clone()];
+    eps.sort();
+    let ascending = PageReq {
+        order: Order::Ascending,
+        ..PageReq::first(10)
+    };
+    assert!(s.dest(&msgs[0].id, &ep.id).unwrap().is_none(), "no record");
+    assert_eq!(
+        statuses(&msgs[0], &ascending),
+        [
+            (eps[0].clone(), MessageStatus::Pending),
+            (eps[1].clone(), MessageStatus::Pending)
+        ]
+    );
+    // Paged like the records: one at a time, from a cursor.
+    let first = PageReq {
+        limit: 1,
+        ..ascending.clone()
+    };
+    let page = s.dests_of(&msgs[0], &first).unwrap();
+    assert!(!page.done);
+    let rest = PageReq {
+        cursor: Some(page.items[0].ep_id.to_string()),
+        ..ascending.clone()
+    };
+    assert_eq!(
+        statuses(&msgs[0], &rest),
+        [(eps[1].clone(), MessageStatus::Pending)]
+    );
+    let by_ep = s
+        .endpoint_messages(&ep.id, &PageReq::first(10), |_| true)
+        .unwrap();
+    assert_eq!(by_ep.items.len(), 3);
+    assert!(
+        by_ep
+            .items
+            .iter()
+            .all(|d| d.status == MessageStatus::Pending)
+    );
+
+    // Recorded, dropped, deferred: each with a status record.
+    let (taken, _) = s.take_handed_over(2, &mut |_| Claim::Take);
+    let (to_record, to_drop) = (&taken[0], &taken[1]);
+    s.record_attempt(to_record, &attempt(to_record, true, now), Next::Done)
+        .await
+        .unwrap();
+    s.handed_over_done(to_record);
+    s.drop_task(to_drop, Some(MessageStatus::Fail)).unwrap();
+    s.handed_over_done(to_drop);
+    assert_eq!(
+        s.dest(&msgs[0].id, &to_record.ep_id)
+            .unwrap()
+            .unwrap()
+            .status,
+        MessageStatus::Success
+    );
+    assert_eq!(
+        s.dest(&msgs[0].id, &to_drop.ep_id).unwrap().unwrap().status,
+        MessageStatus::Fail
+    );
+    assert_eq!(
+        s.failed_deliveries(&PageReq::first(10))
+            .unwrap()
+            .items
+            .len(),
         1
     );
-    assert_eq!(s.queue_depth(), (1, 0));
+    let (_, deferred) = s.take_handed_over(8, &mut |_| Claim::Defer(now + 5_000));
+    assert_eq!(deferred.len(), 4);
+    s.queue_deferred(deferred).await.unwrap();
+    for m in &msgs[1..] {
+        let d = s.dest(&m.id, &ep.id).unwrap().unwrap();
+        assert_eq!(d.next_attempt_ms, Some(now + 5_000));
+    }
+    assert_eq!(s.queue_depth(), (4, 0));
 }
 
 /// A delivery due later is queued, not handed over; one handed over whose
