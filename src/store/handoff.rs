@@ -224,12 +224,13 @@ impl Handoff {
         self.lock().held.iter().cloned().collect()
     }
 
-    /// The endpoints to which a delivery of `msg` is held only in memory.
+    /// The endpoints to which a delivery of `msg` is held only in memory
+    /// (a range of `held`, which is ordered by message first).
     pub(super) fn held_of(&self, msg: &MessageId) -> Vec<EndpointId> {
         let s = self.lock();
         s.held
-            .iter()
-            .filter(|(m, _)| m == msg)
+            .range((msg.clone(), EndpointId::lower_bound(0))..)
+            .take_while(|(m, _)| m == msg)
             .map(|(_, ep)| ep.clone())
             .collect()
     }
