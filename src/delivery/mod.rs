@@ -52,6 +52,9 @@ pub struct Landed {
 #[derive(Clone)]
 pub struct DeliveryHandle {
     notify: Arc<Notify>,
+    /// Set while the worker will look again within `CLAIM_GATHER` anyway
+    /// (see `claim_and_hand_out`): a wake-up then is not needed.
+    looking_soon: Arc<AtomicBool>,
     landed: tokio::sync::broadcast::Sender<Landed>,
 }
 
@@ -59,6 +62,7 @@ impl Default for DeliveryHandle {
     fn default() -> Self {
         Self {
             notify: Arc::default(),
+            looking_soon: Arc::default(),
             // Listeners only care about recent attempts; a lagging one just misses some.
             landed: tokio::sync::broadcast::channel(1024).0,
         }
@@ -67,7 +71,9 @@ impl Default for DeliveryHandle {
 
 impl DeliveryHandle {
     pub fn wake(&self) {
-        self.notify.notify_one();
+        if !self.looking_soon.load(Ordering::SeqCst) {
+            self.notify.notify_one();
+        }
     }
 
     /// Attempts recorded from now on.
@@ -97,7 +103,9 @@ const STUCK_AFTER_MS: i64 = 100;
 /// so a long backlog of one busy endpoint is not read again on every wake-up.
 const SKIP_BUDGET: usize = 64;
 /// With at least this many attempts in flight, a freed slot does not start a
-/// claim at once: the worker waits for this many (or `CLAIM_GATHER`).
+/// claim at once: the worker looks again after `CLAIM_GATHER`, or once this
+/// many deliveries (twice as many slots: each frees its endpoint's and an
+/// overall one) are done.
 const CLAIM_BATCH: usize = 8;
 const CLAIM_GATHER: Duration = Duration::from_millis(1);
 /// Longest the worker sleeps without looking at the queue (a safety net; wake-ups are explicit).
@@ -109,8 +117,10 @@ struct Shared {
     cfg: DeliveryConfig,
     lease_ms: i64,
     slots: Mutex<SlotBook>,
-    /// Signalled whenever an attempt finishes and frees a slot.
+    /// Signalled when attempts finish and free slots (see `slot_freed`).
     freed: Notify,
+    /// Slots freed since the claiming loop began to sleep while looking soon.
+    frees: AtomicUsize,
     handle: DeliveryHandle,
     ops: Operational,
     metrics: Arc<Metrics>,
@@ -196,6 +206,7 @@ pub async fn run(
         cfg,
         slots: Mutex::default(),
         freed: Notify::new(),
+        frees: AtomicUsize::new(0),
         handle: handle.clone(),
         ops,
         metrics,
@@ -253,6 +264,9 @@ async fn claim_and_hand_out(
     // Whether the queue had deliveries due at the last look.
     let mut queue_due = false;
     let mut next_sweep = tokio::time::Instant::now() + LEASE_SWEEP;
+    // Whether the last wake-up came with something to do (not the timer of
+    // a sleep while looking soon, with no slot freed during it).
+    let mut busy = true;
     while !shutdown.is_cancelled() {
         let now = now_ms();
         if tokio::time::Instant::now() >= next_sweep {
@@ -282,30 +296,34 @@ async fn claim_and_hand_out(
         shared.claim(now, queue_due, &mut hand_out).await?;
         let next_due = shared.store.next_due_ms()?;
         queue_due = next_due.is_some_and(|due| due <= now);
-        let wait = match next_due {
+        let mut wait = match next_due {
             _ if shared.in_flight() >= shared.cfg.max_in_flight => IDLE_TICK,
             Some(due) if due > now => Duration::from_millis((due - now) as u64).min(IDLE_TICK),
             // Due now but every candidate was capped or we just claimed: look again when a slot frees.
             Some(_) => IDLE_TICK,
             None => IDLE_TICK,
         };
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = handle.notify.notified() => {}
-            _ = shared.freed.notified() => {
-                // Under load, let a few more attempts finish first, so that one
-                // claim (one pass over the queue) takes several deliveries.
-                let deadline = tokio::time::Instant::now() + CLAIM_GATHER;
-                let mut freed = 1;
-                while freed < CLAIM_BATCH && shared.in_flight() >= CLAIM_BATCH {
-                    if tokio::time::timeout_at(deadline, shared.freed.notified()).await.is_err() {
-                        break;
-                    }
-                    freed += 1;
-                }
-            }
-            _ = tokio::time::sleep(wait) => {}
+        // Under load, slots free and publishes hand over deliveries by the
+        // thousand per second: rather than be woken for each, look again
+        // after `CLAIM_GATHER` (or once `CLAIM_BATCH` deliveries are done),
+        // so that one claim (one pass over the queue) takes several.
+        let looking_soon = busy && shared.in_flight() >= CLAIM_BATCH && wait > CLAIM_GATHER;
+        if looking_soon {
+            wait = CLAIM_GATHER;
+            shared.frees.store(0, Ordering::SeqCst);
+            handle.looking_soon.store(true, Ordering::SeqCst);
         }
+        let woke = tokio::select! {
+            _ = shutdown.cancelled() => None,
+            _ = handle.notify.notified() => Some(true),
+            _ = shared.freed.notified() => Some(true),
+            _ = tokio::time::sleep(wait) => Some(!looking_soon || shared.frees.load(Ordering::SeqCst) > 0),
+        };
+        // Before the next look (or the wait for attempts in flight at a
+        // stop): whatever comes after it wakes the loop again.
+        handle.looking_soon.store(false, Ordering::SeqCst);
+        let Some(woke_busy) = woke else { break };
+        busy = woke_busy;
     }
     Ok(())
 }
@@ -514,14 +532,25 @@ impl Shared {
                 }
             }
         }
-        self.freed.notify_one();
+        self.slot_freed();
     }
 
     /// A claimed delivery is finished (recorded, or given up): its slot in
     /// the overall cap is free.
     fn done(&self) {
         self.book().in_flight -= 1;
-        self.freed.notify_one();
+        self.slot_freed();
+    }
+
+    /// Wakes the claiming loop for a freed slot, unless it looks again soon
+    /// anyway and fewer than `CLAIM_BATCH` deliveries were done since it
+    /// began to sleep (see `claim_and_hand_out`).
+    fn slot_freed(&self) {
+        if !self.handle.looking_soon.load(Ordering::SeqCst)
+            || self.frees.fetch_add(1, Ordering::SeqCst) + 1 >= 2 * CLAIM_BATCH
+        {
+            self.freed.notify_one();
+        }
     }
 }
 
