@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use actix_web::web::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
@@ -31,7 +32,7 @@ use crate::domain::{
 };
 use crate::metrics::Metrics;
 use crate::signing;
-use crate::store::{AttemptRecord, Claim, Next, Store, StoreError, TaskRecord};
+use crate::store::{AttemptRecord, Claim, HandedMessage, Next, Store, StoreError, TaskRecord};
 use client::{Request, Sender, TlsRoots};
 use netguard::NetGuard;
 pub use operational::Operational;
@@ -149,10 +150,11 @@ struct LaneHandle {
 }
 
 /// How a delivery was taken: claimed from the queue under a lease, or
-/// handed over by its publish in memory (see `Store::take_handed_over`).
+/// handed over by its publish in memory (see `Store::take_handed_over`),
+/// with its message and payload.
 enum Hold {
     Lease(Arc<ClaimLease>),
-    Handed,
+    Handed(Arc<HandedMessage>),
 }
 
 /// The lease of one claim, shared by the deliveries it took. The last of
@@ -357,7 +359,7 @@ fn start_lane(i: usize, shared: Arc<Shared>, roots: TlsRoots) -> std::io::Result
                             attempt_id = tracing::field::Empty,
                         );
                         let slot = EndpointSlot::new(&lane.shared, &task.ep_id);
-                        let recorded = match lane.deliver(&task, &slot).instrument(span).await {
+                        let recorded = match lane.deliver(&task, &hold, &slot).instrument(span).await {
                             Ok(()) => true,
                             Err(e) => {
                                 tracing::error!(error = %e, message_id = %task.msg_id, "recording a delivery failed; it will be retried");
@@ -472,8 +474,8 @@ impl Shared {
     ) -> Result<usize, StoreError> {
         let (taken, deferred) = self.store.take_handed_over(limit, decide);
         let n = taken.len();
-        for task in taken {
-            hand_out(task, Hold::Handed);
+        for (task, message) in taken {
+            hand_out(task, Hold::Handed(message));
         }
         self.store.queue_deferred(deferred).await?;
         Ok(n)
@@ -487,7 +489,7 @@ impl Shared {
     fn given_up(&self, task: &TaskRecord, hold: &Hold) {
         match hold {
             Hold::Lease(lease) => lease.keep.store(true, Ordering::Relaxed),
-            Hold::Handed => {
+            Hold::Handed(_) => {
                 if let Err(e) = self.store.requeue_handed_over(task, now_ms()) {
                     tracing::error!(error = %e, message_id = %task.msg_id, "queueing a delivery again failed; it will be queued at the next start");
                 }
@@ -509,8 +511,8 @@ impl Shared {
                     }
                 }
             }
-            Hold::Handed if recorded => self.store.handed_over_done(task),
-            Hold::Handed => {}
+            Hold::Handed(_) if recorded => self.store.handed_over_done(task),
+            Hold::Handed(_) => {}
         }
     }
 
@@ -599,14 +601,34 @@ fn slow_endpoint_deferral(mean_ms: i64, idle_ms: i64, longest_ms: i64) -> Option
 
 impl Lane {
     /// One attempt of one task, recorded with what follows it.
-    /// `slot` is given back once the request is over.
-    async fn deliver(&self, task: &TaskRecord, slot: &EndpointSlot) -> Result<(), StoreError> {
+    /// `slot` is given back once the request is over. A delivery handed over
+    /// by its publish sends the message and payload the publish stored (an
+    /// expunge that lands in the moment between does not stop it, as it does
+    /// not stop a request under way); others read them back.
+    async fn deliver(
+        &self,
+        task: &TaskRecord,
+        hold: &Hold,
+        slot: &EndpointSlot,
+    ) -> Result<(), StoreError> {
         let store = &self.shared.store;
         let Some(ep) = store.get_endpoint(&task.app_id, &task.ep_id)? else {
             return store.drop_task(task, None); // endpoint or app deleted
         };
-        let Some(msg) = store.get_message(&task.app_id, &task.msg_id)? else {
-            return store.drop_task(task, None);
+        let handed = match hold {
+            Hold::Handed(message) => Some(message),
+            Hold::Lease(_) => None,
+        };
+        let read;
+        let msg = match handed {
+            Some(message) => &message.record,
+            None => match store.get_message(&task.app_id, &task.msg_id)? {
+                Some(m) => {
+                    read = m;
+                    &read
+                }
+                None => return store.drop_task(task, None),
+            },
         };
         if task.trigger == AttemptTrigger::Scheduled && task.attempt > 0 {
             // A manual resend may have delivered it since this retry was scheduled.
@@ -620,8 +642,12 @@ impl Lane {
         if ep.disabled || msg.expunged {
             return store.drop_task(task, Some(MessageStatus::Fail));
         }
-        let Some(payload) = store.payload(&msg.id)? else {
-            return store.drop_task(task, Some(MessageStatus::Fail));
+        let payload = match handed {
+            Some(message) => Bytes::from_owner(Arc::clone(&message.payload)),
+            None => match store.payload(&msg.id)? {
+                Some(p) => Bytes::from(p),
+                None => return store.drop_task(task, Some(MessageStatus::Fail)),
+            },
         };
 
         let now = now_ms();
@@ -664,7 +690,7 @@ impl Lane {
             .send(Request {
                 url: ep.url.as_str(),
                 headers: with_credentials.as_ref().unwrap_or(&headers),
-                body: payload.into(),
+                body: payload,
                 client_cert: ep.client_cert.as_ref(),
             })
             .await;
@@ -756,7 +782,7 @@ impl Lane {
             }
         }
         if !self.shared.ops.is_reserved(&task.app_id) {
-            self.attempt_events(&msg, &attempt, &recorded, gone).await?;
+            self.attempt_events(msg, &attempt, &recorded, gone).await?;
         }
         Ok(())
     }

@@ -3,7 +3,8 @@
 //! When the worker has room, a publish does not queue its deliveries (a
 //! `Q` entry that the worker would claim under a lease and remove a moment
 //! later: three writes and a round trip through the writer): it hands them
-//! over here, and the worker takes them from memory. Until its attempt is
+//! over here, with the message and its payload (`HandedMessage`), and the
+//! worker takes them from memory. Until its attempt is
 //! recorded, such a delivery has no status (`D`) either, one write fewer
 //! per delivery: its only durable trace is the endpoint's index entry
 //! (`d`), and readers of statuses show it as waiting while it is held
@@ -25,13 +26,23 @@
 //! recovery ran (`mark` unset), nor while no worker takes deliveries.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, TryAcquireError};
 
-use super::{Claim, TaskRecord};
+use super::{Claim, MessageRecord, TaskRecord};
 use crate::domain::{EndpointId, MessageId};
+
+/// The message of deliveries handed over, with its payload, as its publish
+/// stored them: the worker sends these rather than read them back.
+pub struct HandedMessage {
+    pub record: MessageRecord,
+    pub payload: Arc<[u8]>,
+}
+
+/// A delivery handed over, with its message.
+pub type Handed = (TaskRecord, Arc<HandedMessage>);
 
 /// Longest a publish waits for room before it queues its deliveries instead.
 const ROOM_WAIT: Duration = Duration::from_millis(100);
@@ -67,7 +78,7 @@ struct State {
     /// taken nothing since: publishes do not wait.
     stalled: bool,
     /// Handed over, not taken by the worker yet.
-    ready: VecDeque<TaskRecord>,
+    ready: VecDeque<Handed>,
     /// Places taken by publishes whose writes are not applied yet.
     reserved: usize,
     /// Every delivery held only in memory: from the reservation until it is
@@ -153,10 +164,11 @@ impl Handoff {
     }
 
     /// The writes of a reserved publish are applied: its tasks are ready.
-    pub(super) fn hand_over(&self, tasks: Vec<TaskRecord>) {
+    pub(super) fn hand_over(&self, tasks: Vec<TaskRecord>, message: Arc<HandedMessage>) {
         let mut s = self.lock();
         s.reserved -= tasks.len();
-        s.ready.extend(tasks);
+        s.ready
+            .extend(tasks.into_iter().map(|t| (t, Arc::clone(&message))));
     }
 
     /// A reserved publish failed: nothing of it is held.
@@ -178,23 +190,23 @@ impl Handoff {
         &self,
         limit: usize,
         decide: &mut impl FnMut(&TaskRecord) -> Claim,
-    ) -> (Vec<TaskRecord>, Vec<TaskRecord>) {
+    ) -> (Vec<Handed>, Vec<TaskRecord>) {
         let (mut taken, mut deferred) = (Vec::new(), Vec::new());
         let mut s = self.lock();
         let mut left = VecDeque::new();
-        while let Some(task) = s.ready.pop_front() {
+        while let Some(handed) = s.ready.pop_front() {
             if taken.len() == limit {
-                left.push_back(task);
+                left.push_back(handed);
                 break;
             }
-            match decide(&task) {
-                Claim::Take => taken.push(task),
-                Claim::Skip => left.push_back(task),
+            match decide(&handed.0) {
+                Claim::Take => taken.push(handed),
+                Claim::Skip => left.push_back(handed),
                 Claim::Stop => {
-                    left.push_back(task);
+                    left.push_back(handed);
                     break;
                 }
-                Claim::Defer(due_ms) => deferred.push(TaskRecord { due_ms, ..task }),
+                Claim::Defer(due_ms) => deferred.push(TaskRecord { due_ms, ..handed.0 }),
             }
         }
         left.append(&mut s.ready);
@@ -216,7 +228,12 @@ impl Handoff {
     /// The first `limit` deliveries waiting for the worker, in the order
     /// they were handed over.
     pub(super) fn waiting(&self, limit: usize) -> Vec<TaskRecord> {
-        self.lock().ready.iter().take(limit).cloned().collect()
+        self.lock()
+            .ready
+            .iter()
+            .take(limit)
+            .map(|(task, _)| task.clone())
+            .collect()
     }
 
     /// Every delivery held only in memory.
@@ -271,6 +288,23 @@ mod tests {
     use super::*;
     use crate::domain::{AppId, AttemptTrigger, TaskId};
 
+    fn message(msg: &MessageId) -> Arc<HandedMessage> {
+        Arc::new(HandedMessage {
+            record: MessageRecord {
+                id: msg.clone(),
+                app_id: AppId::new(1),
+                event_type: "test.event".into(),
+                event_id: None,
+                channels: Vec::new(),
+                tags: Vec::new(),
+                created_ms: msg.created_ms(),
+                expunged: false,
+                payload_retention_ms: None,
+            },
+            payload: Arc::from(&b"{}"[..]),
+        })
+    }
+
     fn tasks(msg: &MessageId, eps: &[EndpointId]) -> Vec<TaskRecord> {
         eps.iter()
             .map(|ep| TaskRecord {
@@ -297,9 +331,9 @@ mod tests {
         assert!(!h.reserve(&m1, &ep).await, "not while no worker takes them");
         h.open(8);
         assert!(h.reserve(&m1, &ep).await);
-        h.hand_over(tasks(&m1, &ep));
+        h.hand_over(tasks(&m1, &ep), message(&m1));
         assert!(h.reserve(&m2, &ep).await);
-        h.hand_over(tasks(&m2, &ep));
+        h.hand_over(tasks(&m2, &ep), message(&m2));
         assert_eq!(h.depth(), (2, 0));
 
         let t1 = h.lock().mark.as_ref().unwrap().1 + MARK_EVERY;
@@ -333,7 +367,7 @@ mod tests {
     /// stops.
     #[tokio::test(start_paused = true)]
     async fn a_publish_waits_for_room_until_the_worker_stalls() {
-        let h = std::sync::Arc::new(Handoff::default());
+        let h = Arc::new(Handoff::default());
         h.recovered(MessageId::lower_bound(0));
         h.open(1);
         let ep = vec![EndpointId::new(1)];
@@ -343,7 +377,7 @@ mod tests {
                 let msg = MessageId::new(at);
                 let held = h.reserve(&msg, &ep).await;
                 if held {
-                    h.hand_over(tasks(&msg, &ep));
+                    h.hand_over(tasks(&msg, &ep), message(&msg));
                 }
                 held
             })

@@ -37,6 +37,7 @@ use crate::domain::{
 };
 pub use backup::{BackupSummary, RestoreError};
 pub use commit::GroupCommit;
+pub use handoff::{Handed, HandedMessage};
 pub use maintenance::{Cadence, Reconciled, Retained};
 pub use records::*;
 pub use sealed::{DataKey, KeyError, Keyring, SealError};
@@ -786,11 +787,28 @@ impl Store {
         }
     }
 
+    /// One endpoint of `app`: from its app's endpoints in memory while they
+    /// are current (see `endpoints_of`; every delivery asks), else from the
+    /// tree.
     pub fn get_endpoint(
         &self,
         app: &AppId,
         id: &EndpointId,
     ) -> Result<Option<EndpointRecord>, StoreError> {
+        let written = self
+            .endpoints_written
+            .load(std::sync::atomic::Ordering::Acquire);
+        {
+            let cache = self.app_endpoints.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(eps) = cache.by_app.get(app)
+                && cache.written == written
+            {
+                return Ok(eps
+                    .binary_search_by(|ep| ep.id.cmp(id))
+                    .ok()
+                    .map(|i| eps[i].clone()));
+            }
+        }
         let key = keys::endpoint(app, id);
         match self.tree.get(&key)? {
             Some(v) => Ok(Some(self.open_endpoint(&key, &v)?)),
@@ -1078,12 +1096,18 @@ impl Store {
             _ => writes.push((keys::queue(due_ms, &TaskId::new(due_ms)), encode_fan(&fan))),
         }
         let handoff = Arc::clone(&self.handoff);
-        let held = handed.then(|| fan.tasks());
+        let held = handed.then(|| {
+            let message = HandedMessage {
+                record: msg.clone(),
+                payload: Arc::from(payload),
+            };
+            (fan.tasks(), Arc::new(message))
+        });
         let written = self
             .writer
             .write_durable(insert_each(writes), move || {
-                if let Some(tasks) = held {
-                    handoff.hand_over(tasks);
+                if let Some((tasks, message)) = held {
+                    handoff.hand_over(tasks, message);
                 }
                 applied();
             })
@@ -1557,15 +1581,15 @@ impl Store {
     }
 
     /// Takes up to `limit` deliveries handed over by publishes, as `decide`
-    /// says (as in `claim_due`). Returns those taken, each held in memory,
-    /// with no queue entry and no lease, until `handed_over_done`; and those
-    /// deferred, which the caller queues with `queue_deferred` (until then
-    /// they are held too).
+    /// says (as in `claim_due`). Returns those taken, each with its message
+    /// and held in memory, with no queue entry and no lease, until
+    /// `handed_over_done`; and those deferred, which the caller queues with
+    /// `queue_deferred` (until then they are held too).
     pub fn take_handed_over(
         &self,
         limit: usize,
         decide: &mut impl FnMut(&TaskRecord) -> Claim,
-    ) -> (Vec<TaskRecord>, Vec<TaskRecord>) {
+    ) -> (Vec<Handed>, Vec<TaskRecord>) {
         self.handoff.take(limit, decide)
     }
 

@@ -518,22 +518,40 @@ async fn delete_app_removes_its_data() {
     assert!(s.dest(&m.id, &ep.id).unwrap().is_none());
 }
 
-/// `endpoints_of` answers from memory between endpoint writes: every kind
-/// of write shows in its next answer.
+/// `endpoints_of`, and `get_endpoint` through it, answer from memory
+/// between endpoint writes: every kind of write shows in their next answer.
 #[test]
 fn endpoints_of_sees_every_endpoint_write_at_once() {
     let s = Store::temporary().unwrap();
     let a = app(None);
     s.create_app(&a).unwrap().unwrap();
+    let ep = endpoint(&a.id, &[]);
+    let second = EndpointRecord {
+        id: EndpointId::new(3),
+        ..endpoint(&a.id, &[])
+    };
+    // Each endpoint read on its own (before the list is read again, from
+    // the tree; after, from the list), then the list.
     let seen = |s: &Store| -> Vec<(EndpointId, bool)> {
-        s.endpoints_of(&a.id)
+        let one = |s: &Store| -> Vec<(EndpointId, bool)> {
+            [&ep.id, &second.id]
+                .into_iter()
+                .filter_map(|id| s.get_endpoint(&a.id, id).unwrap())
+                .map(|e| (e.id, e.disabled))
+                .collect()
+        };
+        let before = one(s);
+        let listed: Vec<_> = s
+            .endpoints_of(&a.id)
             .unwrap()
             .iter()
             .map(|e| (e.id.clone(), e.disabled))
-            .collect()
+            .collect();
+        assert_eq!(before, listed);
+        assert_eq!(one(s), listed);
+        listed
     };
     assert!(seen(&s).is_empty());
-    let ep = endpoint(&a.id, &[]);
     s.create_endpoint(&ep).unwrap().unwrap();
     assert_eq!(seen(&s), [(ep.id.clone(), false)]);
     let disabled = EndpointRecord {
@@ -549,10 +567,6 @@ fn endpoints_of_sees_every_endpoint_write_at_once() {
     };
     s.update_endpoint(&disabled, &enabled).unwrap().unwrap();
     assert_eq!(seen(&s), [(ep.id.clone(), false)]);
-    let second = EndpointRecord {
-        id: EndpointId::new(3),
-        ..endpoint(&a.id, &[])
-    };
     s.create_endpoint(&second).unwrap().unwrap();
     assert_eq!(
         seen(&s),
@@ -1472,6 +1486,7 @@ async fn deliveries_handed_over_and_not_recorded_are_queued_at_the_next_start() 
     let summary = s.queue_summary(10).unwrap();
     assert_eq!((summary.queued, summary.oldest_due_ms), (3, Some(now)));
     let (taken, _) = s.take_handed_over(2, &mut |_| Claim::Take);
+    let taken: Vec<TaskRecord> = taken.into_iter().map(|(t, _)| t).collect();
     assert_eq!(taken.len(), 2);
     assert_eq!(s.queue_depth(), (1, 2));
     s.record_attempt(&taken[0], &attempt(&taken[0], true, now), Next::Done)
@@ -1531,10 +1546,10 @@ async fn reconcile_leaves_a_handed_over_delivery_alone_until_it_is_let_go() {
     }
     assert_eq!(s.queue_depth(), (0, 1));
     // Recording it failed: it is queued, with a status, and let go.
-    s.requeue_handed_over(&taken[0], later).unwrap();
+    s.requeue_handed_over(&taken[0].0, later).unwrap();
     assert_eq!(s.queue_depth(), (1, 0));
     assert_eq!(s.next_due_ms().unwrap(), Some(later));
-    let d = s.dest(&taken[0].msg_id, &ep.id).unwrap().unwrap();
+    let d = s.dest(&taken[0].0.msg_id, &ep.id).unwrap().unwrap();
     assert_eq!(
         (d.status, d.next_attempt_ms),
         (MessageStatus::Pending, Some(later))
@@ -1612,7 +1627,7 @@ async fn a_handed_over_delivery_is_listed_waiting_until_it_has_a_status() {
 
     // Recorded, dropped, deferred: each with a status record.
     let (taken, _) = s.take_handed_over(2, &mut |_| Claim::Take);
-    let (to_record, to_drop) = (&taken[0], &taken[1]);
+    let (to_record, to_drop) = (&taken[0].0, &taken[1].0);
     s.record_attempt(to_record, &attempt(to_record, true, now), Next::Done)
         .await
         .unwrap();
