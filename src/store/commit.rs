@@ -19,6 +19,10 @@ pub(super) type Waiter = Box<dyn FnOnce(Result<(), Arc<std::io::Error>>) + Send>
 /// runs its `before_flush` work anyway.
 const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// A commit that takes longer than this is logged: every publish waiting on
+/// it waited that long for its `202`.
+const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The commit thread and the way to reach it. Dropping it stops the thread and
 /// waits for it, so that the thread's handle on the database is gone too.
 pub struct GroupCommit {
@@ -67,12 +71,23 @@ impl GroupCommit {
                     let mut batch = vec![first];
                     batch.extend(rx.try_iter());
                     before_flush();
-                    let result = db
-                        .flush()
-                        .map(|_| ())
-                        .map_err(std::io::Error::other)
+                    let started = std::time::Instant::now();
+                    let flushed = db.flush().map(|_| ()).map_err(std::io::Error::other);
+                    let flush_took = started.elapsed();
+                    let result = flushed
                         .and_then(|()| db_file.as_ref().map_or(Ok(()), File::sync_data))
                         .map_err(Arc::new);
+                    let took = started.elapsed();
+                    if took > SLOW_COMMIT {
+                        // flush: sled writing and syncing its log buffers;
+                        // sync: the fdatasync of the file after it.
+                        tracing::warn!(
+                            flush_ms = flush_took.as_millis() as u64,
+                            sync_ms = (took - flush_took).as_millis() as u64,
+                            waiters = batch.len(),
+                            "a group commit was slow"
+                        );
+                    }
                     if let Err(e) = &result {
                         tracing::error!(error = %e, waiters = batch.len(), "group commit failed");
                     }

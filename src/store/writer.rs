@@ -41,6 +41,10 @@ use super::{StoreError, Tree};
 /// flood of publishes cannot keep the first callers of a group waiting long.
 const MAX_GROUP: usize = 1024;
 
+/// A group that takes longer than this to run and apply is logged: every
+/// publish and attempt record in it waited that long.
+const SLOW_GROUP: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// What one job sees and writes: the database, the writes of the jobs before
 /// it in this group, and its own.
 pub(super) struct Overlay {
@@ -153,12 +157,24 @@ impl Writer {
             .name("webhookd-writer".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
+                    let started = std::time::Instant::now();
                     let mut overlay = Overlay::new(tree.clone());
                     let replies: Vec<Reply> = std::iter::once(first)
                         .chain(rx.try_iter().take(MAX_GROUP - 1))
                         .filter_map(|job| run_job(job, &mut overlay))
                         .collect();
+                    let (ran, writes) = (started.elapsed(), overlay.group_writes.len());
                     let applied = overlay.apply().map_err(Arc::new);
+                    let took = started.elapsed();
+                    if took > SLOW_GROUP {
+                        tracing::warn!(
+                            jobs = replies.len(),
+                            writes,
+                            run_ms = ran.as_millis() as u64,
+                            apply_ms = (took - ran).as_millis() as u64,
+                            "a group of writes was slow"
+                        );
+                    }
                     if let Err(e) = &applied {
                         tracing::error!(error = %e, jobs = replies.len(), "grouped write failed");
                     }
