@@ -795,19 +795,11 @@ impl Store {
         app: &AppId,
         id: &EndpointId,
     ) -> Result<Option<EndpointRecord>, StoreError> {
-        let written = self
-            .endpoints_written
-            .load(std::sync::atomic::Ordering::Acquire);
-        {
-            let cache = self.app_endpoints.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(eps) = cache.by_app.get(app)
-                && cache.written == written
-            {
-                return Ok(eps
-                    .binary_search_by(|ep| ep.id.cmp(id))
-                    .ok()
-                    .map(|i| eps[i].clone()));
-            }
+        if let (Some(eps), _) = self.kept_endpoints(app) {
+            return Ok(eps
+                .binary_search_by(|ep| ep.id.cmp(id))
+                .ok()
+                .map(|i| eps[i].clone()));
         }
         let key = keys::endpoint(app, id);
         match self.tree.get(&key)? {
@@ -819,18 +811,9 @@ impl Store {
     /// Every endpoint of `app`, in ID order. Read from the tree only when an
     /// endpoint record was written since the last read (see `AppEndpoints`).
     pub fn endpoints_of(&self, app: &AppId) -> Result<Arc<Vec<EndpointRecord>>, StoreError> {
-        use std::sync::atomic::Ordering;
-        // Read before the tree: a write that lands during the read below
-        // moves the count on, and what it read is not used again.
-        let written = self.endpoints_written.load(Ordering::Acquire);
-        let lock = || self.app_endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        {
-            let cache = lock();
-            if let Some(eps) = cache.by_app.get(app)
-                && cache.written == written
-            {
-                return Ok(Arc::clone(eps));
-            }
+        let (kept, written) = self.kept_endpoints(app);
+        if let Some(eps) = kept {
+            return Ok(eps);
         }
         let eps: Arc<Vec<EndpointRecord>> = Arc::new(
             self.tree
@@ -841,7 +824,7 @@ impl Store {
                 })
                 .collect::<Result<_, _>>()?,
         );
-        let mut cache = lock();
+        let mut cache = self.app_endpoints.lock().unwrap_or_else(|p| p.into_inner());
         if cache.written < written {
             cache.clear();
             cache.written = written;
@@ -856,6 +839,23 @@ impl Store {
             }
         }
         Ok(eps)
+    }
+
+    /// `app`'s endpoints as kept in memory, if no endpoint record was written
+    /// since they were read; and the count of endpoint writes, read first: a
+    /// list read from the tree after this call is kept only if no write
+    /// lands during that read (it moves the count on).
+    fn kept_endpoints(&self, app: &AppId) -> (Option<Arc<Vec<EndpointRecord>>>, u64) {
+        let written = self
+            .endpoints_written
+            .load(std::sync::atomic::Ordering::Acquire);
+        let cache = self.app_endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let kept = cache
+            .by_app
+            .get(app)
+            .filter(|_| cache.written == written)
+            .map(Arc::clone);
+        (kept, written)
     }
 
     /// Call after every write of an endpoint record, once it is in the tree:
