@@ -27,14 +27,16 @@ pub mod ns {
     pub const PAYLOAD: u8 = b'P';
     /// app_id eventId → msg_id
     pub const EVENT_ID: u8 = b'I';
-    /// msg_id ep_id → DestRecord (delivery status of a message to one endpoint)
+    /// msg_id ep_id → DestRecord (delivery status of a message to one
+    /// endpoint), then, for most, the AttemptRecord of its first attempt
     pub const DEST: u8 = b'D';
     /// ep_id msg_id → () (the messages sent to an endpoint)
     pub const ENDPOINT_MSG: u8 = b'd';
     /// att_id → AttemptRecord, in stores written before attempts were kept
     /// under their message: read and deleted, never written.
     pub const ATTEMPT: u8 = b'R';
-    /// msg_id att_id → AttemptRecord (empty: the record is under `ATTEMPT`)
+    /// msg_id att_id → AttemptRecord (empty: the record is under `ATTEMPT`);
+    /// the first attempt of a delivery handed over is in its `DEST` value
     pub const ATTEMPT_BY_MSG: u8 = b'r';
     /// ep_id att_id → msg_id (empty: the record is under `ATTEMPT`)
     pub const ATTEMPT_BY_EP: u8 = b's';

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use super::{
     AttemptRecord, Counts, DestRecord, JobRecord, MessageRecord, SilenceAlert, Store, StoreError,
-    TaskRecord, decode, encode, keys, set_failed_index,
+    TaskRecord, decode, decode_dest, encode, first_attempt, keys, set_failed_index,
 };
 use crate::domain::{
     AppId, AttemptId, AttemptTrigger, EndpointId, MessageId, MessageStatus, TaskId,
@@ -530,9 +530,10 @@ impl Store {
     }
 
     /// Deletes attempt records older than `max_age_ms`. They are kept under
-    /// their messages, and no attempt is older than its message, so only the
-    /// attempts of messages older than that are looked at (and the records a
-    /// store written before attempts moved there keeps by attempt ID).
+    /// their messages (the first attempt of most deliveries in its status),
+    /// and no attempt is older than its message, so only the attempts of
+    /// messages older than that are looked at (and the records a store
+    /// written before attempts moved there keeps by attempt ID).
     pub fn delete_old_attempts(
         &self,
         now_ms: i64,
@@ -568,6 +569,29 @@ impl Store {
             }
             self.tree.apply_batch(batch)?;
         }
+        // First attempts kept in the statuses of those messages.
+        let end = keys::dests_of(&MessageId::lower_bound(cutoff));
+        for e in self.tree.range(vec![keys::ns::DEST]..end) {
+            let (k, v) = e?;
+            let Some(a) = first_attempt(&decode_dest(&k, &v)?)? else {
+                continue;
+            };
+            if a.id.created_ms() >= cutoff {
+                continue;
+            }
+            let freed = self.change_first_attempt(&k, v, |first| match first {
+                Some(f) if f.id == a.id => {
+                    *first = None;
+                    encode(&a).len() as u64
+                }
+                _ => 0,
+            })?;
+            if freed > 0 {
+                self.tree.remove(keys::attempt_by_ep(&a.ep_id, &a.id))?;
+                r.bytes_freed += freed;
+                r.attempts_deleted += 1;
+            }
+        }
         Ok(r)
     }
 
@@ -594,7 +618,7 @@ impl Store {
                 .scan_prefix(keys::dests_of(&id))
                 .map(|e| {
                     e.map_err(StoreError::from)
-                        .and_then(|(k, v)| decode(&k, &v))
+                        .and_then(|(k, v)| decode_dest(&k, &v))
                 })
                 .collect::<Result<_, _>>()?;
             if dests.iter().any(|d| d.status != MessageStatus::Success) {
@@ -626,6 +650,9 @@ impl Store {
         for d in dests {
             for k in keys::dest_and_indexes(&msg.id, &d.ep_id) {
                 remove(&mut batch, k)?;
+            }
+            if let Some(a) = first_attempt(d)? {
+                remove(&mut batch, keys::attempt_by_ep(&a.ep_id, &a.id))?;
             }
         }
         let attempts: Vec<(sled::IVec, sled::IVec)> = self

@@ -25,6 +25,7 @@ mod tokens;
 mod views;
 mod writer;
 
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
@@ -373,6 +374,35 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError
     })
 }
 
+/// A delivery status as stored under `keys::dest`: the record, followed by
+/// the delivery's first attempt when it was recorded with the status (see
+/// `stage_attempt`).
+fn dest_value(dest: &DestRecord) -> Vec<u8> {
+    let mut v = encode(dest);
+    if let Some(attempt) = &dest.first_attempt {
+        v.extend_from_slice(attempt);
+    }
+    v
+}
+
+fn decode_dest(key: &[u8], bytes: &[u8]) -> Result<DestRecord, StoreError> {
+    let (mut dest, rest): (DestRecord, _) =
+        postcard::take_from_bytes(bytes).map_err(|source| StoreError::Decode {
+            key: String::from_utf8_lossy(key).into_owned(),
+            source,
+        })?;
+    dest.first_attempt = (!rest.is_empty()).then(|| Arc::from(rest));
+    Ok(dest)
+}
+
+/// The first attempt a status holds, if any.
+fn first_attempt(dest: &DestRecord) -> Result<Option<AttemptRecord>, StoreError> {
+    match &dest.first_attempt {
+        Some(bytes) => decode(&keys::dest(&dest.msg_id, &dest.ep_id), bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
 impl Store {
     /// Opens (or creates) the database under `dir`.
     /// Records sealed with an older key of `keys` are sealed again with its
@@ -672,7 +702,7 @@ impl Store {
             batch.remove(keys::app_uid(uid));
         }
         for ep in self.endpoints_of(&app.id)?.iter() {
-            self.delete_endpoint_into(&mut batch, ep)?;
+            self.delete_endpoint_into(&mut batch, ep, false)?;
         }
         self.delete_tokens_into(&mut batch, &app.id)?;
         let msgs_prefix = keys::messages_of(&app.id);
@@ -963,10 +993,13 @@ impl Store {
         Ok(n)
     }
 
+    /// Stages the removal of an endpoint with its statuses; the first
+    /// attempts kept in them move under their messages if `keep_attempts`.
     fn delete_endpoint_into(
         &self,
         batch: &mut sled::Batch,
         ep: &EndpointRecord,
+        keep_attempts: bool,
     ) -> Result<(), StoreError> {
         batch.remove(keys::endpoint(&ep.app_id, &ep.id));
         if let Some(uid) = &ep.uid {
@@ -977,7 +1010,14 @@ impl Store {
             if let Some(msg) =
                 MessageId::parse(&String::from_utf8_lossy(&k[1 + ep.id.as_str().len()..]))
             {
-                batch.remove(keys::dest(&msg, &ep.id));
+                let dest_key = keys::dest(&msg, &ep.id);
+                if keep_attempts
+                    && let Some(d) = self.dest(&msg, &ep.id)?
+                    && let Some(a) = first_attempt(&d)?
+                {
+                    batch.insert(keys::attempt_by_msg(&msg, &a.id), encode(&a));
+                }
+                batch.remove(dest_key);
             }
             batch.remove(k);
         }
@@ -991,7 +1031,7 @@ impl Store {
     /// their messages; queued deliveries to it are dropped when they come due.
     pub fn delete_endpoint(&self, ep: &EndpointRecord) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        self.delete_endpoint_into(&mut batch, ep)?;
+        self.delete_endpoint_into(&mut batch, ep, true)?;
         self.tree.apply_batch(batch)?;
         self.endpoints_changed();
         Ok(())
@@ -1074,7 +1114,7 @@ impl Store {
                     msg.app_id.clone(),
                     Some(due_ms),
                 );
-                writes.push((keys::dest(&msg.id, &ep.id), encode(&dest)));
+                writes.push((keys::dest(&msg.id, &ep.id), dest_value(&dest)));
             }
             writes.push((keys::endpoint_msg(&ep.id, &msg.id), Vec::new()));
         }
@@ -1216,13 +1256,56 @@ impl Store {
             }
         }
         self.tree.apply_batch(batch)?;
+        for entry in self.tree.scan_prefix(keys::dests_of(&msg.id)) {
+            let (k, v) = entry?;
+            freed += self.change_first_attempt(&k, v, |a| match a {
+                Some(a) => std::mem::take(&mut a.response_body).len() as u64,
+                None => 0,
+            })?;
+        }
         Ok(freed)
+    }
+
+    /// Changes the first attempt kept in the status at `key` (read as
+    /// `value`) with `change`, which returns the bytes it freed (0: nothing
+    /// to change). The status is swapped only if it is still `value`, else
+    /// read again and changed anew: a status can change meanwhile (an
+    /// attempt recorded, a resend queued). Returns the bytes freed.
+    fn change_first_attempt(
+        &self,
+        key: &[u8],
+        mut value: sled::IVec,
+        change: impl Fn(&mut Option<AttemptRecord>) -> u64,
+    ) -> Result<u64, StoreError> {
+        loop {
+            let mut dest = decode_dest(key, &value)?;
+            let mut attempt = first_attempt(&dest)?;
+            let freed = change(&mut attempt);
+            if freed == 0 {
+                return Ok(0);
+            }
+            dest.first_attempt = attempt.map(|a| Arc::from(encode(&a)));
+            match self
+                .tree
+                .compare_and_swap(key, Some(&value), Some(dest_value(&dest)))?
+            {
+                Ok(()) => return Ok(freed),
+                Err(e) => match e.current {
+                    Some(current) => value = current,
+                    None => return Ok(0),
+                },
+            }
+        }
     }
 
     // ----- delivery statuses ------------------------------------------
 
     pub fn dest(&self, msg: &MessageId, ep: &EndpointId) -> Result<Option<DestRecord>, StoreError> {
-        self.get(&keys::dest(msg, ep))
+        let key = keys::dest(msg, ep);
+        match self.tree.get(&key)? {
+            Some(v) => decode_dest(&key, &v).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The endpoints a message was sent to, with its status at each. A
@@ -1237,33 +1320,18 @@ impl Store {
         // Held first: one recorded since has its status by the scan below.
         let held = self.handoff.held_of(&msg.id);
         if held.is_empty() {
-            return self.page(&prefix, req, |k, v| Ok(Some(decode(k, v)?)));
+            return self.page(&prefix, req, |k, v| Ok(Some(decode_dest(k, v)?)));
         }
-        let mut all = std::collections::BTreeMap::new();
+        let mut all = BTreeMap::new();
         for ep in held {
             let status = handed_over_status(&msg.id, msg.app_id.clone(), ep.clone());
             all.insert(keys::dest(&msg.id, &ep), status);
         }
         for entry in self.tree.scan_prefix(&prefix) {
             let (k, v) = entry?;
-            all.insert(k.to_vec(), decode(&k, &v)?);
+            all.insert(k.to_vec(), decode_dest(&k, &v)?);
         }
-        let bounds = page_bounds(&prefix, req);
-        let mut items: Vec<DestRecord> = all
-            .into_iter()
-            .filter(|(k, _)| std::ops::RangeBounds::contains(&bounds, k))
-            .map(|(_, d)| d)
-            .collect();
-        if req.order == Order::Descending {
-            items.reverse();
-        }
-        let done = items.len() <= req.limit;
-        items.truncate(req.limit);
-        Ok(Page {
-            items,
-            done,
-            resume: None,
-        })
+        Ok(page_of(&prefix, all, req, |_| true))
     }
 
     /// Messages sent to an endpoint (newest first by default), with their
@@ -1309,8 +1377,41 @@ impl Store {
         let key = keys::attempt_by_msg(msg, id);
         match self.tree.get(&key)? {
             Some(v) => self.attempt_at(&key, &v),
-            None => Ok(None),
+            None => Ok(self
+                .first_attempts_of(msg)?
+                .into_iter()
+                .find(|a| &a.id == id)),
         }
+    }
+
+    /// An attempt of a message to an endpoint: under the message, or the
+    /// first one, in its status.
+    fn attempt_to(
+        &self,
+        msg: &MessageId,
+        ep: &EndpointId,
+        id: &AttemptId,
+    ) -> Result<Option<AttemptRecord>, StoreError> {
+        let key = keys::attempt_by_msg(msg, id);
+        if let Some(v) = self.tree.get(&key)? {
+            return self.attempt_at(&key, &v);
+        }
+        Ok(match self.dest(msg, ep)? {
+            Some(d) => first_attempt(&d)?.filter(|a| &a.id == id),
+            None => None,
+        })
+    }
+
+    /// The first attempts of a message's deliveries kept in their statuses.
+    fn first_attempts_of(&self, msg: &MessageId) -> Result<Vec<AttemptRecord>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.tree.scan_prefix(keys::dests_of(msg)) {
+            let (k, v) = entry?;
+            if let Some(a) = first_attempt(&decode_dest(&k, &v)?)? {
+                out.push(a);
+            }
+        }
+        Ok(out)
     }
 
     /// The attempt of an entry under a message's attempts (`key`, `value`).
@@ -1328,10 +1429,24 @@ impl Store {
         mut keep: impl FnMut(&AttemptRecord) -> bool,
     ) -> Result<Page<AttemptRecord>, StoreError> {
         let prefix = keys::attempts_of_msg(msg);
-        self.page(&prefix, req, |id, v| {
-            let key = [&prefix[..], id].concat();
-            Ok(self.attempt_at(&key, v)?.filter(|a| keep(a)))
-        })
+        let firsts = self.first_attempts_of(msg)?;
+        if firsts.is_empty() {
+            return self.page(&prefix, req, |id, v| {
+                let key = [&prefix[..], id].concat();
+                Ok(self.attempt_at(&key, v)?.filter(|a| keep(a)))
+            });
+        }
+        let mut all = BTreeMap::new();
+        for a in firsts {
+            all.insert(keys::attempt_by_msg(msg, &a.id), a);
+        }
+        for entry in self.tree.scan_prefix(&prefix) {
+            let (k, v) = entry?;
+            if let Some(a) = self.attempt_at(&k, &v)? {
+                all.insert(k.to_vec(), a);
+            }
+        }
+        Ok(page_of(&prefix, all, req, keep))
     }
 
     pub fn attempts_of_ep(
@@ -1348,7 +1463,7 @@ impl Store {
                 self.get(&keys::legacy_attempt(&id))?
             } else {
                 match MessageId::parse(&String::from_utf8_lossy(msg)) {
-                    Some(msg) => self.get_attempt(&msg, &id)?,
+                    Some(msg) => self.attempt_to(&msg, ep, &id)?,
                     None => None,
                 }
             };
@@ -1370,7 +1485,7 @@ impl Store {
                 };
             }
             dest.next_attempt_ms = Some(task.due_ms);
-            batch.insert(keys::dest(&task.msg_id, &task.ep_id), encode(&dest));
+            batch.insert(keys::dest(&task.msg_id, &task.ep_id), dest_value(&dest));
         } else {
             let dest = DestRecord::new(
                 task.msg_id.clone(),
@@ -1378,7 +1493,7 @@ impl Store {
                 task.app_id.clone(),
                 Some(task.due_ms),
             );
-            batch.insert(keys::dest(&task.msg_id, &task.ep_id), encode(&dest));
+            batch.insert(keys::dest(&task.msg_id, &task.ep_id), dest_value(&dest));
             batch.insert(keys::endpoint_msg(&task.ep_id, &task.msg_id), &[]);
         }
         batch.remove(keys::failed(&task.msg_id, &task.ep_id));
@@ -1610,7 +1725,7 @@ impl Store {
                 t.app_id.clone(),
                 Some(t.due_ms),
             );
-            entries.push((keys::dest(&t.msg_id, &t.ep_id), encode(&dest)));
+            entries.push((keys::dest(&t.msg_id, &t.ep_id), dest_value(&dest)));
             entries.push((keys::queue(t.due_ms, &t.id), encode(t)));
         }
         self.writer.write(insert_each(entries)).await?;
@@ -1729,7 +1844,7 @@ impl Store {
         dest.status = status;
         dest.next_attempt_ms = None;
         let mut batch = sled::Batch::default();
-        batch.insert(keys::dest(&task.msg_id, &task.ep_id), encode(&dest));
+        batch.insert(keys::dest(&task.msg_id, &task.ep_id), dest_value(&dest));
         set_failed_index(&mut batch, &dest);
         self.tree.apply_batch(batch)?;
         Ok(())
@@ -1844,28 +1959,38 @@ fn stage_attempt(
 ) -> Result<Recorded, StoreError> {
     let dest_key = keys::dest(&task.msg_id, &task.ep_id);
     let before: Option<DestRecord> = match o.get(&dest_key)? {
-        Some(v) => Some(decode(&dest_key, &v)?),
+        Some(v) => Some(decode_dest(&dest_key, &v)?),
         None => None,
     };
     let clock = keys::failing_since(&task.ep_id);
     let clock_set = o.contains_key(&clock)?;
 
-    o.insert(
-        keys::attempt_by_msg(&task.msg_id, &attempt.id),
-        encode(attempt),
-    );
+    // Without a status before, the delivery was handed over by its publish,
+    // which wrote its index entry; its first attempt is kept in the status
+    // it gets now (one key fewer for most deliveries), later ones under
+    // the message.
+    let mut dest = match &before {
+        Some(before) => {
+            o.insert(
+                keys::attempt_by_msg(&task.msg_id, &attempt.id),
+                encode(attempt),
+            );
+            before.clone()
+        }
+        None => DestRecord {
+            first_attempt: Some(Arc::from(encode(attempt))),
+            ..DestRecord::new(
+                task.msg_id.clone(),
+                task.ep_id.clone(),
+                task.app_id.clone(),
+                None,
+            )
+        },
+    };
     o.insert(
         keys::attempt_by_ep(&task.ep_id, &attempt.id),
         task.msg_id.as_str().as_bytes(),
     );
-    let mut dest = before.clone().unwrap_or_else(|| {
-        DestRecord::new(
-            task.msg_id.clone(),
-            task.ep_id.clone(),
-            task.app_id.clone(),
-            None,
-        )
-    });
     dest.attempts += 1;
     if attempt.status == MessageStatus::Success {
         dest.failures_in_row = 0;
@@ -1896,9 +2021,7 @@ fn stage_attempt(
             dest.next_attempt_ms = None;
         }
     }
-    // Without a status before, the delivery was handed over by its publish,
-    // which wrote its index entry.
-    o.insert(dest_key, encode(&dest));
+    o.insert(dest_key, dest_value(&dest));
     // Index writes only where something changed: most attempts succeed first time.
     let was_failed = before.as_ref().map(|b| b.status) == Some(MessageStatus::Fail);
     if was_failed != (dest.status == MessageStatus::Fail) {
@@ -2050,6 +2173,49 @@ fn set_failed_index(batch: &mut impl Stage, dest: &DestRecord) {
         batch.put(key, &[]);
     } else {
         batch.del(key);
+    }
+}
+
+/// A page of `all` (whole keys under `prefix`, with their items), read as
+/// `Store::page` reads one from the tree.
+fn page_of<T>(
+    prefix: &[u8],
+    all: BTreeMap<Vec<u8>, T>,
+    req: &PageReq,
+    mut keep: impl FnMut(&T) -> bool,
+) -> Page<T> {
+    let bounds = page_bounds(prefix, req);
+    let mut entries: Vec<(Vec<u8>, T)> = all
+        .into_iter()
+        .filter(|(k, _)| std::ops::RangeBounds::contains(&bounds, k))
+        .collect();
+    if req.order == Order::Descending {
+        entries.reverse();
+    }
+    let mut items = Vec::with_capacity(req.limit.min(entries.len()));
+    for (scanned, (k, item)) in entries.into_iter().enumerate() {
+        if req.scan_limit.is_some_and(|n| scanned >= n) {
+            return Page {
+                items,
+                done: false,
+                resume: Some(String::from_utf8_lossy(&k[prefix.len()..]).into_owned()),
+            };
+        }
+        if keep(&item) {
+            if items.len() == req.limit {
+                return Page {
+                    items,
+                    done: false,
+                    resume: None,
+                };
+            }
+            items.push(item);
+        }
+    }
+    Page {
+        items,
+        done: true,
+        resume: None,
     }
 }
 

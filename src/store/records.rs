@@ -4,6 +4,7 @@
 //! a version byte), never an edit in place.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -118,6 +119,11 @@ pub struct DestRecord {
     pub last_status_code: Option<u16>,
     /// Failed attempts since the last success.
     pub failures_in_row: u32,
+    /// The delivery's first attempt, encoded, when it was recorded together
+    /// with this status instead of under its message (`keys::ns::DEST`).
+    /// Stored after the record, not as part of its encoding.
+    #[serde(skip)]
+    pub first_attempt: Option<Arc<[u8]>>,
 }
 
 impl DestRecord {
@@ -138,6 +144,7 @@ impl DestRecord {
             last_attempt_ms: None,
             last_status_code: None,
             failures_in_row: 0,
+            first_attempt: None,
         }
     }
 }

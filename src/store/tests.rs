@@ -1726,3 +1726,142 @@ async fn a_long_reconcile_sweep_calls_back_between_chunks() {
     assert_eq!(r.requeued, 0, "every delivery is queued");
     assert!(r.cursor.is_none());
 }
+
+/// The first attempt of a delivery handed over is kept in its status, not
+/// under a key of its own: it is listed, read, expunged and deleted like
+/// the attempts under its message, survives every rewrite of the status,
+/// and moves under its message when its endpoint is deleted.
+#[tokio::test]
+async fn a_first_attempt_kept_in_its_status_is_read_and_deleted_like_any_other() {
+    let key = DataKey::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let (s, a, ep) = on_disk_with_handoff(dir.path(), &key);
+    let ep2 = endpoint(&a.id, &[]);
+    s.create_endpoint(&ep2).unwrap().unwrap();
+    let now = crate::domain::now_ms();
+    let m = message(&a.id, now, None);
+    s.publish(&m, b"{}", &[&ep, &ep2], now, || {})
+        .await
+        .unwrap();
+    let (taken, _) = s.take_handed_over(2, &mut |_| Claim::Take);
+    let mut firsts = BTreeMap::new();
+    for (i, (t, _)) in taken.iter().enumerate() {
+        let a = attempt(t, true, now + i as i64);
+        s.record_attempt(t, &a, Next::Done).await.unwrap();
+        s.handed_over_done(t);
+        firsts.insert(t.ep_id.clone(), a);
+    }
+    let under_msg = |s: &Store| s.tree.scan_prefix(keys::attempts_of_msg(&m.id)).count();
+    assert_eq!(under_msg(&s), 0, "no key of their own");
+    let ids =
+        |p: Page<AttemptRecord>| -> Vec<AttemptId> { p.items.into_iter().map(|a| a.id).collect() };
+    let ascending = PageReq {
+        order: Order::Ascending,
+        ..PageReq::first(10)
+    };
+    let of_msg = |s: &Store| ids(s.attempts_of_msg(&m.id, &ascending, |_| true).unwrap());
+    let (a1, a2) = (&firsts[&ep.id], &firsts[&ep2.id]);
+    let mut both = vec![a1.id.clone(), a2.id.clone()];
+    both.sort();
+    assert_eq!(of_msg(&s), both);
+    let one = PageReq {
+        limit: 1,
+        ..ascending.clone()
+    };
+    let page = s.attempts_of_msg(&m.id, &one, |_| true).unwrap();
+    assert!(!page.done, "paged like the records under the message");
+    let rest = PageReq {
+        cursor: Some(page.items[0].id.to_string()),
+        ..ascending.clone()
+    };
+    assert_eq!(
+        ids(s.attempts_of_msg(&m.id, &rest, |_| true).unwrap()),
+        both[1..]
+    );
+    assert_eq!(s.get_attempt(&m.id, &a1.id).unwrap().unwrap().ep_id, ep.id);
+    assert_eq!(
+        ids(s.attempts_of_ep(&ep.id, &ascending, |_| true).unwrap()),
+        std::slice::from_ref(&a1.id)
+    );
+
+    // A resend rewrites the status and adds an attempt under the message.
+    s.queue_manual(&a.id, &m.id, &ep.id, now + 10).unwrap();
+    let t = s
+        .claim_due(now + 10, 100, 10, 100, |_| Claim::Take)
+        .await
+        .unwrap()
+        .remove(0);
+    let a3 = attempt(&t, true, now + 20);
+    s.record_attempt(&t, &a3, Next::Done).await.unwrap();
+    assert_eq!(under_msg(&s), 1);
+    let mut all = vec![a3.id.clone()];
+    all.extend(both.iter().cloned());
+    all.sort();
+    assert_eq!(of_msg(&s), all);
+    assert_eq!(
+        ids(s.attempts_of_ep(&ep.id, &ascending, |_| true).unwrap()),
+        [a1.id.clone(), a3.id.clone()]
+    );
+    assert_eq!(s.dest(&m.id, &ep.id).unwrap().unwrap().attempts, 2);
+
+    // Expunged: every response body goes, the statuses stay.
+    let freed = s.expunge_content(&m).unwrap();
+    assert_eq!(freed, 3 * b"ok".len() as u64);
+    let bodies: Vec<usize> = s
+        .attempts_of_msg(&m.id, &ascending, |_| true)
+        .unwrap()
+        .items
+        .iter()
+        .map(|a| a.response_body.len())
+        .collect();
+    assert_eq!(bodies, [0, 0, 0]);
+    assert_eq!(
+        s.dest(&m.id, &ep.id).unwrap().unwrap().status,
+        MessageStatus::Success
+    );
+
+    // An endpoint deleted: its first attempt stays listed under the message.
+    s.delete_endpoint(&ep2).unwrap();
+    assert!(s.dest(&m.id, &ep2.id).unwrap().is_none());
+    assert_eq!(of_msg(&s), all);
+    assert_eq!(under_msg(&s), 2);
+
+    // Retention deletes them all, with their endpoint index.
+    let r = s.delete_old_attempts(now + 100_000, 1_000).unwrap();
+    assert_eq!(r.attempts_deleted, 3);
+    assert!(of_msg(&s).is_empty());
+    assert!(
+        s.tree
+            .scan_prefix(keys::attempts_of_ep(&ep.id))
+            .next()
+            .is_none()
+    );
+    let d = s.dest(&m.id, &ep.id).unwrap().unwrap();
+    assert_eq!((d.status, d.attempts), (MessageStatus::Success, 2));
+
+    // A message deleted takes the first attempts in its statuses with it.
+    let m2 = message(&a.id, now + 1, None);
+    s.publish(&m2, b"{}", &[&ep], now, || {}).await.unwrap();
+    let (taken, _) = s.take_handed_over(1, &mut |_| Claim::Take);
+    let t = &taken[0].0;
+    s.record_attempt(t, &attempt(t, true, now + 30), Next::Done)
+        .await
+        .unwrap();
+    s.handed_over_done(t);
+    assert_eq!(
+        s.attempts_of_ep(&ep.id, &ascending, |_| true)
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    let r = s.drop_oldest_delivered(u64::MAX).unwrap();
+    assert_eq!(r.messages_deleted, 2);
+    assert!(
+        s.tree
+            .scan_prefix(keys::attempts_of_ep(&ep.id))
+            .next()
+            .is_none()
+    );
+    assert!(s.tree.scan_prefix(keys::dests_of(&m2.id)).next().is_none());
+}
