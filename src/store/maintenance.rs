@@ -6,7 +6,8 @@ use std::collections::HashSet;
 
 use super::{
     AttemptRecord, Counts, DestRecord, JobRecord, MessageRecord, SilenceAlert, Store, StoreError,
-    TaskRecord, decode, decode_dest, encode, first_attempt, keys, set_failed_index,
+    TaskRecord, change_first_attempt, decode, decode_dest, encode, first_attempt, keys,
+    set_failed_index,
 };
 use crate::domain::{
     AppId, AttemptId, AttemptTrigger, EndpointId, MessageId, MessageStatus, TaskId,
@@ -569,28 +570,41 @@ impl Store {
             }
             self.tree.apply_batch(batch)?;
         }
-        // First attempts kept in the statuses of those messages.
+        // First attempts kept in the statuses of those messages, removed on
+        // the writer thread (see `change_first_attempt`).
         let end = keys::dests_of(&MessageId::lower_bound(cutoff));
+        let mut kept: Vec<(Vec<u8>, AttemptRecord)> = Vec::new();
         for e in self.tree.range(vec![keys::ns::DEST]..end) {
             let (k, v) = e?;
-            let Some(a) = first_attempt(&decode_dest(&k, &v)?)? else {
-                continue;
-            };
-            if a.id.created_ms() >= cutoff {
-                continue;
+            if let Some(a) = first_attempt(&decode_dest(&k, &v)?)?
+                && a.id.created_ms() < cutoff
+            {
+                kept.push((k.to_vec(), a));
             }
-            let freed = self.change_first_attempt(&k, v, |first| match first {
-                Some(f) if f.id == a.id => {
-                    *first = None;
-                    encode(&a).len() as u64
+        }
+        let mut kept = kept.into_iter().peekable();
+        while kept.peek().is_some() {
+            let chunk: Vec<_> = kept.by_ref().take(1000).collect();
+            let (deleted, freed) = self.writer.write_blocking(move |o| {
+                let (mut deleted, mut freed) = (0, 0);
+                for (key, a) in chunk {
+                    let n = change_first_attempt(o, &key, |first| match first {
+                        Some(f) if f.id == a.id => {
+                            *first = None;
+                            encode(&a).len() as u64
+                        }
+                        _ => 0,
+                    })?;
+                    if n > 0 {
+                        o.remove(keys::attempt_by_ep(&a.ep_id, &a.id));
+                        deleted += 1;
+                        freed += n;
+                    }
                 }
-                _ => 0,
+                Ok((deleted, freed))
             })?;
-            if freed > 0 {
-                self.tree.remove(keys::attempt_by_ep(&a.ep_id, &a.id))?;
-                r.bytes_freed += freed;
-                r.attempts_deleted += 1;
-            }
+            r.attempts_deleted += deleted;
+            r.bytes_freed += freed;
         }
         Ok(r)
     }

@@ -395,6 +395,28 @@ fn decode_dest(key: &[u8], bytes: &[u8]) -> Result<DestRecord, StoreError> {
     Ok(dest)
 }
 
+/// Changes the first attempt kept in the status at `key` with `change`,
+/// which returns the bytes it freed (0: nothing to change, nothing written).
+/// On the writer thread, so that no attempt recorded meanwhile writes back
+/// the status as it was. Returns the bytes freed.
+fn change_first_attempt(
+    o: &mut writer::Overlay,
+    key: &[u8],
+    change: impl FnOnce(&mut Option<AttemptRecord>) -> u64,
+) -> Result<u64, StoreError> {
+    let Some(value) = o.get(key)? else {
+        return Ok(0);
+    };
+    let mut dest = decode_dest(key, &value)?;
+    let mut attempt = first_attempt(&dest)?;
+    let freed = change(&mut attempt);
+    if freed > 0 {
+        dest.first_attempt = attempt.map(|a| Arc::from(encode(&a)));
+        o.insert(key.to_vec(), dest_value(&dest));
+    }
+    Ok(freed)
+}
+
 /// The first attempt a status holds, if any.
 fn first_attempt(dest: &DestRecord) -> Result<Option<AttemptRecord>, StoreError> {
     match &dest.first_attempt {
@@ -1231,6 +1253,27 @@ impl Store {
     /// Removes a message's payload and the response bodies its attempts recorded;
     /// keeps the metadata. Returns the bytes removed from the attempts.
     pub fn expunge_content(&self, msg: &MessageRecord) -> Result<u64, StoreError> {
+        // The first attempts kept in statuses change on the writer thread, in
+        // turn with the attempts it records (a status it rewrites then keeps
+        // the attempt as expunged, not as it was read before), and before
+        // the message is marked expunged, which makes a retry drop its
+        // delivery (`drop_task` rewrites the status it reads).
+        let statuses = self
+            .tree
+            .scan_prefix(keys::dests_of(&msg.id))
+            .keys()
+            .map(|k| k.map(|k| k.to_vec()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut freed = self.writer.write_blocking(move |o| {
+            let mut freed = 0;
+            for key in statuses {
+                freed += change_first_attempt(o, &key, |a| match a {
+                    Some(a) => std::mem::take(&mut a.response_body).len() as u64,
+                    None => 0,
+                })?;
+            }
+            Ok(freed)
+        })?;
         let mut updated = msg.clone();
         updated.expunged = true;
         let mut batch = sled::Batch::default();
@@ -1242,7 +1285,6 @@ impl Store {
             );
         }
         batch.remove(keys::payload(&msg.id));
-        let mut freed = 0u64;
         for entry in self.tree.scan_prefix(keys::attempts_of_msg(&msg.id)) {
             let (k, v) = entry?;
             let at = legacy_attempt_key(&k, &v).unwrap_or_else(|| k.to_vec());
@@ -1256,46 +1298,7 @@ impl Store {
             }
         }
         self.tree.apply_batch(batch)?;
-        for entry in self.tree.scan_prefix(keys::dests_of(&msg.id)) {
-            let (k, v) = entry?;
-            freed += self.change_first_attempt(&k, v, |a| match a {
-                Some(a) => std::mem::take(&mut a.response_body).len() as u64,
-                None => 0,
-            })?;
-        }
         Ok(freed)
-    }
-
-    /// Changes the first attempt kept in the status at `key` (read as
-    /// `value`) with `change`, which returns the bytes it freed (0: nothing
-    /// to change). The status is swapped only if it is still `value`, else
-    /// read again and changed anew: a status can change meanwhile (an
-    /// attempt recorded, a resend queued). Returns the bytes freed.
-    fn change_first_attempt(
-        &self,
-        key: &[u8],
-        mut value: sled::IVec,
-        change: impl Fn(&mut Option<AttemptRecord>) -> u64,
-    ) -> Result<u64, StoreError> {
-        loop {
-            let mut dest = decode_dest(key, &value)?;
-            let mut attempt = first_attempt(&dest)?;
-            let freed = change(&mut attempt);
-            if freed == 0 {
-                return Ok(0);
-            }
-            dest.first_attempt = attempt.map(|a| Arc::from(encode(&a)));
-            match self
-                .tree
-                .compare_and_swap(key, Some(&value), Some(dest_value(&dest)))?
-            {
-                Ok(()) => return Ok(freed),
-                Err(e) => match e.current {
-                    Some(current) => value = current,
-                    None => return Ok(0),
-                },
-            }
-        }
     }
 
     // ----- delivery statuses ------------------------------------------

@@ -218,12 +218,40 @@ impl Writer {
         self.submit(job, Some(Box::new(applied))).await
     }
 
+    /// Like `write`, for callers that are not async (maintenance, and what
+    /// must be ordered with attempt records: see `Store::expunge_content`):
+    /// blocks the calling thread until the job's writes are applied.
+    pub(super) fn write_blocking<R: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Overlay) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send_job(job, None, move |out| {
+            let _ = tx.send(out);
+        })?;
+        rx.recv().map_err(|_| StoreError::WriteLost)?
+    }
+
     async fn submit<R: Send + 'static>(
         &self,
         job: impl FnOnce(&mut Overlay) -> Result<R, StoreError> + Send + 'static,
         durable: Option<Box<dyn FnOnce() + Send>>,
     ) -> Result<R, StoreError> {
         let (tx, rx) = oneshot::channel();
+        self.send_job(job, durable, move |out| {
+            let _ = tx.send(out);
+        })?;
+        rx.await.map_err(|_| StoreError::WriteLost)?
+    }
+
+    /// Hands `job` to the writer thread; `answer` gets its result once its
+    /// writes are applied (durable, with `durable`).
+    fn send_job<R: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Overlay) -> Result<R, StoreError> + Send + 'static,
+        durable: Option<Box<dyn FnOnce() + Send>>,
+        answer: impl FnOnce(Result<R, StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
         let job: Job = Box::new(move |overlay: &mut Overlay| {
             let out = job(overlay);
             overlay.settle(out.is_ok());
@@ -241,11 +269,11 @@ impl Writer {
                             tracing::error!("the step after a grouped write panicked");
                         }
                         Some(Box::new(move |synced: Result<(), Arc<std::io::Error>>| {
-                            let _ = tx.send(synced.map(|()| r).map_err(StoreError::Commit));
+                            answer(synced.map(|()| r).map_err(StoreError::Commit));
                         }))
                     }
                     (out, _) => {
-                        let _ = tx.send(out);
+                        answer(out);
                         None
                     }
                 }
@@ -255,8 +283,7 @@ impl Writer {
             .as_ref()
             .ok_or(StoreError::WriteLost)?
             .send(job)
-            .map_err(|_| StoreError::WriteLost)?;
-        rx.await.map_err(|_| StoreError::WriteLost)?
+            .map_err(|_| StoreError::WriteLost)
     }
 }
 
