@@ -233,6 +233,9 @@ async fn expunge(
     let (app_id, msg_id) = path.into_inner();
     let app = state.app(&app_id)?;
     let msg = find_message(&state, &app, &msg_id)?;
-    state.store.expunge_content(&msg)?;
+    // It waits for the writer thread (see `Store::expunge_content`): off
+    // the server's thread.
+    let store = state.store.clone();
+    web::block(move || store.expunge_content(&msg)).await??;
     Ok(HttpResponse::NoContent().finish())
 }

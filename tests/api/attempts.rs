@@ -147,3 +147,50 @@ async fn attempts_by_id_by_endpoint_and_endpoint_messages_by_status() {
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["detail"][0]["loc"], json!(["query", "status"]));
 }
+
+/// Expunging a delivered message empties the response of every attempt (a
+/// delivery's first one, kept with its status, and a resend, kept under the
+/// message) and leaves them listed.
+#[actix_web::test]
+async fn expunged_content_empties_every_attempt_response() {
+    let app = spawn_app_with(&[("WEBHOOKD_RETRY_SCHEDULE", "")]).await;
+    let mut rx = TestReceiver::start().await;
+    let a = app.create_app().await;
+    let ep = app.endpoint_to(&a, &rx).await;
+    let msg = app.publish_simple(&a, "e.ok").await;
+    rx.next().await;
+    app.wait_status(&a, &msg, &ep, 0).await;
+    let (status, body) = app
+        .post(
+            &format!("/app/{a}/msg/{msg}/endpoint/{ep}/resend"),
+            json!(null),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    rx.next().await;
+    let attempts = app.wait_attempts(&a, &msg, 2).await;
+    assert!(
+        attempts.iter().all(|x| x["response"] == "ok"),
+        "{attempts:?}"
+    );
+
+    let (status, body) = app.delete(&format!("/app/{a}/msg/{msg}/content")).await;
+    assert_eq!(status, 204, "{body}");
+    let attempts = app.attempts_of_msg(&a, &msg).await;
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert!(attempts.iter().all(|x| x["response"] == ""), "{attempts:?}");
+    let by_ep = app.get_ok(&format!("/app/{a}/attempt/endpoint/{ep}")).await;
+    let by_ep = by_ep["data"].as_array().unwrap();
+    assert_eq!(by_ep.len(), 2, "{by_ep:?}");
+    assert!(by_ep.iter().all(|x| x["response"] == ""), "{by_ep:?}");
+    for x in &attempts {
+        let one = app
+            .get_ok(&format!(
+                "/app/{a}/msg/{msg}/attempt/{}",
+                x["id"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(one["response"], "", "{one}");
+    }
+    assert_eq!(app.destination(&a, &msg, &ep).await["status"], 0);
+}
