@@ -112,6 +112,10 @@ pub struct Retained {
     pub bytes_freed: u64,
 }
 
+/// How far back of where the last pass of `delete_old_attempts` ended the
+/// next one starts looking at statuses.
+const SWEEP_OVERLAP_MS: i64 = 3_600_000;
+
 fn str_of(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -571,20 +575,34 @@ impl Store {
             self.tree.apply_batch(batch)?;
         }
         // First attempts kept in the statuses of those messages, removed on
-        // the writer thread (see `change_first_attempt`).
-        let end = keys::dests_of(&MessageId::lower_bound(cutoff));
+        // the writer thread (see `change_first_attempt`). Statuses stay after
+        // their attempts go, so a pass starts about where the last one ended
+        // (an hour before, for a step of the wall clock): a first attempt is
+        // recorded moments after its message is created, not once the
+        // message is older than the retention.
+        let start = match self.attempts_swept.lock().expect("not poisoned").as_ref() {
+            Some(from) => keys::dests_of(from),
+            None => vec![keys::ns::DEST],
+        };
+        // Never before `start` (the retention was made longer since).
+        let end = keys::dests_of(&MessageId::lower_bound(cutoff)).max(start.clone());
         let mut kept: Vec<(Vec<u8>, AttemptRecord)> = Vec::new();
-        for e in self.tree.range(vec![keys::ns::DEST]..end) {
-            let (k, v) = e?;
-            if let Some(a) = first_attempt(&decode_dest(&k, &v)?)?
+        let mut entries = self.tree.range(start..end);
+        loop {
+            let next = entries.next().transpose()?;
+            if let Some((k, v)) = &next
+                && let Some(a) = first_attempt(&decode_dest(k, v)?)?
                 && a.id.created_ms() < cutoff
             {
                 kept.push((k.to_vec(), a));
             }
-        }
-        let mut kept = kept.into_iter().peekable();
-        while kept.peek().is_some() {
-            let chunk: Vec<_> = kept.by_ref().take(1000).collect();
+            if kept.len() < 1000 && next.is_some() {
+                continue;
+            }
+            let chunk = std::mem::take(&mut kept);
+            if chunk.is_empty() {
+                break;
+            }
             let (deleted, freed) = self.writer.write_blocking(move |o| {
                 let (mut deleted, mut freed) = (0, 0);
                 for (key, a) in chunk {
@@ -605,6 +623,14 @@ impl Store {
             })?;
             r.attempts_deleted += deleted;
             r.bytes_freed += freed;
+            if next.is_none() {
+                break;
+            }
+        }
+        let swept = MessageId::lower_bound(cutoff - SWEEP_OVERLAP_MS);
+        let mut mark = self.attempts_swept.lock().expect("not poisoned");
+        if mark.as_ref().is_none_or(|m| *m < swept) {
+            *mark = Some(swept);
         }
         Ok(r)
     }

@@ -233,6 +233,10 @@ pub struct Store {
     releasing_leases: Arc<std::sync::Mutex<()>>,
     /// Where the lease clock starts (see `lease_clock_ms`).
     lease_clock: std::time::Instant,
+    /// The statuses of messages before this one keep no first attempt older
+    /// than the attempt retention (see `delete_old_attempts`): its next pass
+    /// starts here. Unset until a pass ran in this process.
+    attempts_swept: Arc<std::sync::Mutex<Option<MessageId>>>,
     /// Deliveries handed from publishes to the worker in memory (see `handoff`).
     handoff: Arc<handoff::Handoff>,
     /// Declared last, so it is dropped after everything above: see `Closing`.
@@ -523,6 +527,7 @@ impl Store {
             endpoints_written: Arc::default(),
             app_endpoints: Arc::default(),
             releasing_leases: Arc::default(),
+            attempts_swept: Arc::default(),
             lease_clock: std::time::Instant::now(),
             handoff,
             closing: Arc::new(Closing(None)),

@@ -1865,3 +1865,50 @@ async fn a_first_attempt_kept_in_its_status_is_read_and_deleted_like_any_other()
     );
     assert!(s.tree.scan_prefix(keys::dests_of(&m2.id)).next().is_none());
 }
+
+/// Each pass of attempt retention starts about where the last one ended,
+/// and still deletes every first attempt kept in a status as it ages.
+#[tokio::test]
+async fn attempt_retention_passes_delete_first_attempts_as_they_age() {
+    let key = DataKey::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let (s, a, ep) = on_disk_with_handoff(dir.path(), &key);
+    let now = crate::domain::now_ms();
+    for (i, at) in [now, now + 5_000].into_iter().enumerate() {
+        let m = message(&a.id, at, None);
+        s.publish(&m, b"{}", &[&ep], now, || {}).await.unwrap();
+        let (taken, _) = s.take_handed_over(1, &mut |_| Claim::Take);
+        let t = &taken[0].0;
+        s.record_attempt(t, &attempt(t, true, at + i as i64), Next::Done)
+            .await
+            .unwrap();
+        s.handed_over_done(t);
+    }
+    let left = |s: &Store| {
+        s.attempts_of_ep(&ep.id, &PageReq::first(10), |_| true)
+            .unwrap()
+            .items
+            .len()
+    };
+    assert_eq!(left(&s), 2);
+    assert_eq!(
+        s.delete_old_attempts(now + 2_000, 1_000)
+            .unwrap()
+            .attempts_deleted,
+        1
+    );
+    assert_eq!(left(&s), 1);
+    assert_eq!(
+        s.delete_old_attempts(now + 3_000, 1_000)
+            .unwrap()
+            .attempts_deleted,
+        0
+    );
+    assert_eq!(
+        s.delete_old_attempts(now + 10_000, 1_000)
+            .unwrap()
+            .attempts_deleted,
+        1
+    );
+    assert_eq!(left(&s), 0);
+}
