@@ -1460,6 +1460,37 @@ fn on_disk_with_handoff(dir: &Path, key: &DataKey) -> (Store, AppRecord, Endpoin
     (s, a, ep)
 }
 
+/// As `on_disk_with_handoff`, in a new temporary directory (returned: the
+/// store lives as long as it), with a second endpoint of the app.
+fn on_disk_with_two_endpoints() -> (
+    tempfile::TempDir,
+    Store,
+    AppRecord,
+    EndpointRecord,
+    EndpointRecord,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, a, ep) = on_disk_with_handoff(dir.path(), &DataKey::generate());
+    let ep2 = endpoint(&a.id, &[]);
+    s.create_endpoint(&ep2).unwrap().unwrap();
+    (dir, s, a, ep, ep2)
+}
+
+/// Takes up to `n` deliveries handed over, records a successful attempt of
+/// each (at `at`, one millisecond apart) and lets them go; returns the
+/// attempts.
+async fn record_handed_over(s: &Store, n: usize, at: i64) -> Vec<AttemptRecord> {
+    let (taken, _) = s.take_handed_over(n, &mut |_| Claim::Take);
+    let mut recorded = Vec::new();
+    for (i, (t, _)) in taken.iter().enumerate() {
+        let a = attempt(t, true, at + i as i64);
+        s.record_attempt(t, &a, Next::Done).await.unwrap();
+        s.handed_over_done(t);
+        recorded.push(a);
+    }
+    recorded
+}
+
 /// A delivery handed over in memory has no queue entry; one the process
 /// did not record before it ended (taken or not) is queued at the next
 /// start, one it recorded is not.
@@ -1567,11 +1598,7 @@ async fn reconcile_leaves_a_handed_over_delivery_alone_until_it_is_let_go() {
 /// it is recorded, dropped or deferred with a status of its own.
 #[tokio::test]
 async fn a_handed_over_delivery_is_listed_waiting_until_it_has_a_status() {
-    let key = DataKey::generate();
-    let dir = tempfile::tempdir().unwrap();
-    let (s, a, ep) = on_disk_with_handoff(dir.path(), &key);
-    let ep2 = endpoint(&a.id, &[]);
-    s.create_endpoint(&ep2).unwrap().unwrap();
+    let (_dir, s, a, ep, ep2) = on_disk_with_two_endpoints();
     let now = crate::domain::now_ms();
     let msgs: Vec<MessageRecord> = (0..3).map(|i| message(&a.id, now + i, None)).collect();
     for m in &msgs {
@@ -1733,24 +1760,17 @@ async fn a_long_reconcile_sweep_calls_back_between_chunks() {
 /// and moves under its message when its endpoint is deleted.
 #[tokio::test]
 async fn a_first_attempt_kept_in_its_status_is_read_and_deleted_like_any_other() {
-    let key = DataKey::generate();
-    let dir = tempfile::tempdir().unwrap();
-    let (s, a, ep) = on_disk_with_handoff(dir.path(), &key);
-    let ep2 = endpoint(&a.id, &[]);
-    s.create_endpoint(&ep2).unwrap().unwrap();
+    let (_dir, s, a, ep, ep2) = on_disk_with_two_endpoints();
     let now = crate::domain::now_ms();
     let m = message(&a.id, now, None);
     s.publish(&m, b"{}", &[&ep, &ep2], now, || {})
         .await
         .unwrap();
-    let (taken, _) = s.take_handed_over(2, &mut |_| Claim::Take);
-    let mut firsts = BTreeMap::new();
-    for (i, (t, _)) in taken.iter().enumerate() {
-        let a = attempt(t, true, now + i as i64);
-        s.record_attempt(t, &a, Next::Done).await.unwrap();
-        s.handed_over_done(t);
-        firsts.insert(t.ep_id.clone(), a);
-    }
+    let firsts: BTreeMap<EndpointId, AttemptRecord> = record_handed_over(&s, 2, now)
+        .await
+        .into_iter()
+        .map(|a| (a.ep_id.clone(), a))
+        .collect();
     let under_msg = |s: &Store| s.tree.scan_prefix(keys::attempts_of_msg(&m.id)).count();
     assert_eq!(under_msg(&s), 0, "no key of their own");
     let ids =
@@ -1842,12 +1862,7 @@ async fn a_first_attempt_kept_in_its_status_is_read_and_deleted_like_any_other()
     // A message deleted takes the first attempts in its statuses with it.
     let m2 = message(&a.id, now + 1, None);
     s.publish(&m2, b"{}", &[&ep], now, || {}).await.unwrap();
-    let (taken, _) = s.take_handed_over(1, &mut |_| Claim::Take);
-    let t = &taken[0].0;
-    s.record_attempt(t, &attempt(t, true, now + 30), Next::Done)
-        .await
-        .unwrap();
-    s.handed_over_done(t);
+    assert_eq!(record_handed_over(&s, 1, now + 30).await.len(), 1);
     assert_eq!(
         s.attempts_of_ep(&ep.id, &ascending, |_| true)
             .unwrap()
@@ -1874,15 +1889,10 @@ async fn attempt_retention_passes_delete_first_attempts_as_they_age() {
     let dir = tempfile::tempdir().unwrap();
     let (s, a, ep) = on_disk_with_handoff(dir.path(), &key);
     let now = crate::domain::now_ms();
-    for (i, at) in [now, now + 5_000].into_iter().enumerate() {
+    for at in [now, now + 5_000] {
         let m = message(&a.id, at, None);
         s.publish(&m, b"{}", &[&ep], now, || {}).await.unwrap();
-        let (taken, _) = s.take_handed_over(1, &mut |_| Claim::Take);
-        let t = &taken[0].0;
-        s.record_attempt(t, &attempt(t, true, at + i as i64), Next::Done)
-            .await
-            .unwrap();
-        s.handed_over_done(t);
+        assert_eq!(record_handed_over(&s, 1, at).await.len(), 1);
     }
     let left = |s: &Store| {
         s.attempts_of_ep(&ep.id, &PageReq::first(10), |_| true)

@@ -160,13 +160,7 @@ async fn expunged_content_empties_every_attempt_response() {
     let msg = app.publish_simple(&a, "e.ok").await;
     rx.next().await;
     app.wait_status(&a, &msg, &ep, 0).await;
-    let (status, body) = app
-        .post(
-            &format!("/app/{a}/msg/{msg}/endpoint/{ep}/resend"),
-            json!(null),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
+    app.resend(&a, &msg, &ep).await;
     rx.next().await;
     let attempts = app.wait_attempts(&a, &msg, 2).await;
     assert!(

@@ -282,6 +282,18 @@ impl TestApp {
             .to_owned()
     }
 
+    /// Asks for one more delivery of a message to an endpoint (a manual resend).
+    pub async fn resend(&self, app: &str, msg: &str, ep: &str) {
+        let (status, body) = self
+            .post(
+                &format!("/app/{app}/msg/{msg}/endpoint/{ep}/resend"),
+                json!(null),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body, json!({}));
+    }
+
     /// Attempts of a message, newest first.
     pub async fn attempts_of_msg(&self, app: &str, msg: &str) -> Vec<Value> {
         let body = self.get_ok(&format!("/app/{app}/attempt/msg/{msg}")).await;

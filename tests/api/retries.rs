@@ -58,14 +58,7 @@ async fn exhaustion_then_manual_resend() {
     assert!(attempts.iter().all(|x| x["responseStatusCode"] == 500));
 
     rx.set_default(Reply::status(200));
-    let (status, body) = app
-        .post(
-            &format!("/app/{a}/msg/{msg}/endpoint/{ep}/resend"),
-            json!(null),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-    assert_eq!(body, json!({}));
+    app.resend(&a, &msg, &ep).await;
     assert_eq!(rx.next().await.msg_id(), msg);
     app.wait_status(&a, &msg, &ep, 0).await;
     let attempts = app.wait_attempts(&a, &msg, 4).await;
