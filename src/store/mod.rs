@@ -634,32 +634,12 @@ impl Store {
             Order::Ascending => Box::new(range),
             Order::Descending => Box::new(range.rev()),
         };
-        let mut items = Vec::with_capacity(req.limit.min(256));
-        for (scanned, entry) in iter.enumerate() {
-            let (k, v) = entry?;
-            if req.scan_limit.is_some_and(|n| scanned >= n) {
-                return Ok(Page {
-                    items,
-                    done: false,
-                    resume: Some(String::from_utf8_lossy(&k[prefix.len()..]).into_owned()),
-                });
-            }
-            if let Some(item) = f(&k[prefix.len()..], &v)? {
-                if items.len() == req.limit {
-                    return Ok(Page {
-                        items,
-                        done: false,
-                        resume: None,
-                    });
-                }
-                items.push(item);
-            }
-        }
-        Ok(Page {
-            items,
-            done: true,
-            resume: None,
-        })
+        fill_page(
+            prefix.len(),
+            iter.map(|e| e.map_err(StoreError::from)),
+            req,
+            |k, v| f(k, &v),
+        )
     }
 
     // ----- applications -------------------------------------------------
@@ -1339,7 +1319,7 @@ impl Store {
             let (k, v) = entry?;
             all.insert(k.to_vec(), decode_dest(&k, &v)?);
         }
-        Ok(page_of(&prefix, all, req, |_| true))
+        page_of(&prefix, all, req, |_| true)
     }
 
     /// Messages sent to an endpoint (newest first by default), with their
@@ -1454,7 +1434,7 @@ impl Store {
                 all.insert(k.to_vec(), a);
             }
         }
-        Ok(page_of(&prefix, all, req, keep))
+        page_of(&prefix, all, req, keep)
     }
 
     pub fn attempts_of_ep(
@@ -2191,7 +2171,7 @@ fn page_of<T>(
     all: BTreeMap<Vec<u8>, T>,
     req: &PageReq,
     mut keep: impl FnMut(&T) -> bool,
-) -> Page<T> {
+) -> Result<Page<T>, StoreError> {
     let bounds = page_bounds(prefix, req);
     let mut entries: Vec<(Vec<u8>, T)> = all
         .into_iter()
@@ -2200,31 +2180,49 @@ fn page_of<T>(
     if req.order == Order::Descending {
         entries.reverse();
     }
-    let mut items = Vec::with_capacity(req.limit.min(entries.len()));
-    for (scanned, (k, item)) in entries.into_iter().enumerate() {
+    fill_page(prefix.len(), entries.into_iter().map(Ok), req, |_, item| {
+        Ok(keep(&item).then_some(item))
+    })
+}
+
+/// The page `req` asks for from `entries` (whole keys under a prefix of
+/// `prefix_len` bytes, in the order asked for), with what `f` makes of each
+/// (from the key after the prefix; `None` leaves it out): at most
+/// `req.limit` items, and no more than `req.scan_limit` entries looked at
+/// (then where to resume).
+fn fill_page<K: AsRef<[u8]>, V, T>(
+    prefix_len: usize,
+    entries: impl Iterator<Item = Result<(K, V), StoreError>>,
+    req: &PageReq,
+    mut f: impl FnMut(&[u8], V) -> Result<Option<T>, StoreError>,
+) -> Result<Page<T>, StoreError> {
+    let mut items = Vec::with_capacity(req.limit.min(256));
+    for (scanned, entry) in entries.enumerate() {
+        let (k, v) = entry?;
+        let rest = &k.as_ref()[prefix_len..];
         if req.scan_limit.is_some_and(|n| scanned >= n) {
-            return Page {
+            return Ok(Page {
                 items,
                 done: false,
-                resume: Some(String::from_utf8_lossy(&k[prefix.len()..]).into_owned()),
-            };
+                resume: Some(String::from_utf8_lossy(rest).into_owned()),
+            });
         }
-        if keep(&item) {
+        if let Some(item) = f(rest, v)? {
             if items.len() == req.limit {
-                return Page {
+                return Ok(Page {
                     items,
                     done: false,
                     resume: None,
-                };
+                });
             }
             items.push(item);
         }
     }
-    Page {
+    Ok(Page {
         items,
         done: true,
         resume: None,
-    }
+    })
 }
 
 /// The keys under `prefix` that a page asked for by `req` may hold (see `Store::page`).
