@@ -586,23 +586,7 @@ impl Store {
         };
         // Never before `start` (the retention was made longer since).
         let end = keys::dests_of(&MessageId::lower_bound(cutoff)).max(start.clone());
-        let mut kept: Vec<(Vec<u8>, AttemptRecord)> = Vec::new();
-        let mut entries = self.tree.range(start..end);
-        loop {
-            let next = entries.next().transpose()?;
-            if let Some((k, v)) = &next
-                && let Some(a) = first_attempt(&decode_dest(k, v)?)?
-                && a.id.created_ms() < cutoff
-            {
-                kept.push((k.to_vec(), a));
-            }
-            if kept.len() < 1000 && next.is_some() {
-                continue;
-            }
-            let chunk = std::mem::take(&mut kept);
-            if chunk.is_empty() {
-                break;
-            }
+        let remove_first = |chunk: Vec<(Vec<u8>, AttemptRecord)>, r: &mut Retained| {
             let (deleted, freed) = self.writer.write_blocking(move |o| {
                 let (mut deleted, mut freed) = (0, 0);
                 for (key, a) in chunk {
@@ -623,9 +607,22 @@ impl Store {
             })?;
             r.attempts_deleted += deleted;
             r.bytes_freed += freed;
-            if next.is_none() {
-                break;
+            Ok::<_, StoreError>(())
+        };
+        let mut kept = Vec::new();
+        for e in self.tree.range(start..end) {
+            let (k, v) = e?;
+            if let Some(a) = first_attempt(&decode_dest(&k, &v)?)?
+                && a.id.created_ms() < cutoff
+            {
+                kept.push((k.to_vec(), a));
+                if kept.len() == 1000 {
+                    remove_first(std::mem::take(&mut kept), &mut r)?;
+                }
             }
+        }
+        if !kept.is_empty() {
+            remove_first(kept, &mut r)?;
         }
         let swept = MessageId::lower_bound(cutoff - SWEEP_OVERLAP_MS);
         let mut mark = self.attempts_swept.lock().expect("not poisoned");
