@@ -246,7 +246,8 @@ async fn resend(
     }
     state
         .store
-        .queue_manual(&app.id, &msg.id, &ep.id, now_ms())?;
+        .queue_manual(&app.id, &msg.id, &ep.id, now_ms())
+        .await?;
     state.store.commit().await?;
     state.delivery.wake();
     Ok(HttpResponse::Accepted().json(EmptyResponse {}))

@@ -77,7 +77,9 @@ impl DashboardState {
         let mut landed = self.delivery.subscribe();
         let now = now_ms();
         for (msg, ep) in targets {
-            self.store.queue_manual(&msg.app_id, &msg.id, ep, now)?;
+            self.store
+                .queue_manual(&msg.app_id, &msg.id, ep, now)
+                .await?;
         }
         self.store.commit().await?;
         self.delivery.wake();

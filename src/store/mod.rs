@@ -1461,44 +1461,23 @@ impl Store {
 
     // ----- the delivery queue -------------------------------------------
 
-    /// Queues one more delivery (manual resend, recover) and marks its status as waiting.
+    /// Queues one more delivery (recover, a delivery handed over and given
+    /// up) and marks its status as waiting. A job of the writer thread, like
+    /// every change of a status (see `stage_enqueue`); blocks until applied.
     pub fn enqueue(&self, task: &TaskRecord) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        if let Some(mut dest) = self.dest(&task.msg_id, &task.ep_id)? {
-            if dest.status != MessageStatus::Success {
-                dest.status = if dest.attempts == 0 {
-                    MessageStatus::Pending
-                } else {
-                    MessageStatus::Sending
-                };
-            }
-            dest.next_attempt_ms = Some(task.due_ms);
-            batch.insert(keys::dest(&task.msg_id, &task.ep_id), dest_value(&dest));
-        } else {
-            let dest = DestRecord::new(
-                task.msg_id.clone(),
-                task.ep_id.clone(),
-                task.app_id.clone(),
-                Some(task.due_ms),
-            );
-            batch.insert(keys::dest(&task.msg_id, &task.ep_id), dest_value(&dest));
-            batch.insert(keys::endpoint_msg(&task.ep_id, &task.msg_id), &[]);
-        }
-        batch.remove(keys::failed(&task.msg_id, &task.ep_id));
-        batch.insert(keys::queue(task.due_ms, &task.id), encode(task));
-        self.tree.apply_batch(batch)?;
-        Ok(())
+        let task = task.clone();
+        self.writer.write_blocking(move |o| stage_enqueue(o, &task))
     }
 
     /// Queues one manual attempt of a message to an endpoint, due now (resend, redeliver).
-    pub fn queue_manual(
+    pub async fn queue_manual(
         &self,
         app: &AppId,
         msg: &MessageId,
         ep: &EndpointId,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        self.enqueue(&TaskRecord {
+        let task = TaskRecord {
             id: TaskId::new(now_ms),
             app_id: app.clone(),
             msg_id: msg.clone(),
@@ -1506,7 +1485,8 @@ impl Store {
             attempt: 0,
             trigger: AttemptTrigger::Manual,
             due_ms: now_ms,
-        })
+        };
+        self.writer.write(move |o| stage_enqueue(o, &task)).await
     }
 
     /// Queues again, with a fresh retry schedule, every message that failed to `ep`
@@ -1524,8 +1504,10 @@ impl Store {
             ..PageReq::first(usize::MAX - 1)
         };
         let failed = self.endpoint_messages(ep, &req, |d| d.status == MessageStatus::Fail)?;
-        for d in &failed.items {
-            self.enqueue(&TaskRecord {
+        let tasks: Vec<TaskRecord> = failed
+            .items
+            .iter()
+            .map(|d| TaskRecord {
                 id: TaskId::new(now_ms),
                 app_id: d.app_id.clone(),
                 msg_id: d.msg_id.clone(),
@@ -1533,9 +1515,16 @@ impl Store {
                 attempt: 0,
                 trigger: AttemptTrigger::Scheduled,
                 due_ms: now_ms,
+            })
+            .collect();
+        // A job per thousand, so that attempt records are not held up long.
+        for chunk in tasks.chunks(1_000) {
+            let chunk = chunk.to_vec();
+            self.writer.write_blocking(move |o| {
+                chunk.iter().try_for_each(|task| stage_enqueue(o, task))
             })?;
         }
-        Ok(failed.items.len())
+        Ok(tasks.len())
     }
 
     /// Due time of the earliest queued delivery.
@@ -1812,7 +1801,7 @@ impl Store {
     /// gone, or it is no longer needed); `status` sets the delivery status
     /// (making one for a delivery handed over, which has none yet). The
     /// claim's lease stays until `release_lease`.
-    pub fn drop_task(
+    pub async fn drop_task(
         &self,
         task: &TaskRecord,
         status: Option<MessageStatus>,
@@ -1820,22 +1809,27 @@ impl Store {
         let Some(status) = status else {
             return Ok(());
         };
-        // A delivery handed over by its publish has no status yet.
-        let mut dest = self.dest(&task.msg_id, &task.ep_id)?.unwrap_or_else(|| {
-            DestRecord::new(
-                task.msg_id.clone(),
-                task.ep_id.clone(),
-                task.app_id.clone(),
-                None,
-            )
-        });
-        dest.status = status;
-        dest.next_attempt_ms = None;
-        let mut batch = sled::Batch::default();
-        batch.insert(keys::dest(&task.msg_id, &task.ep_id), dest_value(&dest));
-        set_failed_index(&mut batch, &dest);
-        self.tree.apply_batch(batch)?;
-        Ok(())
+        let task = task.clone();
+        self.writer
+            .write(move |o| {
+                let dest_key = keys::dest(&task.msg_id, &task.ep_id);
+                // A delivery handed over by its publish has no status yet.
+                let mut dest = match o.get(&dest_key)? {
+                    Some(v) => decode_dest(&dest_key, &v)?,
+                    None => DestRecord::new(
+                        task.msg_id.clone(),
+                        task.ep_id.clone(),
+                        task.app_id.clone(),
+                        None,
+                    ),
+                };
+                dest.status = status;
+                dest.next_attempt_ms = None;
+                o.insert(dest_key, dest_value(&dest));
+                set_failed_index(o, &dest);
+                Ok(())
+            })
+            .await
     }
 
     /// Records an attempt of a claimed task and what follows it (grouped with
@@ -2028,6 +2022,44 @@ fn stage_attempt(
         before,
         after: dest,
     })
+}
+
+/// The writes of `Store::enqueue`, staged on the writer thread: the queue
+/// entry of `task` and its status marked waiting (made, with the endpoint's
+/// index entry, if it has none). Every change of a status is a job of that
+/// thread, so that none is lost between the read and the write of another
+/// (an attempt recorded meanwhile, with its first attempt in the status).
+/// The queue entry goes last: a status left waiting without it by a crash
+/// is queued by reconcile.
+fn stage_enqueue(o: &mut writer::Overlay, task: &TaskRecord) -> Result<(), StoreError> {
+    let dest_key = keys::dest(&task.msg_id, &task.ep_id);
+    let dest = match o.get(&dest_key)? {
+        Some(v) => {
+            let mut dest = decode_dest(&dest_key, &v)?;
+            if dest.status != MessageStatus::Success {
+                dest.status = if dest.attempts == 0 {
+                    MessageStatus::Pending
+                } else {
+                    MessageStatus::Sending
+                };
+            }
+            dest.next_attempt_ms = Some(task.due_ms);
+            dest
+        }
+        None => {
+            o.insert(keys::endpoint_msg(&task.ep_id, &task.msg_id), Vec::new());
+            DestRecord::new(
+                task.msg_id.clone(),
+                task.ep_id.clone(),
+                task.app_id.clone(),
+                Some(task.due_ms),
+            )
+        }
+    };
+    o.insert(dest_key, dest_value(&dest));
+    o.remove(keys::failed(&task.msg_id, &task.ep_id));
+    o.insert(keys::queue(task.due_ms, &task.id), encode(task));
+    Ok(())
 }
 
 /// The status of a delivery of `msg` handed over and not attempted yet,

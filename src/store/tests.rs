@@ -1659,7 +1659,9 @@ async fn a_handed_over_delivery_is_listed_waiting_until_it_has_a_status() {
         .await
         .unwrap();
     s.handed_over_done(to_record);
-    s.drop_task(to_drop, Some(MessageStatus::Fail)).unwrap();
+    s.drop_task(to_drop, Some(MessageStatus::Fail))
+        .await
+        .unwrap();
     s.handed_over_done(to_drop);
     assert_eq!(
         s.dest(&msgs[0].id, &to_record.ep_id)
@@ -1805,7 +1807,9 @@ async fn a_first_attempt_kept_in_its_status_is_read_and_deleted_like_any_other()
     );
 
     // A resend rewrites the status and adds an attempt under the message.
-    s.queue_manual(&a.id, &m.id, &ep.id, now + 10).unwrap();
+    s.queue_manual(&a.id, &m.id, &ep.id, now + 10)
+        .await
+        .unwrap();
     let t = s
         .claim_due(now + 10, 100, 10, 100, |_| Claim::Take)
         .await
@@ -1921,4 +1925,71 @@ async fn attempt_retention_passes_delete_first_attempts_as_they_age() {
         1
     );
     assert_eq!(left(&s), 0);
+}
+
+/// A resend queued while the first attempt of a delivery handed over waits
+/// to be recorded is applied after it, on the same thread: the status keeps
+/// the attempt and shows the resend coming (written beside the writer, the
+/// resend's status could be overwritten by the attempt's, or the other way
+/// round, losing the attempt kept in it).
+#[tokio::test]
+async fn a_resend_and_an_attempt_change_the_status_in_turn() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    fn poll_once<F: Future>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+        f.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let (s, a, ep) = on_disk_with_handoff(dir.path(), &DataKey::generate());
+    let now = crate::domain::now_ms();
+    let m = message(&a.id, now, None);
+    s.publish(&m, b"{}", &[&ep], now, || {}).await.unwrap();
+    let (mut taken, _) = s.take_handed_over(1, &mut |_| Claim::Take);
+    let t = taken.remove(0).0;
+
+    // The writer thread is held by a job until the attempt and the resend
+    // are both handed to it.
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+    let held = s.writer.write(move |_| {
+        started_tx.send(()).unwrap();
+        gate_rx.recv().unwrap();
+        Ok(())
+    });
+    tokio::pin!(held);
+    assert!(poll_once(held.as_mut()).is_pending());
+    started_rx.recv().unwrap();
+    let first = attempt(&t, true, now + 1);
+    let recorded = s.record_attempt(&t, &first, Next::Done);
+    tokio::pin!(recorded);
+    assert!(poll_once(recorded.as_mut()).is_pending());
+    let resent = s.queue_manual(&a.id, &m.id, &ep.id, now + 2);
+    tokio::pin!(resent);
+    assert!(
+        poll_once(resent.as_mut()).is_pending(),
+        "waits for the writer"
+    );
+    gate_tx.send(()).unwrap();
+    held.await.unwrap();
+    recorded.await.unwrap();
+    resent.await.unwrap();
+    s.handed_over_done(&t);
+
+    let d = s.dest(&m.id, &ep.id).unwrap().unwrap();
+    assert_eq!(
+        (d.attempts, d.status, d.next_attempt_ms),
+        (1, MessageStatus::Success, Some(now + 2))
+    );
+    let listed = s
+        .attempts_of_msg(&m.id, &PageReq::first(10), |_| true)
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].id, first.id);
+    let queued = s
+        .claim_due(now + 2, now + 1_000, 10, 100, |_| Claim::Take)
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].trigger, AttemptTrigger::Manual);
 }
