@@ -216,8 +216,12 @@ impl Store {
     /// One reconciliation pass: puts expired leases back on the queue (by the
     /// lease clock, `lease_clock_ms`, not `now_ms`), counts deliveries
     /// overdue by more than `overdue_ms`, and checks up to `budget` delivery
-    /// statuses from `cursor` on: a waiting one with nothing queued or leased
-    /// is queued again, and the dead-letter index is made to agree.
+    /// statuses from `cursor` on: a waiting one overdue by more than
+    /// `overdue_ms` with nothing queued or leased is queued again, and the
+    /// dead-letter index is made to agree. (A job of the writer thread, a
+    /// publish or a resend, writes a waiting status before its queue entry,
+    /// and may be seen in between, twice if that thread is held up: only
+    /// a status long past its due time is taken for lost.)
     /// `between_chunks` runs after every `RECONCILE_CHUNK` statuses checked,
     /// so that the caller can spread a long sweep out (see `jobs::reconcile`).
     pub fn reconcile(
@@ -265,7 +269,13 @@ impl Store {
                 self.tree.apply_batch(batch)?;
                 r.dead_letter_fixed += 1;
             }
-            if matches!(d.status, MessageStatus::Pending | MessageStatus::Sending) && !queued {
+            let overdue = d
+                .next_attempt_ms
+                .is_none_or(|due| due < now_ms - overdue_ms);
+            if matches!(d.status, MessageStatus::Pending | MessageStatus::Sending)
+                && overdue
+                && !queued
+            {
                 suspects.push((k, v, d));
             }
             if r.statuses_checked % RECONCILE_CHUNK == 0 {

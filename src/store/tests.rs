@@ -880,7 +880,7 @@ async fn reconcile_removes_the_statuses_of_a_publish_cut_before_its_message() {
     s.tree.remove(keys::message(&a.id, &cut.id)).unwrap();
 
     // Too young to tell from a publish still being applied: both requeued.
-    let young = s.reconcile(30_000, 60_000, None, 1000, || {}).unwrap();
+    let young = s.reconcile(30_000, 1_000, None, 1000, || {}).unwrap();
     assert_eq!(young.requeued, 2);
     let tasks = s
         .claim_due(30_000, 30_100, 10, 100, |_| Claim::Take)
@@ -951,7 +951,7 @@ async fn reconcile_requeues_orphans_releases_leases_and_repairs_dead_letters() {
         .insert(keys::failed(&leased.id, &ep.id), &[])
         .unwrap();
 
-    let r = s.reconcile(500, 60_000, None, 1000, || {}).unwrap();
+    let r = s.reconcile(500, 100, None, 1000, || {}).unwrap();
     assert_eq!(
         r.leases_released, 1,
         "the leased task's lease (expiring at 0) expired"
@@ -1544,6 +1544,33 @@ async fn deliveries_handed_over_and_not_recorded_are_queued_at_the_next_start() 
     drop(s);
     let s = Store::open(dir.path(), 1 << 20, Keyring::new(key.clone())).unwrap();
     assert_eq!(s.recover_handed_over(crate::domain::now_ms()).unwrap(), 0);
+}
+
+/// A waiting status with nothing queued is taken for lost only once it is
+/// overdue: until then it may be a publish or a resend whose queue entry the
+/// writer thread has yet to write (and queued at once, a message due later
+/// would go early, and twice).
+#[tokio::test]
+async fn reconcile_requeues_a_waiting_status_only_once_it_is_overdue() {
+    let (s, a, ep) = store_with_endpoint();
+    let m = message(&a.id, 10, None);
+    let due = 100_000;
+    s.publish(&m, b"{}", &[&ep], due, || {}).await.unwrap();
+    // Its queue entry gone, as in the moment before the writer writes it.
+    let t = s
+        .claim_due(due, 1, 10, 100, |_| Claim::Take)
+        .await
+        .unwrap()
+        .remove(0);
+    s.release_lease(1, &t.id).await.unwrap();
+    assert_eq!(s.queue_depth(), (0, 0));
+    for now in [20, due, due + 60_000] {
+        let r = s.reconcile(now, 60_000, None, 100, || {}).unwrap();
+        assert_eq!(r.requeued, 0, "at {now}");
+    }
+    let r = s.reconcile(due + 60_001, 60_000, None, 100, || {}).unwrap();
+    assert_eq!(r.requeued, 1);
+    assert_eq!(s.next_due_ms().unwrap(), Some(due + 60_001));
 }
 
 /// Reconcile leaves a delivery held in memory alone, however long it is
