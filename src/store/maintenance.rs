@@ -221,7 +221,8 @@ impl Store {
     /// dead-letter index is made to agree. (A job of the writer thread, a
     /// publish or a resend, writes a waiting status before its queue entry,
     /// and may be seen in between, twice if that thread is held up: only
-    /// a status long past its due time is taken for lost.)
+    /// a status long past its due time is taken for lost, when the sweep
+    /// passes it, or at its next pass over the statuses if it was not yet.)
     /// `between_chunks` runs after every `RECONCILE_CHUNK` statuses checked,
     /// so that the caller can spread a long sweep out (see `jobs::reconcile`).
     pub fn reconcile(
@@ -461,8 +462,11 @@ impl Store {
         Ok(())
     }
 
-    /// Queues the next attempt of a delivery found with nothing queued, due `now_ms`.
+    /// Queues the next attempt of a delivery found with nothing queued, due
+    /// when its status says (a message's `deliverAt`, a retry's time) or
+    /// `now_ms` if that has passed.
     fn queue_again(&self, d: &DestRecord, now_ms: i64) -> Result<(), StoreError> {
+        let due_ms = d.next_attempt_ms.map_or(now_ms, |due| due.max(now_ms));
         let task = TaskRecord {
             id: TaskId::new(now_ms),
             app_id: d.app_id.clone(),
@@ -470,10 +474,10 @@ impl Store {
             ep_id: d.ep_id.clone(),
             attempt: d.attempts,
             trigger: AttemptTrigger::Scheduled,
-            due_ms: now_ms,
+            due_ms,
         };
         self.tree
-            .insert(keys::queue(now_ms, &task.id), encode(&task))?;
+            .insert(keys::queue(due_ms, &task.id), encode(&task))?;
         Ok(())
     }
 

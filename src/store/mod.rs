@@ -1490,7 +1490,8 @@ impl Store {
     }
 
     /// Queues again, with a fresh retry schedule, every message that failed to `ep`
-    /// among those created in `since_ms..until_ms`. Returns how many.
+    /// among those created in `since_ms..until_ms` (and has not been
+    /// delivered since, by a resend). Returns how many.
     pub fn recover(
         &self,
         ep: &EndpointId,
@@ -1518,13 +1519,26 @@ impl Store {
             })
             .collect();
         // A job per thousand, so that attempt records are not held up long.
+        let mut queued = 0;
         for chunk in tasks.chunks(1_000) {
             let chunk = chunk.to_vec();
-            self.writer.write_blocking(move |o| {
-                chunk.iter().try_for_each(|task| stage_enqueue(o, task))
+            queued += self.writer.write_blocking(move |o| {
+                let mut queued = 0;
+                for task in &chunk {
+                    let key = keys::dest(&task.msg_id, &task.ep_id);
+                    let status = match o.get(&key)? {
+                        Some(v) => decode_dest(&key, &v)?.status,
+                        None => continue,
+                    };
+                    if status == MessageStatus::Fail {
+                        stage_enqueue(o, task)?;
+                        queued += 1;
+                    }
+                }
+                Ok(queued)
             })?;
         }
-        Ok(tasks.len())
+        Ok(queued)
     }
 
     /// Due time of the earliest queued delivery.

@@ -1573,6 +1573,32 @@ async fn reconcile_requeues_a_waiting_status_only_once_it_is_overdue() {
     assert_eq!(s.next_due_ms().unwrap(), Some(due + 60_001));
 }
 
+/// At a start, a waiting status left with nothing queued (its queue entry
+/// lost to a crash) is queued for when it was due, not at once: a message
+/// with `deliverAt` keeps its time.
+#[tokio::test]
+async fn a_delivery_queued_again_at_start_keeps_its_due_time() {
+    let key = DataKey::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let (s, a, ep) = on_disk_with_handoff(dir.path(), &key);
+    let now = crate::domain::now_ms();
+    let due = now + 3_600_000;
+    s.publish(&message(&a.id, now, None), b"{}", &[&ep], due, || {})
+        .await
+        .unwrap();
+    let t = s
+        .claim_due(due, 1, 10, 100, |_| Claim::Take)
+        .await
+        .unwrap()
+        .remove(0);
+    s.release_lease(1, &t.id).await.unwrap();
+    assert_eq!(s.queue_depth(), (0, 0));
+    drop(s);
+    let s = Store::open(dir.path(), 1 << 20, Keyring::new(key)).unwrap();
+    assert_eq!(s.recover_handed_over(now).unwrap(), 1);
+    assert_eq!(s.next_due_ms().unwrap(), Some(due));
+}
+
 /// Reconcile leaves a delivery held in memory alone, however long it is
 /// held; one that could not be recorded is queued again at once.
 #[tokio::test]
