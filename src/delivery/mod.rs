@@ -613,7 +613,7 @@ impl Lane {
     ) -> Result<(), StoreError> {
         let store = &self.shared.store;
         let Some(ep) = store.get_endpoint(&task.app_id, &task.ep_id)? else {
-            return store.drop_task(task, None).await; // endpoint or app deleted
+            return store.forget_delivery(task).await; // endpoint or app deleted
         };
         let handed = match hold {
             Hold::Handed(message) => Some(message),
@@ -627,7 +627,7 @@ impl Lane {
                     read = m;
                     &read
                 }
-                None => return store.drop_task(task, None).await,
+                None => return store.forget_delivery(task).await,
             },
         };
         if task.trigger == AttemptTrigger::Scheduled && task.attempt > 0 {
@@ -636,17 +636,17 @@ impl Lane {
                 .dest(&task.msg_id, &task.ep_id)?
                 .is_some_and(|d| d.status == MessageStatus::Success)
             {
-                return store.drop_task(task, None).await;
+                return Ok(());
             }
         }
         if ep.disabled || msg.expunged {
-            return store.drop_task(task, Some(MessageStatus::Fail)).await;
+            return store.drop_task(task, MessageStatus::Fail).await;
         }
         let payload = match handed {
             Some(message) => Bytes::from_owner(Arc::clone(&message.payload)),
             None => match store.payload(&msg.id)? {
                 Some(p) => Bytes::from(p),
-                None => return store.drop_task(task, Some(MessageStatus::Fail)).await,
+                None => return store.drop_task(task, MessageStatus::Fail).await,
             },
         };
 

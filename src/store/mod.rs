@@ -1811,18 +1811,15 @@ impl Store {
         (queued + ready, leased + taken)
     }
 
-    /// Finishes a claimed task without an attempt (its endpoint or app is
-    /// gone, or it is no longer needed); `status` sets the delivery status
-    /// (making one for a delivery handed over, which has none yet). The
-    /// claim's lease stays until `release_lease`.
+    /// Finishes a claimed task without an attempt (its endpoint is disabled,
+    /// its message expunged): `status` becomes the delivery status (made
+    /// for a delivery handed over, which has none yet). The claim's lease
+    /// stays until `release_lease`.
     pub async fn drop_task(
         &self,
         task: &TaskRecord,
-        status: Option<MessageStatus>,
+        status: MessageStatus,
     ) -> Result<(), StoreError> {
-        let Some(status) = status else {
-            return Ok(());
-        };
         let task = task.clone();
         self.writer
             .write(move |o| {
@@ -1841,6 +1838,34 @@ impl Store {
                 dest.next_attempt_ms = None;
                 o.insert(dest_key, dest_value(&dest));
                 set_failed_index(o, &dest);
+                Ok(())
+            })
+            .await
+    }
+
+    /// Finishes a claimed task whose endpoint, app or message is gone, without
+    /// an attempt: a status that an attempt recorded as they were deleted
+    /// wrote back (a retry, a dead letter, a delivery to nowhere listed
+    /// under the message) goes with its indexes; its first attempt stays
+    /// listed under the message if that is still there, as deleting an
+    /// endpoint leaves it. The claim's lease stays until `release_lease`.
+    pub async fn forget_delivery(&self, task: &TaskRecord) -> Result<(), StoreError> {
+        let task = task.clone();
+        let message_kept = self
+            .tree
+            .contains_key(keys::message(&task.app_id, &task.msg_id))?;
+        self.writer
+            .write(move |o| {
+                let key = keys::dest(&task.msg_id, &task.ep_id);
+                let Some(v) = o.get(&key)? else {
+                    return Ok(());
+                };
+                if message_kept && let Some(a) = first_attempt(&decode_dest(&key, &v)?)? {
+                    o.insert(keys::attempt_by_msg(&task.msg_id, &a.id), encode(&a));
+                }
+                for k in keys::dest_and_indexes(&task.msg_id, &task.ep_id) {
+                    o.remove(k);
+                }
                 Ok(())
             })
             .await

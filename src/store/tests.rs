@@ -1712,9 +1712,7 @@ async fn a_handed_over_delivery_is_listed_waiting_until_it_has_a_status() {
         .await
         .unwrap();
     s.handed_over_done(to_record);
-    s.drop_task(to_drop, Some(MessageStatus::Fail))
-        .await
-        .unwrap();
+    s.drop_task(to_drop, MessageStatus::Fail).await.unwrap();
     s.handed_over_done(to_drop);
     assert_eq!(
         s.dest(&msgs[0].id, &to_record.ep_id)
@@ -2045,4 +2043,36 @@ async fn a_resend_and_an_attempt_change_the_status_in_turn() {
         .unwrap();
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].trigger, AttemptTrigger::Manual);
+}
+
+/// An attempt recorded as its endpoint is deleted writes its status back,
+/// with a retry; the retry, finding the endpoint gone, takes that status
+/// away (the attempt stays listed under the message), so that nothing is
+/// left waiting for an endpoint that is no more.
+#[tokio::test]
+async fn a_delivery_to_an_endpoint_deleted_meanwhile_is_forgotten_at_its_retry() {
+    let (s, ep, m, t) = one_claimed(10, 500).await;
+    s.delete_endpoint(&ep).unwrap();
+    let a = attempt(&t, false, 20);
+    s.record_attempt(&t, &a, Next::RetryAt(30)).await.unwrap();
+    assert!(s.dest(&m.id, &ep.id).unwrap().is_some(), "written back");
+    let retry = s
+        .claim_due(30, 600, 10, 100, |_| Claim::Take)
+        .await
+        .unwrap()
+        .remove(0);
+    s.forget_delivery(&retry).await.unwrap();
+    assert!(s.dest(&m.id, &ep.id).unwrap().is_none());
+    assert!(
+        !s.tree
+            .contains_key(keys::endpoint_msg(&ep.id, &m.id))
+            .unwrap()
+    );
+    let listed = s
+        .attempts_of_msg(&m.id, &PageReq::first(10), |_| true)
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].id, a.id);
+    let r = s.reconcile(100_000, 60_000, None, 100, || {}).unwrap();
+    assert_eq!(r.requeued, 0);
 }
