@@ -160,10 +160,13 @@ async fn update(
     body.apply(fields, &mut new);
     new.updated_ms = now_ms();
     within_limits(&state, &new)?;
-    state
+    if !state
         .store
         .update_endpoint(&old, &new)?
-        .map_err(uid_taken)?;
+        .map_err(uid_taken)?
+    {
+        return Err(ApiError::not_found("Endpoint"));
+    }
     if new.disabled != old.disabled {
         state.ops.endpoint_toggled(&app, &new).await;
     }
@@ -184,10 +187,13 @@ async fn patch(
     body.apply(&mut new)?;
     new.updated_ms = now_ms();
     within_limits(&state, &new)?;
-    state
+    if !state
         .store
         .update_endpoint(&old, &new)?
-        .map_err(uid_taken)?;
+        .map_err(uid_taken)?
+    {
+        return Err(ApiError::not_found("Endpoint"));
+    }
     if new.disabled != old.disabled {
         state.ops.endpoint_toggled(&app, &new).await;
     }
@@ -261,7 +267,9 @@ async fn rotate_secret(
     }
     ep.updated_ms = now;
     within_limits(&state, &ep)?;
-    state.store.put_endpoint(&ep)?;
+    if !state.store.put_endpoint(&ep)? {
+        return Err(ApiError::not_found("Endpoint"));
+    }
     Ok(HttpResponse::Ok().json(EndpointSecretOut {
         key: ep.secret.expose(),
     }))
@@ -296,7 +304,9 @@ async fn put_headers(
     ep.headers = body.headers;
     ep.updated_ms = now_ms();
     within_limits(&state, &ep)?;
-    state.store.put_endpoint(&ep)?;
+    if !state.store.put_endpoint(&ep)? {
+        return Err(ApiError::not_found("Endpoint"));
+    }
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -330,7 +340,9 @@ async fn patch_headers(
     ep.headers.extend(set);
     ep.updated_ms = now_ms();
     within_limits(&state, &ep)?;
-    state.store.put_endpoint(&ep)?;
+    if !state.store.put_endpoint(&ep)? {
+        return Err(ApiError::not_found("Endpoint"));
+    }
     Ok(HttpResponse::NoContent().finish())
 }
 

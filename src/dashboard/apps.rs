@@ -364,7 +364,9 @@ async fn save_endpoint(
     if let Err(problem) = apply_form(&form, &mut new) {
         return endpoint_page(&state, &req, app, old, false, Some(problem));
     }
-    state.store.put_endpoint(&new)?;
+    if !state.store.put_endpoint(&new)? {
+        return Err(DashboardError::NotFound("There is no such endpoint."));
+    }
     Ok(see_other(
         &format!("/apps/{}/endpoints/{}", app.id, new.id),
         Some("Endpoint saved."),
@@ -383,7 +385,9 @@ async fn toggle(
     let mut ep = find_endpoint(&state, &app, &ep_id)?;
     ep.disabled = !ep.disabled;
     ep.updated_ms = now_ms();
-    state.store.put_endpoint(&ep)?;
+    if !state.store.put_endpoint(&ep)? {
+        return Err(DashboardError::NotFound("There is no such endpoint."));
+    }
     state.ops.endpoint_toggled(&app, &ep).await;
     let notice = if ep.disabled {
         "Endpoint disabled: nothing is sent to it."
@@ -414,7 +418,9 @@ async fn rotate(
         expires_ms: now + ROTATION_GRACE_MS,
     });
     ep.updated_ms = now;
-    state.store.put_endpoint(&ep)?;
+    if !state.store.put_endpoint(&ep)? {
+        return Err(DashboardError::NotFound("There is no such endpoint."));
+    }
     Ok(see_other(
         &format!("/apps/{}/endpoints/{}?reveal=1", app.id, ep.id),
         Some("Secret rotated. The old secret keeps signing for 24 hours."),

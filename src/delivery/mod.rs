@@ -765,11 +765,11 @@ impl Lane {
             ep_id: attempt.ep_id.clone(),
             attempt_id: attempt.id.clone(),
         });
-        if gone {
-            if let Some(mut current) = store.get_endpoint(&task.app_id, &task.ep_id)? {
-                current.disabled = true;
-                current.updated_ms = now_ms();
-                store.put_endpoint(&current)?;
+        if gone && let Some(mut current) = store.get_endpoint(&task.app_id, &task.ep_id)? {
+            current.disabled = true;
+            current.updated_ms = now_ms();
+            // Not if it was deleted meanwhile.
+            if store.put_endpoint(&current)? {
                 warn!("endpoint answered 410 Gone and was disabled");
                 if let (false, Some(app)) = (
                     self.shared.ops.is_reserved(&task.app_id),

@@ -114,7 +114,9 @@ pub fn endpoint_health(s: &Scheduler, now: i64) -> Result<Report, StoreError> {
         }
         ep.disabled = true;
         ep.updated_ms = now;
-        s.store.put_endpoint(&ep)?;
+        if !s.store.put_endpoint(&ep)? {
+            continue; // deleted meanwhile
+        }
         disabled += 1;
         tracing::warn!(endpoint_id = %ep.id, failing_since = %format_time(*since), "endpoint disabled after failing every attempt");
         if !s.ops.is_reserved(&app.id) {

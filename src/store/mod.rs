@@ -913,39 +913,74 @@ impl Store {
         })
     }
 
+    /// Replaces an endpoint's record (`old` as read, `new` with the change),
+    /// its uid index with it. `Ok(Ok(false))` if the endpoint was deleted
+    /// since it was read: nothing is written then (a uid claimed for it is
+    /// given back).
     pub fn update_endpoint(
         &self,
         old: &EndpointRecord,
         new: &EndpointRecord,
-    ) -> Result<Result<(), Taken>, StoreError> {
-        if new.uid != old.uid {
-            if let Some(uid) = &new.uid {
-                if let Err(taken) =
-                    self.claim_unique(&keys::endpoint_uid(&new.app_id, uid), new.id.as_str())?
-                {
-                    return Ok(Err(taken));
-                }
-            }
+    ) -> Result<Result<bool, Taken>, StoreError> {
+        let new_uid = match &new.uid {
+            Some(uid) if new.uid != old.uid => Some(keys::endpoint_uid(&new.app_id, uid)),
+            _ => None,
+        };
+        if let Some(key) = &new_uid
+            && let Err(taken) = self.claim_unique(key, new.id.as_str())?
+        {
+            return Ok(Err(taken));
         }
-        let mut batch = sled::Batch::default();
-        let (k, v) = self.seal_endpoint(new);
-        batch.insert(k, v);
-        if new.uid != old.uid {
-            if let Some(uid) = &old.uid {
-                batch.remove(keys::endpoint_uid(&old.app_id, uid));
-            }
+        let old_uid = match &old.uid {
+            Some(uid) if new.uid != old.uid => Some(keys::endpoint_uid(&old.app_id, uid)),
+            _ => None,
+        };
+        let replaced = self.replace_endpoint(new, old_uid)?;
+        if !replaced && let Some(key) = new_uid {
+            self.tree.remove(key)?;
         }
-        self.tree.apply_batch(batch)?;
-        self.endpoints_changed();
-        Ok(Ok(()))
+        Ok(Ok(replaced))
     }
 
-    /// Writes an endpoint whose uid did not change (disable, rotate, headers).
-    pub fn put_endpoint(&self, ep: &EndpointRecord) -> Result<(), StoreError> {
+    /// Writes an endpoint whose uid did not change (disable, rotate, headers);
+    /// `false` if it was deleted since it was read: nothing is written then.
+    pub fn put_endpoint(&self, ep: &EndpointRecord) -> Result<bool, StoreError> {
+        self.replace_endpoint(ep, None)
+    }
+
+    /// Writes `ep` over its record if that still exists, removing `drop_key`
+    /// (its old uid's index) with it. A sled transaction, so that no write
+    /// comes between the look and the change: an endpoint deleted after it
+    /// was read for a change stays deleted.
+    fn replace_endpoint(
+        &self,
+        ep: &EndpointRecord,
+        drop_key: Option<Vec<u8>>,
+    ) -> Result<bool, StoreError> {
         let (k, v) = self.seal_endpoint(ep);
-        self.tree.insert(k, v)?;
-        self.endpoints_changed();
-        Ok(())
+        let replaced = {
+            let _open = self.tree.open_gate();
+            self.tree.inner.transaction(
+                |t| -> sled::transaction::ConflictableTransactionResult<bool> {
+                    if t.get(&k)?.is_none() {
+                        return Ok(false);
+                    }
+                    t.insert(k.as_slice(), v.as_slice())?;
+                    if let Some(key) = &drop_key {
+                        t.remove(key.as_slice())?;
+                    }
+                    Ok(true)
+                },
+            )
+        };
+        let replaced = replaced.map_err(|e| match e {
+            sled::transaction::TransactionError::Storage(e) => StoreError::from(e),
+            sled::transaction::TransactionError::Abort(()) => unreachable!("never aborted"),
+        })?;
+        if replaced {
+            self.endpoints_changed();
+        }
+        Ok(replaced)
     }
 
     /// An endpoint's key and its sealed record.

@@ -558,14 +558,14 @@ fn endpoints_of_sees_every_endpoint_write_at_once() {
         disabled: true,
         ..ep.clone()
     };
-    s.put_endpoint(&disabled).unwrap();
+    assert!(s.put_endpoint(&disabled).unwrap());
     assert_eq!(seen(&s), [(ep.id.clone(), true)]);
     let enabled = EndpointRecord {
         uid: Some("orders".into()),
         disabled: false,
         ..ep.clone()
     };
-    s.update_endpoint(&disabled, &enabled).unwrap().unwrap();
+    assert!(s.update_endpoint(&disabled, &enabled).unwrap().unwrap());
     assert_eq!(seen(&s), [(ep.id.clone(), false)]);
     s.create_endpoint(&second).unwrap().unwrap();
     assert_eq!(
@@ -2075,4 +2075,32 @@ async fn a_delivery_to_an_endpoint_deleted_meanwhile_is_forgotten_at_its_retry()
     assert_eq!(listed.items[0].id, a.id);
     let r = s.reconcile(100_000, 60_000, None, 100, || {}).unwrap();
     assert_eq!(r.requeued, 0);
+}
+
+/// A change to an endpoint read before the endpoint was deleted (a 410
+/// that disables it, an edit, the health job) writes nothing: the endpoint
+/// stays deleted, and a uid claimed for the change is free again.
+#[test]
+fn a_change_read_before_a_deletion_does_not_bring_the_endpoint_back() {
+    let (s, a, ep) = store_with_endpoint();
+    let read = s.get_endpoint(&a.id, &ep.id).unwrap().unwrap();
+    s.delete_endpoint(&read).unwrap();
+    let disabled = EndpointRecord {
+        disabled: true,
+        ..read.clone()
+    };
+    assert!(!s.put_endpoint(&disabled).unwrap());
+    let renamed = EndpointRecord {
+        uid: Some("orders".into()),
+        ..read.clone()
+    };
+    assert!(!s.update_endpoint(&read, &renamed).unwrap().unwrap());
+    assert!(s.get_endpoint(&a.id, &ep.id).unwrap().is_none());
+    assert!(s.find_endpoint(&a.id, "orders").unwrap().is_none());
+    let other = EndpointRecord {
+        id: EndpointId::new(3),
+        uid: Some("orders".into()),
+        ..read
+    };
+    s.create_endpoint(&other).unwrap().unwrap();
 }
