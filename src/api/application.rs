@@ -98,7 +98,9 @@ async fn update(
         updated_ms: now_ms(),
         ..old.clone()
     };
-    state.store.update_app(&old, &new)?.map_err(uid_taken)?;
+    if !state.store.update_app(&old, &new)?.map_err(uid_taken)? {
+        return Err(ApiError::not_found("Application"));
+    }
     Ok(HttpResponse::Ok().json(ApplicationOut::from(&new)))
 }
 
@@ -113,7 +115,9 @@ async fn patch(
     let mut new = old.clone();
     body.apply(&mut new)?;
     new.updated_ms = now_ms();
-    state.store.update_app(&old, &new)?.map_err(uid_taken)?;
+    if !state.store.update_app(&old, &new)?.map_err(uid_taken)? {
+        return Err(ApiError::not_found("Application"));
+    }
     Ok(HttpResponse::Ok().json(ApplicationOut::from(&new)))
 }
 

@@ -674,28 +674,23 @@ impl Store {
         self.page(&[keys::ns::APP], req, |k, v| Ok(Some(decode(k, v)?)))
     }
 
-    /// Replaces an app; moves its `uid` index if the uid changed.
+    /// Replaces an app's record (`old` as read, `new` with the change), its
+    /// uid index with it. `Ok(Ok(false))` if the app was deleted since it
+    /// was read: nothing is written then (a uid claimed for it is given
+    /// back), so a change read before a deletion does not bring it back.
     pub fn update_app(
         &self,
         old: &AppRecord,
         new: &AppRecord,
-    ) -> Result<Result<(), Taken>, StoreError> {
-        if new.uid != old.uid {
-            if let Some(uid) = &new.uid {
-                if let Err(taken) = self.claim_unique(&keys::app_uid(uid), new.id.as_str())? {
-                    return Ok(Err(taken));
-                }
-            }
-        }
-        let mut batch = sled::Batch::default();
-        batch.insert(keys::app(&new.id), encode(new));
-        if new.uid != old.uid {
-            if let Some(uid) = &old.uid {
-                batch.remove(keys::app_uid(uid));
-            }
-        }
-        self.tree.apply_batch(batch)?;
-        Ok(Ok(()))
+    ) -> Result<Result<bool, Taken>, StoreError> {
+        let changed = new.uid != old.uid;
+        let uid_key = |app: &AppRecord| app.uid.as_deref().filter(|_| changed).map(keys::app_uid);
+        self.replace_with_uid(
+            (keys::app(&new.id), encode(new)),
+            new.id.as_str(),
+            uid_key(old),
+            uid_key(new),
+        )
     }
 
     /// Deletes an app with its endpoints, messages, statuses and attempts.
@@ -916,58 +911,68 @@ impl Store {
     /// Replaces an endpoint's record (`old` as read, `new` with the change),
     /// its uid index with it. `Ok(Ok(false))` if the endpoint was deleted
     /// since it was read: nothing is written then (a uid claimed for it is
-    /// given back).
+    /// given back), so a change read before a deletion (a 410 that disables
+    /// it, an edit) does not bring it back.
     pub fn update_endpoint(
         &self,
         old: &EndpointRecord,
         new: &EndpointRecord,
     ) -> Result<Result<bool, Taken>, StoreError> {
-        let new_uid = match &new.uid {
-            Some(uid) if new.uid != old.uid => Some(keys::endpoint_uid(&new.app_id, uid)),
-            _ => None,
+        let changed = new.uid != old.uid;
+        let uid_key = |ep: &EndpointRecord| {
+            ep.uid
+                .as_deref()
+                .filter(|_| changed)
+                .map(|uid| keys::endpoint_uid(&ep.app_id, uid))
         };
-        if let Some(key) = &new_uid
-            && let Err(taken) = self.claim_unique(key, new.id.as_str())?
-        {
-            return Ok(Err(taken));
+        let replaced = self.replace_with_uid(
+            self.seal_endpoint(new),
+            new.id.as_str(),
+            uid_key(old),
+            uid_key(new),
+        )?;
+        if replaced == Ok(true) {
+            self.endpoints_changed();
         }
-        let old_uid = match &old.uid {
-            Some(uid) if new.uid != old.uid => Some(keys::endpoint_uid(&old.app_id, uid)),
-            _ => None,
-        };
-        let replaced = self.replace_endpoint(new, old_uid)?;
-        if !replaced && let Some(key) = new_uid {
-            self.tree.remove(key)?;
-        }
-        Ok(Ok(replaced))
+        Ok(replaced)
     }
 
     /// Writes an endpoint whose uid did not change (disable, rotate, headers);
-    /// `false` if it was deleted since it was read: nothing is written then.
+    /// `false` if it was deleted since it was read (see `update_endpoint`).
     pub fn put_endpoint(&self, ep: &EndpointRecord) -> Result<bool, StoreError> {
-        self.replace_endpoint(ep, None)
+        // The same uid before and after: nothing to claim, never `Taken`.
+        Ok(self.update_endpoint(ep, ep)?.unwrap_or(false))
     }
 
-    /// Writes `ep` over its record if that still exists, removing `drop_key`
-    /// (its old uid's index) with it. A sled transaction, so that no write
-    /// comes between the look and the change: an endpoint deleted after it
-    /// was read for a change stays deleted.
-    fn replace_endpoint(
+    /// Writes the record (key, value) over the one there, if there still is
+    /// one, and moves the uid index of `id` from `old_uid` to `new_uid` (the
+    /// index keys, given when the uid changed): the new one is claimed
+    /// first (else `Taken`), and given back if the record is gone. The
+    /// record and the old uid's removal are one sled transaction, which
+    /// sled 0.34 runs with every other write held: no deletion comes
+    /// between the look and the write.
+    fn replace_with_uid(
         &self,
-        ep: &EndpointRecord,
-        drop_key: Option<Vec<u8>>,
-    ) -> Result<bool, StoreError> {
-        let (k, v) = self.seal_endpoint(ep);
+        (key, value): (Vec<u8>, Vec<u8>),
+        id: &str,
+        old_uid: Option<Vec<u8>>,
+        new_uid: Option<Vec<u8>>,
+    ) -> Result<Result<bool, Taken>, StoreError> {
+        if let Some(claim) = &new_uid
+            && let Err(taken) = self.claim_unique(claim, id)?
+        {
+            return Ok(Err(taken));
+        }
         let replaced = {
             let _open = self.tree.open_gate();
             self.tree.inner.transaction(
                 |t| -> sled::transaction::ConflictableTransactionResult<bool> {
-                    if t.get(&k)?.is_none() {
+                    if t.get(&key)?.is_none() {
                         return Ok(false);
                     }
-                    t.insert(k.as_slice(), v.as_slice())?;
-                    if let Some(key) = &drop_key {
-                        t.remove(key.as_slice())?;
+                    t.insert(key.as_slice(), value.as_slice())?;
+                    if let Some(old) = &old_uid {
+                        t.remove(old.as_slice())?;
                     }
                     Ok(true)
                 },
@@ -977,10 +982,10 @@ impl Store {
             sled::transaction::TransactionError::Storage(e) => StoreError::from(e),
             sled::transaction::TransactionError::Abort(()) => unreachable!("never aborted"),
         })?;
-        if replaced {
-            self.endpoints_changed();
+        if !replaced && let Some(claim) = new_uid {
+            self.tree.remove(claim)?;
         }
-        Ok(replaced)
+        Ok(Ok(replaced))
     }
 
     /// An endpoint's key and its sealed record.

@@ -2104,3 +2104,33 @@ fn a_change_read_before_a_deletion_does_not_bring_the_endpoint_back() {
     };
     s.create_endpoint(&other).unwrap().unwrap();
 }
+
+/// The same for an application: a change read before its deletion writes
+/// nothing, and the uid it claimed is free again.
+#[test]
+fn a_change_read_before_a_deletion_does_not_bring_the_app_back() {
+    let s = Store::temporary().unwrap();
+    let a = app(None);
+    s.create_app(&a).unwrap().unwrap();
+    let read = s.find_app(a.id.as_str()).unwrap().unwrap();
+    s.delete_app(&read).unwrap();
+    let renamed = AppRecord {
+        uid: Some("shop".into()),
+        ..read.clone()
+    };
+    assert!(!s.update_app(&read, &renamed).unwrap().unwrap());
+    assert!(s.find_app(a.id.as_str()).unwrap().is_none());
+    assert!(s.find_app("shop").unwrap().is_none());
+    let other = AppRecord {
+        id: AppId::new(5),
+        uid: Some("shop".into()),
+        ..read
+    };
+    s.create_app(&other).unwrap().unwrap();
+    let kept = AppRecord {
+        name: "renamed".into(),
+        ..other.clone()
+    };
+    assert!(s.update_app(&other, &kept).unwrap().unwrap());
+    assert_eq!(s.find_app("shop").unwrap().unwrap().name, "renamed");
+}
