@@ -971,7 +971,11 @@ impl Store {
                         return Ok(false);
                     }
                     t.insert(key.as_slice(), value.as_slice())?;
-                    if let Some(old) = &old_uid {
+                    // Only while it is still this record's (not one a
+                    // concurrent change moved, and someone else took).
+                    if let Some(old) = &old_uid
+                        && t.get(old)?.is_some_and(|owner| owner == id.as_bytes())
+                    {
                         t.remove(old.as_slice())?;
                     }
                     Ok(true)
@@ -983,7 +987,10 @@ impl Store {
             sled::transaction::TransactionError::Abort(()) => unreachable!("never aborted"),
         })?;
         if !replaced && let Some(claim) = new_uid {
-            self.tree.remove(claim)?;
+            // Given back only if still ours.
+            let _ =
+                self.tree
+                    .compare_and_swap(claim, Some(id.as_bytes()), None as Option<&[u8]>)?;
         }
         Ok(Ok(replaced))
     }
@@ -1891,18 +1898,22 @@ impl Store {
     /// endpoint leaves it. The claim's lease stays until `release_lease`.
     pub async fn forget_delivery(&self, task: &TaskRecord) -> Result<(), StoreError> {
         let task = task.clone();
-        let message_kept = self
-            .tree
-            .contains_key(keys::message(&task.app_id, &task.msg_id))?;
         self.writer
             .write(move |o| {
                 let key = keys::dest(&task.msg_id, &task.ep_id);
-                let Some(v) = o.get(&key)? else {
-                    return Ok(());
+                let first = match o.get(&key)? {
+                    Some(v) => first_attempt(&decode_dest(&key, &v)?)?,
+                    None => None,
                 };
-                if message_kept && let Some(a) = first_attempt(&decode_dest(&key, &v)?)? {
-                    o.insert(keys::attempt_by_msg(&task.msg_id, &a.id), encode(&a));
+                if let Some(a) = first {
+                    if o.contains_key(&keys::message(&task.app_id, &task.msg_id))? {
+                        o.insert(keys::attempt_by_msg(&task.msg_id, &a.id), encode(&a));
+                    } else {
+                        o.remove(keys::attempt_by_ep(&task.ep_id, &a.id));
+                    }
                 }
+                // The indexes too when there is no status: a delivery
+                // handed over has only its endpoint's index entry.
                 for k in keys::dest_and_indexes(&task.msg_id, &task.ep_id) {
                     o.remove(k);
                 }

@@ -2055,6 +2055,7 @@ async fn a_delivery_to_an_endpoint_deleted_meanwhile_is_forgotten_at_its_retry()
     s.delete_endpoint(&ep).unwrap();
     let a = attempt(&t, false, 20);
     s.record_attempt(&t, &a, Next::RetryAt(30)).await.unwrap();
+    s.release_lease(500, &t.id).await.unwrap();
     assert!(s.dest(&m.id, &ep.id).unwrap().is_some(), "written back");
     let retry = s
         .claim_due(30, 600, 10, 100, |_| Claim::Take)
@@ -2062,6 +2063,7 @@ async fn a_delivery_to_an_endpoint_deleted_meanwhile_is_forgotten_at_its_retry()
         .unwrap()
         .remove(0);
     s.forget_delivery(&retry).await.unwrap();
+    s.release_lease(600, &retry.id).await.unwrap();
     assert!(s.dest(&m.id, &ep.id).unwrap().is_none());
     assert!(
         !s.tree
