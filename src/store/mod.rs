@@ -1905,12 +1905,13 @@ impl Store {
                     Some(v) => first_attempt(&decode_dest(&key, &v)?)?,
                     None => None,
                 };
+                // Off the endpoint's index, as a deletion takes all of an
+                // endpoint's or a message's entries there.
                 if let Some(a) = first {
                     if o.contains_key(&keys::message(&task.app_id, &task.msg_id))? {
                         o.insert(keys::attempt_by_msg(&task.msg_id, &a.id), encode(&a));
-                    } else {
-                        o.remove(keys::attempt_by_ep(&task.ep_id, &a.id));
                     }
+                    o.remove(keys::attempt_by_ep(&task.ep_id, &a.id));
                 }
                 // The indexes too when there is no status: a delivery
                 // handed over has only its endpoint's index entry.

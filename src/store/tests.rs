@@ -1546,6 +1546,20 @@ async fn deliveries_handed_over_and_not_recorded_are_queued_at_the_next_start() 
     assert_eq!(s.recover_handed_over(crate::domain::now_ms()).unwrap(), 0);
 }
 
+/// Publishes `m` to `ep`, due `due`, and takes its queue entry away with no
+/// attempt (claimed, the lease given up): a waiting status with nothing
+/// queued, as a write not made yet, or cut by a crash, leaves it.
+async fn publish_without_queue_entry(s: &Store, m: &MessageRecord, ep: &EndpointRecord, due: i64) {
+    s.publish(m, b"{}", &[ep], due, || {}).await.unwrap();
+    let t = s
+        .claim_due(due, 1, 10, 100, |_| Claim::Take)
+        .await
+        .unwrap()
+        .remove(0);
+    s.release_lease(1, &t.id).await.unwrap();
+    assert_eq!(s.queue_depth(), (0, 0));
+}
+
 /// A waiting status with nothing queued is taken for lost only once it is
 /// overdue: until then it may be a publish or a resend whose queue entry the
 /// writer thread has yet to write (and queued at once, a message due later
@@ -1555,15 +1569,8 @@ async fn reconcile_requeues_a_waiting_status_only_once_it_is_overdue() {
     let (s, a, ep) = store_with_endpoint();
     let m = message(&a.id, 10, None);
     let due = 100_000;
-    s.publish(&m, b"{}", &[&ep], due, || {}).await.unwrap();
-    // Its queue entry gone, as in the moment before the writer writes it.
-    let t = s
-        .claim_due(due, 1, 10, 100, |_| Claim::Take)
-        .await
-        .unwrap()
-        .remove(0);
-    s.release_lease(1, &t.id).await.unwrap();
-    assert_eq!(s.queue_depth(), (0, 0));
+    // As in the moment before the writer writes its queue entry.
+    publish_without_queue_entry(&s, &m, &ep, due).await;
     for now in [20, due, due + 60_000] {
         let r = s.reconcile(now, 60_000, None, 100, || {}).unwrap();
         assert_eq!(r.requeued, 0, "at {now}");
@@ -1583,16 +1590,7 @@ async fn a_delivery_queued_again_at_start_keeps_its_due_time() {
     let (s, a, ep) = on_disk_with_handoff(dir.path(), &key);
     let now = crate::domain::now_ms();
     let due = now + 3_600_000;
-    s.publish(&message(&a.id, now, None), b"{}", &[&ep], due, || {})
-        .await
-        .unwrap();
-    let t = s
-        .claim_due(due, 1, 10, 100, |_| Claim::Take)
-        .await
-        .unwrap()
-        .remove(0);
-    s.release_lease(1, &t.id).await.unwrap();
-    assert_eq!(s.queue_depth(), (0, 0));
+    publish_without_queue_entry(&s, &message(&a.id, now, None), &ep, due).await;
     drop(s);
     let s = Store::open(dir.path(), 1 << 20, Keyring::new(key)).unwrap();
     assert_eq!(s.recover_handed_over(now).unwrap(), 1);
@@ -2065,11 +2063,12 @@ async fn a_delivery_to_an_endpoint_deleted_meanwhile_is_forgotten_at_its_retry()
     s.forget_delivery(&retry).await.unwrap();
     s.release_lease(600, &retry.id).await.unwrap();
     assert!(s.dest(&m.id, &ep.id).unwrap().is_none());
-    assert!(
-        !s.tree
-            .contains_key(keys::endpoint_msg(&ep.id, &m.id))
-            .unwrap()
-    );
+    for gone in [
+        keys::endpoint_msg(&ep.id, &m.id),
+        keys::attempt_by_ep(&ep.id, &a.id),
+    ] {
+        assert!(!s.tree.contains_key(gone).unwrap());
+    }
     let listed = s
         .attempts_of_msg(&m.id, &PageReq::first(10), |_| true)
         .unwrap();
