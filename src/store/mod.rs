@@ -8,9 +8,11 @@
 //! Writes that belong together go to one tree: the hot ones (publishes,
 //! claims, attempts) through the writer thread, in an order whose every prefix
 //! is safe (see `writer`), the others in one `sled::Batch` (atomic, and far
-//! cheaper than a multi-tree transaction). Uniqueness (an app's `uid`,
-//! a message's `eventId`, an idempotency key) is claimed first with a
-//! compare-and-swap on its index key, so concurrent writers cannot both win.
+//! cheaper than a multi-tree transaction). Uniqueness (a message's
+//! `eventId`, an idempotency key) is claimed first with a compare-and-swap
+//! on its index key, so concurrent writers cannot both win; an app's or an
+//! endpoint's `uid` is written with its record in one transaction (see
+//! `write_with_uid`).
 //! Durability is separate: `commit()` waits for the group committer.
 
 mod backup;
@@ -159,6 +161,30 @@ pub enum Next {
 pub struct Recorded {
     pub before: Option<DestRecord>,
     pub after: DestRecord,
+}
+
+/// Records named by a uid: apps, or the endpoints of one app. An index
+/// entry's key holds the uid, its value the record's ID (see
+/// `Store::write_with_uid`).
+enum UidIndex<'a> {
+    Apps,
+    Endpoints(&'a AppId),
+}
+
+impl UidIndex<'_> {
+    fn entry_key(&self, uid: &str) -> Vec<u8> {
+        match self {
+            UidIndex::Apps => keys::app_uid(uid),
+            UidIndex::Endpoints(app) => keys::endpoint_uid(app, uid),
+        }
+    }
+
+    fn record_key(&self, id: &str) -> Option<Vec<u8>> {
+        match self {
+            UidIndex::Apps => AppId::parse(id).map(|id| keys::app(&id)),
+            UidIndex::Endpoints(app) => EndpointId::parse(id).map(|id| keys::endpoint(app, &id)),
+        }
+    }
 }
 
 /// Endpoint records opened before, by key, with the sealed bytes they were
@@ -645,13 +671,14 @@ impl Store {
     // ----- applications -------------------------------------------------
 
     pub fn create_app(&self, app: &AppRecord) -> Result<Result<(), Taken>, StoreError> {
-        if let Some(uid) = &app.uid {
-            if let Err(taken) = self.claim_unique(&keys::app_uid(uid), app.id.as_str())? {
-                return Ok(Err(taken));
-            }
-        }
-        self.tree.insert(keys::app(&app.id), encode(app))?;
-        Ok(Ok(()))
+        let written = self.write_with_uid(
+            &UidIndex::Apps,
+            (keys::app(&app.id), encode(app)),
+            app.id.as_str(),
+            (None, app.uid.as_deref()),
+            false,
+        )?;
+        Ok(written.map(|_| ()))
     }
 
     /// Finds an app by ID or by `uid`.
@@ -665,7 +692,11 @@ impl Store {
             .get_str(&keys::app_uid(id_or_uid))?
             .and_then(|s| AppId::parse(&s))
         {
-            Some(id) => self.get(&keys::app(&id)),
+            // An entry left by a change or a deletion cut short names an
+            // app that no longer carries that uid.
+            Some(id) => Ok(self
+                .get::<AppRecord>(&keys::app(&id))?
+                .filter(|app| app.uid.as_deref() == Some(id_or_uid))),
             None => Ok(None),
         }
     }
@@ -683,13 +714,12 @@ impl Store {
         old: &AppRecord,
         new: &AppRecord,
     ) -> Result<Result<bool, Taken>, StoreError> {
-        let changed = new.uid != old.uid;
-        let uid_key = |app: &AppRecord| app.uid.as_deref().filter(|_| changed).map(keys::app_uid);
-        self.replace_with_uid(
+        self.write_with_uid(
+            &UidIndex::Apps,
             (keys::app(&new.id), encode(new)),
             new.id.as_str(),
-            uid_key(old),
-            uid_key(new),
+            (old.uid.as_deref(), new.uid.as_deref()),
+            true,
         )
     }
 
@@ -786,17 +816,17 @@ impl Store {
     // ----- endpoints ----------------------------------------------------
 
     pub fn create_endpoint(&self, ep: &EndpointRecord) -> Result<Result<(), Taken>, StoreError> {
-        if let Some(uid) = &ep.uid {
-            if let Err(taken) =
-                self.claim_unique(&keys::endpoint_uid(&ep.app_id, uid), ep.id.as_str())?
-            {
-                return Ok(Err(taken));
-            }
+        let written = self.write_with_uid(
+            &UidIndex::Endpoints(&ep.app_id),
+            self.seal_endpoint(ep),
+            ep.id.as_str(),
+            (None, ep.uid.as_deref()),
+            false,
+        )?;
+        if written.is_ok() {
+            self.endpoints_changed();
         }
-        let (k, v) = self.seal_endpoint(ep);
-        self.tree.insert(k, v)?;
-        self.endpoints_changed();
-        Ok(Ok(()))
+        Ok(written.map(|_| ()))
     }
 
     /// Finds an endpoint of `app` by ID or `uid`.
@@ -814,7 +844,10 @@ impl Store {
             .get_str(&keys::endpoint_uid(app, id_or_uid))?
             .and_then(|s| EndpointId::parse(&s))
         {
-            Some(id) => self.get_endpoint(app, &id),
+            // See `find_app`.
+            Some(id) => Ok(self
+                .get_endpoint(app, &id)?
+                .filter(|ep| ep.uid.as_deref() == Some(id_or_uid))),
             None => Ok(None),
         }
     }
@@ -918,18 +951,12 @@ impl Store {
         old: &EndpointRecord,
         new: &EndpointRecord,
     ) -> Result<Result<bool, Taken>, StoreError> {
-        let changed = new.uid != old.uid;
-        let uid_key = |ep: &EndpointRecord| {
-            ep.uid
-                .as_deref()
-                .filter(|_| changed)
-                .map(|uid| keys::endpoint_uid(&ep.app_id, uid))
-        };
-        let replaced = self.replace_with_uid(
+        let replaced = self.write_with_uid(
+            &UidIndex::Endpoints(&new.app_id),
             self.seal_endpoint(new),
             new.id.as_str(),
-            uid_key(old),
-            uid_key(new),
+            (old.uid.as_deref(), new.uid.as_deref()),
+            true,
         )?;
         if replaced == Ok(true) {
             self.endpoints_changed();
@@ -944,55 +971,88 @@ impl Store {
         Ok(self.update_endpoint(ep, ep)?.unwrap_or(false))
     }
 
-    /// Writes the record (key, value) over the one there, if there still is
-    /// one, and moves the uid index of `id` from `old_uid` to `new_uid` (the
-    /// index keys, given when the uid changed): the new one is claimed
-    /// first (else `Taken`), and given back if the record is gone. The
-    /// record and the old uid's removal are one sled transaction, which
-    /// sled 0.34 runs with every other write held: no deletion comes
-    /// between the look and the write.
-    fn replace_with_uid(
+    /// Writes a record (key, value) of `id` with its uid index: when the uid
+    /// changes, the entry of `new_uid` names `id` and `old_uid`'s is removed
+    /// if it still does. All in one sled transaction, which sled
+    /// 0.34 runs with every other write held, so a record and its entry are
+    /// written together and nothing comes between the looks and the writes.
+    /// With `replace`, only over a record still there: `Ok(Ok(false))` if
+    /// it was deleted since it was read, and nothing is written (a change
+    /// read before a deletion does not bring it back). `Taken` if the new
+    /// uid names another record that carries it; an entry naming a record
+    /// that is gone or carries another uid (left by a deletion racing a
+    /// rename, or by a crash before these were one transaction) is taken
+    /// over.
+    fn write_with_uid(
         &self,
+        index: &UidIndex<'_>,
         (key, value): (Vec<u8>, Vec<u8>),
         id: &str,
-        old_uid: Option<Vec<u8>>,
-        new_uid: Option<Vec<u8>>,
+        (old_uid, new_uid): (Option<&str>, Option<&str>),
+        replace: bool,
     ) -> Result<Result<bool, Taken>, StoreError> {
-        if let Some(claim) = &new_uid
-            && let Err(taken) = self.claim_unique(claim, id)?
-        {
-            return Ok(Err(taken));
-        }
-        let replaced = {
-            let _open = self.tree.open_gate();
-            self.tree.inner.transaction(
-                |t| -> sled::transaction::ConflictableTransactionResult<bool> {
-                    if t.get(&key)?.is_none() {
-                        return Ok(false);
-                    }
-                    t.insert(key.as_slice(), value.as_slice())?;
-                    // Only while it is still this record's (not one a
-                    // concurrent change moved, and someone else took).
-                    if let Some(old) = &old_uid
-                        && t.get(old)?.is_some_and(|owner| owner == id.as_bytes())
-                    {
-                        t.remove(old.as_slice())?;
-                    }
-                    Ok(true)
-                },
-            )
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        let (old_uid, new_uid) = if old_uid == new_uid {
+            (None, None)
+        } else {
+            (old_uid, new_uid)
         };
-        let replaced = replaced.map_err(|e| match e {
-            sled::transaction::TransactionError::Storage(e) => StoreError::from(e),
-            sled::transaction::TransactionError::Abort(()) => unreachable!("never aborted"),
-        })?;
-        if !replaced && let Some(claim) = new_uid {
-            // Given back only if still ours.
-            let _ =
-                self.tree
-                    .compare_and_swap(claim, Some(id.as_bytes()), None as Option<&[u8]>)?;
-        }
-        Ok(Ok(replaced))
+        let abort = |e: StoreError| ConflictableTransactionError::Abort(e);
+        let written = {
+            let _open = self.tree.open_gate();
+            self.tree.inner.transaction(|t| {
+                if replace && t.get(&key)?.is_none() {
+                    return Ok(Ok(false));
+                }
+                if let Some(uid) = new_uid {
+                    let entry = index.entry_key(uid);
+                    if let Some(owner) = t.get(&entry)?
+                        && owner != id.as_bytes()
+                    {
+                        let owner = String::from_utf8_lossy(&owner).into_owned();
+                        let holds = match index.record_key(&owner) {
+                            Some(k) => match t.get(&k)? {
+                                Some(v) => {
+                                    self.uid_of(index, &k, &v).map_err(abort)?.as_deref()
+                                        == Some(uid)
+                                }
+                                None => false,
+                            },
+                            None => false,
+                        };
+                        if holds {
+                            return Ok(Err(Taken(owner)));
+                        }
+                    }
+                    t.insert(entry, id.as_bytes())?;
+                }
+                t.insert(key.as_slice(), value.as_slice())?;
+                if let Some(uid) = old_uid {
+                    let entry = index.entry_key(uid);
+                    if t.get(&entry)?.is_some_and(|owner| owner == id.as_bytes()) {
+                        t.remove(entry)?;
+                    }
+                }
+                Ok(Ok(true))
+            })
+        };
+        written.map_err(|e| match e {
+            TransactionError::Storage(e) => StoreError::from(e),
+            TransactionError::Abort(e) => e,
+        })
+    }
+
+    /// The uid of a record of `index` as stored (`key`, `value`).
+    fn uid_of(
+        &self,
+        index: &UidIndex<'_>,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Option<String>, StoreError> {
+        Ok(match index {
+            UidIndex::Apps => decode::<AppRecord>(key, value)?.uid,
+            UidIndex::Endpoints(_) => self.open_endpoint(key, value)?.uid,
+        })
     }
 
     /// An endpoint's key and its sealed record.

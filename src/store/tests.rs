@@ -2135,3 +2135,54 @@ fn a_change_read_before_a_deletion_does_not_bring_the_app_back() {
     assert!(s.update_app(&other, &kept).unwrap().unwrap());
     assert_eq!(s.find_app("shop").unwrap().unwrap().name, "renamed");
 }
+
+/// A uid entry left naming a record that is gone, or that carries another
+/// uid, is no claim: a deletion that read an endpoint before a rename
+/// leaves the new uid's entry behind; finding by it finds nothing and a new
+/// endpoint may take it. A uid its record still carries stays taken.
+#[test]
+fn a_uid_entry_left_by_a_deletion_racing_a_rename_is_taken_over() {
+    let (s, a, ep) = store_with_endpoint();
+    let named = EndpointRecord {
+        uid: Some("orders".into()),
+        ..ep.clone()
+    };
+    assert!(s.update_endpoint(&ep, &named).unwrap().unwrap());
+    let read_by_delete = s.find_endpoint(&a.id, "orders").unwrap().unwrap();
+    let renamed = EndpointRecord {
+        uid: Some("billing".into()),
+        ..named.clone()
+    };
+    assert!(s.update_endpoint(&named, &renamed).unwrap().unwrap());
+    s.delete_endpoint(&read_by_delete).unwrap();
+    assert!(s.find_endpoint(&a.id, "billing").unwrap().is_none());
+
+    let other = EndpointRecord {
+        id: EndpointId::new(3),
+        uid: Some("billing".into()),
+        ..renamed
+    };
+    s.create_endpoint(&other).unwrap().unwrap();
+    assert_eq!(
+        s.find_endpoint(&a.id, "billing").unwrap().unwrap().id,
+        other.id
+    );
+    let third = EndpointRecord {
+        id: EndpointId::new(4),
+        ..other.clone()
+    };
+    assert_eq!(
+        s.create_endpoint(&third).unwrap(),
+        Err(Taken(other.id.to_string()))
+    );
+
+    // An app's entry left by a crash between the two writes of a store
+    // written before: the uid is free.
+    s.tree
+        .insert(keys::app_uid("ghost"), AppId::new(9).as_str().as_bytes())
+        .unwrap();
+    assert!(s.find_app("ghost").unwrap().is_none());
+    let ghost = app(Some("ghost"));
+    s.create_app(&ghost).unwrap().unwrap();
+    assert_eq!(s.find_app("ghost").unwrap().unwrap().id, ghost.id);
+}
