@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 
 use super::{
-    AttemptRecord, Counts, DestRecord, JobRecord, MessageRecord, SilenceAlert, Store, StoreError,
-    TaskRecord, change_first_attempt, decode, decode_dest, encode, first_attempt, keys,
+    AttemptRecord, Counts, DestRecord, JOB_CHUNK, JobRecord, MessageRecord, SilenceAlert, Store,
+    StoreError, TaskRecord, change_first_attempt, decode, decode_dest, encode, first_attempt, keys,
     set_failed_index,
 };
 use crate::domain::{
@@ -630,7 +630,7 @@ impl Store {
                 && a.id.created_ms() < cutoff
             {
                 kept.push((k.to_vec(), a));
-                if kept.len() == 1000 {
+                if kept.len() == JOB_CHUNK {
                     remove_first(std::mem::take(&mut kept), &mut r)?;
                 }
             }

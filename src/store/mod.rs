@@ -425,6 +425,18 @@ fn decode_dest(key: &[u8], bytes: &[u8]) -> Result<DestRecord, StoreError> {
     Ok(dest)
 }
 
+/// Most items a maintenance job hands the writer thread at once (recover,
+/// attempt retention), so that the attempts it records are not held up long.
+const JOB_CHUNK: usize = 1_000;
+
+/// The status at `key` as a writer job sees it (see `writer::Overlay`).
+fn staged_dest(o: &writer::Overlay, key: &[u8]) -> Result<Option<DestRecord>, StoreError> {
+    match o.get(key)? {
+        Some(v) => decode_dest(key, &v).map(Some),
+        None => Ok(None),
+    }
+}
+
 /// Changes the first attempt kept in the status at `key` with `change`,
 /// which returns the bytes it freed (0: nothing to change, nothing written).
 /// On the writer thread, so that no attempt recorded meanwhile writes back
@@ -434,10 +446,9 @@ fn change_first_attempt(
     key: &[u8],
     change: impl FnOnce(&mut Option<AttemptRecord>) -> u64,
 ) -> Result<u64, StoreError> {
-    let Some(value) = o.get(key)? else {
+    let Some(mut dest) = staged_dest(o, key)? else {
         return Ok(0);
     };
-    let mut dest = decode_dest(key, &value)?;
     let mut attempt = first_attempt(&dest)?;
     let freed = change(&mut attempt);
     if freed > 0 {
@@ -706,9 +717,9 @@ impl Store {
     }
 
     /// Replaces an app's record (`old` as read, `new` with the change), its
-    /// uid index with it. `Ok(Ok(false))` if the app was deleted since it
-    /// was read: nothing is written then (a uid claimed for it is given
-    /// back), so a change read before a deletion does not bring it back.
+    /// uid index with it (see `write_with_uid`). `Ok(Ok(false))` if the app
+    /// was deleted since it was read: nothing is written then, so a change
+    /// read before a deletion does not bring it back.
     pub fn update_app(
         &self,
         old: &AppRecord,
@@ -942,10 +953,10 @@ impl Store {
     }
 
     /// Replaces an endpoint's record (`old` as read, `new` with the change),
-    /// its uid index with it. `Ok(Ok(false))` if the endpoint was deleted
-    /// since it was read: nothing is written then (a uid claimed for it is
-    /// given back), so a change read before a deletion (a 410 that disables
-    /// it, an edit) does not bring it back.
+    /// its uid index with it (see `write_with_uid`). `Ok(Ok(false))` if the
+    /// endpoint was deleted since it was read: nothing is written then, so a
+    /// change read before a deletion (a 410 that disables it, an edit) does
+    /// not bring it back.
     pub fn update_endpoint(
         &self,
         old: &EndpointRecord,
@@ -1625,19 +1636,15 @@ impl Store {
                 due_ms: now_ms,
             })
             .collect();
-        // A job per thousand, so that attempt records are not held up long.
         let mut queued = 0;
-        for chunk in tasks.chunks(1_000) {
+        for chunk in tasks.chunks(JOB_CHUNK) {
             let chunk = chunk.to_vec();
             queued += self.writer.write_blocking(move |o| {
                 let mut queued = 0;
                 for task in &chunk {
                     let key = keys::dest(&task.msg_id, &task.ep_id);
-                    let status = match o.get(&key)? {
-                        Some(v) => decode_dest(&key, &v)?.status,
-                        None => continue,
-                    };
-                    if status == MessageStatus::Fail {
+                    let status = staged_dest(o, &key)?.map(|d| d.status);
+                    if status == Some(MessageStatus::Fail) {
                         stage_enqueue(o, task)?;
                         queued += 1;
                     }
@@ -1932,15 +1939,14 @@ impl Store {
             .write(move |o| {
                 let dest_key = keys::dest(&task.msg_id, &task.ep_id);
                 // A delivery handed over by its publish has no status yet.
-                let mut dest = match o.get(&dest_key)? {
-                    Some(v) => decode_dest(&dest_key, &v)?,
-                    None => DestRecord::new(
+                let mut dest = staged_dest(o, &dest_key)?.unwrap_or_else(|| {
+                    DestRecord::new(
                         task.msg_id.clone(),
                         task.ep_id.clone(),
                         task.app_id.clone(),
                         None,
-                    ),
-                };
+                    )
+                });
                 dest.status = status;
                 dest.next_attempt_ms = None;
                 o.insert(dest_key, dest_value(&dest));
@@ -1961,8 +1967,8 @@ impl Store {
         self.writer
             .write(move |o| {
                 let key = keys::dest(&task.msg_id, &task.ep_id);
-                let first = match o.get(&key)? {
-                    Some(v) => first_attempt(&decode_dest(&key, &v)?)?,
+                let first = match staged_dest(o, &key)? {
+                    Some(d) => first_attempt(&d)?,
                     None => None,
                 };
                 // Off the endpoint's index, as a deletion takes all of an
@@ -2091,10 +2097,7 @@ fn stage_attempt(
     next: Next,
 ) -> Result<Recorded, StoreError> {
     let dest_key = keys::dest(&task.msg_id, &task.ep_id);
-    let before: Option<DestRecord> = match o.get(&dest_key)? {
-        Some(v) => Some(decode_dest(&dest_key, &v)?),
-        None => None,
-    };
+    let before = staged_dest(o, &dest_key)?;
     let clock = keys::failing_since(&task.ep_id);
     let clock_set = o.contains_key(&clock)?;
 
@@ -2184,9 +2187,8 @@ fn stage_attempt(
 /// is queued by reconcile.
 fn stage_enqueue(o: &mut writer::Overlay, task: &TaskRecord) -> Result<(), StoreError> {
     let dest_key = keys::dest(&task.msg_id, &task.ep_id);
-    let dest = match o.get(&dest_key)? {
-        Some(v) => {
-            let mut dest = decode_dest(&dest_key, &v)?;
+    let dest = match staged_dest(o, &dest_key)? {
+        Some(mut dest) => {
             if dest.status != MessageStatus::Success {
                 dest.status = if dest.attempts == 0 {
                     MessageStatus::Pending

@@ -2080,7 +2080,7 @@ async fn a_delivery_to_an_endpoint_deleted_meanwhile_is_forgotten_at_its_retry()
 
 /// A change to an endpoint read before the endpoint was deleted (a 410
 /// that disables it, an edit, the health job) writes nothing: the endpoint
-/// stays deleted, and a uid claimed for the change is free again.
+/// stays deleted, and the uid the change named stays free.
 #[test]
 fn a_change_read_before_a_deletion_does_not_bring_the_endpoint_back() {
     let (s, a, ep) = store_with_endpoint();
@@ -2107,7 +2107,7 @@ fn a_change_read_before_a_deletion_does_not_bring_the_endpoint_back() {
 }
 
 /// The same for an application: a change read before its deletion writes
-/// nothing, and the uid it claimed is free again.
+/// nothing, and the uid the change named stays free.
 #[test]
 fn a_change_read_before_a_deletion_does_not_bring_the_app_back() {
     let s = Store::temporary().unwrap();
