@@ -394,7 +394,16 @@ fn compressed(config: sled::Config) -> sled::Config {
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    postcard::to_stdvec(value).expect("records contain only postcard-encodable types")
+    encode_with_room(value, 0)
+}
+
+/// `value` encoded into a vector sized for it and `extra` bytes more: sizing
+/// first is cheaper than growing the vector as postcard writes (a
+/// reallocation and a copy each time it doubles).
+fn encode_with_room<T: Serialize>(value: &T, extra: usize) -> Vec<u8> {
+    const ENCODABLE: &str = "records contain only postcard-encodable types";
+    let size = postcard::experimental::serialized_size(value).expect(ENCODABLE);
+    postcard::to_extend(value, Vec::with_capacity(size + extra)).expect(ENCODABLE)
 }
 
 fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
@@ -408,10 +417,9 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError
 /// the delivery's first attempt when it was recorded with the status (see
 /// `stage_attempt`).
 fn dest_value(dest: &DestRecord) -> Vec<u8> {
-    let mut v = encode(dest);
-    if let Some(attempt) = &dest.first_attempt {
-        v.extend_from_slice(attempt);
-    }
+    let attempt = dest.first_attempt.as_deref().unwrap_or_default();
+    let mut v = encode_with_room(dest, attempt.len());
+    v.extend_from_slice(attempt);
     v
 }
 
