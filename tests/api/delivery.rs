@@ -58,6 +58,12 @@ async fn delivery_is_signed_and_carries_the_exact_payload() {
         .parse()
         .expect("unix seconds");
     assert!((now - ts).abs() <= 60, "timestamp {ts} is not now ({now})");
+    // The client keeps one `date` per thread current (vendor/awc).
+    let date = chrono::DateTime::parse_from_rfc2822(got.header("date")).expect("an HTTP date");
+    assert!(
+        (now - date.timestamp()).abs() <= 60,
+        "date {date} is not now"
+    );
     let sig = got.header("webhook-signature");
     assert!(sig.starts_with("v1,"), "{sig}");
     assert!(
