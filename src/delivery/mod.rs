@@ -90,9 +90,9 @@ const FAILING_AFTER: u32 = 4;
 const LEASE_SWEEP: Duration = Duration::from_secs(10);
 /// An endpoint at its concurrency cap whose attempts take this long on average
 /// is slow: its due deliveries are moved back in the queue (by about one
-/// attempt's time, at most `request_timeout`) instead of being looked at on
-/// every claim. A fast endpoint's deliveries just wait in place for the next
-/// free slot.
+/// attempt's time, at most `request_timeout`, and spread over the time it
+/// needs for them: `backlog_due`) instead of being looked at on every claim.
+/// A fast endpoint's deliveries just wait in place for the next free slot.
 const SLOW_AFTER_MS: i64 = 1_000;
 /// So is an endpoint at its cap that has finished no attempt for this long and
 /// for twice its mean attempt time: one that just stopped answering. Its
@@ -100,6 +100,9 @@ const SLOW_AFTER_MS: i64 = 1_000;
 /// `SKIP_BUDGET` of it, so until it is judged slow the other endpoints' due
 /// deliveries wait behind it.
 const STUCK_AFTER_MS: i64 = 100;
+/// The furthest ahead a slow endpoint's backlog is moved (see `backlog_due`):
+/// how long a backlog may wait once its endpoint is fast again.
+const BACKLOG_HORIZON_MS: i64 = 600_000;
 /// A claim stops looking after passing over this many deliveries left in place,
 /// so a long backlog of one busy endpoint is not read again on every wake-up.
 const SKIP_BUDGET: usize = 64;
@@ -134,6 +137,9 @@ struct SlotBook {
     per_endpoint: HashMap<EndpointId, Slots>,
     /// Mean attempt duration (ms, moving average) per endpoint that had one.
     mean_ms: HashMap<EndpointId, f64>,
+    /// Per slow endpoint, the earliest due time of the next delivery it
+    /// moves back (see `backlog_due`).
+    backlog_next_ms: HashMap<EndpointId, i64>,
     in_flight: usize,
 }
 
@@ -417,15 +423,29 @@ impl Shared {
                 in_flight: 0,
                 progress_ms: now,
             });
+            let mean_of =
+                |means: &HashMap<EndpointId, f64>| means.get(&t.ep_id).map_or(0, |m| *m as i64);
             if slots.in_flight < cap {
                 slots.in_flight += 1;
                 book.in_flight += 1;
+                // Fast again: a backlog it moves back later starts afresh.
+                if !book.backlog_next_ms.is_empty() && mean_of(&book.mean_ms) < SLOW_AFTER_MS {
+                    book.backlog_next_ms.remove(&t.ep_id);
+                }
                 return Claim::Take;
             }
-            let mean = book.mean_ms.get(&t.ep_id).map_or(0, |m| *m as i64);
+            let mean = mean_of(&book.mean_ms);
             match slow_endpoint_deferral(mean, now - slots.progress_ms, longest_defer) {
-                Some(by) => Claim::Defer(now + by),
+                Some(by) => {
+                    let next = book.backlog_next_ms.entry(t.ep_id.clone()).or_default();
+                    let due;
+                    (due, *next) = backlog_due(now, by, *next, mean, cap);
+                    Claim::Defer(due)
+                }
                 None => {
+                    if !book.backlog_next_ms.is_empty() {
+                        book.backlog_next_ms.remove(&t.ep_id);
+                    }
                     skipped += 1;
                     if skipped > SKIP_BUDGET {
                         Claim::Stop
@@ -597,6 +617,22 @@ impl Drop for EndpointSlot {
 fn slow_endpoint_deferral(mean_ms: i64, idle_ms: i64, longest_ms: i64) -> Option<i64> {
     let slow = mean_ms >= SLOW_AFTER_MS || idle_ms >= STUCK_AFTER_MS.max(2 * mean_ms);
     slow.then(|| idle_ms.max(mean_ms).min(longest_ms))
+}
+
+/// When a delivery of a slow endpoint at its cap, moved back at `now`, comes
+/// due again, and the earliest the next one it moves back may. It goes at
+/// least `by` ahead (see `slow_endpoint_deferral`), no sooner than `after`
+/// (the one moved back before it plus the endpoint's time per delivery,
+/// `mean_ms / cap` with `cap` requests in flight), and at most
+/// `BACKLOG_HORIZON_MS` ahead. So a backlog is spread over the time the
+/// endpoint needs for it, each delivery looked at again about when a slot
+/// could be free for it. Moved back by `by` alone, all of a hung endpoint's
+/// backlog came due again at every request timeout and was written again:
+/// writes that grew with the backlog for as long as the endpoint hung.
+fn backlog_due(now: i64, by: i64, after: i64, mean_ms: i64, cap: usize) -> (i64, i64) {
+    let due = (now + by).max(after).min(now + BACKLOG_HORIZON_MS);
+    let per_delivery = (mean_ms / cap.max(1) as i64).max(1);
+    (due, due + per_delivery)
 }
 
 impl Lane {
@@ -854,6 +890,41 @@ mod tests {
         assert_eq!(deferral(150, 150, 30_000), None);
         assert_eq!(deferral(150, 299, 30_000), None);
         assert_eq!(deferral(150, 300, 30_000), Some(300));
+    }
+
+    #[test]
+    fn a_slow_endpoints_backlog_is_spread_over_the_time_it_needs() {
+        use super::{BACKLOG_HORIZON_MS, backlog_due};
+        // A hung endpoint: 64 requests in flight, 30 s each (the timeout).
+        let (now, mut next) = (1_000_000, 0);
+        let mut dues = Vec::new();
+        for _ in 0..3_000 {
+            let due;
+            (due, next) = backlog_due(now, 30_000, next, 30_000, 64);
+            dues.push(due);
+        }
+        assert_eq!(dues[0], now + 30_000);
+        assert_eq!(
+            dues[1],
+            now + 30_000 + 468,
+            "one slot's share of 30 s later"
+        );
+        assert!(dues.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(*dues.last().unwrap(), now + BACKLOG_HORIZON_MS);
+        // A moment later the horizon has moved with the clock, and a
+        // delivery that came due again goes at its end, not before.
+        let (due, _) = backlog_due(now + 5, 30_000, next, 30_000, 64);
+        assert_eq!(due, now + 5 + BACKLOG_HORIZON_MS);
+        // Slow but working: 1.2 s per request, 64 at once, so 18.75 ms per
+        // delivery: a burst of 1,000 is spread over about 18 s.
+        let mut next = 0;
+        let mut last = 0;
+        for _ in 0..1_000 {
+            (last, next) = backlog_due(now, 1_200, next, 1_200, 64);
+        }
+        assert_eq!(last, now + 1_200 + 999 * 18);
+        // Before anything is known of its attempts, one ms apart.
+        assert_eq!(backlog_due(now, 150, 0, 0, 64), (now + 150, now + 151));
     }
 
     #[test]

@@ -6,7 +6,9 @@ use serde_json::json;
 
 use webhookd::signing;
 
-use crate::helpers::{Gate, Reply, TestReceiver, spawn_app, spawn_app_with, user_agent};
+use crate::helpers::{
+    Gate, Reply, TestReceiver, WAIT, spawn_app, spawn_app_with, user_agent, wait_until,
+};
 
 #[actix_web::test]
 async fn delivery_is_signed_and_carries_the_exact_payload() {
@@ -270,6 +272,62 @@ async fn a_held_endpoint_does_not_delay_others() {
 #[actix_web::test]
 async fn several_delivery_threads_share_the_caps() {
     held_endpoint_does_not_delay_others("3").await;
+}
+
+#[actix_web::test]
+async fn a_held_endpoints_backlog_is_spread_out_when_moved_back() {
+    // The held request must not time out while the test looks.
+    let app = spawn_app_with(&[
+        ("WEBHOOKD_DELIVERY__MAX_PER_ENDPOINT", "1"),
+        ("WEBHOOKD_REQUEST_TIMEOUT", "30s"),
+    ])
+    .await;
+    let mut slow = TestReceiver::start().await;
+    let gate = Gate::new();
+    slow.set_default(Reply::status(200).gate(&gate));
+    let a = app.create_app().await;
+    let ep = app.endpoint_to(&a, &slow).await;
+    let mut msgs = BTreeSet::new();
+    for i in 0..5 {
+        msgs.insert(app.publish_simple(&a, &format!("e.n{i}")).await);
+    }
+    let dues = || async {
+        let mut dues = Vec::new();
+        for m in &msgs {
+            let d = app.destination(&a, m, &ep).await;
+            dues.push(
+                d["nextAttempt"]
+                    .as_str()
+                    .expect("a pending delivery's next attempt")
+                    .to_owned(),
+            );
+        }
+        dues
+    };
+    // Pending since its publish: due then.
+    let published = dues().await.into_iter().max().unwrap();
+    // One request is held. Once the endpoint has finished nothing for a
+    // while, the four waiting are moved back in the queue, each to a time of
+    // its own (one after the other, as the endpoint could take them), not
+    // all to the same moment, when all would come due and be moved again.
+    let moved = wait_until(WAIT, "the waiting deliveries to be moved back", || async {
+        let moved: Vec<String> = dues()
+            .await
+            .into_iter()
+            .filter(|d| *d > published)
+            .collect();
+        (moved.len() == 4).then_some(moved)
+    })
+    .await;
+    let distinct: BTreeSet<&String> = moved.iter().collect();
+    assert_eq!(distinct.len(), 4, "{moved:?}");
+
+    gate.release();
+    let got: BTreeSet<String> = slow.take(5).await.iter().map(|x| x.msg_id()).collect();
+    assert_eq!(got, msgs);
+    slow.assert_nothing_more();
+    slow.stop().await;
+    app.stop().await;
 }
 
 async fn held_endpoint_does_not_delay_others(threads: &str) {
