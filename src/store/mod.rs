@@ -1832,12 +1832,7 @@ impl Store {
         }
         let mut entries = Vec::with_capacity(2 * deferred.len());
         for t in &deferred {
-            let dest = DestRecord::new(
-                t.msg_id.clone(),
-                t.ep_id.clone(),
-                t.app_id.clone(),
-                Some(t.due_ms),
-            );
+            let dest = DestRecord::of_task(t, Some(t.due_ms));
             entries.push((keys::dest(&t.msg_id, &t.ep_id), dest_value(&dest)));
             entries.push((keys::queue(t.due_ms, &t.id), encode(t)));
         }
@@ -1947,14 +1942,8 @@ impl Store {
             .write(move |o| {
                 let dest_key = keys::dest(&task.msg_id, &task.ep_id);
                 // A delivery handed over by its publish has no status yet.
-                let mut dest = staged_dest(o, &dest_key)?.unwrap_or_else(|| {
-                    DestRecord::new(
-                        task.msg_id.clone(),
-                        task.ep_id.clone(),
-                        task.app_id.clone(),
-                        None,
-                    )
-                });
+                let mut dest =
+                    staged_dest(o, &dest_key)?.unwrap_or_else(|| DestRecord::of_task(&task, None));
                 dest.status = status;
                 dest.next_attempt_ms = None;
                 o.insert(dest_key, dest_value(&dest));
@@ -2123,12 +2112,7 @@ fn stage_attempt(
         }
         None => DestRecord {
             first_attempt: Some(Arc::from(encode(attempt))),
-            ..DestRecord::new(
-                task.msg_id.clone(),
-                task.ep_id.clone(),
-                task.app_id.clone(),
-                None,
-            )
+            ..DestRecord::of_task(task, None)
         },
     };
     o.insert(
@@ -2209,12 +2193,7 @@ fn stage_enqueue(o: &mut writer::Overlay, task: &TaskRecord) -> Result<(), Store
         }
         None => {
             o.insert(keys::endpoint_msg(&task.ep_id, &task.msg_id), Vec::new());
-            DestRecord::new(
-                task.msg_id.clone(),
-                task.ep_id.clone(),
-                task.app_id.clone(),
-                Some(task.due_ms),
-            )
+            DestRecord::of_task(task, Some(task.due_ms))
         }
     };
     o.insert(dest_key, dest_value(&dest));

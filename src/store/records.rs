@@ -147,6 +147,16 @@ impl DestRecord {
             first_attempt: None,
         }
     }
+
+    /// The status of `task`'s delivery, not attempted yet.
+    pub fn of_task(task: &TaskRecord, next_attempt_ms: Option<i64>) -> Self {
+        Self::new(
+            task.msg_id.clone(),
+            task.ep_id.clone(),
+            task.app_id.clone(),
+            next_attempt_ms,
+        )
+    }
 }
 
 /// One queued delivery attempt.
