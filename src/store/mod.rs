@@ -1651,9 +1651,10 @@ impl Store {
                 let mut queued = 0;
                 for task in &chunk {
                     let key = keys::dest(&task.msg_id, &task.ep_id);
-                    let status = staged_dest(o, &key)?.map(|d| d.status);
-                    if status == Some(MessageStatus::Fail) {
-                        stage_enqueue(o, task)?;
+                    if let Some(dest) = staged_dest(o, &key)?
+                        && dest.status == MessageStatus::Fail
+                    {
+                        stage_enqueue_over(o, task, Some(dest));
                         queued += 1;
                     }
                 }
@@ -2178,8 +2179,14 @@ fn stage_attempt(
 /// The queue entry goes last: a status left waiting without it by a crash
 /// is queued by reconcile.
 fn stage_enqueue(o: &mut writer::Overlay, task: &TaskRecord) -> Result<(), StoreError> {
-    let dest_key = keys::dest(&task.msg_id, &task.ep_id);
-    let dest = match staged_dest(o, &dest_key)? {
+    let before = staged_dest(o, &keys::dest(&task.msg_id, &task.ep_id))?;
+    stage_enqueue_over(o, task, before);
+    Ok(())
+}
+
+/// `stage_enqueue` over the status `before` that its job has read already.
+fn stage_enqueue_over(o: &mut writer::Overlay, task: &TaskRecord, before: Option<DestRecord>) {
+    let dest = match before {
         Some(mut dest) => {
             if dest.status != MessageStatus::Success {
                 dest.status = if dest.attempts == 0 {
@@ -2196,10 +2203,9 @@ fn stage_enqueue(o: &mut writer::Overlay, task: &TaskRecord) -> Result<(), Store
             DestRecord::of_task(task, Some(task.due_ms))
         }
     };
-    o.insert(dest_key, dest_value(&dest));
+    o.insert(keys::dest(&task.msg_id, &task.ep_id), dest_value(&dest));
     o.remove(keys::failed(&task.msg_id, &task.ep_id));
     o.insert(keys::queue(task.due_ms, &task.id), encode(task));
-    Ok(())
 }
 
 /// The status of a delivery of `msg` handed over and not attempted yet,
