@@ -49,6 +49,11 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8], max_depth: usize) -> Result<
             "JSON body nested deeper than {max_depth} levels"
         )));
     }
+    // Most bodies are parsed once; one that does not parse is looked at
+    // again below, to say why.
+    if let Ok(value) = serde_json::from_slice(body) {
+        return Ok(value);
+    }
     // Syntax first: a body that is not JSON at all is a 400 even when a value
     // of the wrong type comes before the syntax error.
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
@@ -258,6 +263,15 @@ mod tests {
             parse_json::<Sample>(b"", 64),
             Err(ApiError::Validation(_))
         ));
+        // A whole value followed by more than whitespace is malformed.
+        let whole = br#"{"eventTypes": [], "name": "x"}"#;
+        assert!(parse_json::<Sample>(&[&whole[..], b" \n"].concat(), 64).is_ok());
+        for tail in [&b"}"[..], b" {}", b"x"] {
+            assert!(matches!(
+                parse_json::<Sample>(&[&whole[..], tail].concat(), 64),
+                Err(ApiError::BadRequest(_))
+            ));
+        }
     }
 
     #[test]
