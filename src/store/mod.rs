@@ -199,8 +199,8 @@ impl OpenedEndpoints {
 }
 
 /// Each app's endpoints as `endpoints_of` last read them (every publish asks
-/// for them), kept while no endpoint record has been written since: they were
-/// read when `Store::endpoints_written` was `written`.
+/// for them), kept while no app or endpoint record has been written since:
+/// they were read when `Store::records_written` was `written`.
 #[derive(Default)]
 struct AppEndpoints {
     written: u64,
@@ -218,6 +218,20 @@ impl AppEndpoints {
         self.by_app.clear();
         self.records = 0;
     }
+}
+
+/// Apps as `find_app` last found them by ID or uid (every publish asks), kept
+/// while no app or endpoint record has been written since: they were read
+/// when `Store::records_written` was `written`.
+#[derive(Default)]
+struct FoundApps {
+    written: u64,
+    by_id_or_uid: std::collections::HashMap<String, AppRecord>,
+}
+
+impl FoundApps {
+    /// Apps kept at most; when full, it starts over.
+    const CAPACITY: usize = 10_000;
 }
 
 /// How an idempotency key was claimed.
@@ -249,10 +263,12 @@ pub struct Store {
     counters: Arc<counters::Counters>,
     /// Endpoint records already decrypted (see `OpenedEndpoints`).
     opened: Arc<std::sync::Mutex<OpenedEndpoints>>,
-    /// Counts the writes of endpoint records (see `endpoints_written`).
-    endpoints_written: Arc<std::sync::atomic::AtomicU64>,
+    /// Counts the writes of app and endpoint records (see `records_changed`).
+    records_written: Arc<std::sync::atomic::AtomicU64>,
     /// The endpoints of the apps published to lately (see `AppEndpoints`).
     app_endpoints: Arc<std::sync::Mutex<AppEndpoints>>,
+    /// The apps published to lately (see `FoundApps`).
+    found_apps: Arc<std::sync::Mutex<FoundApps>>,
     /// Held while expired leases go back on the queue: the worker's sweep and
     /// reconcile both do it, and two at once would each queue every task of
     /// a lease they both read (a second delivery of each).
@@ -569,8 +585,9 @@ impl Store {
             dir: None,
             counters,
             opened: Arc::default(),
-            endpoints_written: Arc::default(),
+            records_written: Arc::default(),
             app_endpoints: Arc::default(),
+            found_apps: Arc::default(),
             releasing_leases: Arc::default(),
             attempts_swept: Arc::default(),
             lease_clock: std::time::Instant::now(),
@@ -697,11 +714,37 @@ impl Store {
             (None, app.uid.as_deref()),
             false,
         )?;
+        self.records_changed();
         Ok(written.map(|_| ()))
     }
 
-    /// Finds an app by ID or by `uid`.
+    /// Finds an app by ID or by `uid`; kept in memory until an app or
+    /// endpoint record is written (see `FoundApps`).
     pub fn find_app(&self, id_or_uid: &str) -> Result<Option<AppRecord>, StoreError> {
+        let written = self
+            .records_written
+            .load(std::sync::atomic::Ordering::Acquire);
+        {
+            let found = self.found_apps.lock().unwrap_or_else(|p| p.into_inner());
+            if found.written == written
+                && let Some(app) = found.by_id_or_uid.get(id_or_uid)
+            {
+                return Ok(Some(app.clone()));
+            }
+        }
+        let app = self.read_app(id_or_uid)?;
+        if let Some(app) = &app {
+            let mut found = self.found_apps.lock().unwrap_or_else(|p| p.into_inner());
+            if found.written != written || found.by_id_or_uid.len() >= FoundApps::CAPACITY {
+                found.by_id_or_uid.clear();
+                found.written = written;
+            }
+            found.by_id_or_uid.insert(id_or_uid.to_owned(), app.clone());
+        }
+        Ok(app)
+    }
+
+    fn read_app(&self, id_or_uid: &str) -> Result<Option<AppRecord>, StoreError> {
         if let Some(id) = AppId::parse(id_or_uid) {
             if let Some(app) = self.get(&keys::app(&id))? {
                 return Ok(Some(app));
@@ -733,13 +776,15 @@ impl Store {
         old: &AppRecord,
         new: &AppRecord,
     ) -> Result<Result<bool, Taken>, StoreError> {
-        self.write_with_uid(
+        let written = self.write_with_uid(
             &UidIndex::Apps,
             (keys::app(&new.id), encode(new)),
             new.id.as_str(),
             (old.uid.as_deref(), new.uid.as_deref()),
             true,
-        )
+        )?;
+        self.records_changed();
+        Ok(written)
     }
 
     /// Deletes an app with its endpoints, messages, statuses and attempts.
@@ -780,7 +825,7 @@ impl Store {
             }
         }
         self.tree.apply_batch(batch)?;
-        self.endpoints_changed();
+        self.records_changed();
         Ok(())
     }
 
@@ -843,7 +888,7 @@ impl Store {
             false,
         )?;
         if written.is_ok() {
-            self.endpoints_changed();
+            self.records_changed();
         }
         Ok(written.map(|_| ()))
     }
@@ -931,7 +976,7 @@ impl Store {
     /// lands during that read (it moves the count on).
     fn kept_endpoints(&self, app: &AppId) -> (Option<Arc<Vec<EndpointRecord>>>, u64) {
         let written = self
-            .endpoints_written
+            .records_written
             .load(std::sync::atomic::Ordering::Acquire);
         let cache = self.app_endpoints.lock().unwrap_or_else(|p| p.into_inner());
         let kept = cache
@@ -942,10 +987,10 @@ impl Store {
         (kept, written)
     }
 
-    /// Call after every write of an endpoint record, once it is in the tree:
-    /// `endpoints_of` reads the tree again from then on.
-    fn endpoints_changed(&self) {
-        self.endpoints_written
+    /// Call after every write of an app or endpoint record, once it is in the
+    /// tree: `find_app` and `endpoints_of` read the tree again from then on.
+    fn records_changed(&self) {
+        self.records_written
             .fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 
@@ -978,7 +1023,7 @@ impl Store {
             true,
         )?;
         if replaced == Ok(true) {
-            self.endpoints_changed();
+            self.records_changed();
         }
         Ok(replaced)
     }
@@ -1120,7 +1165,7 @@ impl Store {
         }
         if n > 0 {
             self.tree.apply_batch(batch)?;
-            self.endpoints_changed();
+            self.records_changed();
             self.db.flush()?;
         }
         Ok(n)
@@ -1166,7 +1211,7 @@ impl Store {
         let mut batch = sled::Batch::default();
         self.delete_endpoint_into(&mut batch, ep, true)?;
         self.tree.apply_batch(batch)?;
-        self.endpoints_changed();
+        self.records_changed();
         Ok(())
     }
 

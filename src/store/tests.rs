@@ -90,6 +90,29 @@ fn app_uid_is_unique_and_findable() {
     assert!(s.find_app("nobody").unwrap().is_none());
 }
 
+/// Apps found are kept in memory (every publish finds its app); a change or a
+/// deletion is seen by the next find, by ID and by uid.
+#[test]
+fn an_app_found_before_a_change_is_found_as_changed() {
+    let s = Store::temporary().unwrap();
+    let a = app(Some("acme"));
+    s.create_app(&a).unwrap().unwrap();
+    assert_eq!(s.find_app("acme").unwrap().unwrap().name, a.name);
+    assert_eq!(s.find_app(a.id.as_str()).unwrap().unwrap().name, a.name);
+    let renamed = AppRecord {
+        uid: Some("shop".into()),
+        name: "renamed".into(),
+        ..a.clone()
+    };
+    assert!(s.update_app(&a, &renamed).unwrap().unwrap());
+    assert!(s.find_app("acme").unwrap().is_none());
+    assert_eq!(s.find_app("shop").unwrap().unwrap().name, "renamed");
+    assert_eq!(s.find_app(a.id.as_str()).unwrap().unwrap().name, "renamed");
+    s.delete_app(&renamed).unwrap();
+    assert!(s.find_app("shop").unwrap().is_none());
+    assert!(s.find_app(a.id.as_str()).unwrap().is_none());
+}
+
 #[tokio::test]
 async fn publish_claim_fail_retry_then_succeed() {
     let s = Store::temporary().unwrap();
