@@ -360,7 +360,9 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
     let metrics_protected = metrics_server.is_none();
     let server = HttpServer::new(move || {
         App::new()
-            .wrap(tracing_actix_web::TracingLogger::default())
+            .wrap(actix_web::middleware::from_fn(
+                crate::telemetry::request_span,
+            ))
             .configure(|c| {
                 if metrics_protected {
                     api::metrics::configure_protected(c, state.clone());
