@@ -2044,10 +2044,11 @@ impl Store {
         attempt: &AttemptRecord,
         next: Next,
     ) -> Result<Recorded, StoreError> {
-        let (task_c, attempt_c) = (task.clone(), attempt.clone());
+        // Encoded here rather than copied to the writer thread.
+        let (task_c, done) = (task.clone(), Attempted::of(attempt));
         let recorded = self
             .writer
-            .write(move |o| stage_attempt(o, &task_c, &attempt_c, next))
+            .write(move |o| stage_attempt(o, &task_c, &done, next))
             .await?;
         let delta = if attempt.status == MessageStatus::Success {
             Counts {
@@ -2131,12 +2132,34 @@ impl Store {
     }
 }
 
+/// What `stage_attempt` needs of an attempt: a few fields, and the record
+/// encoded.
+struct Attempted {
+    id: AttemptId,
+    status: MessageStatus,
+    timestamp_ms: i64,
+    response_status_code: u16,
+    encoded: Arc<[u8]>,
+}
+
+impl Attempted {
+    fn of(attempt: &AttemptRecord) -> Self {
+        Attempted {
+            id: attempt.id.clone(),
+            status: attempt.status,
+            timestamp_ms: attempt.timestamp_ms,
+            response_status_code: attempt.response_status_code,
+            encoded: Arc::from(encode(attempt)),
+        }
+    }
+}
+
 /// The writes of `Store::record_attempt`, staged on the writer thread (reads
 /// first, so that a failed read stages nothing).
 fn stage_attempt(
     o: &mut writer::Overlay,
     task: &TaskRecord,
-    attempt: &AttemptRecord,
+    attempt: &Attempted,
     next: Next,
 ) -> Result<Recorded, StoreError> {
     let dest_key = keys::dest(&task.msg_id, &task.ep_id);
@@ -2152,12 +2175,12 @@ fn stage_attempt(
         Some(before) => {
             o.insert(
                 keys::attempt_by_msg(&task.msg_id, &attempt.id),
-                encode(attempt),
+                &attempt.encoded[..],
             );
             before.clone()
         }
         None => DestRecord {
-            first_attempt: Some(Arc::from(encode(attempt))),
+            first_attempt: Some(Arc::clone(&attempt.encoded)),
             ..DestRecord::of_task(task, None)
         },
     };
