@@ -2044,11 +2044,10 @@ impl Store {
         attempt: &AttemptRecord,
         next: Next,
     ) -> Result<Recorded, StoreError> {
-        // Encoded here rather than copied to the writer thread.
-        let (task_c, done) = (task.clone(), Attempted::of(attempt));
+        let (task_c, attempt_c) = (task.clone(), attempt.clone());
         let recorded = self
             .writer
-            .write(move |o| stage_attempt(o, &task_c, &done, next))
+            .write(move |o| stage_attempt(o, &task_c, &attempt_c, next))
             .await?;
         let delta = if attempt.status == MessageStatus::Success {
             Counts {
@@ -2132,34 +2131,12 @@ impl Store {
     }
 }
 
-/// What `stage_attempt` needs of an attempt: a few fields, and the record
-/// encoded.
-struct Attempted {
-    id: AttemptId,
-    status: MessageStatus,
-    timestamp_ms: i64,
-    response_status_code: u16,
-    encoded: Arc<[u8]>,
-}
-
-impl Attempted {
-    fn of(attempt: &AttemptRecord) -> Self {
-        Attempted {
-            id: attempt.id.clone(),
-            status: attempt.status,
-            timestamp_ms: attempt.timestamp_ms,
-            response_status_code: attempt.response_status_code,
-            encoded: Arc::from(encode(attempt)),
-        }
-    }
-}
-
 /// The writes of `Store::record_attempt`, staged on the writer thread (reads
 /// first, so that a failed read stages nothing).
 fn stage_attempt(
     o: &mut writer::Overlay,
     task: &TaskRecord,
-    attempt: &Attempted,
+    attempt: &AttemptRecord,
     next: Next,
 ) -> Result<Recorded, StoreError> {
     let dest_key = keys::dest(&task.msg_id, &task.ep_id);
@@ -2175,12 +2152,12 @@ fn stage_attempt(
         Some(before) => {
             o.insert(
                 keys::attempt_by_msg(&task.msg_id, &attempt.id),
-                &attempt.encoded[..],
+                encode(attempt),
             );
             before.clone()
         }
         None => DestRecord {
-            first_attempt: Some(Arc::clone(&attempt.encoded)),
+            first_attempt: Some(Arc::from(encode(attempt))),
             ..DestRecord::of_task(task, None)
         },
     };
