@@ -1736,10 +1736,10 @@ impl Store {
     /// `decide` sees each due task in due order and may defer it. At most
     /// `scan_limit` queue entries are looked at, so a long run of deferred
     /// tasks cannot make one call expensive. A fan entry (see `FanRecord`) is
-    /// looked at task by task: what it still holds stays in its place. The
-    /// queue is read here; the moves are written by the writer thread (see
-    /// `writer`), so there must be only one caller at a time (the delivery
-    /// worker).
+    /// looked at task by task: what it still holds stays in its place. A
+    /// deferred delivery's status gets its new due time. The queue is read
+    /// here; the moves are written by the writer thread (see `writer`), so
+    /// there must be only one caller at a time (the delivery worker).
     pub async fn claim_due(
         &self,
         now_ms: i64,
@@ -1752,6 +1752,8 @@ impl Store {
         // Deferred tasks and fans left smaller, then the entries that go.
         let mut inserts: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut removals: Vec<sled::IVec> = Vec::new();
+        // The statuses of the deferred, and their new due times.
+        let mut moved: Vec<(Vec<u8>, i64)> = Vec::new();
         let range = self
             .tree
             .range(vec![keys::ns::QUEUE]..keys::queue_due_end(now_ms))
@@ -1781,6 +1783,7 @@ impl Store {
                         if key.as_slice() == k.as_ref() {
                             left.push(task.ep_id);
                         } else {
+                            moved.push((keys::dest(&task.msg_id, &task.ep_id), due_ms));
                             inserts.push((key, encode(&TaskRecord { due_ms, ..task })));
                         }
                     }
@@ -1816,6 +1819,16 @@ impl Store {
                 }
                 for k in removals {
                     o.remove(k.to_vec());
+                }
+                // A waiting status says when its delivery is due now (one
+                // that cannot be read does not hold the claim up).
+                for (key, due_ms) in moved {
+                    if let Ok(Some(mut dest)) = staged_dest(o, &key)
+                        && dest.next_attempt_ms.is_some_and(|at| at != due_ms)
+                    {
+                        dest.next_attempt_ms = Some(due_ms);
+                        o.insert(key, dest_value(&dest));
+                    }
                 }
                 Ok(())
             })

@@ -321,6 +321,18 @@ async fn a_held_endpoints_backlog_is_spread_out_when_moved_back() {
     .await;
     let distinct: BTreeSet<&String> = moved.iter().collect();
     assert_eq!(distinct.len(), 4, "{moved:?}");
+    // Due again while the request is still held, they are moved again, and
+    // their statuses say when they are due now.
+    let first = moved.iter().max().unwrap();
+    wait_until(
+        WAIT,
+        "the waiting deliveries to be moved back again",
+        || async {
+            let again = dues().await.iter().filter(|d| *d > first).count();
+            (again == 4).then_some(())
+        },
+    )
+    .await;
 
     gate.release();
     let got: BTreeSet<String> = slow.take(5).await.iter().map(|x| x.msg_id()).collect();
