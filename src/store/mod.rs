@@ -198,40 +198,70 @@ impl OpenedEndpoints {
     const CAPACITY: usize = 10_000;
 }
 
-/// Each app's endpoints as `endpoints_of` last read them (every publish asks
-/// for them), kept while no app or endpoint record has been written since:
-/// they were read when `Store::records_written` was `written`.
-#[derive(Default)]
-struct AppEndpoints {
+/// Records as the store last read them, kept while no app or endpoint
+/// record has been written since: they were read when
+/// `Store::records_written` was `written`. Every publish asks for two kinds:
+/// each app's endpoints (`endpoints_of`) and the apps found by ID or uid
+/// (`find_app`).
+struct Kept<K, V> {
     written: u64,
-    by_app: std::collections::HashMap<AppId, Arc<Vec<EndpointRecord>>>,
-    /// Endpoint records in `by_app`, all apps together.
+    /// Each value with the number of records it holds.
+    by_key: std::collections::HashMap<K, (V, usize)>,
+    /// Records in `by_key`, all values together.
     records: usize,
 }
 
-impl AppEndpoints {
-    /// Endpoint records kept at most, as many as `OpenedEndpoints` keeps;
-    /// when full, it starts over.
-    const CAPACITY: usize = OpenedEndpoints::CAPACITY;
-
-    fn clear(&mut self) {
-        self.by_app.clear();
-        self.records = 0;
+impl<K, V> Default for Kept<K, V> {
+    fn default() -> Self {
+        Kept {
+            written: 0,
+            by_key: std::collections::HashMap::new(),
+            records: 0,
+        }
     }
 }
 
-/// Apps as `find_app` last found them by ID or uid (every publish asks), kept
-/// while no app or endpoint record has been written since: they were read
-/// when `Store::records_written` was `written`.
-#[derive(Default)]
-struct FoundApps {
-    written: u64,
-    by_id_or_uid: std::collections::HashMap<String, AppRecord>,
-}
+impl<K: std::hash::Hash + Eq, V: Clone> Kept<K, V> {
+    /// Records kept at most, as many as `OpenedEndpoints` keeps; when full,
+    /// it starts over.
+    const CAPACITY: usize = OpenedEndpoints::CAPACITY;
 
-impl FoundApps {
-    /// Apps kept at most; when full, it starts over.
-    const CAPACITY: usize = 10_000;
+    /// The value kept for `key`, if no record was written since it was read
+    /// (`written` is the count now).
+    fn get<Q>(&self, key: &Q, written: u64) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        if self.written != written {
+            return None;
+        }
+        self.by_key.get(key).map(|(value, _)| value.clone())
+    }
+
+    /// Keeps `value` (`records` records) for `key`, read from the tree after
+    /// the count of writes was `written`; not if a write came since.
+    fn keep(&mut self, key: K, value: V, records: usize, written: u64) {
+        if self.written < written {
+            self.clear();
+            self.written = written;
+        }
+        if self.written != written || records > Self::CAPACITY {
+            return;
+        }
+        if self.records + records > Self::CAPACITY {
+            self.clear();
+        }
+        self.records += records;
+        if let Some((_, old)) = self.by_key.insert(key, (value, records)) {
+            self.records -= old;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.by_key.clear();
+        self.records = 0;
+    }
 }
 
 /// How an idempotency key was claimed.
@@ -265,10 +295,11 @@ pub struct Store {
     opened: Arc<std::sync::Mutex<OpenedEndpoints>>,
     /// Counts the writes of app and endpoint records (see `records_changed`).
     records_written: Arc<std::sync::atomic::AtomicU64>,
-    /// The endpoints of the apps published to lately (see `AppEndpoints`).
-    app_endpoints: Arc<std::sync::Mutex<AppEndpoints>>,
-    /// The apps published to lately (see `FoundApps`).
-    found_apps: Arc<std::sync::Mutex<FoundApps>>,
+    /// The endpoints of the apps published to lately (see `Kept`).
+    app_endpoints: Arc<std::sync::Mutex<Kept<AppId, Arc<Vec<EndpointRecord>>>>>,
+    /// The apps published to lately, by the ID or uid they were found by
+    /// (see `Kept`).
+    found_apps: Arc<std::sync::Mutex<Kept<String, AppRecord>>>,
     /// Held while expired leases go back on the queue: the worker's sweep and
     /// reconcile both do it, and two at once would each queue every task of
     /// a lease they both read (a second delivery of each).
@@ -719,27 +750,18 @@ impl Store {
     }
 
     /// Finds an app by ID or by `uid`; kept in memory until an app or
-    /// endpoint record is written (see `FoundApps`).
+    /// endpoint record is written (see `Kept`).
     pub fn find_app(&self, id_or_uid: &str) -> Result<Option<AppRecord>, StoreError> {
         let written = self
             .records_written
             .load(std::sync::atomic::Ordering::Acquire);
-        {
-            let found = self.found_apps.lock().unwrap_or_else(|p| p.into_inner());
-            if found.written == written
-                && let Some(app) = found.by_id_or_uid.get(id_or_uid)
-            {
-                return Ok(Some(app.clone()));
-            }
+        let found = || self.found_apps.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(app) = found().get(id_or_uid, written) {
+            return Ok(Some(app));
         }
         let app = self.read_app(id_or_uid)?;
         if let Some(app) = &app {
-            let mut found = self.found_apps.lock().unwrap_or_else(|p| p.into_inner());
-            if found.written != written || found.by_id_or_uid.len() >= FoundApps::CAPACITY {
-                found.by_id_or_uid.clear();
-                found.written = written;
-            }
-            found.by_id_or_uid.insert(id_or_uid.to_owned(), app.clone());
+            found().keep(id_or_uid.to_owned(), app.clone(), 1, written);
         }
         Ok(app)
     }
@@ -938,7 +960,7 @@ impl Store {
     }
 
     /// Every endpoint of `app`, in ID order. Read from the tree only when an
-    /// endpoint record was written since the last read (see `AppEndpoints`).
+    /// app or endpoint record was written since the last read (see `Kept`).
     pub fn endpoints_of(&self, app: &AppId) -> Result<Arc<Vec<EndpointRecord>>, StoreError> {
         let (kept, written) = self.kept_endpoints(app);
         if let Some(eps) = kept {
@@ -953,37 +975,26 @@ impl Store {
                 })
                 .collect::<Result<_, _>>()?,
         );
-        let mut cache = self.app_endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.written < written {
-            cache.clear();
-            cache.written = written;
-        }
-        if cache.written == written && eps.len() <= AppEndpoints::CAPACITY {
-            if cache.records + eps.len() > AppEndpoints::CAPACITY {
-                cache.clear();
-            }
-            cache.records += eps.len();
-            if let Some(old) = cache.by_app.insert(app.clone(), Arc::clone(&eps)) {
-                cache.records -= old.len();
-            }
-        }
+        self.app_endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keep(app.clone(), Arc::clone(&eps), eps.len(), written);
         Ok(eps)
     }
 
-    /// `app`'s endpoints as kept in memory, if no endpoint record was written
-    /// since they were read; and the count of endpoint writes, read first: a
+    /// `app`'s endpoints as kept in memory, if no app or endpoint record was
+    /// written since they were read; and the count of those writes, read first: a
     /// list read from the tree after this call is kept only if no write
     /// lands during that read (it moves the count on).
     fn kept_endpoints(&self, app: &AppId) -> (Option<Arc<Vec<EndpointRecord>>>, u64) {
         let written = self
             .records_written
             .load(std::sync::atomic::Ordering::Acquire);
-        let cache = self.app_endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        let kept = cache
-            .by_app
-            .get(app)
-            .filter(|_| cache.written == written)
-            .map(Arc::clone);
+        let kept = self
+            .app_endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(app, written);
         (kept, written)
     }
 
