@@ -634,7 +634,11 @@ impl Node {
         let threshold = if cfg!(any(test, feature = "lock_free_delays")) {
             2
         } else if self.data.is_index() {
-            256
+            // webhookd patch: index nodes split above 64 children, not 256.
+            // Every leaf split writes its parent whole again (cloned,
+            // serialized, compressed): half of a split's cost, with parents
+            // of up to 256 children (vendor/README.md, change 15).
+            64
         } else {
             // webhookd patch: leaves split above 32 entries, not 16. Each
             // leaf is a page with its own entries in the page table, so
@@ -652,7 +656,8 @@ impl Node {
         let threshold = if cfg!(any(test, feature = "lock_free_delays")) {
             1
         } else if self.data.is_index() {
-            64
+            // webhookd patch: a quarter of the split threshold, as upstream.
+            16
         } else {
             4
         };
