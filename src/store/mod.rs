@@ -203,7 +203,9 @@ impl OpenedEndpoints {
 /// `Store::records_written` was `written`. Every publish asks for two kinds:
 /// each app's endpoints (`endpoints_of`) and the apps found by ID or uid
 /// (`find_app`).
-struct Kept<K, V> {
+struct Kept<K, V>(std::sync::Mutex<KeptRecords<K, V>>);
+
+struct KeptRecords<K, V> {
     written: u64,
     /// Each value with the number of records it holds.
     by_key: std::collections::HashMap<K, (V, usize)>,
@@ -211,13 +213,20 @@ struct Kept<K, V> {
     records: usize,
 }
 
+impl<K, V> KeptRecords<K, V> {
+    fn clear(&mut self) {
+        self.by_key.clear();
+        self.records = 0;
+    }
+}
+
 impl<K, V> Default for Kept<K, V> {
     fn default() -> Self {
-        Kept {
+        Kept(std::sync::Mutex::new(KeptRecords {
             written: 0,
             by_key: std::collections::HashMap::new(),
             records: 0,
-        }
+        }))
     }
 }
 
@@ -226,6 +235,10 @@ impl<K: std::hash::Hash + Eq, V: Clone> Kept<K, V> {
     /// it starts over.
     const CAPACITY: usize = OpenedEndpoints::CAPACITY;
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, KeptRecords<K, V>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The value kept for `key`, if no record was written since it was read
     /// (`written` is the count now).
     fn get<Q>(&self, key: &Q, written: u64) -> Option<V>
@@ -233,34 +246,31 @@ impl<K: std::hash::Hash + Eq, V: Clone> Kept<K, V> {
         K: std::borrow::Borrow<Q>,
         Q: std::hash::Hash + Eq + ?Sized,
     {
-        if self.written != written {
+        let kept = self.lock();
+        if kept.written != written {
             return None;
         }
-        self.by_key.get(key).map(|(value, _)| value.clone())
+        kept.by_key.get(key).map(|(value, _)| value.clone())
     }
 
     /// Keeps `value` (`records` records) for `key`, read from the tree after
     /// the count of writes was `written`; not if a write came since.
-    fn keep(&mut self, key: K, value: V, records: usize, written: u64) {
-        if self.written < written {
-            self.clear();
-            self.written = written;
+    fn keep(&self, key: K, value: V, records: usize, written: u64) {
+        let mut kept = self.lock();
+        if kept.written < written {
+            kept.clear();
+            kept.written = written;
         }
-        if self.written != written || records > Self::CAPACITY {
+        if kept.written != written || records > Self::CAPACITY {
             return;
         }
-        if self.records + records > Self::CAPACITY {
-            self.clear();
+        if kept.records + records > Self::CAPACITY {
+            kept.clear();
         }
-        self.records += records;
-        if let Some((_, old)) = self.by_key.insert(key, (value, records)) {
-            self.records -= old;
+        kept.records += records;
+        if let Some((_, old)) = kept.by_key.insert(key, (value, records)) {
+            kept.records -= old;
         }
-    }
-
-    fn clear(&mut self) {
-        self.by_key.clear();
-        self.records = 0;
     }
 }
 
@@ -296,10 +306,10 @@ pub struct Store {
     /// Counts the writes of app and endpoint records (see `records_changed`).
     records_written: Arc<std::sync::atomic::AtomicU64>,
     /// The endpoints of the apps published to lately (see `Kept`).
-    app_endpoints: Arc<std::sync::Mutex<Kept<AppId, Arc<Vec<EndpointRecord>>>>>,
+    app_endpoints: Arc<Kept<AppId, Arc<Vec<EndpointRecord>>>>,
     /// The apps published to lately, by the ID or uid they were found by
     /// (see `Kept`).
-    found_apps: Arc<std::sync::Mutex<Kept<String, AppRecord>>>,
+    found_apps: Arc<Kept<String, AppRecord>>,
     /// Held while expired leases go back on the queue: the worker's sweep and
     /// reconcile both do it, and two at once would each queue every task of
     /// a lease they both read (a second delivery of each).
@@ -752,16 +762,14 @@ impl Store {
     /// Finds an app by ID or by `uid`; kept in memory until an app or
     /// endpoint record is written (see `Kept`).
     pub fn find_app(&self, id_or_uid: &str) -> Result<Option<AppRecord>, StoreError> {
-        let written = self
-            .records_written
-            .load(std::sync::atomic::Ordering::Acquire);
-        let found = || self.found_apps.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(app) = found().get(id_or_uid, written) {
+        let written = self.records_written();
+        if let Some(app) = self.found_apps.get(id_or_uid, written) {
             return Ok(Some(app));
         }
         let app = self.read_app(id_or_uid)?;
         if let Some(app) = &app {
-            found().keep(id_or_uid.to_owned(), app.clone(), 1, written);
+            self.found_apps
+                .keep(id_or_uid.to_owned(), app.clone(), 1, written);
         }
         Ok(app)
     }
@@ -946,7 +954,7 @@ impl Store {
         app: &AppId,
         id: &EndpointId,
     ) -> Result<Option<EndpointRecord>, StoreError> {
-        if let (Some(eps), _) = self.kept_endpoints(app) {
+        if let Some(eps) = self.app_endpoints.get(app, self.records_written()) {
             return Ok(eps
                 .binary_search_by(|ep| ep.id.cmp(id))
                 .ok()
@@ -962,8 +970,8 @@ impl Store {
     /// Every endpoint of `app`, in ID order. Read from the tree only when an
     /// app or endpoint record was written since the last read (see `Kept`).
     pub fn endpoints_of(&self, app: &AppId) -> Result<Arc<Vec<EndpointRecord>>, StoreError> {
-        let (kept, written) = self.kept_endpoints(app);
-        if let Some(eps) = kept {
+        let written = self.records_written();
+        if let Some(eps) = self.app_endpoints.get(app, written) {
             return Ok(eps);
         }
         let eps: Arc<Vec<EndpointRecord>> = Arc::new(
@@ -976,26 +984,16 @@ impl Store {
                 .collect::<Result<_, _>>()?,
         );
         self.app_endpoints
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .keep(app.clone(), Arc::clone(&eps), eps.len(), written);
         Ok(eps)
     }
 
-    /// `app`'s endpoints as kept in memory, if no app or endpoint record was
-    /// written since they were read; and the count of those writes, read first: a
-    /// list read from the tree after this call is kept only if no write
+    /// The count of app and endpoint record writes (see `Kept`), read before
+    /// the tree: a record read after this call is kept only if no write
     /// lands during that read (it moves the count on).
-    fn kept_endpoints(&self, app: &AppId) -> (Option<Arc<Vec<EndpointRecord>>>, u64) {
-        let written = self
-            .records_written
-            .load(std::sync::atomic::Ordering::Acquire);
-        let kept = self
-            .app_endpoints
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(app, written);
-        (kept, written)
+    fn records_written(&self) -> u64 {
+        self.records_written
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Call after every write of an app or endpoint record, once it is in the
