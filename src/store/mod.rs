@@ -2066,10 +2066,20 @@ impl Store {
         attempt: &AttemptRecord,
         next: Next,
     ) -> Result<Recorded, StoreError> {
-        let (task_c, attempt_c) = (task.clone(), attempt.clone());
+        // Encoded here rather than on the writer thread, which gets only
+        // what it writes and the few fields it reads, not a copy of the
+        // record (with its header lists) to free there.
+        let staged = StagedAttempt {
+            id: attempt.id.clone(),
+            status: attempt.status,
+            timestamp_ms: attempt.timestamp_ms,
+            response_status_code: attempt.response_status_code,
+            encoded: Arc::from(encode(attempt)),
+        };
+        let task_c = task.clone();
         let recorded = self
             .writer
-            .write(move |o| stage_attempt(o, &task_c, &attempt_c, next))
+            .write(move |o| stage_attempt(o, &task_c, &staged, next))
             .await?;
         let delta = if attempt.status == MessageStatus::Success {
             Counts {
@@ -2155,10 +2165,20 @@ impl Store {
 
 /// The writes of `Store::record_attempt`, staged on the writer thread (reads
 /// first, so that a failed read stages nothing).
+/// What `stage_attempt` needs of an attempt record: the record encoded,
+/// and the fields it reads.
+struct StagedAttempt {
+    id: AttemptId,
+    status: MessageStatus,
+    timestamp_ms: i64,
+    response_status_code: u16,
+    encoded: Arc<[u8]>,
+}
+
 fn stage_attempt(
     o: &mut writer::Overlay,
     task: &TaskRecord,
-    attempt: &AttemptRecord,
+    attempt: &StagedAttempt,
     next: Next,
 ) -> Result<Recorded, StoreError> {
     let dest_key = keys::dest(&task.msg_id, &task.ep_id);
@@ -2174,12 +2194,12 @@ fn stage_attempt(
         Some(before) => {
             o.insert(
                 keys::attempt_by_msg(&task.msg_id, &attempt.id),
-                encode(attempt),
+                &attempt.encoded[..],
             );
             before.clone()
         }
         None => DestRecord {
-            first_attempt: Some(Arc::from(encode(attempt))),
+            first_attempt: Some(Arc::clone(&attempt.encoded)),
             ..DestRecord::of_task(task, None)
         },
     };
