@@ -365,7 +365,11 @@ fn start_lane(i: usize, shared: Arc<Shared>, roots: TlsRoots) -> std::io::Result
                             attempt_id = tracing::field::Empty,
                         );
                         let slot = EndpointSlot::new(&lane.shared, &task.ep_id);
-                        let recorded = match lane.deliver(&task, &hold, &slot).instrument(span).await {
+                        // Boxed: the request's future is kilobytes, and the
+                        // task holding it inline was copied whole as it was
+                        // spawned and as it finished.
+                        let deliver = Box::pin(lane.deliver(&task, &hold, &slot).instrument(span));
+                        let recorded = match deliver.await {
                             Ok(()) => true,
                             Err(e) => {
                                 tracing::error!(error = %e, message_id = %task.msg_id, "recording a delivery failed; it will be retried");
