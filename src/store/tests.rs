@@ -2209,3 +2209,64 @@ fn a_uid_entry_left_by_a_deletion_racing_a_rename_is_taken_over() {
     s.create_app(&ghost).unwrap().unwrap();
     assert_eq!(s.find_app("ghost").unwrap().unwrap().id, ghost.id);
 }
+
+#[test]
+fn a_tree_grown_by_many_splits_reads_back_whole_after_restarts() {
+    // Past 64 children an index node splits too, and every split of a child
+    // is linked to its parent as a fragment (vendored sled, change 16):
+    // after a restart each node is rebuilt from its fragments in the log.
+    let key = DataKey::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let mut expected = BTreeMap::new();
+    let tag = b'~';
+    assert!(keys::ns::ALL_MESSAGES != tag && keys::ns::TOKEN_HASH != tag);
+    let n: u32 = 12_000;
+    for round in 0..2u32 {
+        let s = Store::open(dir.path(), 1 << 20, Keyring::new(key.clone())).unwrap();
+        let mut write = |k: Vec<u8>, v: Option<Vec<u8>>| {
+            match &v {
+                Some(v) => s.tree.insert(&k, v.as_slice()).unwrap(),
+                None => s.tree.remove(&k).unwrap(),
+            };
+            match v {
+                Some(v) => expected.insert(k, v),
+                None => expected.remove(&k),
+            };
+        };
+        for i in 0..n {
+            // In time order, as most keys are written, and scattered.
+            let seq = round * n + i;
+            write(
+                [&[tag, 0][..], &seq.to_be_bytes()].concat(),
+                Some(vec![b'v'; 40 + (seq % 60) as usize]),
+            );
+            let scattered = (i * 7_919) % n;
+            write(
+                [
+                    &[tag, 1][..],
+                    &scattered.to_be_bytes(),
+                    &round.to_be_bytes(),
+                ]
+                .concat(),
+                Some(seq.to_be_bytes().to_vec()),
+            );
+            if i % 3 == 0 {
+                write([&[tag, 0][..], &(seq / 2).to_be_bytes()].concat(), None);
+            }
+        }
+        drop(s);
+        let s = Store::open(dir.path(), 1 << 20, Keyring::new(key.clone())).unwrap();
+        let read: BTreeMap<Vec<u8>, Vec<u8>> = s
+            .tree
+            .scan_prefix([tag])
+            .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
+            .collect();
+        assert_eq!(read.len(), expected.len(), "round {round}");
+        assert!(read == expected, "round {round}: the keys read back differ");
+        let probe = [&[tag, 1][..], &(n / 3).to_be_bytes(), &round.to_be_bytes()].concat();
+        assert_eq!(
+            s.tree.get(&probe).unwrap().map(|v| v.to_vec()),
+            expected.get(&probe).cloned()
+        );
+    }
+}
