@@ -16,6 +16,7 @@ use actix_rt::net::TcpStream;
 use actix_service::Service;
 use actix_tls::connect::{ConnectError, ConnectInfo, Connection, tcp::TcpConnector};
 use actix_web::http::Uri;
+use actix_web::http::header::HeaderName;
 use futures_util::StreamExt as _;
 use futures_util::future::LocalBoxFuture;
 use rustls::{ClientConfig, RootCertStore};
@@ -256,7 +257,10 @@ impl Sender {
         let exchange = async {
             let mut builder = client.post(req.url);
             for (name, value) in req.headers {
-                builder = builder.insert_header((name.as_str(), value.as_str()));
+                builder = match known_header(name) {
+                    Some(name) => builder.insert_header((name, value.as_str())),
+                    None => builder.insert_header((name.as_str(), value.as_str())),
+                };
             }
             let mut resp = builder
                 .send_body(req.body)
@@ -322,6 +326,20 @@ pub const MAX_STORED_HEADER_BYTES: usize = 8 * 1024;
 
 /// The response headers to record: in order, as many whole headers as fit in
 /// `MAX_STORED_HEADER_BYTES`.
+/// The names every delivery carries, as made once: a name that is not one of
+/// HTTP's standard ones is otherwise parsed and copied for each request.
+fn known_header(name: &str) -> Option<HeaderName> {
+    static KNOWN: [HeaderName; 6] = [
+        HeaderName::from_static("webhook-id"),
+        HeaderName::from_static("webhook-timestamp"),
+        HeaderName::from_static("webhook-signature"),
+        HeaderName::from_static("svix-id"),
+        HeaderName::from_static("svix-timestamp"),
+        HeaderName::from_static("svix-signature"),
+    ];
+    KNOWN.iter().find(|known| known.as_str() == name).cloned()
+}
+
 fn stored_headers(headers: &awc::http::header::HeaderMap) -> Vec<(String, String)> {
     let mut used = 0;
     let mut out = Vec::new();
@@ -357,7 +375,7 @@ impl Response {
 
 #[cfg(test)]
 mod tests {
-    use awc::http::header::{HeaderMap, HeaderName, HeaderValue};
+    use awc::http::header::{HeaderMap, HeaderValue};
 
     use super::*;
 
