@@ -2163,8 +2163,6 @@ impl Store {
     }
 }
 
-/// The writes of `Store::record_attempt`, staged on the writer thread (reads
-/// first, so that a failed read stages nothing).
 /// What `stage_attempt` needs of an attempt record: the record encoded,
 /// and the fields it reads.
 struct StagedAttempt {
@@ -2175,6 +2173,8 @@ struct StagedAttempt {
     encoded: Arc<[u8]>,
 }
 
+/// The writes of `Store::record_attempt`, staged on the writer thread (reads
+/// first, so that a failed read stages nothing).
 fn stage_attempt(
     o: &mut writer::Overlay,
     task: &TaskRecord,
