@@ -2212,9 +2212,9 @@ fn a_uid_entry_left_by_a_deletion_racing_a_rename_is_taken_over() {
 
 #[test]
 fn a_tree_grown_by_many_splits_reads_back_whole_after_restarts() {
-    // Past 64 children an index node splits too, and every split of a child
-    // is linked to its parent as a fragment (vendored sled, change 16):
-    // after a restart each node is rebuilt from its fragments in the log.
+    // Enough keys that index nodes split too (above 64 children, vendored
+    // sled, change 15), with removals among them: after a restart every
+    // node is rebuilt from what its log holds.
     let key = DataKey::generate();
     let dir = tempfile::tempdir().unwrap();
     let mut expected = BTreeMap::new();

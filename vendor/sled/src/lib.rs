@@ -348,10 +348,6 @@ pub(crate) enum Link {
     ParentMergeConfirm,
     /// A Node is marked for being merged into its left sibling
     ChildMergeCap,
-    /// webhookd patch (change 16): a child of this Index node split, and
-    /// its right half, the page given, starts at the key given. Upstream
-    /// wrote the parent whole again for every split of a child.
-    ParentSplit(IVec, PageId),
 }
 
 /// A fast map that is not resistant to collision attacks. Works

@@ -103,11 +103,6 @@ impl Node {
             ChildMergeCap => {
                 self.merging = true;
             }
-            ParentSplit(ref at, to) => {
-                // webhookd patch (change 16). Linked only where the parent
-                // did not have `at` yet (`has_child_at`), so this applies.
-                self.parent_split(at, to);
-            }
         }
     }
 
@@ -140,21 +135,6 @@ impl Node {
             testing_assert!(is_sorted(&leaf.keys));
         } else {
             panic!("tried to attach a Del to an Index chain");
-        }
-    }
-
-    /// webhookd patch (change 16): whether this index node has a child
-    /// starting at `at` already, as `parent_split` finds it.
-    pub(crate) fn has_child_at(&self, at: &[u8]) -> bool {
-        match self.data {
-            Data::Index(ref index) => {
-                let encoded_sep = &at[self.prefix_len as usize..];
-                index
-                    .keys
-                    .binary_search_by(|k| fastcmp(k, encoded_sep))
-                    .is_ok()
-            }
-            Data::Leaf(_) => panic!("tried to attach a ParentSplit to a Leaf chain"),
         }
     }
 

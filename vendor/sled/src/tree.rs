@@ -1487,7 +1487,10 @@ impl Tree {
         // either install parent split or hoist root
         if let Some(parent_view) = parent_view {
             M.tree_parent_split_attempt();
-            if parent_view.has_child_at(&rhs_lo) {
+            let mut parent: Node = parent_view.deref().clone();
+            let split_applied = parent.parent_split(&rhs_lo, rhs_pid);
+
+            if !split_applied {
                 // due to deep races, it's possible for the
                 // parent to already have a node for this lo key.
                 // if this is the case, we can skip the parent split
@@ -1495,15 +1498,13 @@ impl Tree {
                 return Ok(());
             }
 
-            // webhookd patch (change 16): the new child is linked to the
-            // parent as a fragment instead of the parent written whole.
-            let link = self.context.pagecache.link(
+            let replace = self.context.pagecache.replace(
                 parent_view.pid,
                 parent_view.node_view.0,
-                Link::ParentSplit(rhs_lo, rhs_pid),
+                parent,
                 guard,
             )?;
-            if link.is_ok() {
+            if replace.is_ok() {
                 M.tree_parent_split_success();
             } else {
                 // Parent splits are an optimization
