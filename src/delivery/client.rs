@@ -324,8 +324,6 @@ impl Sender {
 /// HTTP client itself refuses a header section over 128 KiB or 96 headers.
 pub const MAX_STORED_HEADER_BYTES: usize = 8 * 1024;
 
-/// The response headers to record: in order, as many whole headers as fit in
-/// `MAX_STORED_HEADER_BYTES`.
 /// The names every delivery carries, as made once: a name that is not one of
 /// HTTP's standard ones is otherwise parsed and copied for each request.
 fn known_header(name: &str) -> Option<HeaderName> {
@@ -340,6 +338,8 @@ fn known_header(name: &str) -> Option<HeaderName> {
     KNOWN.iter().find(|known| known.as_str() == name).cloned()
 }
 
+/// The response headers to record: in order, as many whole headers as fit in
+/// `MAX_STORED_HEADER_BYTES`.
 fn stored_headers(headers: &awc::http::header::HeaderMap) -> Vec<(String, String)> {
     let mut used = 0;
     let mut out = Vec::new();
