@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use actix_rt::net::TcpStream;
@@ -25,7 +25,7 @@ use rustls_pki_types::pem::PemObject as _;
 use sha2::{Digest as _, Sha256};
 
 use super::netguard::NetGuard;
-use crate::domain::ClientCert;
+use crate::domain::{ClientCert, RESERVED_HEADERS};
 
 /// Clients kept for endpoints with client certificates; past it, they are rebuilt.
 const MAX_CERT_CLIENTS: usize = 256;
@@ -324,17 +324,12 @@ impl Sender {
 /// HTTP client itself refuses a header section over 128 KiB or 96 headers.
 pub const MAX_STORED_HEADER_BYTES: usize = 8 * 1024;
 
-/// The names every delivery carries, as made once: a name that is not one of
-/// HTTP's standard ones is otherwise parsed and copied for each request.
+/// The names webhookd sets on every delivery (`RESERVED_HEADERS`), as made
+/// once: a name that is not one of HTTP's standard ones (`webhook-*`,
+/// `svix-*`) is otherwise parsed and copied for each request.
 fn known_header(name: &str) -> Option<HeaderName> {
-    static KNOWN: [HeaderName; 6] = [
-        HeaderName::from_static("webhook-id"),
-        HeaderName::from_static("webhook-timestamp"),
-        HeaderName::from_static("webhook-signature"),
-        HeaderName::from_static("svix-id"),
-        HeaderName::from_static("svix-timestamp"),
-        HeaderName::from_static("svix-signature"),
-    ];
+    static KNOWN: LazyLock<[HeaderName; RESERVED_HEADERS.len()]> =
+        LazyLock::new(|| RESERVED_HEADERS.map(HeaderName::from_static));
     KNOWN.iter().find(|known| known.as_str() == name).cloned()
 }
 
@@ -378,6 +373,14 @@ mod tests {
     use awc::http::header::{HeaderMap, HeaderValue};
 
     use super::*;
+
+    #[test]
+    fn every_reserved_header_is_made_once_and_nothing_else_is() {
+        for name in RESERVED_HEADERS {
+            assert_eq!(known_header(name).unwrap().as_str(), name);
+        }
+        assert_eq!(known_header("x-custom"), None);
+    }
 
     #[test]
     fn stored_headers_are_capped_at_whole_headers() {
