@@ -2224,15 +2224,15 @@ fn a_tree_grown_by_many_splits_reads_back_whole_after_restarts() {
     let n: u32 = 12_000;
     for round in 0..2u32 {
         let s = Store::open(dir.path(), 1 << 20, Keyring::new(key.clone())).unwrap();
-        let mut write = |k: Vec<u8>, v: Option<Vec<u8>>| {
-            match &v {
-                Some(v) => s.tree.insert(&k, v.as_slice()).unwrap(),
-                None => s.tree.remove(&k).unwrap(),
-            };
-            match v {
-                Some(v) => expected.insert(k, v),
-                None => expected.remove(&k),
-            };
+        let mut write = |k: Vec<u8>, v: Option<Vec<u8>>| match v {
+            Some(v) => {
+                s.tree.insert(&k, v.as_slice()).unwrap();
+                expected.insert(k, v);
+            }
+            None => {
+                s.tree.remove(&k).unwrap();
+                expected.remove(&k);
+            }
         };
         for i in 0..n {
             // In time order, as most keys are written, and scattered.
