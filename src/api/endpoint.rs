@@ -13,7 +13,7 @@ use super::model::{
 };
 use super::{ApiError, State, message};
 use crate::domain::{EndpointId, MessageId, MessageStatus, Secret, TaskId, now_ms, valid_uid};
-use crate::store::{EndpointRecord, PageReq, RetiredSecret, Taken};
+use crate::store::{AppRecord, EndpointRecord, PageReq, RetiredSecret, Taken};
 
 /// Longest grace period of a rotated secret (7 days).
 const MAX_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -81,8 +81,37 @@ fn within_limits(state: &State, ep: &EndpointRecord) -> Result<(), ApiError> {
     p.finish()
 }
 
+/// Stores `new` in place of `old` (PUT, PATCH) and answers with it; a change
+/// of `disabled` stops or resumes the endpoint's deliveries.
+async fn store_update(
+    state: &State,
+    app: &AppRecord,
+    old: &EndpointRecord,
+    mut new: EndpointRecord,
+) -> Result<HttpResponse, ApiError> {
+    new.updated_ms = now_ms();
+    within_limits(state, &new)?;
+    if !state.store.update_endpoint(old, &new)?.map_err(uid_taken)? {
+        return Err(ApiError::not_found("Endpoint"));
+    }
+    if new.disabled != old.disabled {
+        state.ops.endpoint_toggled(app, &new).await;
+    }
+    Ok(HttpResponse::Ok().json(EndpointOut::from(&new)))
+}
+
+/// Stores a change to one of the endpoint's parts (secret, headers), which
+/// leaves its uid and `disabled` as they were.
+fn store_changed(state: &State, ep: &EndpointRecord) -> Result<(), ApiError> {
+    within_limits(state, ep)?;
+    if !state.store.put_endpoint(ep)? {
+        return Err(ApiError::not_found("Endpoint"));
+    }
+    Ok(())
+}
+
 fn new_endpoint(
-    app: &crate::store::AppRecord,
+    app: &AppRecord,
     mut body: EndpointIn,
     uid: Option<String>,
 ) -> Result<EndpointRecord, ApiError> {
@@ -158,19 +187,7 @@ async fn update(
     let fields = body.validate()?;
     let mut new = old.clone();
     body.apply(fields, &mut new);
-    new.updated_ms = now_ms();
-    within_limits(&state, &new)?;
-    if !state
-        .store
-        .update_endpoint(&old, &new)?
-        .map_err(uid_taken)?
-    {
-        return Err(ApiError::not_found("Endpoint"));
-    }
-    if new.disabled != old.disabled {
-        state.ops.endpoint_toggled(&app, &new).await;
-    }
-    Ok(HttpResponse::Ok().json(EndpointOut::from(&new)))
+    store_update(&state, &app, &old, new).await
 }
 
 async fn patch(
@@ -185,19 +202,7 @@ async fn patch(
     let old = state.endpoint(&app, &ep_id)?;
     let mut new = old.clone();
     body.apply(&mut new)?;
-    new.updated_ms = now_ms();
-    within_limits(&state, &new)?;
-    if !state
-        .store
-        .update_endpoint(&old, &new)?
-        .map_err(uid_taken)?
-    {
-        return Err(ApiError::not_found("Endpoint"));
-    }
-    if new.disabled != old.disabled {
-        state.ops.endpoint_toggled(&app, &new).await;
-    }
-    Ok(HttpResponse::Ok().json(EndpointOut::from(&new)))
+    store_update(&state, &app, &old, new).await
 }
 
 async fn delete(state: State, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
@@ -266,10 +271,7 @@ async fn rotate_secret(
         });
     }
     ep.updated_ms = now;
-    within_limits(&state, &ep)?;
-    if !state.store.put_endpoint(&ep)? {
-        return Err(ApiError::not_found("Endpoint"));
-    }
+    store_changed(&state, &ep)?;
     Ok(HttpResponse::Ok().json(EndpointSecretOut {
         key: ep.secret.expose(),
     }))
@@ -303,10 +305,7 @@ async fn put_headers(
     let mut ep = state.endpoint(&app, &ep_id)?;
     ep.headers = body.headers;
     ep.updated_ms = now_ms();
-    within_limits(&state, &ep)?;
-    if !state.store.put_endpoint(&ep)? {
-        return Err(ApiError::not_found("Endpoint"));
-    }
+    store_changed(&state, &ep)?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -339,10 +338,7 @@ async fn patch_headers(
     }
     ep.headers.extend(set);
     ep.updated_ms = now_ms();
-    within_limits(&state, &ep)?;
-    if !state.store.put_endpoint(&ep)? {
-        return Err(ApiError::not_found("Endpoint"));
-    }
+    store_changed(&state, &ep)?;
     Ok(HttpResponse::NoContent().finish())
 }
 
