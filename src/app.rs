@@ -329,6 +329,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         ops.clone(),
         scheduler.clone(),
         auth_throttle,
+        config.api.limits.clone(),
     ));
     let listener = TcpListener::bind(config.listen)
         .with_context(|| format!("listening on {}", config.listen))?;

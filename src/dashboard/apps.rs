@@ -9,6 +9,7 @@ use serde::Deserialize;
 use super::session::check_csrf;
 use super::view::{self, Badge};
 use super::{DashboardError, Layout, PageResult, State, render, see_other};
+use crate::config::Limits;
 use crate::domain::{
     EndpointId, EndpointUrl, MessageId, Secret, check_custom_header, now_ms, valid_channel,
     valid_uid,
@@ -313,13 +314,19 @@ fn split_list(s: &str) -> Vec<String> {
 }
 
 /// Applies the edit form to `ep`, or says what is wrong with it.
-fn apply_form(form: &EndpointForm, ep: &mut EndpointRecord) -> Result<(), String> {
+fn apply_form(form: &EndpointForm, limits: &Limits, ep: &mut EndpointRecord) -> Result<(), String> {
     ep.url = EndpointUrl::parse(form.url.trim()).map_err(|e| format!("URL: {e}"))?;
     ep.description = form.description.trim().to_owned();
     let types = split_list(&form.event_types);
     if let Some(bad) = types.iter().find(|t| !valid_uid(t)) {
         return Err(format!(
             "Event types: “{bad}” is not a valid event type name"
+        ));
+    }
+    if types.len() > limits.max_endpoint_event_types {
+        return Err(format!(
+            "Event types: at most {}",
+            limits.max_endpoint_event_types
         ));
     }
     let channels = split_list(&form.channels);
@@ -343,6 +350,9 @@ fn apply_form(form: &EndpointForm, ep: &mut EndpointRecord) -> Result<(), String
         check_custom_header(name, value).map_err(|e| format!("Headers: {name}: {e}"))?;
         headers.insert(name.to_owned(), value.to_owned());
     }
+    if headers.len() > limits.max_endpoint_headers {
+        return Err(format!("Headers: at most {}", limits.max_endpoint_headers));
+    }
     ep.event_types = types;
     ep.channels = channels;
     ep.headers = headers;
@@ -361,7 +371,7 @@ async fn save_endpoint(
     let app = find_app(&state, &app_id)?;
     let old = find_endpoint(&state, &app, &ep_id)?;
     let mut new = old.clone();
-    if let Err(problem) = apply_form(&form, &mut new) {
+    if let Err(problem) = apply_form(&form, &state.limits, &mut new) {
         return endpoint_page(&state, &req, app, old, false, Some(problem));
     }
     if !state.store.put_endpoint(&new)? {

@@ -24,6 +24,7 @@ use askama::Template;
 use serde::Deserialize;
 
 use crate::admin::AdminToken;
+use crate::config::Limits;
 use crate::delivery::{DeliveryHandle, Operational};
 use crate::domain::{EndpointId, MessageId, now_ms};
 use crate::scheduler::SchedulerHandle;
@@ -42,6 +43,8 @@ pub struct DashboardState {
     pub scheduler: SchedulerHandle,
     /// Shared with the API's authentication.
     pub auth_throttle: Arc<AuthThrottle>,
+    /// The API's bounds, which the endpoint form keeps as well.
+    pub limits: Limits,
 }
 
 type State = web::Data<DashboardState>;
@@ -55,6 +58,7 @@ impl DashboardState {
         ops: Operational,
         scheduler: SchedulerHandle,
         auth_throttle: Arc<AuthThrottle>,
+        limits: Limits,
     ) -> Self {
         Self {
             store,
@@ -64,6 +68,7 @@ impl DashboardState {
             ops,
             scheduler,
             auth_throttle,
+            limits,
         }
     }
 

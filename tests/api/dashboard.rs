@@ -4,7 +4,7 @@
 use actix_web::http::Method;
 use serde_json::json;
 
-use crate::helpers::{Reply, Resp, TOKEN, TestApp, TestReceiver, spawn_app};
+use crate::helpers::{Reply, Resp, TOKEN, TestApp, TestReceiver, spawn_app, spawn_app_with};
 
 /// A browser-like client: keeps the session cookie, reads CSRF tokens from
 /// pages, and does not follow redirects (tests look at each 303).
@@ -484,6 +484,52 @@ async fn endpoint_settings_secret_and_actions() {
         .await;
     let (_, e) = app.get(&format!("/app/{app_id}/endpoint/{ep}")).await;
     assert_eq!(e["disabled"], false);
+    app.stop().await;
+}
+
+/// The edit form keeps the bounds the API keeps (`limits.max_endpoint_*`).
+#[actix_web::test]
+async fn endpoint_form_keeps_the_configured_limits() {
+    let app = spawn_app_with(&[
+        ("WEBHOOKD_LIMITS__MAX_ENDPOINT_EVENT_TYPES", "2"),
+        ("WEBHOOKD_LIMITS__MAX_ENDPOINT_HEADERS", "1"),
+    ])
+    .await;
+    let rx = TestReceiver::start().await;
+    let app_id = app.create_app().await;
+    let ep = app.endpoint_to(&app_id, &rx).await;
+    let path = format!("/apps/{app_id}/endpoints/{ep}");
+    let mut b = Browser::new(&app);
+    b.sign_in().await;
+    let csrf = b.csrf().await;
+    let url = rx.url();
+    let form = |types, headers| {
+        [
+            ("csrf", csrf.as_str()),
+            ("url", url.as_str()),
+            ("event_types", types),
+            ("headers", headers),
+        ]
+    };
+
+    let res = b.post(&path, &form("a, b, c", "")).await;
+    assert_eq!(res.status, 422);
+    assert!(
+        text(&res).contains("Event types: at most 2"),
+        "{}",
+        text(&res)
+    );
+    let res = b.post(&path, &form("a", "X-A: 1\nX-B: 2")).await;
+    assert_eq!(res.status, 422);
+    assert!(text(&res).contains("Headers: at most 1"), "{}", text(&res));
+    let (_, e) = app.get(&format!("/app/{app_id}/endpoint/{ep}")).await;
+    assert_eq!(e["eventTypes"], serde_json::Value::Null, "{e}");
+
+    // At the bounds it saves.
+    let res = b.post(&path, &form("a, b", "X-A: 1")).await;
+    assert!(b.follow(res).await.contains("Endpoint saved."));
+    let (_, e) = app.get(&format!("/app/{app_id}/endpoint/{ep}")).await;
+    assert_eq!(e["eventTypes"], json!(["a", "b"]));
     app.stop().await;
 }
 
