@@ -45,6 +45,7 @@ pub fn reconcile(s: &Scheduler, now: i64) -> Result<Report, StoreError> {
     report.count("statuses_checked", r.statuses_checked);
     report.count("requeued", r.requeued);
     report.count("dead_letter_fixed", r.dead_letter_fixed);
+    report.count("statuses_forgotten", r.forgotten);
     Ok(report)
 }
 

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use super::{
     AttemptRecord, Counts, DestRecord, JOB_CHUNK, JobRecord, MessageRecord, SilenceAlert, Store,
     StoreError, TaskRecord, change_first_attempt, decode, decode_dest, encode, first_attempt, keys,
-    set_failed_index,
+    set_failed_index, stage_forget,
 };
 use crate::domain::{
     AppId, AttemptId, AttemptTrigger, EndpointId, MessageId, MessageStatus, TaskId,
@@ -98,6 +98,8 @@ pub struct Reconciled {
     pub statuses_checked: usize,
     pub requeued: usize,
     pub dead_letter_fixed: usize,
+    /// Statuses of deliveries to an endpoint deleted since (see `reconcile`).
+    pub forgotten: usize,
     /// Where the next pass continues (None: the sweep wrapped around).
     pub cursor: Option<Vec<u8>>,
 }
@@ -241,6 +243,10 @@ impl Store {
         r.overdue = overdue;
         // Deliveries that look lost: requeued only if still so after a second look.
         let mut suspects: Vec<(sled::IVec, sled::IVec, DestRecord)> = Vec::new();
+        // Statuses whose endpoint is gone: an attempt under way as its
+        // endpoint (or app) was deleted wrote its status back after the
+        // deletion took it, or a crash came between the two.
+        let mut gone: Vec<DestRecord> = Vec::new();
         let start = cursor.map_or_else(|| vec![keys::ns::DEST], <[u8]>::to_vec);
         let end = keys::prefix_end(&[keys::ns::DEST]);
         let mut last = None;
@@ -252,11 +258,20 @@ impl Store {
             if r.statuses_checked == budget {
                 r.cursor = last;
                 r.requeued = self.requeue_lost(suspects, now_ms)?;
+                r.forgotten = self.forget(gone)?;
                 return Ok(r);
             }
             r.statuses_checked += 1;
             last = Some(k.to_vec());
             let d: DestRecord = decode(&k, &v)?;
+            if !self
+                .endpoints_of(&d.app_id)?
+                .iter()
+                .any(|ep| ep.id == d.ep_id)
+            {
+                gone.push(d);
+                continue;
+            }
             let queued = waiting.contains(&(d.msg_id.clone(), d.ep_id.clone()));
             // A failed one missing from the dead-letter index is indexed here;
             // an index entry whose status is not failed is removed by the
@@ -284,6 +299,7 @@ impl Store {
             }
         }
         r.requeued = self.requeue_lost(suspects, now_ms)?;
+        r.forgotten = self.forget(gone)?;
         // Dead letters whose status is gone or no longer failed.
         for e in self.tree.scan_prefix([keys::ns::FAILED]).keys() {
             let k = e?;
@@ -297,6 +313,22 @@ impl Store {
         }
         r.cursor = None;
         Ok(r)
+    }
+
+    /// Takes away the statuses in `gone` (their endpoints deleted) as a job
+    /// of the writer thread, as a claim of one of them would (see
+    /// `Store::forget_delivery`). Returns how many.
+    fn forget(&self, gone: Vec<DestRecord>) -> Result<usize, StoreError> {
+        let n = gone.len();
+        if n > 0 {
+            self.writer.write_blocking(move |o| {
+                for d in &gone {
+                    stage_forget(o, &d.app_id, &d.msg_id, &d.ep_id)?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(n)
     }
 
     /// (message, endpoint) of every queued, leased or handed-over delivery,

@@ -2024,33 +2024,12 @@ impl Store {
     /// Finishes a claimed task whose endpoint, app or message is gone, without
     /// an attempt: a status that an attempt recorded as they were deleted
     /// wrote back (a retry, a dead letter, a delivery to nowhere listed
-    /// under the message) goes with its indexes; its first attempt stays
-    /// listed under the message if that is still there, as deleting an
-    /// endpoint leaves it. The claim's lease stays until `release_lease`.
+    /// under the message) goes with its indexes (see `stage_forget`). The
+    /// claim's lease stays until `release_lease`.
     pub async fn forget_delivery(&self, task: &TaskRecord) -> Result<(), StoreError> {
-        let task = task.clone();
+        let (app, msg, ep) = (task.app_id.clone(), task.msg_id.clone(), task.ep_id.clone());
         self.writer
-            .write(move |o| {
-                let key = keys::dest(&task.msg_id, &task.ep_id);
-                let first = match staged_dest(o, &key)? {
-                    Some(d) => first_attempt(&d)?,
-                    None => None,
-                };
-                // Off the endpoint's index, as a deletion takes all of an
-                // endpoint's or a message's entries there.
-                if let Some(a) = first {
-                    if o.contains_key(&keys::message(&task.app_id, &task.msg_id))? {
-                        o.insert(keys::attempt_by_msg(&task.msg_id, &a.id), encode(&a));
-                    }
-                    o.remove(keys::attempt_by_ep(&task.ep_id, &a.id));
-                }
-                // The indexes too when there is no status: a delivery
-                // handed over has only its endpoint's index entry.
-                for k in keys::dest_and_indexes(&task.msg_id, &task.ep_id) {
-                    o.remove(k);
-                }
-                Ok(())
-            })
+            .write(move |o| stage_forget(o, &app, &msg, &ep))
             .await
     }
 
@@ -2171,6 +2150,35 @@ struct StagedAttempt {
     timestamp_ms: i64,
     response_status_code: u16,
     encoded: Arc<[u8]>,
+}
+
+/// Takes away the status of a delivery whose endpoint, app or message is
+/// gone, with its indexes; its first attempt stays listed under the message
+/// if that is still there, as deleting an endpoint leaves it.
+fn stage_forget(
+    o: &mut writer::Overlay,
+    app: &AppId,
+    msg: &MessageId,
+    ep: &EndpointId,
+) -> Result<(), StoreError> {
+    let first = match staged_dest(o, &keys::dest(msg, ep))? {
+        Some(d) => first_attempt(&d)?,
+        None => None,
+    };
+    // Off the endpoint's index, as a deletion takes all of an endpoint's or
+    // a message's entries there.
+    if let Some(a) = first {
+        if o.contains_key(&keys::message(app, msg))? {
+            o.insert(keys::attempt_by_msg(msg, &a.id), encode(&a));
+        }
+        o.remove(keys::attempt_by_ep(ep, &a.id));
+    }
+    // The indexes too when there is no status: a delivery handed over has
+    // only its endpoint's index entry.
+    for k in keys::dest_and_indexes(msg, ep) {
+        o.remove(k);
+    }
+    Ok(())
 }
 
 /// The writes of `Store::record_attempt`, staged on the writer thread (reads

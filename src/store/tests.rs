@@ -888,6 +888,7 @@ async fn reconcile_removes_the_statuses_of_a_publish_cut_before_its_message() {
     let s = Store::temporary().unwrap();
     let a = app(None);
     let ep = endpoint(&a.id, &[]);
+    s.create_endpoint(&ep).unwrap().unwrap();
     let whole = message(&a.id, 10, None);
     let cut = message(&a.id, 11, None);
     for m in [&whole, &cut] {
@@ -940,6 +941,7 @@ async fn reconcile_requeues_orphans_releases_leases_and_repairs_dead_letters() {
     let s = Store::temporary().unwrap();
     let a = app(None);
     let ep = endpoint(&a.id, &[]);
+    s.create_endpoint(&ep).unwrap().unwrap();
     let orphan = message(&a.id, 10, None);
     let leased = message(&a.id, 11, None);
     let failed = message(&a.id, 12, None);
@@ -1814,6 +1816,9 @@ async fn a_long_reconcile_sweep_calls_back_between_chunks() {
     let eps: Vec<EndpointRecord> = (0..2 * RECONCILE_CHUNK + 1)
         .map(|_| endpoint(&a.id, &[]))
         .collect();
+    for ep in &eps {
+        s.create_endpoint(ep).unwrap().unwrap();
+    }
     let targets: Vec<&EndpointRecord> = eps.iter().collect();
     s.publish(&message(&a.id, 10, None), b"{}", &targets, 20, || {})
         .await
@@ -2099,6 +2104,43 @@ async fn a_delivery_to_an_endpoint_deleted_meanwhile_is_forgotten_at_its_retry()
     assert_eq!(listed.items[0].id, a.id);
     let r = s.reconcile(100_000, 60_000, None, 100, || {}).unwrap();
     assert_eq!(r.requeued, 0);
+}
+
+/// An attempt that fails for good as its endpoint is deleted writes its
+/// status back with nothing queued to take it away: reconcile does, with
+/// its dead-letter entry, and the attempt stays listed under the message.
+#[tokio::test]
+async fn reconcile_forgets_a_status_written_back_for_a_deleted_endpoint() {
+    let (s, ep, m, t) = one_claimed(10, 500).await;
+    s.delete_endpoint(&ep).unwrap();
+    let a = attempt(&t, false, 20);
+    s.record_attempt(&t, &a, Next::Done).await.unwrap();
+    s.release_lease(500, &t.id).await.unwrap();
+    assert!(s.dest(&m.id, &ep.id).unwrap().is_some(), "written back");
+
+    let r = s.reconcile(100_000, 60_000, None, 100, || {}).unwrap();
+    assert_eq!((r.forgotten, r.requeued), (1, 0));
+    assert!(s.dest(&m.id, &ep.id).unwrap().is_none());
+    for gone in [
+        keys::endpoint_msg(&ep.id, &m.id),
+        keys::attempt_by_ep(&ep.id, &a.id),
+        keys::failed(&m.id, &ep.id),
+    ] {
+        assert!(!s.tree.contains_key(gone).unwrap());
+    }
+    assert!(
+        s.failed_deliveries(&PageReq::first(10))
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let listed = s
+        .attempts_of_msg(&m.id, &PageReq::first(10), |_| true)
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].id, a.id);
+    let again = s.reconcile(100_000, 60_000, None, 100, || {}).unwrap();
+    assert_eq!((again.forgotten, again.dead_letter_fixed), (0, 0));
 }
 
 /// A change to an endpoint read before the endpoint was deleted (a 410
