@@ -821,8 +821,11 @@ impl Lane {
                 }
             }
         }
-        if !self.shared.ops.is_reserved(&task.app_id) {
-            self.attempt_events(msg, &attempt, &recorded, gone).await?;
+        // None: the endpoint was deleted while this attempt was under way.
+        if let Some(recorded) = &recorded
+            && !self.shared.ops.is_reserved(&task.app_id)
+        {
+            self.attempt_events(msg, &attempt, recorded, gone).await?;
         }
         Ok(())
     }

@@ -27,7 +27,7 @@ mod tokens;
 mod views;
 mod writer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
@@ -322,6 +322,10 @@ pub struct Store {
     attempts_swept: Arc<std::sync::Mutex<Option<MessageId>>>,
     /// Deliveries handed from publishes to the worker in memory (see `handoff`).
     handoff: Arc<handoff::Handoff>,
+    /// The endpoints deleted while this store is open: an attempt under way
+    /// as its endpoint was deleted records no status for it (see
+    /// `deleting_endpoints`).
+    deleted_endpoints: Arc<std::sync::Mutex<HashSet<EndpointId>>>,
     /// Declared last, so it is dropped after everything above: see `Closing`.
     closing: Arc<Closing>,
 }
@@ -633,6 +637,7 @@ impl Store {
             attempts_swept: Arc::default(),
             lease_clock: std::time::Instant::now(),
             handoff,
+            deleted_endpoints: Arc::default(),
             closing: Arc::new(Closing(None)),
         })
     }
@@ -827,7 +832,9 @@ impl Store {
         if let Some(uid) = &app.uid {
             batch.remove(keys::app_uid(uid));
         }
-        for ep in self.endpoints_of(&app.id)?.iter() {
+        let eps = self.endpoints_of(&app.id)?;
+        self.deleting_endpoints(eps.iter().map(|ep| ep.id.clone()))?;
+        for ep in eps.iter() {
             self.delete_endpoint_into(&mut batch, ep, false)?;
         }
         self.delete_tokens_into(&mut batch, &app.id)?;
@@ -1180,6 +1187,23 @@ impl Store {
         Ok(n)
     }
 
+    /// Before endpoints are deleted: from now on an attempt to one of them
+    /// records no status (`stage_attempt`), and once the writer's group under
+    /// way is applied, every status staged before is in the tree for the
+    /// deletion to find. Without this, an attempt under way wrote its status
+    /// back after the deletion, or between its read of the statuses and its
+    /// batch, which then took the status with the first attempt in it.
+    fn deleting_endpoints(
+        &self,
+        eps: impl IntoIterator<Item = EndpointId>,
+    ) -> Result<(), StoreError> {
+        self.deleted_endpoints
+            .lock()
+            .expect("deleted endpoints lock poisoned")
+            .extend(eps);
+        self.writer.write_blocking(|_| Ok(()))
+    }
+
     /// Stages the removal of an endpoint with its statuses; the first
     /// attempts kept in them move under their messages if `keep_attempts`.
     fn delete_endpoint_into(
@@ -1217,6 +1241,7 @@ impl Store {
     /// Deletes an endpoint and its delivery statuses. Its attempts stay listed under
     /// their messages; queued deliveries to it are dropped when they come due.
     pub fn delete_endpoint(&self, ep: &EndpointRecord) -> Result<(), StoreError> {
+        self.deleting_endpoints([ep.id.clone()])?;
         let mut batch = sled::Batch::default();
         self.delete_endpoint_into(&mut batch, ep, true)?;
         self.tree.apply_batch(batch)?;
@@ -2038,13 +2063,14 @@ impl Store {
     /// retry (if any) is queued and the delivery status is updated. The
     /// claim's lease stays until `release_lease`. Then the per-minute and
     /// per-endpoint-hour counters are bumped (in memory, merged in batches:
-    /// see `counters`).
+    /// see `counters`). `None` if the endpoint was deleted meanwhile: the
+    /// attempt is then only listed under its message, with no status.
     pub async fn record_attempt(
         &self,
         task: &TaskRecord,
         attempt: &AttemptRecord,
         next: Next,
-    ) -> Result<Recorded, StoreError> {
+    ) -> Result<Option<Recorded>, StoreError> {
         // Encoded here rather than on the writer thread, which gets only
         // what it writes and the few fields it reads, not a copy of the
         // record (with its header lists) to free there.
@@ -2056,9 +2082,19 @@ impl Store {
             encoded: Arc::from(encode(attempt)),
         };
         let task_c = task.clone();
+        let deleted = Arc::clone(&self.deleted_endpoints);
         let recorded = self
             .writer
-            .write(move |o| stage_attempt(o, &task_c, &staged, next))
+            .write(move |o| {
+                let deleted = deleted.lock().expect("deleted endpoints lock poisoned");
+                if !deleted.is_empty() && deleted.contains(&task_c.ep_id) {
+                    drop(deleted);
+                    stage_attempt_of_deleted(o, &task_c, &staged)?;
+                    return Ok(None);
+                }
+                drop(deleted);
+                stage_attempt(o, &task_c, &staged, next).map(Some)
+            })
             .await?;
         let delta = if attempt.status == MessageStatus::Success {
             Counts {
@@ -2177,6 +2213,23 @@ fn stage_forget(
     // only its endpoint's index entry.
     for k in keys::dest_and_indexes(msg, ep) {
         o.remove(k);
+    }
+    Ok(())
+}
+
+/// An attempt whose endpoint was deleted while it was under way: listed
+/// under its message (if that is still there) as the deletion leaves first
+/// attempts, with no status, index entry or retry.
+fn stage_attempt_of_deleted(
+    o: &mut writer::Overlay,
+    task: &TaskRecord,
+    attempt: &StagedAttempt,
+) -> Result<(), StoreError> {
+    if o.contains_key(&keys::message(&task.app_id, &task.msg_id))? {
+        o.insert(
+            keys::attempt_by_msg(&task.msg_id, &attempt.id),
+            &attempt.encoded[..],
+        );
     }
     Ok(())
 }

@@ -151,7 +151,8 @@ async fn publish_claim_fail_retry_then_succeed() {
             Next::RetryAt(2_000),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .expect("the endpoint is there");
     assert_eq!(dest.after.status, MessageStatus::Sending);
     assert_eq!(dest.after.failures_in_row, 1);
     assert_eq!(s.queue_depth(), (1, 1), "the lease stays until released");
@@ -170,7 +171,8 @@ async fn publish_claim_fail_retry_then_succeed() {
             Next::RetryAt(9_000),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .expect("the endpoint is there");
     assert_eq!(dest.after.status, MessageStatus::Success);
     assert_eq!(dest.after.failures_in_row, 0);
     assert_eq!(dest.after.attempts, 2);
@@ -2071,18 +2073,45 @@ async fn a_resend_and_an_attempt_change_the_status_in_turn() {
     assert_eq!(queued[0].trigger, AttemptTrigger::Manual);
 }
 
-/// An attempt recorded as its endpoint is deleted writes its status back,
-/// with a retry; the retry, finding the endpoint gone, takes that status
-/// away (the attempt stays listed under the message), so that nothing is
-/// left waiting for an endpoint that is no more.
+/// An attempt recorded after its endpoint was deleted (under way as the
+/// deletion ran) writes no status back and queues no retry: nothing is
+/// left waiting for an endpoint that is no more, and the attempt stays
+/// listed under its message, as the deletion leaves first attempts.
 #[tokio::test]
-async fn a_delivery_to_an_endpoint_deleted_meanwhile_is_forgotten_at_its_retry() {
+async fn an_attempt_to_an_endpoint_deleted_meanwhile_writes_no_status_back() {
     let (s, ep, m, t) = one_claimed(10, 500).await;
     s.delete_endpoint(&ep).unwrap();
     let a = attempt(&t, false, 20);
+    let recorded = s.record_attempt(&t, &a, Next::RetryAt(30)).await.unwrap();
+    assert!(recorded.is_none());
+    s.release_lease(500, &t.id).await.unwrap();
+    assert!(s.dest(&m.id, &ep.id).unwrap().is_none());
+    for gone in [
+        keys::endpoint_msg(&ep.id, &m.id),
+        keys::attempt_by_ep(&ep.id, &a.id),
+        keys::failed(&m.id, &ep.id),
+    ] {
+        assert!(!s.tree.contains_key(gone).unwrap());
+    }
+    assert_eq!(s.queue_depth(), (0, 0), "no retry");
+    let listed = s
+        .attempts_of_msg(&m.id, &PageReq::first(10), |_| true)
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].id, a.id);
+    let r = s.reconcile(100_000, 60_000, None, 100, || {}).unwrap();
+    assert_eq!((r.requeued, r.forgotten), (0, 0));
+}
+
+/// A retry queued before its endpoint was deleted, claimed after, finds the
+/// endpoint gone and is dropped with what is left of its delivery.
+#[tokio::test]
+async fn a_retry_to_an_endpoint_deleted_since_is_forgotten() {
+    let (s, ep, m, t) = one_claimed(10, 500).await;
+    let a = attempt(&t, false, 20);
     s.record_attempt(&t, &a, Next::RetryAt(30)).await.unwrap();
     s.release_lease(500, &t.id).await.unwrap();
-    assert!(s.dest(&m.id, &ep.id).unwrap().is_some(), "written back");
+    s.delete_endpoint(&ep).unwrap();
     let retry = s
         .claim_due(30, 600, 10, 100, |_| Claim::Take)
         .await
@@ -2091,39 +2120,34 @@ async fn a_delivery_to_an_endpoint_deleted_meanwhile_is_forgotten_at_its_retry()
     s.forget_delivery(&retry).await.unwrap();
     s.release_lease(600, &retry.id).await.unwrap();
     assert!(s.dest(&m.id, &ep.id).unwrap().is_none());
-    for gone in [
-        keys::endpoint_msg(&ep.id, &m.id),
-        keys::attempt_by_ep(&ep.id, &a.id),
-    ] {
-        assert!(!s.tree.contains_key(gone).unwrap());
-    }
+    assert_eq!(s.queue_depth(), (0, 0));
     let listed = s
         .attempts_of_msg(&m.id, &PageReq::first(10), |_| true)
         .unwrap();
     assert_eq!(listed.items.len(), 1);
     assert_eq!(listed.items[0].id, a.id);
-    let r = s.reconcile(100_000, 60_000, None, 100, || {}).unwrap();
-    assert_eq!(r.requeued, 0);
 }
 
-/// An attempt that fails for good as its endpoint is deleted writes its
-/// status back with nothing queued to take it away: reconcile does, with
-/// its dead-letter entry, and the attempt stays listed under the message.
+/// A status left for an endpoint that is gone (an attempt recorded as its
+/// endpoint was deleted wrote it back, before `deleting_endpoints`): with
+/// nothing queued to take it away, reconcile does, with its dead-letter
+/// entry, and the attempt stays listed under the message.
 #[tokio::test]
-async fn reconcile_forgets_a_status_written_back_for_a_deleted_endpoint() {
+async fn reconcile_forgets_a_status_left_for_a_deleted_endpoint() {
     let (s, ep, m, t) = one_claimed(10, 500).await;
-    s.delete_endpoint(&ep).unwrap();
     let a = attempt(&t, false, 20);
     s.record_attempt(&t, &a, Next::Done).await.unwrap();
     s.release_lease(500, &t.id).await.unwrap();
-    assert!(s.dest(&m.id, &ep.id).unwrap().is_some(), "written back");
+    // What such a store holds: the endpoint gone, its failed status not.
+    s.tree.remove(keys::endpoint(&ep.app_id, &ep.id)).unwrap();
+    s.records_changed();
+    assert!(s.tree.contains_key(keys::failed(&m.id, &ep.id)).unwrap());
 
     let r = s.reconcile(100_000, 60_000, None, 100, || {}).unwrap();
     assert_eq!((r.forgotten, r.requeued), (1, 0));
     assert!(s.dest(&m.id, &ep.id).unwrap().is_none());
     for gone in [
         keys::endpoint_msg(&ep.id, &m.id),
-        keys::attempt_by_ep(&ep.id, &a.id),
         keys::failed(&m.id, &ep.id),
     ] {
         assert!(!s.tree.contains_key(gone).unwrap());

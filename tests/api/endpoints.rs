@@ -5,7 +5,7 @@ use serde_json::json;
 use webhookd::domain::Secret;
 use webhookd::signing;
 
-use crate::helpers::{Reply, TestReceiver, spawn_app};
+use crate::helpers::{Gate, Reply, TestReceiver, WAIT, spawn_app, wait_until};
 
 #[actix_web::test]
 async fn create_with_every_field_then_get_list_put_patch_delete() {
@@ -331,4 +331,37 @@ async fn stats_count_statuses() {
 /// A server whose first failure is final, so a status settles after one attempt.
 async fn spawn_app_with_no_retries() -> crate::helpers::TestApp {
     crate::helpers::spawn_app_with(&[("WEBHOOKD_RETRY_SCHEDULE", "")]).await
+}
+
+/// An endpoint deleted while a delivery to it is under way: once the
+/// request ends, the message lists no delivery to the endpoint and nothing
+/// is retried, and the attempt stays listed under the message.
+#[actix_web::test]
+async fn deleting_an_endpoint_during_a_delivery_leaves_no_status_behind() {
+    let app = spawn_app().await;
+    let mut rx = TestReceiver::start().await;
+    let gate = Gate::new();
+    rx.set_default(Reply::status(500).gate(&gate));
+    let a = app.create_app().await;
+    let ep = app.endpoint_to(&a, &rx).await;
+    let msg = app.publish_simple(&a, "order.created").await;
+    assert_eq!(rx.next().await.msg_id(), msg, "the request is under way");
+
+    let (status, _) = app.delete(&format!("/app/{a}/endpoint/{ep}")).await;
+    assert_eq!(status, 204);
+    gate.release();
+    let attempts = format!("/app/{a}/attempt/msg/{msg}");
+    let listed = wait_until(WAIT, "the attempt to be recorded", || async {
+        let page = app.get_ok(&attempts).await;
+        (page["data"].as_array().unwrap().len() == 1).then_some(page)
+    })
+    .await;
+    assert_eq!(listed["data"][0]["responseStatusCode"], 500);
+    assert_eq!(listed["data"][0]["endpointId"], ep.as_str());
+    let dests = app.get_ok(&format!("/app/{a}/msg/{msg}/endpoint")).await;
+    assert_eq!(dests["data"], json!([]), "{dests}");
+    let health = app.get_ok("/webhookd/health").await;
+    assert_eq!(health["queue"]["depth"], 0, "no retry: {health}");
+    rx.stop().await;
+    app.stop().await;
 }
