@@ -245,7 +245,7 @@ impl Store {
         let mut suspects: Vec<(sled::IVec, sled::IVec, DestRecord)> = Vec::new();
         // Statuses whose endpoint is gone: an attempt under way as its
         // endpoint (or app) was deleted wrote its status back after the
-        // deletion took it, or a crash came between the two.
+        // deletion took it, in builds before `deleting_endpoints`.
         let mut gone: Vec<DestRecord> = Vec::new();
         let start = cursor.map_or_else(|| vec![keys::ns::DEST], <[u8]>::to_vec);
         let end = keys::prefix_end(&[keys::ns::DEST]);

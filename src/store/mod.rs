@@ -1188,7 +1188,7 @@ impl Store {
     }
 
     /// Before endpoints are deleted: from now on an attempt to one of them
-    /// records no status (`stage_attempt`), and once the writer's group under
+    /// records no status (`record_attempt`), and once the writer's group under
     /// way is applied, every status staged before is in the tree for the
     /// deletion to find. Without this, an attempt under way wrote its status
     /// back after the deletion, or between its read of the statuses and its
