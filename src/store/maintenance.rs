@@ -680,9 +680,16 @@ impl Store {
 
     /// Deletes the oldest messages whose every delivery succeeded (or that had no
     /// endpoint) until about `bytes` have been freed. Never a message with a
-    /// delivery that is waiting, retrying or failed.
+    /// delivery that is waiting, retrying or failed, nor one with a delivery
+    /// queued, leased or held in memory (a resend of a delivered one).
     pub fn drop_oldest_delivered(&self, bytes: u64) -> Result<Retained, StoreError> {
         let mut r = Retained::default();
+        let waiting: HashSet<MessageId> = self
+            .waiting_tasks(i64::MIN)?
+            .0
+            .into_iter()
+            .map(|(msg, _)| msg)
+            .collect();
         let mut iter = self.tree.scan_prefix([keys::ns::ALL_MESSAGES]);
         while r.bytes_freed < bytes {
             let Some(e) = iter.next() else { break };
@@ -693,6 +700,13 @@ impl Store {
             ) else {
                 continue;
             };
+            // A delivery held in memory has no status until its attempt is
+            // recorded (see `handoff`), so its message would look delivered.
+            // It is let go only after its status is written: asked before
+            // the statuses are read, the hand-off misses none.
+            if waiting.contains(&id) || !self.handoff.held_of(&id).is_empty() {
+                continue;
+            }
             let Some(msg) = self.get_message(&app, &id)? else {
                 continue;
             };

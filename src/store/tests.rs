@@ -1049,6 +1049,7 @@ async fn retention_keeps_undelivered_messages() {
         s.record_attempt(&t, &attempt(&t, ok, 30), Next::Done)
             .await
             .unwrap();
+        s.release_lease(100, &t.id).await.unwrap();
     }
     // Payload retention: the delivered and the orphan go, the failed one stays.
     let r = s.expire_payloads(10_000, 1_000, |_| 1_000).unwrap();
@@ -1518,6 +1519,56 @@ async fn record_handed_over(s: &Store, n: usize, at: i64) -> Vec<AttemptRecord> 
     recorded
 }
 
+/// The disk bound never drops a message with a delivery held in memory (it
+/// has no status yet, so the message would look delivered), nor a
+/// delivered one with a resend queued; the latter goes once the resend is
+/// recorded.
+#[tokio::test]
+async fn the_disk_bound_leaves_messages_with_deliveries_under_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, a, ep) = on_disk_with_handoff(dir.path(), &DataKey::generate());
+    let now = crate::domain::now_ms();
+    // Before the hand-off's mark: queued, delivered, then resent.
+    let old = message(&a.id, now - 60_000, None);
+    s.publish(&old, b"{}", &[&ep], now - 60_000, || {})
+        .await
+        .unwrap();
+    let t = s
+        .claim_due(now, now + 60_000, 10, 100, |_| Claim::Take)
+        .await
+        .unwrap()
+        .remove(0);
+    s.record_attempt(&t, &attempt(&t, true, now), Next::Done)
+        .await
+        .unwrap();
+    s.release_lease(now + 60_000, &t.id).await.unwrap();
+    s.queue_manual(&a.id, &old.id, &ep.id, now).await.unwrap();
+    // From the mark on: handed over, not recorded yet.
+    let held = message(&a.id, now + 1, None);
+    s.publish(&held, b"{}", &[&ep], now, || {}).await.unwrap();
+    assert!(s.dest(&held.id, &ep.id).unwrap().is_none(), "no status yet");
+
+    let r = s.drop_oldest_delivered(u64::MAX).unwrap();
+    assert_eq!(r.messages_deleted, 0);
+    for m in [&old, &held] {
+        assert!(s.get_message(&a.id, &m.id).unwrap().is_some());
+    }
+
+    let resend = s
+        .claim_due(now, now + 60_000, 10, 100, |_| Claim::Take)
+        .await
+        .unwrap()
+        .remove(0);
+    s.record_attempt(&resend, &attempt(&resend, true, now + 2), Next::Done)
+        .await
+        .unwrap();
+    s.release_lease(now + 60_000, &resend.id).await.unwrap();
+    let r = s.drop_oldest_delivered(u64::MAX).unwrap();
+    assert_eq!(r.messages_deleted, 1);
+    assert!(s.get_message(&a.id, &old.id).unwrap().is_none());
+    assert!(s.get_message(&a.id, &held.id).unwrap().is_some());
+}
+
 /// A delivery handed over in memory has no queue entry; one the process
 /// did not record before it ended (taken or not) is queued at the next
 /// start, one it recorded is not.
@@ -1896,6 +1947,7 @@ async fn a_first_attempt_kept_in_its_status_is_read_and_deleted_like_any_other()
         .remove(0);
     let a3 = attempt(&t, true, now + 20);
     s.record_attempt(&t, &a3, Next::Done).await.unwrap();
+    s.release_lease(100, &t.id).await.unwrap();
     assert_eq!(under_msg(&s), 1);
     let mut all = vec![a3.id.clone()];
     all.extend(both.iter().cloned());

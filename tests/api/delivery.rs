@@ -252,8 +252,12 @@ async fn gone_410_disables_the_endpoint() {
     let attempts = app.attempts_of_msg(&a, &msg).await;
     assert_eq!(attempts.len(), 1, "{attempts:?}");
     assert_eq!(attempts[0]["responseStatusCode"], 410);
-    let endpoint = app.get_ok(&format!("/app/{a}/endpoint/{ep}")).await;
-    assert_eq!(endpoint["disabled"], true, "{endpoint}");
+    // The endpoint is disabled right after the attempt is recorded.
+    wait_until(WAIT, "the endpoint to be disabled", || async {
+        let endpoint = app.get_ok(&format!("/app/{a}/endpoint/{ep}")).await;
+        (endpoint["disabled"] == true).then_some(())
+    })
+    .await;
 
     // And being disabled, it gets nothing more.
     let later = app.publish_simple(&a, "e.t").await;
