@@ -2023,8 +2023,9 @@ impl Store {
 
     /// Finishes a claimed task without an attempt (its endpoint is disabled,
     /// its message expunged): `status` becomes the delivery status (made
-    /// for a delivery handed over, which has none yet). The claim's lease
-    /// stays until `release_lease`.
+    /// for a delivery handed over, which has none yet), unless the delivery
+    /// succeeded before (a resend dropped leaves it delivered). The claim's
+    /// lease stays until `release_lease`.
     pub async fn drop_task(
         &self,
         task: &TaskRecord,
@@ -2037,7 +2038,9 @@ impl Store {
                 // A delivery handed over by its publish has no status yet.
                 let mut dest =
                     staged_dest(o, &dest_key)?.unwrap_or_else(|| DestRecord::of_task(&task, None));
-                dest.status = status;
+                if dest.status != MessageStatus::Success {
+                    dest.status = status;
+                }
                 dest.next_attempt_ms = None;
                 o.insert(dest_key, dest_value(&dest));
                 set_failed_index(o, &dest);

@@ -2125,6 +2125,33 @@ async fn a_resend_and_an_attempt_change_the_status_in_turn() {
     assert_eq!(queued[0].trigger, AttemptTrigger::Manual);
 }
 
+/// A resend of a delivered message dropped at its claim (its endpoint
+/// disabled or its message expunged since the resend was asked for) leaves
+/// the delivery delivered: no failure, no dead letter, nothing due.
+#[tokio::test]
+async fn a_resend_dropped_leaves_a_delivered_message_delivered() {
+    let (s, ep, m, t) = one_claimed(10, 500).await;
+    s.record_attempt(&t, &attempt(&t, true, 20), Next::Done)
+        .await
+        .unwrap();
+    s.release_lease(500, &t.id).await.unwrap();
+    s.queue_manual(&t.app_id, &m.id, &ep.id, 30).await.unwrap();
+    let resend = s
+        .claim_due(30, 600, 10, 100, |_| Claim::Take)
+        .await
+        .unwrap()
+        .remove(0);
+    s.drop_task(&resend, MessageStatus::Fail).await.unwrap();
+    s.release_lease(600, &resend.id).await.unwrap();
+    let d = s.dest(&m.id, &ep.id).unwrap().unwrap();
+    assert_eq!(
+        (d.status, d.next_attempt_ms),
+        (MessageStatus::Success, None)
+    );
+    assert!(!s.tree.contains_key(keys::failed(&m.id, &ep.id)).unwrap());
+    assert_eq!(s.queue_depth(), (0, 0));
+}
+
 /// An attempt recorded after its endpoint was deleted (under way as the
 /// deletion ran) writes no status back and queues no retry: nothing is
 /// left waiting for an endpoint that is no more, and the attempt stays
