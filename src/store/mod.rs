@@ -322,10 +322,9 @@ pub struct Store {
     attempts_swept: Arc<std::sync::Mutex<Option<MessageId>>>,
     /// Deliveries handed from publishes to the worker in memory (see `handoff`).
     handoff: Arc<handoff::Handoff>,
-    /// The endpoints deleted while this store is open: an attempt under way
-    /// as its endpoint was deleted records no status for it (see
-    /// `deleting_endpoints`).
-    deleted_endpoints: Arc<std::sync::Mutex<HashSet<EndpointId>>>,
+    /// What was deleted or expunged while this store is open, for the
+    /// attempts under way meanwhile (see `Withdrawn`).
+    withdrawn: Arc<std::sync::Mutex<Withdrawn>>,
     /// Declared last, so it is dropped after everything above: see `Closing`.
     closing: Arc<Closing>,
 }
@@ -637,7 +636,7 @@ impl Store {
             attempts_swept: Arc::default(),
             lease_clock: std::time::Instant::now(),
             handoff,
-            deleted_endpoints: Arc::default(),
+            withdrawn: Arc::default(),
             closing: Arc::new(Closing(None)),
         })
     }
@@ -1187,20 +1186,19 @@ impl Store {
         Ok(n)
     }
 
-    /// Before endpoints are deleted: from now on an attempt to one of them
-    /// records no status (`record_attempt`), and once the writer's group under
-    /// way is applied, every status staged before is in the tree for the
-    /// deletion to find. Without this, an attempt under way wrote its status
-    /// back after the deletion, or between its read of the statuses and its
-    /// batch, which then took the status with the first attempt in it.
+    /// Before endpoints are deleted: an attempt to one of them records no
+    /// status from now on (see `Withdrawn`).
     fn deleting_endpoints(
         &self,
         eps: impl IntoIterator<Item = EndpointId>,
     ) -> Result<(), StoreError> {
-        self.deleted_endpoints
-            .lock()
-            .expect("deleted endpoints lock poisoned")
-            .extend(eps);
+        self.withdraw(|w| w.endpoints.extend(eps))
+    }
+
+    /// Records what is being deleted or expunged (see `Withdrawn`), then
+    /// waits until the writer's group under way is applied.
+    fn withdraw(&self, change: impl FnOnce(&mut Withdrawn)) -> Result<(), StoreError> {
+        change(&mut self.withdrawn.lock().expect("withdrawn lock poisoned"));
         self.writer.write_blocking(|_| Ok(()))
     }
 
@@ -1443,6 +1441,11 @@ impl Store {
     /// Removes a message's payload and the response bodies its attempts recorded;
     /// keeps the metadata. Returns the bytes removed from the attempts.
     pub fn expunge_content(&self, msg: &MessageRecord) -> Result<u64, StoreError> {
+        // An attempt under way records no response body from now on, and
+        // those recorded before are in the tree for the reads below.
+        self.withdraw(|w| {
+            w.messages.insert(msg.id.clone());
+        })?;
         // The first attempts kept in statuses change on the writer thread, in
         // turn with the attempts it records (a status it rewrites then keeps
         // the attempt as expunged, not as it was read before), and before
@@ -2085,17 +2088,23 @@ impl Store {
             encoded: Arc::from(encode(attempt)),
         };
         let task_c = task.clone();
-        let deleted = Arc::clone(&self.deleted_endpoints);
+        let withdrawn = Arc::clone(&self.withdrawn);
         let recorded = self
             .writer
             .write(move |o| {
-                let deleted = deleted.lock().expect("deleted endpoints lock poisoned");
-                if !deleted.is_empty() && deleted.contains(&task_c.ep_id) {
-                    drop(deleted);
+                let (deleted, expunged) = withdrawn
+                    .lock()
+                    .expect("withdrawn lock poisoned")
+                    .of(&task_c);
+                let staged = if expunged {
+                    staged.without_response_body()?
+                } else {
+                    staged
+                };
+                if deleted {
                     stage_attempt_of_deleted(o, &task_c, &staged)?;
                     return Ok(None);
                 }
-                drop(deleted);
                 stage_attempt(o, &task_c, &staged, next).map(Some)
             })
             .await?;
@@ -2181,6 +2190,33 @@ impl Store {
     }
 }
 
+/// Endpoints deleted and messages expunged while the store is open. An
+/// attempt under way as its endpoint was deleted records no status for it
+/// (without this it wrote its status back after the deletion, or between
+/// the deletion's read of the statuses and its batch, which then took the
+/// status with the first attempt in it); one under way as its message was
+/// expunged records no response body (which the expunge had missed). Each
+/// is marked before the change reads what it changes, and the writer's
+/// group under way is let finish (`Store::withdraw`), so that an attempt
+/// staged before is in the tree by then and one staged after sees the
+/// mark. IDs are never reused; the sets hold what this process deleted or
+/// expunged.
+#[derive(Default)]
+struct Withdrawn {
+    endpoints: HashSet<EndpointId>,
+    messages: HashSet<MessageId>,
+}
+
+impl Withdrawn {
+    /// Whether `task`'s endpoint was deleted, and its message expunged.
+    fn of(&self, task: &TaskRecord) -> (bool, bool) {
+        (
+            !self.endpoints.is_empty() && self.endpoints.contains(&task.ep_id),
+            !self.messages.is_empty() && self.messages.contains(&task.msg_id),
+        )
+    }
+}
+
 /// What `stage_attempt` needs of an attempt record: the record encoded,
 /// and the fields it reads.
 struct StagedAttempt {
@@ -2189,6 +2225,21 @@ struct StagedAttempt {
     timestamp_ms: i64,
     response_status_code: u16,
     encoded: Arc<[u8]>,
+}
+
+impl StagedAttempt {
+    /// The same attempt without the response body (its message expunged).
+    fn without_response_body(self) -> Result<Self, StoreError> {
+        let mut a: AttemptRecord = decode(self.id.as_str().as_bytes(), &self.encoded)?;
+        if a.response_body.is_empty() {
+            return Ok(self);
+        }
+        a.response_body = Vec::new();
+        Ok(Self {
+            encoded: Arc::from(encode(&a)),
+            ..self
+        })
+    }
 }
 
 /// Takes away the status of a delivery whose endpoint, app or message is

@@ -2125,6 +2125,25 @@ async fn a_resend_and_an_attempt_change_the_status_in_turn() {
     assert_eq!(queued[0].trigger, AttemptTrigger::Manual);
 }
 
+/// An attempt under way as its message is expunged records no response
+/// body: the expunge did not find it to clear.
+#[tokio::test]
+async fn an_attempt_under_way_as_its_message_is_expunged_keeps_no_body() {
+    let (s, ep, m, t) = one_claimed(10, 500).await;
+    s.expunge_content(&m).unwrap();
+    let a = attempt(&t, false, 20);
+    assert!(!a.response_body.is_empty());
+    s.record_attempt(&t, &a, Next::Done).await.unwrap();
+    let kept = s.get_attempt(&m.id, &a.id).unwrap().unwrap();
+    assert!(kept.response_body.is_empty());
+    assert_eq!(kept.response_status_code, a.response_status_code);
+    let listed = s
+        .attempts_of_ep(&ep.id, &PageReq::first(10), |_| true)
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert!(listed.items[0].response_body.is_empty());
+}
+
 /// A resend of a delivered message dropped at its claim (its endpoint
 /// disabled or its message expunged since the resend was asked for) leaves
 /// the delivery delivered: no failure, no dead letter, nothing due.
