@@ -26,6 +26,10 @@ pub enum ConfigError {
     MissingFile(PathBuf),
 }
 
+/// Longest `request_timeout`: how long an attempt can be under way, which
+/// the store relies on (see `store::Withdrawn`).
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
+
 fn invalid(key: &'static str, msg: impl ToString) -> ConfigError {
     ConfigError::Invalid {
         key,
@@ -458,8 +462,11 @@ impl TryFrom<RawConfig> for Config {
             .map(|s| duration("retry_schedule", s))
             .collect::<Result<Vec<_>, _>>()?;
         let request_timeout = duration("request_timeout", &raw.request_timeout)?;
-        if request_timeout.is_zero() {
-            return Err(invalid("request_timeout", "must be greater than zero"));
+        if request_timeout.is_zero() || request_timeout > MAX_REQUEST_TIMEOUT {
+            return Err(invalid(
+                "request_timeout",
+                "must be greater than zero and at most 1h",
+            ));
         }
         let allow_subnets = raw
             .allow_subnets
@@ -746,6 +753,7 @@ mod tests {
             ("WEBHOOKD_LISTEN", "nope", "listen"),
             ("WEBHOOKD_RETRY_SCHEDULE", "5s,soon", "retry_schedule"),
             ("WEBHOOKD_REQUEST_TIMEOUT", "0s", "request_timeout"),
+            ("WEBHOOKD_REQUEST_TIMEOUT", "61m", "at most 1h"),
             ("WEBHOOKD_ALLOW_SUBNETS", "10.0.0.0/33", "allow_subnets"),
             ("WEBHOOKD_MAX_PAYLOAD_BYTES", "lots", "max_payload_bytes"),
             ("WEBHOOKD_NO_SUCH_KEY", "1", "no_such_key"),

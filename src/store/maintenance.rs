@@ -574,7 +574,7 @@ impl Store {
                 continue;
             }
             r.bytes_freed += payload_len as u64;
-            r.bytes_freed += self.expunge_content(&msg)?;
+            r.bytes_freed += self.clear_content(&msg)?;
             r.payloads_expunged += 1;
         }
         Ok(r)

@@ -27,10 +27,11 @@ mod tokens;
 mod views;
 mod writer;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -1192,13 +1193,17 @@ impl Store {
         &self,
         eps: impl IntoIterator<Item = EndpointId>,
     ) -> Result<(), StoreError> {
-        self.withdraw(|w| w.endpoints.extend(eps))
+        self.withdraw(|w, now| w.endpoints.extend(eps.into_iter().map(|ep| (ep, now))))
     }
 
     /// Records what is being deleted or expunged (see `Withdrawn`), then
     /// waits until the writer's group under way is applied.
-    fn withdraw(&self, change: impl FnOnce(&mut Withdrawn)) -> Result<(), StoreError> {
-        change(&mut self.withdrawn.lock().expect("withdrawn lock poisoned"));
+    fn withdraw(&self, change: impl FnOnce(&mut Withdrawn, Instant)) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let mut withdrawn = self.withdrawn.lock().expect("withdrawn lock poisoned");
+        withdrawn.prune(now);
+        change(&mut withdrawn, now);
+        drop(withdrawn);
         self.writer.write_blocking(|_| Ok(()))
     }
 
@@ -1443,9 +1448,16 @@ impl Store {
     pub fn expunge_content(&self, msg: &MessageRecord) -> Result<u64, StoreError> {
         // An attempt under way records no response body from now on, and
         // those recorded before are in the tree for the reads below.
-        self.withdraw(|w| {
-            w.messages.insert(msg.id.clone());
+        self.withdraw(|w, now| {
+            w.messages.insert(msg.id.clone(), now);
         })?;
+        self.clear_content(msg)
+    }
+
+    /// `expunge_content` without marking the message for the attempts under
+    /// way: for payload retention, which takes only messages delivered long
+    /// ago (an attempt under way would be a resend asked for meanwhile).
+    fn clear_content(&self, msg: &MessageRecord) -> Result<u64, StoreError> {
         // The first attempts kept in statuses change on the writer thread, in
         // turn with the attempts it records (a status it rewrites then keeps
         // the attempt as expunged, not as it was read before), and before
@@ -2199,21 +2211,35 @@ impl Store {
 /// is marked before the change reads what it changes, and the writer's
 /// group under way is let finish (`Store::withdraw`), so that an attempt
 /// staged before is in the tree by then and one staged after sees the
-/// mark. IDs are never reused; the sets hold what this process deleted or
-/// expunged.
+/// mark. A mark is needed only while an attempt begun before it may be
+/// under way: at most `request_timeout`, itself at most an hour
+/// (`config::MAX_REQUEST_TIMEOUT`); marks are kept twice that.
 #[derive(Default)]
 struct Withdrawn {
-    endpoints: HashSet<EndpointId>,
-    messages: HashSet<MessageId>,
+    endpoints: HashMap<EndpointId, Instant>,
+    messages: HashMap<MessageId, Instant>,
 }
 
+// A mark outlasts any attempt begun before it.
+const _: () =
+    assert!(Withdrawn::KEPT.as_secs() >= 2 * crate::config::MAX_REQUEST_TIMEOUT.as_secs());
+
 impl Withdrawn {
+    const KEPT: Duration = Duration::from_secs(2 * 3600);
+
     /// Whether `task`'s endpoint was deleted, and its message expunged.
     fn of(&self, task: &TaskRecord) -> (bool, bool) {
         (
-            !self.endpoints.is_empty() && self.endpoints.contains(&task.ep_id),
-            !self.messages.is_empty() && self.messages.contains(&task.msg_id),
+            !self.endpoints.is_empty() && self.endpoints.contains_key(&task.ep_id),
+            !self.messages.is_empty() && self.messages.contains_key(&task.msg_id),
         )
+    }
+
+    /// Forgets the marks no attempt under way can need any more.
+    fn prune(&mut self, now: Instant) {
+        let fresh = |at: &mut Instant| now.saturating_duration_since(*at) < Self::KEPT;
+        self.endpoints.retain(|_, at| fresh(at));
+        self.messages.retain(|_, at| fresh(at));
     }
 }
 

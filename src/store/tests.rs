@@ -2435,3 +2435,17 @@ fn a_tree_grown_by_many_splits_reads_back_whole_after_restarts() {
         );
     }
 }
+
+/// A mark of a deleted endpoint or an expunged message is kept as long as an
+/// attempt begun before it may be under way, then forgotten.
+#[test]
+fn withdrawn_marks_are_forgotten_once_no_attempt_can_need_them() {
+    let mut w = super::Withdrawn::default();
+    let at = std::time::Instant::now();
+    let ep = EndpointId::new(1);
+    w.endpoints.insert(ep.clone(), at);
+    w.prune(at + super::Withdrawn::KEPT - std::time::Duration::from_secs(1));
+    assert!(w.endpoints.contains_key(&ep));
+    w.prune(at + super::Withdrawn::KEPT);
+    assert!(w.endpoints.is_empty());
+}
