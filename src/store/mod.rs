@@ -2227,11 +2227,12 @@ const _: () =
 impl Withdrawn {
     const KEPT: Duration = Duration::from_secs(2 * 3600);
 
-    /// Whether `task`'s endpoint was deleted, and its message expunged.
+    /// Whether `task`'s endpoint was deleted, and its message expunged (an
+    /// empty map answers without hashing the ID).
     fn of(&self, task: &TaskRecord) -> (bool, bool) {
         (
-            !self.endpoints.is_empty() && self.endpoints.contains_key(&task.ep_id),
-            !self.messages.is_empty() && self.messages.contains_key(&task.msg_id),
+            self.endpoints.contains_key(&task.ep_id),
+            self.messages.contains_key(&task.msg_id),
         )
     }
 
@@ -2284,9 +2285,7 @@ fn stage_forget(
     // Off the endpoint's index, as a deletion takes all of an endpoint's or
     // a message's entries there.
     if let Some(a) = first {
-        if o.contains_key(&keys::message(app, msg))? {
-            o.insert(keys::attempt_by_msg(msg, &a.id), encode(&a));
-        }
+        list_under_message(o, app, msg, &a.id, &encode(&a))?;
         o.remove(keys::attempt_by_ep(ep, &a.id));
     }
     // The indexes too when there is no status: a delivery handed over has
@@ -2298,18 +2297,27 @@ fn stage_forget(
 }
 
 /// An attempt whose endpoint was deleted while it was under way: listed
-/// under its message (if that is still there) as the deletion leaves first
-/// attempts, with no status, index entry or retry.
+/// under its message, as the deletion leaves first attempts, with no
+/// status, index entry or retry.
 fn stage_attempt_of_deleted(
     o: &mut writer::Overlay,
     task: &TaskRecord,
     attempt: &StagedAttempt,
 ) -> Result<(), StoreError> {
-    if o.contains_key(&keys::message(&task.app_id, &task.msg_id))? {
-        o.insert(
-            keys::attempt_by_msg(&task.msg_id, &attempt.id),
-            &attempt.encoded[..],
-        );
+    list_under_message(o, &task.app_id, &task.msg_id, &attempt.id, &attempt.encoded)
+}
+
+/// Keeps an attempt whose endpoint is gone listed under its message, if the
+/// message is still there.
+fn list_under_message(
+    o: &mut writer::Overlay,
+    app: &AppId,
+    msg: &MessageId,
+    attempt: &AttemptId,
+    encoded: &[u8],
+) -> Result<(), StoreError> {
+    if o.contains_key(&keys::message(app, msg))? {
+        o.insert(keys::attempt_by_msg(msg, attempt), encoded);
     }
     Ok(())
 }
