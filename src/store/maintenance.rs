@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 
+use super::writer::Overlay;
 use super::{
     AttemptRecord, Counts, DestRecord, JOB_CHUNK, JobRecord, MessageRecord, SilenceAlert, Store,
     StoreError, TaskRecord, change_first_attempt, decode, decode_dest, encode, first_attempt, keys,
@@ -559,23 +560,12 @@ impl Store {
             if msg.created_ms + retention_of(&msg) > now_ms {
                 continue;
             }
-            // An undelivered message keeps its payload: it is still to be sent or redelivered.
-            let undelivered = self
-                .tree
-                .scan_prefix(keys::dests_of(&id))
-                .map(|e| {
-                    e.map_err(StoreError::from)
-                        .and_then(|(k, v)| decode::<DestRecord>(&k, &v))
-                })
-                .collect::<Result<Vec<_>, _>>()?
-                .iter()
-                .any(|d| d.status != MessageStatus::Success);
-            if undelivered {
-                continue;
+            // An undelivered message keeps its payload: it is still to be
+            // sent or redelivered (see `clear_content`).
+            if let Some(freed) = self.clear_content(&msg, true)? {
+                r.bytes_freed += payload_len as u64 + freed;
+                r.payloads_expunged += 1;
             }
-            r.bytes_freed += payload_len as u64;
-            r.bytes_freed += self.clear_content(&msg)?;
-            r.payloads_expunged += 1;
         }
         Ok(r)
     }
@@ -684,88 +674,112 @@ impl Store {
     /// queued, leased or held in memory (a resend of a delivered one).
     pub fn drop_oldest_delivered(&self, bytes: u64) -> Result<Retained, StoreError> {
         let mut r = Retained::default();
+        // Queued or leased as the pass begins; a resend queued after this
+        // is seen in its status by `stage_delete_delivered`.
         let waiting: HashSet<MessageId> = self
             .waiting_tasks(i64::MIN)?
             .0
             .into_iter()
             .map(|(msg, _)| msg)
             .collect();
-        let mut iter = self.tree.scan_prefix([keys::ns::ALL_MESSAGES]);
-        while r.bytes_freed < bytes {
-            let Some(e) = iter.next() else { break };
-            let (k, v) = e?;
-            let (Some(id), Some(app)) = (
-                MessageId::parse(&str_of(&k[1..])),
-                super::all_messages_app(&v),
-            ) else {
-                continue;
-            };
-            // A delivery held in memory has no status until its attempt is
-            // recorded (see `handoff`), so its message would look delivered.
-            // It is let go only after its status is written: asked before
-            // the statuses are read, the hand-off misses none.
-            if waiting.contains(&id) || !self.handoff.held_of(&id).is_empty() {
-                continue;
+        let mut iter = self.tree.scan_prefix([keys::ns::ALL_MESSAGES]).peekable();
+        let mut chunk = Vec::new();
+        while r.bytes_freed < bytes && iter.peek().is_some() {
+            // The oldest candidates, a chunk at a time.
+            for e in iter.by_ref() {
+                let (k, v) = e?;
+                let (Some(id), Some(app)) = (
+                    MessageId::parse(&str_of(&k[1..])),
+                    super::all_messages_app(&v),
+                ) else {
+                    continue;
+                };
+                // A delivery held in memory has no status until its attempt is
+                // recorded (see `handoff`), so its message would look delivered.
+                // It is let go only after its status is written: asked before
+                // the statuses are read, the hand-off misses none.
+                if waiting.contains(&id) || !self.handoff.held_of(&id).is_empty() {
+                    continue;
+                }
+                chunk.push((app, id));
+                if chunk.len() == JOB_CHUNK {
+                    break;
+                }
             }
-            let Some(msg) = self.get_message(&app, &id)? else {
-                continue;
-            };
-            let dests: Vec<DestRecord> = self
-                .tree
-                .scan_prefix(keys::dests_of(&id))
-                .map(|e| {
-                    e.map_err(StoreError::from)
-                        .and_then(|(k, v)| decode_dest(&k, &v))
-                })
-                .collect::<Result<_, _>>()?;
-            if dests.iter().any(|d| d.status != MessageStatus::Success) {
-                continue;
+            if chunk.is_empty() {
+                break;
             }
-            r.bytes_freed += self.delete_message(&msg, &dests)?;
-            r.messages_deleted += 1;
+            let batch = std::mem::take(&mut chunk);
+            let (deleted, freed) = self.writer.write_blocking(move |o| {
+                let (mut deleted, mut freed) = (0, 0);
+                for (app, id) in batch {
+                    if let Some(n) = stage_delete_delivered(o, app, id)? {
+                        deleted += 1;
+                        freed += n;
+                    }
+                }
+                Ok((deleted, freed))
+            })?;
+            r.messages_deleted += deleted;
+            r.bytes_freed += freed;
         }
         Ok(r)
     }
+}
 
-    /// Deletes a message with everything recorded about it; returns the bytes removed.
-    fn delete_message(&self, msg: &MessageRecord, dests: &[DestRecord]) -> Result<u64, StoreError> {
-        let mut batch = sled::Batch::default();
-        let mut freed = 0u64;
-        let mut remove = |batch: &mut sled::Batch, k: Vec<u8>| -> Result<(), StoreError> {
-            if let Some(v) = self.tree.get(&k)? {
-                freed += (k.len() + v.len()) as u64;
-            }
-            batch.remove(k);
-            Ok(())
-        };
-        remove(&mut batch, keys::message(&msg.app_id, &msg.id))?;
-        remove(&mut batch, keys::all_messages(&msg.id))?;
-        remove(&mut batch, keys::payload(&msg.id))?;
-        if let Some(eid) = &msg.event_id {
-            remove(&mut batch, keys::event_id(&msg.app_id, eid))?;
+/// Deletes a message with everything recorded about it, if every delivery
+/// of it succeeded and none is due again (a resend queued): on the writer
+/// thread, so that no status an attempt or a resend writes meanwhile is
+/// missed or left behind. Returns the bytes removed, `None` if the message
+/// was kept (or is gone already).
+fn stage_delete_delivered(
+    o: &mut Overlay,
+    app: AppId,
+    id: MessageId,
+) -> Result<Option<u64>, StoreError> {
+    let message_key = keys::message(&app, &id);
+    let Some(raw) = o.get(&message_key)? else {
+        return Ok(None);
+    };
+    let msg: MessageRecord = decode(&message_key, &raw)?;
+    let mut dests = Vec::new();
+    for (k, v) in o.scan_prefix(&keys::dests_of(&id))? {
+        let d = decode_dest(&k, &v)?;
+        if d.status != MessageStatus::Success || d.next_attempt_ms.is_some() {
+            return Ok(None);
         }
-        for d in dests {
-            for k in keys::dest_and_indexes(&msg.id, &d.ep_id) {
-                remove(&mut batch, k)?;
-            }
-            if let Some(a) = first_attempt(d)? {
-                remove(&mut batch, keys::attempt_by_ep(&a.ep_id, &a.id))?;
-            }
-        }
-        let attempts: Vec<(sled::IVec, sled::IVec)> = self
-            .tree
-            .scan_prefix(keys::attempts_of_msg(&msg.id))
-            .collect::<Result<_, _>>()?;
-        for (k, v) in attempts {
-            if let Some(a) = self.attempt_at(&k, &v)? {
-                remove(&mut batch, keys::attempt_by_ep(&a.ep_id, &a.id))?;
-            }
-            if let Some(legacy) = super::legacy_attempt_key(&k, &v) {
-                remove(&mut batch, legacy)?;
-            }
-            remove(&mut batch, k.to_vec())?;
-        }
-        self.tree.apply_batch(batch)?;
-        Ok(freed)
+        dests.push(d);
     }
+    // What points to the message goes first, the message and its
+    // payload last: a pass cut short by a crash leaves a message with
+    // less recorded about it, which the next pass takes (see `writer`).
+    let mut gone = Vec::new();
+    if let Some(eid) = &msg.event_id {
+        gone.push(keys::event_id(&msg.app_id, eid));
+    }
+    for (k, v) in o.scan_prefix(&keys::attempts_of_msg(&id))? {
+        let (at, attempt) = super::staged_attempt_at(o, k.clone(), &v)?;
+        if let Some(a) = attempt {
+            gone.push(keys::attempt_by_ep(&a.ep_id, &a.id));
+        }
+        if at != k {
+            gone.push(at);
+        }
+        gone.push(k);
+    }
+    for d in &dests {
+        if let Some(a) = first_attempt(d)? {
+            gone.push(keys::attempt_by_ep(&a.ep_id, &a.id));
+        }
+        gone.extend(keys::dest_and_indexes(&id, &d.ep_id).into_iter().rev());
+    }
+    gone.extend([message_key, keys::all_messages(&id), keys::payload(&id)]);
+    let mut freed = 0u64;
+    for k in gone {
+        if let Some(v) = o.get(&k)? {
+            freed += (k.len() + v.len()) as u64;
+            o.remove(k);
+        }
+    }
+    Ok(Some(freed))
 }

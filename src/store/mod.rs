@@ -506,6 +506,29 @@ fn staged_dest(o: &writer::Overlay, key: &[u8]) -> Result<Option<DestRecord>, St
     }
 }
 
+/// The attempt of an entry under a message's attempts (`key`, `value`), as
+/// a writer job sees it, with the key its record is under (the entry's, or
+/// the one a store written before attempts moved there keeps it under).
+fn staged_attempt_at(
+    o: &writer::Overlay,
+    key: Vec<u8>,
+    value: &[u8],
+) -> Result<(Vec<u8>, Option<AttemptRecord>), StoreError> {
+    match legacy_attempt_key(&key, value) {
+        Some(legacy) => {
+            let attempt = match o.get(&legacy)? {
+                Some(record) => Some(decode(&legacy, &record)?),
+                None => None,
+            };
+            Ok((legacy, attempt))
+        }
+        None => {
+            let attempt = decode(&key, value)?;
+            Ok((key, Some(attempt)))
+        }
+    }
+}
+
 /// Changes the first attempt kept in the status at `key` with `change`,
 /// which returns the bytes it freed (0: nothing to change, nothing written).
 /// On the writer thread, so that no attempt recorded meanwhile writes back
@@ -1447,63 +1470,70 @@ impl Store {
     /// keeps the metadata. Returns the bytes removed from the attempts.
     pub fn expunge_content(&self, msg: &MessageRecord) -> Result<u64, StoreError> {
         // An attempt under way records no response body from now on, and
-        // those recorded before are in the tree for the reads below.
+        // those recorded before are in the tree for the job below.
         self.withdraw(|w, now| {
             w.messages.insert(msg.id.clone(), now);
         })?;
-        self.clear_content(msg)
+        Ok(self.clear_content(msg, false)?.unwrap_or(0))
     }
 
-    /// `expunge_content` without marking the message for the attempts under
-    /// way: for payload retention, which takes only messages delivered long
-    /// ago (an attempt under way would be a resend asked for meanwhile).
-    fn clear_content(&self, msg: &MessageRecord) -> Result<u64, StoreError> {
-        // The first attempts kept in statuses change on the writer thread, in
-        // turn with the attempts it records (a status it rewrites then keeps
-        // the attempt as expunged, not as it was read before), and before
-        // the message is marked expunged, which makes a retry drop its
-        // delivery (`drop_task` rewrites the status it reads).
-        let statuses = self
-            .tree
-            .scan_prefix(keys::dests_of(&msg.id))
-            .keys()
-            .map(|k| k.map(|k| k.to_vec()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut freed = self.writer.write_blocking(move |o| {
+    /// Expunges a message in one job on the writer thread, in turn with the
+    /// attempts it records and the resends it queues: an attempt recorded
+    /// before is seen (its body taken out of its status or its record), and
+    /// a resend claimed after finds the message expunged and is dropped
+    /// (`drop_task`). Nothing is written back for a message deleted
+    /// meanwhile. With `delivered_only` (payload retention, which takes
+    /// messages delivered long ago and does not mark them for the attempts
+    /// under way), a message with a delivery not delivered, or queued again
+    /// (a resend asked for meanwhile, perhaps under way), is left as it is.
+    /// `None` if nothing was expunged, else the bytes removed from the
+    /// attempts.
+    fn clear_content(
+        &self,
+        msg: &MessageRecord,
+        delivered_only: bool,
+    ) -> Result<Option<u64>, StoreError> {
+        let (app, id) = (msg.app_id.clone(), msg.id.clone());
+        self.writer.write_blocking(move |o| {
+            let message_key = keys::message(&app, &id);
+            let Some(raw) = o.get(&message_key)? else {
+                return Ok(None);
+            };
+            let mut record: MessageRecord = decode(&message_key, &raw)?;
+            let statuses = o.scan_prefix(&keys::dests_of(&id))?;
+            if delivered_only {
+                for (k, v) in &statuses {
+                    let d = decode_dest(k, v)?;
+                    if d.status != MessageStatus::Success || d.next_attempt_ms.is_some() {
+                        return Ok(None);
+                    }
+                }
+            }
+            // Marked first, so that a resend claimed from here on is dropped
+            // (see `writer` on the order of a job's writes).
+            record.expunged = true;
+            o.insert(message_key, encode(&record));
+            if o.contains_key(&keys::all_messages(&id))? {
+                o.insert(keys::all_messages(&id), all_messages_value(&app, &[]));
+            }
+            o.remove(keys::payload(&id));
             let mut freed = 0;
-            for key in statuses {
-                freed += change_first_attempt(o, &key, |a| match a {
+            for (key, _) in &statuses {
+                freed += change_first_attempt(o, key, |a| match a {
                     Some(a) => std::mem::take(&mut a.response_body).len() as u64,
                     None => 0,
                 })?;
             }
-            Ok(freed)
-        })?;
-        let mut updated = msg.clone();
-        updated.expunged = true;
-        let mut batch = sled::Batch::default();
-        batch.insert(keys::message(&msg.app_id, &msg.id), encode(&updated));
-        if self.tree.contains_key(keys::all_messages(&msg.id))? {
-            batch.insert(
-                keys::all_messages(&msg.id),
-                all_messages_value(&msg.app_id, &[]),
-            );
-        }
-        batch.remove(keys::payload(&msg.id));
-        for entry in self.tree.scan_prefix(keys::attempts_of_msg(&msg.id)) {
-            let (k, v) = entry?;
-            let at = legacy_attempt_key(&k, &v).unwrap_or_else(|| k.to_vec());
-            if let Some(mut a) = self
-                .attempt_at(&k, &v)?
-                .filter(|a| !a.response_body.is_empty())
-            {
-                freed += a.response_body.len() as u64;
-                a.response_body = Vec::new();
-                batch.insert(at, encode(&a));
+            for (k, v) in o.scan_prefix(&keys::attempts_of_msg(&id))? {
+                let (at, attempt) = staged_attempt_at(o, k, &v)?;
+                if let Some(mut a) = attempt.filter(|a| !a.response_body.is_empty()) {
+                    freed += a.response_body.len() as u64;
+                    a.response_body = Vec::new();
+                    o.insert(at, encode(&a));
+                }
             }
-        }
-        self.tree.apply_batch(batch)?;
-        Ok(freed)
+            Ok(Some(freed))
+        })
     }
 
     // ----- delivery statuses ------------------------------------------

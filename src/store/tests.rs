@@ -2181,6 +2181,85 @@ async fn a_resend_dropped_leaves_a_delivered_message_delivered() {
     assert_eq!(s.queue_depth(), (0, 0));
 }
 
+/// A resend of a delivered message, asked for as retention passes over
+/// it (queued after the disk bound read the queue), keeps the message
+/// whole while it is under way: payload retention does not take its
+/// payload (nor, then, the body its attempt records), and the disk bound
+/// does not delete it. Once it is done, both take it as before.
+#[tokio::test]
+async fn retention_leaves_a_message_whose_resend_is_under_way() {
+    let (s, ep, m, t) = one_claimed(10, 500).await;
+    s.record_attempt(&t, &attempt(&t, true, 20), Next::Done)
+        .await
+        .unwrap();
+    s.release_lease(500, &t.id).await.unwrap();
+    s.queue_manual(&t.app_id, &m.id, &ep.id, 30).await.unwrap();
+    let resend = s
+        .claim_due(30, 600, 10, 100, |_| Claim::Take)
+        .await
+        .unwrap()
+        .remove(0);
+    // As if the disk bound had read the queue before the resend was queued.
+    s.tree.remove(keys::claim_lease(600, &resend.id)).unwrap();
+    assert_eq!(s.queue_depth(), (0, 0));
+
+    let later = 1_000_000;
+    let r = s.expire_payloads(later, 1_000, |_| 1_000).unwrap();
+    assert_eq!(r.payloads_expunged, 0);
+    assert_eq!(
+        s.drop_oldest_delivered(u64::MAX).unwrap().messages_deleted,
+        0
+    );
+    assert!(s.payload(&m.id).unwrap().is_some());
+    let a = attempt(&resend, true, 40);
+    s.record_attempt(&resend, &a, Next::Done).await.unwrap();
+    assert_eq!(
+        s.get_attempt(&m.id, &a.id).unwrap().unwrap().response_body,
+        b"ok"
+    );
+
+    let r = s.expire_payloads(later, 1_000, |_| 1_000).unwrap();
+    assert_eq!(r.payloads_expunged, 1);
+    assert!(s.payload(&m.id).unwrap().is_none());
+    assert!(
+        s.get_attempt(&m.id, &a.id)
+            .unwrap()
+            .unwrap()
+            .response_body
+            .is_empty()
+    );
+    assert_eq!(
+        s.drop_oldest_delivered(u64::MAX).unwrap().messages_deleted,
+        1
+    );
+    assert!(s.find_message(&m.app_id, m.id.as_str()).unwrap().is_none());
+}
+
+/// An expunge of a message the disk bound deleted after the expunge read
+/// it writes nothing back: the message stays deleted.
+#[tokio::test]
+async fn an_expunge_writes_nothing_back_for_a_message_deleted_meanwhile() {
+    let (s, _ep, m, t) = one_claimed(10, 500).await;
+    s.record_attempt(&t, &attempt(&t, true, 20), Next::Done)
+        .await
+        .unwrap();
+    s.release_lease(500, &t.id).await.unwrap();
+    assert_eq!(
+        s.drop_oldest_delivered(u64::MAX).unwrap().messages_deleted,
+        1
+    );
+    assert_eq!(s.expunge_content(&m).unwrap(), 0);
+    assert!(s.find_message(&m.app_id, m.id.as_str()).unwrap().is_none());
+    for prefix in [
+        keys::message(&m.app_id, &m.id),
+        keys::all_messages(&m.id),
+        keys::dests_of(&m.id),
+        keys::attempts_of_msg(&m.id),
+    ] {
+        assert!(s.tree.scan_prefix(prefix).next().is_none());
+    }
+}
+
 /// An attempt recorded after its endpoint was deleted (under way as the
 /// deletion ran) writes no status back and queues no retry: nothing is
 /// left waiting for an endpoint that is no more, and the attempt stays

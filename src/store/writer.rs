@@ -79,6 +79,33 @@ impl Overlay {
         Ok(self.get(key)?.is_some())
     }
 
+    /// Every entry whose key starts with `prefix`, in key order, as this
+    /// job sees them (the database, then what the jobs before it and the
+    /// job itself staged). For the few entries of one message: it reads
+    /// them all.
+    pub(super) fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, IVec)>, StoreError> {
+        let mut seen = BTreeMap::new();
+        for entry in self.tree.scan_prefix(prefix) {
+            let (k, v) = entry?;
+            seen.insert(k.to_vec(), Some(v));
+        }
+        let staged = self
+            .group
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix));
+        let own = self
+            .job_writes
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix));
+        for (k, v) in staged.chain(own.map(|(k, v)| (k, v))) {
+            seen.insert(k.clone(), v.clone());
+        }
+        Ok(seen
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect())
+    }
+
     /// Stages a write. Writes are applied in the order they were staged, and
     /// a crash may keep any prefix of them (see the module comment).
     pub(super) fn insert(&mut self, key: impl Into<Vec<u8>>, value: impl Into<IVec>) {
@@ -315,6 +342,34 @@ mod tests {
         assert!(failed.is_err());
         assert_eq!(store.tree.get(b"k1").unwrap().as_deref(), Some(&b"one"[..]));
         assert_eq!(store.tree.get(b"k2").unwrap(), None);
+    }
+
+    #[test]
+    fn a_scan_sees_the_database_with_the_group_and_the_job_over_it() {
+        let store = Store::temporary().unwrap();
+        for k in [&b"pa"[..], b"pb", b"pc", b"q"] {
+            store.tree.inner.insert(k, k).unwrap();
+        }
+        let mut o = Overlay::new(store.tree.clone());
+        o.remove(b"pa".to_vec());
+        o.insert(b"pd".to_vec(), &b"group"[..]);
+        o.insert(b"p".to_vec(), &b"group"[..]);
+        o.settle(true);
+        o.insert(b"pb".to_vec(), &b"job"[..]);
+        o.remove(b"pd".to_vec());
+        o.insert(b"qq".to_vec(), &b"job"[..]);
+        let seen: Vec<(Vec<u8>, Vec<u8>)> = o
+            .scan_prefix(b"p")
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, v.to_vec()))
+            .collect();
+        let want = [("p", "group"), ("pb", "job"), ("pc", "pc")];
+        let want: Vec<(Vec<u8>, Vec<u8>)> = want
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect();
+        assert_eq!(seen, want);
     }
 
     #[tokio::test]
