@@ -318,13 +318,22 @@ impl Store {
 
     /// Takes away the statuses in `gone` (their endpoints deleted) as a job
     /// of the writer thread, as a claim of one of them would (see
-    /// `Store::forget_delivery`). Returns how many.
+    /// `Store::forget_delivery`), and what is left of those endpoints'
+    /// attempt index (the later attempts that wrote it back), as deleting
+    /// an endpoint takes it. Returns how many statuses.
     fn forget(&self, gone: Vec<DestRecord>) -> Result<usize, StoreError> {
         let n = gone.len();
         if n > 0 {
             self.writer.write_blocking(move |o| {
+                let mut endpoints = HashSet::new();
                 for d in &gone {
                     stage_forget(o, &d.app_id, &d.msg_id, &d.ep_id)?;
+                    endpoints.insert(&d.ep_id);
+                }
+                for ep in endpoints {
+                    for (k, _) in o.scan_prefix(&keys::attempts_of_ep(ep))? {
+                        o.remove(k);
+                    }
                 }
                 Ok(())
             })?;

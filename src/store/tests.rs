@@ -2315,8 +2315,16 @@ async fn a_retry_to_an_endpoint_deleted_since_is_forgotten() {
 async fn reconcile_forgets_a_status_left_for_a_deleted_endpoint() {
     let (s, ep, m, t) = one_claimed(10, 500).await;
     let a = attempt(&t, false, 20);
-    s.record_attempt(&t, &a, Next::Done).await.unwrap();
+    s.record_attempt(&t, &a, Next::RetryAt(30)).await.unwrap();
     s.release_lease(500, &t.id).await.unwrap();
+    let retry = s
+        .claim_due(30, 600, 10, 100, |_| Claim::Take)
+        .await
+        .unwrap()
+        .remove(0);
+    let b = attempt(&retry, false, 40);
+    s.record_attempt(&retry, &b, Next::Done).await.unwrap();
+    s.release_lease(600, &retry.id).await.unwrap();
     // What such a store holds: the endpoint gone, its failed status not.
     s.tree.remove(keys::endpoint(&ep.app_id, &ep.id)).unwrap();
     s.records_changed();
@@ -2337,7 +2345,14 @@ async fn reconcile_forgets_a_status_left_for_a_deleted_endpoint() {
             .items
             .is_empty()
     );
-    assert_eq!(attempt_ids_of_msg(&s, &m.id), std::slice::from_ref(&a.id));
+    assert!(
+        s.tree
+            .scan_prefix(keys::attempts_of_ep(&ep.id))
+            .next()
+            .is_none(),
+        "the endpoint's attempt index goes with it, as a deletion takes it"
+    );
+    assert_eq!(attempt_ids_of_msg(&s, &m.id), [b.id.clone(), a.id.clone()]);
     let again = s.reconcile(100_000, 60_000, None, 100, || {}).unwrap();
     assert_eq!((again.forgotten, again.dead_letter_fixed), (0, 0));
 }
