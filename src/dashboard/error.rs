@@ -14,6 +14,8 @@ pub enum DashboardError {
     BadRequest(String),
     #[error("{0}")]
     Forbidden(&'static str),
+    #[error("{0}")]
+    TooLarge(String),
     #[error("internal error: {0}")]
     Internal(#[from] StoreError),
     #[error("internal error: {0}")]
@@ -42,6 +44,7 @@ impl ResponseError for DashboardError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Internal(_) | Self::Render(_) | Self::Blocking(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -69,4 +72,30 @@ impl ResponseError for DashboardError {
             .content_type("text/html; charset=utf-8")
             .body(body)
     }
+}
+
+/// A form the dashboard cannot read (too large, a field missing or
+/// malformed, as no form of its pages sends): a page that says so rather
+/// than actix-web's plain text.
+pub fn unreadable_form(
+    e: actix_web::error::UrlencodedError,
+    _: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    use actix_web::error::UrlencodedError;
+    match e {
+        UrlencodedError::Overflow { limit, .. } => DashboardError::TooLarge(format!(
+            "The form is larger than the dashboard accepts ({} KiB).",
+            limit / 1024
+        )),
+        e => DashboardError::BadRequest(format!("The form could not be read: {e}")),
+    }
+    .into()
+}
+
+/// A query string the dashboard cannot read: a page that says so.
+pub fn unreadable_query(
+    e: actix_web::error::QueryPayloadError,
+    _: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    DashboardError::BadRequest(format!("The address could not be read: {e}")).into()
 }

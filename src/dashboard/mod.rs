@@ -159,7 +159,12 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<DashboardState>)
     cfg.service(
         web::scope("")
             .app_data(state)
-            .app_data(web::FormConfig::default().limit(256 * 1024))
+            .app_data(
+                web::FormConfig::default()
+                    .limit(256 * 1024)
+                    .error_handler(error::unreadable_form),
+            )
+            .app_data(web::QueryConfig::default().error_handler(error::unreadable_query))
             .wrap(actix_web::middleware::from_fn(session::require_session))
             .wrap(
                 actix_web::middleware::DefaultHeaders::new()

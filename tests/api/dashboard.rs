@@ -533,6 +533,57 @@ async fn endpoint_form_keeps_the_configured_limits() {
     app.stop().await;
 }
 
+/// A form or an address the dashboard cannot read (no page of it sends
+/// one) gets the dashboard's error page with a message, not plain text,
+/// and changes nothing.
+#[actix_web::test]
+async fn unreadable_forms_and_addresses_get_a_readable_page() {
+    let app = spawn_app().await;
+    let rx = TestReceiver::start().await;
+    let app_id = app.create_app().await;
+    let ep = app.endpoint_to(&app_id, &rx).await;
+    let path = format!("/apps/{app_id}/endpoints/{ep}");
+    let mut b = Browser::new(&app);
+    b.sign_in().await;
+    let csrf = b.csrf().await;
+
+    let missing = b.post(&format!("{path}/test"), &[("csrf", &csrf)]).await;
+    assert_eq!(missing.status, 400);
+    assert!(
+        text(&missing).contains("The form could not be read"),
+        "{}",
+        text(&missing)
+    );
+    let huge = "x".repeat(300 * 1024);
+    let large = b
+        .post(
+            &path,
+            &[("csrf", &csrf), ("url", &rx.url()), ("description", &huge)],
+        )
+        .await;
+    assert_eq!(large.status, 413);
+    assert!(
+        text(&large).contains("larger than the dashboard accepts (256 KiB)"),
+        "{}",
+        text(&large)
+    );
+    let query = b.get("/failed?cursor=a&cursor=b").await;
+    assert_eq!(query.status, 400);
+    assert!(
+        text(&query).contains("The address could not be read"),
+        "{}",
+        text(&query)
+    );
+    for res in [missing, large, query] {
+        assert!(res.header("content-type").unwrap().starts_with("text/html"));
+    }
+    let (_, msgs) = app.get(&format!("/app/{app_id}/msg")).await;
+    assert_eq!(msgs["data"], json!([]), "no test event was published");
+    let (_, e) = app.get(&format!("/app/{app_id}/endpoint/{ep}")).await;
+    assert_eq!(e["description"], "", "{e}");
+    app.stop().await;
+}
+
 #[actix_web::test]
 async fn recover_form_requeues_failed_messages() {
     let app = spawn_app().await;
