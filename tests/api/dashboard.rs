@@ -58,6 +58,13 @@ impl<'a> Browser<'a> {
         self.send(Method::POST, path, Some(form)).await
     }
 
+    /// A browser signed in with the admin token.
+    async fn signed_in(app: &'a TestApp) -> Self {
+        let mut b = Self::new(app);
+        b.sign_in().await;
+        b
+    }
+
     async fn sign_in(&mut self) {
         let res = self
             .post("/login", &[("token", TOKEN), ("next", "/")])
@@ -167,8 +174,7 @@ async fn pages_need_a_session_and_sign_in_works() {
 #[actix_web::test]
 async fn security_headers_on_every_page() {
     let app = spawn_app().await;
-    let mut b = Browser::new(&app);
-    b.sign_in().await;
+    let b = Browser::signed_in(&app).await;
     for path in ["/login", "/", "/messages", "/no-such-page"] {
         let res = b.get(path).await;
         let csp = res
@@ -196,8 +202,7 @@ async fn forms_without_the_csrf_token_are_refused() {
     let app = spawn_app().await;
     let mut rx = TestReceiver::start().await;
     let (app_id, ep, msg) = failed_message(&app, &mut rx).await;
-    let mut b = Browser::new(&app);
-    b.sign_in().await;
+    let b = Browser::signed_in(&app).await;
     let ep_path = format!("/apps/{app_id}/endpoints/{ep}");
     for (path, form) in [
         (
@@ -250,8 +255,7 @@ async fn untrusted_content_renders_as_text() {
         .to_owned();
     rx.next().await;
     app.wait_status(&app_id, &msg, &ep, 0).await;
-    let mut b = Browser::new(&app);
-    b.sign_in().await;
+    let b = Browser::signed_in(&app).await;
     for path in [
         format!("/messages/{msg}"),
         format!("/apps/{app_id}"),
@@ -290,8 +294,7 @@ async fn redeliver_creates_the_attempt_before_the_page_returns() {
     let app = spawn_app().await;
     let mut rx = TestReceiver::start().await;
     let (_app_id, ep, msg) = failed_message(&app, &mut rx).await;
-    let b = &mut Browser::new(&app);
-    b.sign_in().await;
+    let b = &Browser::signed_in(&app).await;
     let before = b.page(&format!("/messages/{msg}")).await;
     assert_eq!(before.matches("data-status=\"500\"").count(), 3);
     let csrf = b.csrf().await;
@@ -323,8 +326,7 @@ async fn failed_page_lists_dead_letters_and_redelivers_in_bulk() {
     app.wait_status(&app_id, &m1, &ep, 2).await;
     app.wait_status(&app_id, &m2, &ep, 2).await;
     rx.take(6).await;
-    let mut b = Browser::new(&app);
-    b.sign_in().await;
+    let b = Browser::signed_in(&app).await;
     let html = b.page("/failed").await;
     assert!(html.contains(&m1) && html.contains(&m2));
     let filtered = b.page("/messages?status=failed").await;
@@ -378,8 +380,7 @@ async fn message_filters_and_search() {
     let m2 = app.publish_simple(&a2, "order.paid").await;
     rx.next().await;
     app.wait_status(&a1, &m1, &ep1, 0).await;
-    let mut b = Browser::new(&app);
-    b.sign_in().await;
+    let b = Browser::signed_in(&app).await;
     let all = b.page("/messages").await;
     assert!(all.contains(&m1) && all.contains(&m2));
     let by_app = b.page(&format!("/messages?app={a2}")).await;
@@ -413,8 +414,7 @@ async fn endpoint_settings_secret_and_actions() {
     let app_id = app.create_app().await;
     let ep = app.endpoint_to(&app_id, &rx).await;
     let path = format!("/apps/{app_id}/endpoints/{ep}");
-    let mut b = Browser::new(&app);
-    b.sign_in().await;
+    let b = Browser::signed_in(&app).await;
     let csrf = b.csrf().await;
 
     // Edit and save.
@@ -499,8 +499,7 @@ async fn endpoint_form_keeps_the_configured_limits() {
     let app_id = app.create_app().await;
     let ep = app.endpoint_to(&app_id, &rx).await;
     let path = format!("/apps/{app_id}/endpoints/{ep}");
-    let mut b = Browser::new(&app);
-    b.sign_in().await;
+    let b = Browser::signed_in(&app).await;
     let csrf = b.csrf().await;
     let url = rx.url();
     let form = |types, headers| {
@@ -543,8 +542,7 @@ async fn unreadable_forms_and_addresses_get_a_readable_page() {
     let app_id = app.create_app().await;
     let ep = app.endpoint_to(&app_id, &rx).await;
     let path = format!("/apps/{app_id}/endpoints/{ep}");
-    let mut b = Browser::new(&app);
-    b.sign_in().await;
+    let b = Browser::signed_in(&app).await;
     let csrf = b.csrf().await;
 
     let missing = b.post(&format!("{path}/test"), &[("csrf", &csrf)]).await;
@@ -589,8 +587,7 @@ async fn recover_form_requeues_failed_messages() {
     let app = spawn_app().await;
     let mut rx = TestReceiver::start().await;
     let (app_id, ep, msg) = failed_message(&app, &mut rx).await;
-    let mut b = Browser::new(&app);
-    b.sign_in().await;
+    let b = Browser::signed_in(&app).await;
     let csrf = b.csrf().await;
     let path = format!("/apps/{app_id}/endpoints/{ep}/recover");
     let res = b
@@ -619,8 +616,7 @@ async fn overview_apps_and_catalog_show_the_state() {
         .post("/event-type", json!({"name": "order.created", "description": "An order was placed", "schemas": {"1": {"type": "object"}}}))
         .await;
     assert_eq!(status, 201);
-    let mut b = Browser::new(&app);
-    b.sign_in().await;
+    let b = Browser::signed_in(&app).await;
     let overview = b.page("/").await;
     assert!(overview.contains("<svg"), "a chart");
     assert!(overview.contains("3 failed attempts"), "{overview}");
@@ -641,8 +637,7 @@ async fn tokens_are_created_shown_once_and_revoked() {
         .post("/app", json!({"name": "Billing <b>", "uid": "billing"}))
         .await;
     let a = created["id"].as_str().unwrap().to_owned();
-    let mut b = Browser::new(&app);
-    b.sign_in().await;
+    let b = Browser::signed_in(&app).await;
     let csrf = b.csrf().await;
     let html = b.page("/tokens").await;
     assert!(html.contains("No application tokens"), "{html}");
