@@ -123,13 +123,16 @@ impl GroupCommit {
         rx.await.map_err(|_| stopped())?
     }
 
-    /// Blocking form, for code that is not async (CLI commands, shutdown).
+    /// Blocking form, for code that is not async (CLI commands, shutdown,
+    /// an expunge).
     pub fn commit_blocking(&self) -> Result<(), Arc<std::io::Error>> {
-        let (tx, rx) = oneshot::channel();
+        // A std channel: waiting on it is allowed on a runtime's thread too
+        // (as the writer's `write_blocking` waits).
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.then(Box::new(move |r| {
             let _ = tx.send(r);
         }));
-        rx.blocking_recv().map_err(|_| stopped())?
+        rx.recv().map_err(|_| stopped())?
     }
 }
 

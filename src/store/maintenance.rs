@@ -3,6 +3,8 @@
 //! bounded range or an index, and reports what it changed.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::writer::Overlay;
 use super::{
@@ -570,7 +572,20 @@ impl Store {
                 continue;
             }
             // An undelivered message keeps its payload: it is still to be
-            // sent or redelivered (see `clear_content`).
+            // sent or redelivered. Looked at here first, so that a message
+            // kept costs no writer job; the job looks again, in turn with
+            // the resends asked for meanwhile (see `clear_content`).
+            let mut delivered = true;
+            for e in self.tree.scan_prefix(keys::dests_of(&id)) {
+                let (k, v) = e?;
+                if !super::delivered_and_not_due(&decode_dest(&k, &v)?) {
+                    delivered = false;
+                    break;
+                }
+            }
+            if !delivered {
+                continue;
+            }
             if let Some(freed) = self.clear_content(&msg, true)? {
                 r.bytes_freed += payload_len as u64 + freed;
                 r.payloads_expunged += 1;
@@ -691,10 +706,13 @@ impl Store {
             .into_iter()
             .map(|(msg, _)| msg)
             .collect();
-        let mut iter = self.tree.scan_prefix([keys::ns::ALL_MESSAGES]).peekable();
-        let mut chunk = Vec::new();
-        while r.bytes_freed < bytes && iter.peek().is_some() {
+        // Counted by the jobs, which run one after the other: the last one
+        // needed stops the rest of its chunk.
+        let freed = Arc::new(AtomicU64::new(0));
+        let mut iter = self.tree.scan_prefix([keys::ns::ALL_MESSAGES]);
+        while freed.load(Ordering::Relaxed) < bytes {
             // The oldest candidates, a chunk at a time.
+            let mut chunk = Vec::new();
             for e in iter.by_ref() {
                 let (k, v) = e?;
                 let (Some(id), Some(app)) = (
@@ -703,92 +721,113 @@ impl Store {
                 ) else {
                     continue;
                 };
-                // A delivery held in memory has no status until its attempt is
-                // recorded (see `handoff`), so its message would look delivered.
-                // It is let go only after its status is written: asked before
-                // the statuses are read, the hand-off misses none.
+                // A delivery held in memory has no status until its attempt
+                // is recorded (see `handoff`), so its message would look
+                // delivered. It is let go only after its status is written:
+                // asked before the statuses are read, the hand-off misses none.
                 if waiting.contains(&id) || !self.handoff.held_of(&id).is_empty() {
                     continue;
                 }
                 chunk.push((app, id));
-                if chunk.len() == JOB_CHUNK {
+                if chunk.len() == DELETE_CHUNK {
                     break;
                 }
             }
             if chunk.is_empty() {
                 break;
             }
-            let batch = std::mem::take(&mut chunk);
-            let (deleted, freed) = self.writer.write_blocking(move |o| {
-                let (mut deleted, mut freed) = (0, 0);
-                for (app, id) in batch {
-                    if let Some(n) = stage_delete_delivered(o, app, id)? {
-                        deleted += 1;
-                        freed += n;
+            let jobs = chunk.into_iter().map(|(app, id)| {
+                let freed = Arc::clone(&freed);
+                move |o: &mut Overlay| {
+                    if freed.load(Ordering::Relaxed) >= bytes {
+                        return Ok(false);
                     }
+                    let (deleted, n) = stage_delete_delivered(o, &app, &id)?;
+                    freed.fetch_add(n, Ordering::Relaxed);
+                    Ok(deleted)
                 }
-                Ok((deleted, freed))
-            })?;
-            r.messages_deleted += deleted;
-            r.bytes_freed += freed;
+            });
+            let deleted = self.writer.write_each_blocking(jobs)?;
+            r.messages_deleted += deleted.into_iter().filter(|d| *d).count();
         }
+        r.bytes_freed = freed.load(Ordering::Relaxed);
         Ok(r)
     }
 }
 
+/// Messages the disk bound hands the writer thread at once, one job each:
+/// the publishes behind them wait for at most this many.
+const DELETE_CHUNK: usize = 100;
+
 /// Deletes a message with everything recorded about it, if every delivery
 /// of it succeeded and none is due again (a resend queued): on the writer
 /// thread, so that no status an attempt or a resend writes meanwhile is
-/// missed or left behind. Returns the bytes removed, `None` if the message
-/// was kept (or is gone already).
+/// missed or left behind. Returns whether it was deleted, and the bytes
+/// removed (also those of an all-messages entry left without its message
+/// by a crash).
 fn stage_delete_delivered(
     o: &mut Overlay,
-    app: AppId,
-    id: MessageId,
-) -> Result<Option<u64>, StoreError> {
-    let message_key = keys::message(&app, &id);
-    let Some(raw) = o.get(&message_key)? else {
-        return Ok(None);
-    };
-    let msg: MessageRecord = decode(&message_key, &raw)?;
-    let mut dests = Vec::new();
-    for (k, v) in o.scan_prefix(&keys::dests_of(&id))? {
-        let d = decode_dest(&k, &v)?;
-        if d.status != MessageStatus::Success || d.next_attempt_ms.is_some() {
-            return Ok(None);
-        }
-        dests.push(d);
-    }
-    // What points to the message goes first, the message and its
-    // payload last: a pass cut short by a crash leaves a message with
-    // less recorded about it, which the next pass takes (see `writer`).
-    let mut gone = Vec::new();
-    if let Some(eid) = &msg.event_id {
-        gone.push(keys::event_id(&msg.app_id, eid));
-    }
-    for (k, v) in o.scan_prefix(&keys::attempts_of_msg(&id))? {
-        let (at, attempt) = super::staged_attempt_at(o, k.clone(), &v)?;
-        if let Some(a) = attempt {
-            gone.push(keys::attempt_by_ep(&a.ep_id, &a.id));
-        }
-        if at != k {
-            gone.push(at);
-        }
-        gone.push(k);
-    }
-    for d in &dests {
-        if let Some(a) = first_attempt(d)? {
-            gone.push(keys::attempt_by_ep(&a.ep_id, &a.id));
-        }
-        gone.extend(keys::dest_and_indexes(&id, &d.ep_id).into_iter().rev());
-    }
-    gone.extend([message_key, keys::all_messages(&id), keys::payload(&id)]);
+    app: &AppId,
+    id: &MessageId,
+) -> Result<(bool, u64), StoreError> {
     let mut freed = 0u64;
-    for k in gone {
+    let mut remove = |o: &mut Overlay, k: Vec<u8>| -> Result<(), StoreError> {
         if let Some(v) = o.get(&k)? {
             freed += (k.len() + v.len()) as u64;
             o.remove(k);
         }
+        Ok(())
+    };
+    let message_key = keys::message(app, id);
+    let Some(raw) = o.get(&message_key)? else {
+        // A deletion (or a publish) cut short by a crash: the message went
+        // before its all-messages entry, which only this pass finds.
+        remove(o, keys::all_messages(id))?;
+        remove(o, keys::payload(id))?;
+        return Ok((false, freed));
+    };
+    let msg: MessageRecord = decode(&message_key, &raw)?;
+    let mut dests = Vec::new();
+    for (k, v) in o.scan_prefix(&keys::dests_of(id))? {
+        let d = decode_dest(&k, &v)?;
+        if !super::delivered_and_not_due(&d) {
+            return Ok((false, 0));
+        }
+        dests.push(d);
     }
-    Ok(Some(freed))
+    // What points to the message goes first, the message and its payload
+    // last: a pass cut short by a crash leaves a message with less recorded
+    // about it, which the next pass takes (see `writer`). Its eventId entry
+    // only while it names this message: after such a crash, a publish with
+    // that eventId may have taken it over.
+    if let Some(eid) = &msg.event_id {
+        let key = keys::event_id(app, eid);
+        if o.get(&key)?
+            .is_some_and(|v| v.as_ref() == id.as_str().as_bytes())
+        {
+            remove(o, key)?;
+        }
+    }
+    for (k, v) in o.scan_prefix(&keys::attempts_of_msg(id))? {
+        let (at, attempt) = super::staged_attempt_at(o, k.clone(), &v)?;
+        if let Some(a) = attempt {
+            remove(o, keys::attempt_by_ep(&a.ep_id, &a.id))?;
+        }
+        if at != k {
+            remove(o, at)?;
+        }
+        remove(o, k)?;
+    }
+    for d in &dests {
+        if let Some(a) = first_attempt(d)? {
+            remove(o, keys::attempt_by_ep(&a.ep_id, &a.id))?;
+        }
+        for k in keys::dest_and_indexes(id, &d.ep_id).into_iter().rev() {
+            remove(o, k)?;
+        }
+    }
+    remove(o, message_key)?;
+    remove(o, keys::all_messages(id))?;
+    remove(o, keys::payload(id))?;
+    Ok((true, freed))
 }

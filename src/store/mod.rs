@@ -550,6 +550,13 @@ fn change_first_attempt(
     Ok(freed)
 }
 
+/// Whether a delivery succeeded and is not due again (no resend queued or
+/// under way): what lets retention take its message's payload, or the
+/// disk bound the message.
+fn delivered_and_not_due(d: &DestRecord) -> bool {
+    d.status == MessageStatus::Success && d.next_attempt_ms.is_none()
+}
+
 /// The first attempt a status holds, if any.
 fn first_attempt(dest: &DestRecord) -> Result<Option<AttemptRecord>, StoreError> {
     match &dest.first_attempt {
@@ -1474,7 +1481,11 @@ impl Store {
         self.withdraw(|w, now| {
             w.messages.insert(msg.id.clone(), now);
         })?;
-        Ok(self.clear_content(msg, false)?.unwrap_or(0))
+        let freed = self.clear_content(msg, false)?.unwrap_or(0);
+        // Asked for to remove what should not be kept: not to come back
+        // after a crash.
+        self.commit_blocking()?;
+        Ok(freed)
     }
 
     /// Expunges a message in one job on the writer thread, in turn with the
@@ -1503,20 +1514,17 @@ impl Store {
             let statuses = o.scan_prefix(&keys::dests_of(&id))?;
             if delivered_only {
                 for (k, v) in &statuses {
-                    let d = decode_dest(k, v)?;
-                    if d.status != MessageStatus::Success || d.next_attempt_ms.is_some() {
+                    if !delivered_and_not_due(&decode_dest(k, v)?) {
                         return Ok(None);
                     }
                 }
             }
-            // Marked first, so that a resend claimed from here on is dropped
-            // (see `writer` on the order of a job's writes).
+            // Marked first, so that a resend claimed from here on is dropped,
+            // and the payload taken last: an expunge cut short by a crash
+            // leaves the payload, by which payload retention finds the
+            // message again (see `writer` on the order of a job's writes).
             record.expunged = true;
             o.insert(message_key, encode(&record));
-            if o.contains_key(&keys::all_messages(&id))? {
-                o.insert(keys::all_messages(&id), all_messages_value(&app, &[]));
-            }
-            o.remove(keys::payload(&id));
             let mut freed = 0;
             for (key, _) in &statuses {
                 freed += change_first_attempt(o, key, |a| match a {
@@ -1532,6 +1540,10 @@ impl Store {
                     o.insert(at, encode(&a));
                 }
             }
+            if o.contains_key(&keys::all_messages(&id))? {
+                o.insert(keys::all_messages(&id), all_messages_value(&app, &[]));
+            }
+            o.remove(keys::payload(&id));
             Ok(Some(freed))
         })
     }

@@ -2206,6 +2206,8 @@ async fn retention_leaves_a_message_whose_resend_is_under_way() {
     let later = 1_000_000;
     let r = s.expire_payloads(later, 1_000, |_| 1_000).unwrap();
     assert_eq!(r.payloads_expunged, 0);
+    // And had the pass read the status before the resend was queued:
+    assert!(s.clear_content(&m, true).unwrap().is_none());
     assert_eq!(
         s.drop_oldest_delivered(u64::MAX).unwrap().messages_deleted,
         0
@@ -2233,6 +2235,55 @@ async fn retention_leaves_a_message_whose_resend_is_under_way() {
         1
     );
     assert!(s.find_message(&m.app_id, m.id.as_str()).unwrap().is_none());
+}
+
+/// The disk bound stops at about the bytes it was asked to free, and
+/// takes away an all-messages entry left without its message (a deletion
+/// cut short by a crash), which nothing else would find.
+#[tokio::test]
+async fn the_disk_bound_frees_what_it_is_asked_and_what_a_crash_left() {
+    let (s, a, ep) = store_with_endpoint();
+    let msgs: Vec<MessageRecord> = (0..3).map(|i| message(&a.id, 10 + i, None)).collect();
+    for m in &msgs {
+        s.publish(m, b"{\"n\":1}", &[&ep], 20, || {}).await.unwrap();
+    }
+    for t in s
+        .claim_due(20, 100, 10, 100, |_| Claim::Take)
+        .await
+        .unwrap()
+    {
+        s.record_attempt(&t, &attempt(&t, true, 30), Next::Done)
+            .await
+            .unwrap();
+        s.release_lease(100, &t.id).await.unwrap();
+    }
+    let r = s.drop_oldest_delivered(1).unwrap();
+    assert_eq!(r.messages_deleted, 1);
+    assert!(
+        s.find_message(&a.id, msgs[0].id.as_str())
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.find_message(&a.id, msgs[1].id.as_str())
+            .unwrap()
+            .is_some()
+    );
+
+    s.tree.remove(keys::message(&a.id, &msgs[1].id)).unwrap();
+    let r = s.drop_oldest_delivered(1).unwrap();
+    assert_eq!(r.messages_deleted, 0);
+    assert!(r.bytes_freed > 0);
+    assert!(
+        !s.tree
+            .contains_key(keys::all_messages(&msgs[1].id))
+            .unwrap()
+    );
+    assert!(
+        s.find_message(&a.id, msgs[2].id.as_str())
+            .unwrap()
+            .is_some()
+    );
 }
 
 /// An expunge of a message the disk bound deleted after the expunge read

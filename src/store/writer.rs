@@ -259,6 +259,36 @@ impl Writer {
         rx.recv().map_err(|_| StoreError::WriteLost)?
     }
 
+    /// Like `write_blocking` for several jobs sent at once: each stays a job
+    /// of its own (what it reads and stages stays small), they are applied
+    /// in the order given, in as few groups as the writer makes of them,
+    /// and their results come back in that order. For maintenance that
+    /// changes many messages, one job each.
+    pub(super) fn write_each_blocking<R, J>(
+        &self,
+        jobs: impl IntoIterator<Item = J>,
+    ) -> Result<Vec<R>, StoreError>
+    where
+        R: Send + 'static,
+        J: FnOnce(&mut Overlay) -> Result<R, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel();
+        let mut sent = 0;
+        for job in jobs {
+            let tx = tx.clone();
+            self.send_job(job, None, move |out| {
+                let _ = tx.send(out);
+            })?;
+            sent += 1;
+        }
+        drop(tx);
+        // Answered in the order sent; a job that panicked is never answered,
+        // and the channel closes once every other one was.
+        (0..sent)
+            .map(|_| rx.recv().map_err(|_| StoreError::WriteLost)?)
+            .collect()
+    }
+
     async fn submit<R: Send + 'static>(
         &self,
         job: impl FnOnce(&mut Overlay) -> Result<R, StoreError> + Send + 'static,
