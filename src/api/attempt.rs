@@ -131,10 +131,8 @@ async fn list_by_endpoint(
 fn time_bounds_attempts(q: &Query, page: &mut crate::store::PageReq) -> Result<(), ApiError> {
     let before = q.time("before")?;
     let after = q.time("after")?;
-    if page.cursor.is_none() {
-        page.max_id = before.map(|t| AttemptId::lower_bound(t).to_string());
-        page.min_id = after.map(|t| AttemptId::lower_bound(t + 1).to_string());
-    }
+    page.max_id = before.map(|t| AttemptId::lower_bound(t).to_string());
+    page.min_id = after.map(|t| AttemptId::lower_bound(t + 1).to_string());
     Ok(())
 }
 

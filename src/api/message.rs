@@ -153,14 +153,13 @@ impl MessageFilter {
     }
 }
 
-/// `before`/`after` as ID bounds (IDs sort by creation time). Ignored with an iterator.
+/// `before`/`after` as ID bounds (IDs sort by creation time), on every page
+/// (clients send them again with the iterator).
 pub(super) fn time_bounds(q: &Query, page: &mut PageReq) -> Result<(), ApiError> {
     let before = q.time("before")?;
     let after = q.time("after")?;
-    if page.cursor.is_none() {
-        page.max_id = before.map(|t| MessageId::lower_bound(t).to_string());
-        page.min_id = after.map(|t| MessageId::lower_bound(t + 1).to_string());
-    }
+    page.max_id = before.map(|t| MessageId::lower_bound(t).to_string());
+    page.min_id = after.map(|t| MessageId::lower_bound(t + 1).to_string());
     Ok(())
 }
 

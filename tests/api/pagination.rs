@@ -119,3 +119,38 @@ async fn limit_out_of_range_is_422() {
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["detail"][0]["loc"], json!(["query", "order"]));
 }
+
+/// `before` and `after` bound every page, not only the first: clients send
+/// them again with the iterator.
+#[actix_web::test]
+async fn time_bounds_hold_on_every_page() {
+    let app = spawn_app().await;
+    let rx = crate::helpers::TestReceiver::start().await;
+    let a = app.create_app().await;
+    let ep = app.endpoint_to(&a, &rx).await;
+    let old = app.publish_simple(&a, "e.t").await;
+    app.wait_status(&a, &old, &ep, 0).await;
+    // A moment strictly after the old message and its attempt, and before
+    // the new ones (the clock is read, not waited on for a side effect).
+    let after = chrono::Utc::now();
+    while chrono::Utc::now() - after < chrono::Duration::milliseconds(2) {
+        std::hint::spin_loop();
+    }
+    let mut created = BTreeSet::new();
+    for _ in 0..5 {
+        let m = app.publish_simple(&a, "e.t").await;
+        app.wait_status(&a, &m, &ep, 0).await;
+        created.insert(m);
+    }
+    let after = after.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let walked = walk(&app, &format!("/app/{a}/msg?after={after}"), 2).await;
+    assert_complete(&walked, &created);
+    let attempts = walk(
+        &app,
+        &format!("/app/{a}/attempt/endpoint/{ep}?after={after}"),
+        2,
+    )
+    .await;
+    assert_eq!(attempts.len(), 5, "{attempts:?}");
+    app.stop().await;
+}
