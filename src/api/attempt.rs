@@ -18,6 +18,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::resource("/app/{app_id}/attempt/endpoint/{endpoint_id}").get(list_by_endpoint),
         )
         .service(web::resource("/app/{app_id}/msg/{msg_id}/attempt/{attempt_id}").get(get))
+        .service(
+            web::resource("/app/{app_id}/msg/{msg_id}/attempt/{attempt_id}/content")
+                .delete(expunge),
+        )
         .service(web::resource("/app/{app_id}/msg/{msg_id}/endpoint").get(list_destinations))
         .service(
             web::resource("/app/{app_id}/endpoint/{endpoint_id}/msg").get(list_endpoint_messages),
@@ -149,6 +153,24 @@ async fn get(
         .flatten()
         .ok_or_else(|| ApiError::not_found("Message attempt"))?;
     Ok(HttpResponse::Ok().json(MessageAttemptOut::new(&attempt, true)))
+}
+
+/// Removes the response body of one attempt (an endpoint that answered
+/// with what should not be kept); the attempt stays listed.
+async fn expunge(
+    state: State,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (app_id, msg_id, attempt_id) = path.into_inner();
+    let app = state.app(&app_id)?;
+    let msg = find_message(&state, &app, &msg_id)?;
+    let id = AttemptId::parse(&attempt_id).ok_or_else(|| ApiError::not_found("Message attempt"))?;
+    // It waits for the writer thread and the disk: off the server's thread.
+    let store = state.store.clone();
+    if !web::block(move || store.expunge_attempt_content(&msg.id, &id)).await?? {
+        return Err(ApiError::not_found("Message attempt"));
+    }
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// The endpoints a message was sent to, with its status at each.

@@ -1488,6 +1488,50 @@ impl Store {
         Ok(freed)
     }
 
+    /// Removes the response body one attempt of `msg` recorded, made durable
+    /// before this returns. `false` if the message has no such attempt.
+    /// On the writer thread, in turn with the attempts it records: a first
+    /// attempt kept in its status is carried through every rewrite of it.
+    pub fn expunge_attempt_content(
+        &self,
+        msg: &MessageId,
+        id: &AttemptId,
+    ) -> Result<bool, StoreError> {
+        let (msg, id) = (msg.clone(), id.clone());
+        let found = self.writer.write_blocking(move |o| {
+            let key = keys::attempt_by_msg(&msg, &id);
+            if let Some(v) = o.get(&key)? {
+                let (at, attempt) = staged_attempt_at(o, key, &v)?;
+                let Some(mut a) = attempt else {
+                    return Ok(false);
+                };
+                if !a.response_body.is_empty() {
+                    a.response_body = Vec::new();
+                    o.insert(at, encode(&a));
+                }
+                return Ok(true);
+            }
+            for (k, _) in o.scan_prefix(&keys::dests_of(&msg))? {
+                let mut found = false;
+                change_first_attempt(o, &k, |first| match first {
+                    Some(a) if a.id == id => {
+                        found = true;
+                        std::mem::take(&mut a.response_body).len() as u64
+                    }
+                    _ => 0,
+                })?;
+                if found {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })?;
+        if found {
+            self.commit_blocking()?;
+        }
+        Ok(found)
+    }
+
     /// Expunges a message in one job on the writer thread, in turn with the
     /// attempts it records and the resends it queues: an attempt recorded
     /// before is seen (its body taken out of its status or its record), and

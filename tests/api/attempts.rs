@@ -188,3 +188,63 @@ async fn expunged_content_empties_every_attempt_response() {
     }
     assert_eq!(app.destination(&a, &msg, &ep).await["status"], 0);
 }
+
+/// One attempt's response body can be removed (an endpoint that answered
+/// with what should not be kept): a delivery's first attempt, kept with its
+/// status, and a later one, kept under the message. The others keep theirs,
+/// every attempt stays listed, and an unknown attempt is a 404.
+#[actix_web::test]
+async fn one_attempt_content_is_expunged() {
+    let app = spawn_app_with(&[("WEBHOOKD_RETRY_SCHEDULE", "")]).await;
+    let mut rx = TestReceiver::start().await;
+    let a = app.create_app().await;
+    let ep = app.endpoint_to(&a, &rx).await;
+    let msg = app.publish_simple(&a, "e.ok").await;
+    rx.next().await;
+    app.wait_status(&a, &msg, &ep, 0).await;
+    for _ in 0..2 {
+        app.resend(&a, &msg, &ep).await;
+        rx.next().await;
+    }
+    let attempts = app.wait_attempts(&a, &msg, 3).await;
+    let ids: Vec<String> = attempts
+        .iter()
+        .map(|x| x["id"].as_str().unwrap().to_owned())
+        .collect();
+    // Newest first: the first attempt is the last listed.
+    let (first, later) = (&ids[2], &ids[0]);
+    for id in [first, later] {
+        let (status, body) = app
+            .delete(&format!("/app/{a}/msg/{msg}/attempt/{id}/content"))
+            .await;
+        assert_eq!(status, 204, "{body}");
+    }
+    let responses = |list: &[serde_json::Value]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|x| {
+                let id = x["id"].as_str().unwrap().to_owned();
+                (id, x["response"].as_str().unwrap().to_owned())
+            })
+            .collect()
+    };
+    let want = vec![
+        (ids[0].clone(), String::new()),
+        (ids[1].clone(), "ok".to_owned()),
+        (ids[2].clone(), String::new()),
+    ];
+    assert_eq!(responses(&app.attempts_of_msg(&a, &msg).await), want);
+    let by_ep = app.get_ok(&format!("/app/{a}/attempt/endpoint/{ep}")).await;
+    assert_eq!(responses(by_ep["data"].as_array().unwrap()), want);
+    assert_eq!(app.destination(&a, &msg, &ep).await["status"], 0);
+
+    let other = app.publish_simple(&a, "e.ok").await;
+    for path in [
+        format!("/app/{a}/msg/{msg}/attempt/atmpt_nope/content"),
+        format!("/app/{a}/msg/{other}/attempt/{first}/content"),
+        format!("/app/{a}/msg/msg_nope/attempt/{first}/content"),
+    ] {
+        let (status, body) = app.delete(&path).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert_eq!(body["code"], "not_found", "{body}");
+    }
+}

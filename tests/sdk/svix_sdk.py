@@ -133,6 +133,12 @@ def main():
     assert len(attempts) == 1
     ok("message_attempt.resend")
 
+    assert svix.message_attempt.get(app.id, msg.id, attempts[0].id).response == "ok"
+    svix.message_attempt.expunge_content(app.id, msg.id, attempts[0].id)
+    assert svix.message_attempt.get(app.id, msg.id, attempts[0].id).response == ""
+    assert svix.message_attempt.get(app.id, msg.id, by_msg[0].id).response == "ok"
+    ok("message_attempt.expunge_content")
+
     # A message that fails every attempt, then comes back through recover.
     since = datetime.now(timezone.utc) - timedelta(seconds=5)
     receiver.status = 500
