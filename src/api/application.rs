@@ -5,7 +5,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use super::extract::Query;
 use super::model::{ApplicationIn, ApplicationOut, ApplicationPatch, ListResponse};
 use super::{ApiError, State};
-use crate::domain::{AppId, now_ms};
+use crate::domain::{AppId, now_ms, valid_uid};
 use crate::store::{AppRecord, Taken};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -84,7 +84,8 @@ async fn update(
     let body: ApplicationIn = state.json(&req, payload).await?;
     body.validate()?;
     let Some(old) = state.store.find_app(&path)? else {
-        if AppId::parse(&path).is_some() {
+        // Neither an ID nor a uid one could be created with: nothing to find.
+        if AppId::parse(&path).is_some() || !valid_uid(&path) {
             return Err(ApiError::not_found("Application"));
         }
         let app = create_app(&state, body, Some(path.into_inner()))?;

@@ -108,6 +108,14 @@ async fn put_patch_delete() {
         .await;
     assert_eq!(status, 201, "{upserted}");
     assert_eq!(upserted["uid"], "brand-new");
+    // Not with a path no uid could be.
+    for path in [
+        "/app/brand%20new".to_owned(),
+        format!("/app/{}", "u".repeat(257)),
+    ] {
+        let (status, body) = app.put(&path, json!({ "name": "No" })).await;
+        assert_eq!(status, 404, "{path}: {body}");
+    }
 
     let (status, patched) = app
         .patch(&format!("/app/{id}"), json!({ "metadata": { "a": "b" } }))
