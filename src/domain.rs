@@ -252,11 +252,19 @@ impl Secret {
         Self(rand::random::<[u8; 24]>().to_vec())
     }
 
-    /// Parses `whsec_` + base64 of 24 to 64 bytes.
+    /// Parses `whsec_` + 32 to 100 characters of standard base64, padded or
+    /// not (what the Svix API accepts: `^(whsec_)?[a-zA-Z0-9+/=]{32,100}$`).
     pub fn parse(s: &str) -> Option<Self> {
+        use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+        const PADDED_OR_NOT: GeneralPurpose = GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+        );
         let body = s.strip_prefix(Self::PREFIX)?;
-        let bytes = B64.decode(body).ok()?;
-        (24..=64).contains(&bytes.len()).then_some(Self(bytes))
+        if !(32..=100).contains(&body.len()) {
+            return None;
+        }
+        PADDED_OR_NOT.decode(body).ok().map(Self)
     }
 
     pub fn from_bytes(bytes: Vec<u8>) -> Self {
@@ -482,6 +490,21 @@ mod tests {
         assert!(Secret::parse("whsec_").is_none());
         assert!(Secret::parse("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_none());
         assert!(Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_some());
+        // 32 bytes unpadded (43 characters), 75 bytes (100), but not 101
+        // characters, 31, or what is not base64.
+        let unpadded = base64::engine::general_purpose::STANDARD_NO_PAD.encode([7u8; 32]);
+        assert_eq!(unpadded.len(), 43);
+        let s = Secret::parse(&format!("whsec_{unpadded}")).unwrap();
+        assert_eq!(s.key(), [7u8; 32]);
+        let longest = B64.encode([7u8; 75]);
+        assert_eq!(longest.len(), 100);
+        assert_eq!(
+            Secret::parse(&format!("whsec_{longest}")).unwrap().key(),
+            [7u8; 75]
+        );
+        assert!(Secret::parse(&format!("whsec_{longest}A")).is_none());
+        assert!(Secret::parse(&format!("whsec_{}", &unpadded[..31])).is_none());
+        assert!(Secret::parse(&format!("whsec_{}-", &unpadded[..39])).is_none());
     }
 
     #[test]

@@ -324,7 +324,10 @@ pub fn parse_secret(s: &str, p: &mut Problems, loc: &[&str]) -> Option<Secret> {
     };
     let parsed = Secret::parse(&prefixed);
     if parsed.is_none() {
-        p.add(loc, "must be whsec_ followed by base64 of 24 to 64 bytes");
+        p.add(
+            loc,
+            "must be whsec_ followed by 32 to 100 characters of base64",
+        );
     }
     parsed
 }

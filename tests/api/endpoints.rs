@@ -172,6 +172,39 @@ async fn secret_is_whsec_and_can_be_given() {
         ))
         .await;
     assert_eq!(got["key"], given);
+
+    // Any key the Svix API accepts: unpadded base64, no prefix, up to 100
+    // characters; shown back in the padded form.
+    let unpadded = "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwMfKQ9r8GKYo";
+    let longest = "A".repeat(100);
+    for (secret, shown) in [
+        (unpadded.to_owned(), format!("whsec_{unpadded}=")),
+        (longest.clone(), format!("whsec_{longest}")),
+    ] {
+        let ep = app
+            .create_endpoint(&a, "https://example.com/3", json!({ "secret": secret }))
+            .await;
+        let path = format!("/app/{a}/endpoint/{}/secret", ep["id"].as_str().unwrap());
+        assert_eq!(app.get_ok(&path).await["key"], shown.as_str());
+    }
+    for bad in [
+        "whsec_short",
+        &"A".repeat(101),
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS!",
+    ] {
+        let (status, body) = app
+            .post(
+                &format!("/app/{a}/endpoint"),
+                json!({ "url": "https://example.com/4", "secret": bad }),
+            )
+            .await;
+        assert_eq!(status, 422, "{bad}: {body}");
+        assert_eq!(
+            body["detail"][0]["loc"],
+            json!(["body", "secret"]),
+            "{body}"
+        );
+    }
 }
 
 #[actix_web::test]
