@@ -98,8 +98,11 @@ async fn list_by_msg(
         Some(e) => Some(state.endpoint(&app, e)?.id),
         None => None,
     };
+    // `event_types`, `channel` and `tag` filter by the message: all of its
+    // attempts, or none.
+    let of_msg = MessageFilter::from_query(&query).keeps(&msg);
     let attempts = state.store.attempts_of_msg(&msg.id, &page, |a| {
-        filter.keeps(a) && endpoint.as_ref().is_none_or(|e| &a.ep_id == e)
+        of_msg && filter.keeps(a) && endpoint.as_ref().is_none_or(|e| &a.ep_id == e)
     })?;
     Ok(attempts_response(attempts, with_content))
 }

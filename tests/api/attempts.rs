@@ -43,6 +43,19 @@ async fn attempts_by_id_by_endpoint_and_endpoint_messages_by_status() {
     assert_eq!(only["data"].as_array().unwrap().len(), 1, "{only}");
     let attempt = only["data"][0].clone();
     assert_eq!(attempt["endpointId"], ep);
+    // Filters by the message keep all of its attempts or none.
+    for (query, n) in [
+        ("event_types=e.ok", 2),
+        ("event_types=e.bad", 0),
+        ("event_types=e.bad,e.ok", 2),
+        ("channel=nowhere", 0),
+        ("tag=nothing", 0),
+    ] {
+        let page = app
+            .get_ok(&format!("/app/{a}/attempt/msg/{ok}?{query}"))
+            .await;
+        assert_eq!(page["data"].as_array().unwrap().len(), n, "{query}: {page}");
+    }
     for key in [
         "id",
         "msgId",
