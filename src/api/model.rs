@@ -580,6 +580,13 @@ impl EndpointPatch {
         if let Some(c) = &self.channels {
             validate_channels(c, 10, &mut p);
         }
+        if let Some(Some(r)) = self.throttle_rate {
+            p.check(
+                (1..=65535).contains(&r),
+                &["body", "throttleRate"],
+                "must be between 1 and 65535",
+            );
+        }
         let credentials = parse_credentials(self.credentials.take(), &mut p);
         let client_cert = parse_client_cert(self.tls_client_cert.take(), &mut p);
         p.finish()?;

@@ -140,7 +140,46 @@ struct SlotBook {
     /// Per slow endpoint, the earliest due time of the next delivery it
     /// moves back (see `backlog_due`).
     backlog_next_ms: HashMap<EndpointId, i64>,
+    /// Per endpoint a delivery was claimed for, its throttle.
+    throttles: HashMap<EndpointId, Throttle>,
     in_flight: usize,
+}
+
+/// An endpoint's throttle: at most its `throttleRate` (else its app's)
+/// deliveries a second, evenly spaced (GCRA, with `THROTTLE_TOLERANCE_MS`
+/// of slack for a claim that comes a little late). A delivery that may not
+/// go yet is moved back in the queue to a time of its own, at the end of
+/// the line of those waiting; one fresh from a publish joins that line
+/// rather than pass it.
+struct Throttle {
+    /// `Store::records_written` when the rate was read.
+    read_at: u64,
+    /// Milliseconds between two deliveries; `None`: not throttled.
+    interval_ms: Option<f64>,
+    /// When the next delivery may go.
+    next_ms: f64,
+    /// Where the line of deliveries moved back to wait their turn ends.
+    line_end_ms: f64,
+}
+
+/// How early, before its time, a throttled endpoint's next delivery may go.
+const THROTTLE_TOLERANCE_MS: f64 = 10.0;
+
+impl Throttle {
+    /// Whether a delivery may go at `now` (`Ok`, its turn taken), or the
+    /// time it is to come back (`Err`). `from_queue`: it was claimed from
+    /// the queue (where the line waits), not handed over by its publish.
+    fn admit(&mut self, interval_ms: f64, now: i64, from_queue: bool) -> Result<(), i64> {
+        let now = now as f64;
+        let turn = now >= self.next_ms - THROTTLE_TOLERANCE_MS;
+        if turn && (from_queue || self.line_end_ms <= now) {
+            self.next_ms = self.next_ms.max(now) + interval_ms;
+            return Ok(());
+        }
+        let due = self.line_end_ms.max(self.next_ms).max(now);
+        self.line_end_ms = due + interval_ms;
+        Err(due.ceil() as i64)
+    }
 }
 
 /// One delivery thread's own part.
@@ -420,6 +459,10 @@ impl Shared {
         let lease = self.store.lease_clock_ms() + self.lease_ms;
         let longest_defer = self.cfg.request_timeout.as_millis() as i64;
         let mut skipped = 0;
+        // Whether `decide` is asked about deliveries from the queue (else
+        // handed over by their publishes).
+        let from_queue = std::cell::Cell::new(false);
+        let written = self.store.records_written();
         let mut decide = |t: &TaskRecord| {
             let mut guard = self.book();
             let book = &mut *guard;
@@ -430,6 +473,14 @@ impl Shared {
             let mean_of =
                 |means: &HashMap<EndpointId, f64>| means.get(&t.ep_id).map_or(0, |m| *m as i64);
             if slots.in_flight < cap {
+                if let Err(due) =
+                    self.throttle(&mut book.throttles, t, written, now, from_queue.get())
+                {
+                    if slots.in_flight == 0 {
+                        book.per_endpoint.remove(&t.ep_id);
+                    }
+                    return Claim::Defer(due);
+                }
                 slots.in_flight += 1;
                 book.in_flight += 1;
                 // Fast again: a backlog it moves back later starts afresh.
@@ -465,10 +516,12 @@ impl Shared {
         if left == 0 {
             return Ok(());
         }
+        from_queue.set(true);
         let tasks = self
             .store
             .claim_due(now, lease, left, left * 4 + 64, &mut decide)
             .await?;
+        from_queue.set(false);
         left -= tasks.len();
         if let Some(first) = tasks.first() {
             let shared_lease = Arc::new(ClaimLease {
@@ -486,6 +539,59 @@ impl Shared {
             self.take_handed(left, &mut decide, hand_out).await?;
         }
         Ok(())
+    }
+
+    /// Whether the throttle of `t`'s endpoint lets it go at `now` (see
+    /// `Throttle`). Its rate is read again once app or endpoint records were
+    /// written since it was last read (`written`).
+    fn throttle(
+        &self,
+        throttles: &mut HashMap<EndpointId, Throttle>,
+        t: &TaskRecord,
+        written: u64,
+        now: i64,
+        from_queue: bool,
+    ) -> Result<(), i64> {
+        if !throttles.contains_key(&t.ep_id) {
+            throttles.insert(
+                t.ep_id.clone(),
+                Throttle {
+                    read_at: written.wrapping_sub(1),
+                    interval_ms: None,
+                    next_ms: f64::MIN,
+                    line_end_ms: f64::MIN,
+                },
+            );
+        }
+        let th = throttles.get_mut(&t.ep_id).expect("just inserted");
+        if th.read_at != written {
+            th.read_at = written;
+            th.interval_ms = match self.rate_of(t) {
+                Ok(rate) => rate.filter(|r| *r > 0).map(|r| 1_000.0 / f64::from(r)),
+                Err(e) => {
+                    tracing::error!(error = %e, endpoint_id = %t.ep_id, "reading the throttle rate failed");
+                    th.interval_ms
+                }
+            };
+        }
+        match th.interval_ms {
+            Some(interval) => th.admit(interval, now, from_queue),
+            None => Ok(()),
+        }
+    }
+
+    /// The `throttleRate` of `t`'s endpoint, else of its app.
+    fn rate_of(&self, t: &TaskRecord) -> Result<Option<u32>, StoreError> {
+        let Some(ep) = self.store.get_endpoint(&t.app_id, &t.ep_id)? else {
+            return Ok(None);
+        };
+        if ep.rate_limit.is_some() {
+            return Ok(ep.rate_limit);
+        }
+        Ok(self
+            .store
+            .find_app(t.app_id.as_str())?
+            .and_then(|a| a.rate_limit))
     }
 
     /// Takes up to `limit` deliveries handed over, passes them to
@@ -878,6 +984,7 @@ impl Lane {
 
 #[cfg(test)]
 mod tests {
+    use super::Throttle;
     use super::slow_endpoint_deferral as deferral;
 
     #[test]
@@ -897,6 +1004,31 @@ mod tests {
         assert_eq!(deferral(150, 150, 30_000), None);
         assert_eq!(deferral(150, 299, 30_000), None);
         assert_eq!(deferral(150, 300, 30_000), Some(300));
+    }
+
+    #[test]
+    fn a_throttle_spaces_deliveries_and_keeps_its_line_in_order() {
+        let mut th = Throttle {
+            read_at: 0,
+            interval_ms: Some(100.0),
+            next_ms: f64::MIN,
+            line_end_ms: f64::MIN,
+        };
+        let mut admit = |now, from_queue| th.admit(100.0, now, from_queue);
+        assert_eq!(admit(0, false), Ok(()));
+        // Those that come meanwhile get a time each, one interval apart.
+        assert_eq!(admit(1, false), Err(100));
+        assert_eq!(admit(2, true), Err(200));
+        // Back from the queue at its time (a little late), it goes.
+        assert_eq!(admit(104, true), Ok(()));
+        // A fresh one does not pass the line, even when its turn is free.
+        assert_eq!(admit(150, false), Err(300));
+        // The next in line, claimed on time, goes despite the lateness before.
+        assert_eq!(admit(200, true), Ok(()));
+        assert_eq!(admit(300, true), Ok(()));
+        // Idle for a while: one goes at once, the next waits a whole interval.
+        assert_eq!(admit(1_000, false), Ok(()));
+        assert_eq!(admit(1_001, false), Err(1_100));
     }
 
     #[test]

@@ -1028,7 +1028,7 @@ impl Store {
     /// The count of app and endpoint record writes (see `Kept`), read before
     /// the tree: a record read after this call is kept only if no write
     /// lands during that read (it moves the count on).
-    fn records_written(&self) -> u64 {
+    pub fn records_written(&self) -> u64 {
         self.records_written
             .load(std::sync::atomic::Ordering::Acquire)
     }

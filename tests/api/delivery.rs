@@ -391,3 +391,47 @@ async fn held_endpoint_does_not_delay_others(threads: &str) {
     fast.stop().await;
     app.stop().await;
 }
+
+/// An endpoint's `throttleRate`, else its app's, spaces its deliveries:
+/// at most that many a second, evenly (here 10/s: 100 ms apart, less the
+/// throttle's 10 ms of slack). Another endpoint of the app is not held up.
+#[actix_web::test]
+async fn throttle_rate_spaces_deliveries() {
+    let app = spawn_app().await;
+    let mut own = TestReceiver::start().await;
+    let mut inherited = TestReceiver::start().await;
+    let mut free = TestReceiver::start().await;
+    let a = app.create_app().await;
+    app.create_endpoint(&a, &own.url(), json!({ "throttleRate": 10 }))
+        .await;
+    let (status, body) = app
+        .post("/app", json!({ "name": "throttled", "throttleRate": 10 }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let b = body["id"].as_str().unwrap().to_owned();
+    app.endpoint_to(&b, &inherited).await;
+    app.endpoint_to(&a, &free).await;
+
+    for _ in 0..4 {
+        app.publish_simple(&a, "e.t").await;
+        app.publish_simple(&b, "e.t").await;
+    }
+    let unthrottled = free.take(4).await;
+    let mut last = Vec::new();
+    for rx in [&mut own, &mut inherited] {
+        let got = rx.take(4).await;
+        for pair in got.windows(2) {
+            let gap = pair[1].at - pair[0].at;
+            assert!(
+                gap >= std::time::Duration::from_millis(85),
+                "deliveries {gap:?} apart"
+            );
+        }
+        last.push(got[3].at);
+    }
+    assert!(
+        unthrottled[3].at < last[0],
+        "the unthrottled endpoint had all four before the throttled one's last"
+    );
+    app.stop().await;
+}

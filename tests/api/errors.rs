@@ -259,4 +259,28 @@ async fn validation_errors_are_422_with_locations() {
     let (status, out) = app.post("/app", json!({ "name": "" })).await;
     assert_eq!(status, 422, "{out}");
     assert_eq!(out["detail"][0]["loc"], json!(["body", "name"]));
+    // A throttle rate beyond a uint16, however it is set.
+    let ep = app
+        .create_endpoint(&a, "https://example.com/", json!({}))
+        .await;
+    let ep_path = format!("/app/{a}/endpoint/{}", ep["id"].as_str().unwrap());
+    for (status, out) in [
+        app.post("/app", json!({ "name": "n", "throttleRate": 0 }))
+            .await,
+        app.patch(&format!("/app/{a}"), json!({ "throttleRate": 70000 }))
+            .await,
+        app.post(
+            &format!("/app/{a}/endpoint"),
+            json!({ "url": "https://example.com/", "throttleRate": 0 }),
+        )
+        .await,
+        app.patch(&ep_path, json!({ "throttleRate": 70000 })).await,
+    ] {
+        assert_eq!(status, 422, "{out}");
+        assert_eq!(
+            out["detail"][0]["loc"],
+            json!(["body", "throttleRate"]),
+            "{out}"
+        );
+    }
 }

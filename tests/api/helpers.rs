@@ -477,6 +477,8 @@ pub struct Arrival {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// When the receiver got it.
+    pub at: std::time::Instant,
 }
 
 impl Arrival {
@@ -526,6 +528,7 @@ async fn receive(req: HttpRequest, body: Bytes, shared: web::Data<Shared>) -> Ht
     };
     // Report the arrival first, so a test sees it while the answer is held back.
     let _ = shared.tx.send(Arrival {
+        at: std::time::Instant::now(),
         method: req.method().to_string(),
         path: req.uri().to_string(),
         headers: req.headers().clone(),
