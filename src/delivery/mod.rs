@@ -15,7 +15,7 @@ pub mod netguard;
 pub mod operational;
 pub mod retry;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -140,45 +140,87 @@ struct SlotBook {
     /// Per slow endpoint, the earliest due time of the next delivery it
     /// moves back (see `backlog_due`).
     backlog_next_ms: HashMap<EndpointId, i64>,
-    /// Per endpoint a delivery was claimed for, its throttle.
+    /// Per endpoint a delivery was claimed for since app or endpoint
+    /// records were last written (`throttles_at`), its throttle; those of
+    /// endpoints not throttled, with no line, go when records are written.
     throttles: HashMap<EndpointId, Throttle>,
+    throttles_at: u64,
     in_flight: usize,
 }
 
 /// An endpoint's throttle: at most its `throttleRate` (else its app's)
-/// deliveries a second, evenly spaced (GCRA, with `THROTTLE_TOLERANCE_MS`
-/// of slack for a claim that comes a little late). A delivery that may not
-/// go yet is moved back in the queue to a time of its own, at the end of
-/// the line of those waiting; one fresh from a publish joins that line
-/// rather than pass it.
+/// deliveries a second, evenly spaced. A delivery that may not go yet is
+/// moved back in the queue to a time of its own, one interval after the
+/// last one given, and that turn is kept for it: the line waits in the
+/// queue, each comes back at its time and goes, and every other delivery
+/// (fresh from a publish, a retry, a resend) joins the end of the line
+/// while there is one.
 struct Throttle {
     /// `Store::records_written` when the rate was read.
     read_at: u64,
     /// Milliseconds between two deliveries; `None`: not throttled.
     interval_ms: Option<f64>,
-    /// When the next delivery may go.
+    /// When the next delivery may go while nothing waits in line.
     next_ms: f64,
-    /// Where the line of deliveries moved back to wait their turn ends.
+    /// The times given to the deliveries in line, each with how many were
+    /// given it (above 1,000 a second several share a millisecond).
+    line: BTreeMap<i64, u32>,
+    /// The time the next one to join the line is given.
     line_end_ms: f64,
 }
 
-/// How early, before its time, a throttled endpoint's next delivery may go.
-const THROTTLE_TOLERANCE_MS: f64 = 10.0;
+/// Most deliveries kept in one endpoint's line; beyond, one is moved back
+/// to the end of the line without a turn of its own, and joins the line
+/// when it comes back.
+const LINE_MAX: usize = 100_000;
+/// A claim this much later than the next turn (or one interval, if that is
+/// longer) keeps the pace: the turn after it is one interval after the one
+/// missed, not after the claim, so a loop that looks late does not lower
+/// the rate. Deliveries may go that much closer together to catch up.
+const THROTTLE_CATCH_UP_MS: f64 = 20.0;
 
 impl Throttle {
-    /// Whether a delivery may go at `now` (`Ok`, its turn taken), or the
-    /// time it is to come back (`Err`). `from_queue`: it was claimed from
-    /// the queue (where the line waits), not handed over by its publish.
-    fn admit(&mut self, interval_ms: f64, now: i64, from_queue: bool) -> Result<(), i64> {
-        let now = now as f64;
-        let turn = now >= self.next_ms - THROTTLE_TOLERANCE_MS;
-        if turn && (from_queue || self.line_end_ms <= now) {
-            self.next_ms = self.next_ms.max(now) + interval_ms;
+    fn new(read_at: u64) -> Self {
+        Self {
+            read_at,
+            interval_ms: None,
+            next_ms: f64::MIN,
+            line: BTreeMap::new(),
+            line_end_ms: f64::MIN,
+        }
+    }
+
+    /// Whether a delivery due at `due` may go at `now` (`Ok`), or the time
+    /// it is to come back (`Err`). `from_queue`: it was claimed from the
+    /// queue (where the line waits), not handed over by its publish.
+    fn admit(&mut self, interval: f64, now: i64, due: i64, from_queue: bool) -> Result<(), i64> {
+        if from_queue && let Some(n) = self.line.get_mut(&due) {
+            // Back from the line at (or after) its time: its turn was kept.
+            *n -= 1;
+            if *n == 0 {
+                self.line.remove(&due);
+            }
+            self.next_ms = self.next_ms.max(due as f64 + interval);
             return Ok(());
         }
-        let due = self.line_end_ms.max(self.next_ms).max(now);
-        self.line_end_ms = due + interval_ms;
-        Err(due.ceil() as i64)
+        let now_f = now as f64;
+        if self.line.is_empty() && self.line_end_ms <= now_f && now_f >= self.next_ms {
+            let late = now_f - self.next_ms;
+            let from = if late <= interval.max(THROTTLE_CATCH_UP_MS) {
+                self.next_ms
+            } else {
+                now_f
+            };
+            self.next_ms = from + interval;
+            return Ok(());
+        }
+        let at = self.line_end_ms.max(self.next_ms).max(now_f);
+        let back = at.ceil() as i64;
+        if self.line.len() < LINE_MAX {
+            *self.line.entry(back).or_default() += 1;
+            self.line_end_ms = at + interval;
+        }
+        Err(back)
     }
 }
 
@@ -340,12 +382,15 @@ async fn claim_and_hand_out(
                 shared.done();
             }
         };
-        shared.claim(now, queue_due, &mut hand_out).await?;
+        let moved_back = shared.claim(now, queue_due, &mut hand_out).await?;
         let next_due = shared.store.next_due_ms()?;
         queue_due = next_due.is_some_and(|due| due <= now);
         let mut wait = match next_due {
             _ if shared.in_flight() >= shared.cfg.max_in_flight => IDLE_TICK,
             Some(due) if due > now => Duration::from_millis((due - now) as u64).min(IDLE_TICK),
+            // A claim that moved some back made room at the head of the
+            // queue: what is behind them is looked at now.
+            Some(_) if moved_back > 0 => Duration::ZERO,
             // Due now but every candidate was capped or we just claimed: look again when a slot frees.
             Some(_) => IDLE_TICK,
             None => IDLE_TICK,
@@ -444,16 +489,17 @@ impl Shared {
     /// that they never wait for the writer here), then due ones from the
     /// queue under one lease. While the queue has deliveries due
     /// (`queue_due`), each gets half the free slots first, so that neither
-    /// waits for the other to run dry.
+    /// waits for the other to run dry. Returns how many it moved back in
+    /// the queue (their endpoint slow at its cap, or throttled).
     async fn claim(
         &self,
         now: i64,
         queue_due: bool,
         hand_out: &mut impl FnMut(TaskRecord, Hold),
-    ) -> Result<(), StoreError> {
+    ) -> Result<usize, StoreError> {
         let free = self.cfg.max_in_flight.saturating_sub(self.in_flight());
         if free == 0 {
-            return Ok(());
+            return Ok(0);
         }
         let cap = self.cfg.max_per_endpoint;
         let lease = self.store.lease_clock_ms() + self.lease_ms;
@@ -463,6 +509,15 @@ impl Shared {
         // handed over by their publishes).
         let from_queue = std::cell::Cell::new(false);
         let written = self.store.records_written();
+        {
+            let mut book = self.book();
+            if book.throttles_at != written {
+                book.throttles_at = written;
+                book.throttles
+                    .retain(|_, th| th.interval_ms.is_some() || !th.line.is_empty());
+            }
+        }
+        let mut moved_back = 0;
         let mut decide = |t: &TaskRecord| {
             let mut guard = self.book();
             let book = &mut *guard;
@@ -479,6 +534,7 @@ impl Shared {
                     if slots.in_flight == 0 {
                         book.per_endpoint.remove(&t.ep_id);
                     }
+                    moved_back += 1;
                     return Claim::Defer(due);
                 }
                 slots.in_flight += 1;
@@ -495,6 +551,7 @@ impl Shared {
                     let next = book.backlog_next_ms.entry(t.ep_id.clone()).or_default();
                     let due;
                     (due, *next) = backlog_due(now, by, *next, mean, cap);
+                    moved_back += 1;
                     Claim::Defer(due)
                 }
                 None => {
@@ -514,7 +571,7 @@ impl Shared {
         let mut left = free;
         left -= self.take_handed(share, &mut decide, hand_out).await?;
         if left == 0 {
-            return Ok(());
+            return Ok(moved_back);
         }
         from_queue.set(true);
         let tasks = self
@@ -538,7 +595,7 @@ impl Shared {
         if queue_due && left > 0 {
             self.take_handed(left, &mut decide, hand_out).await?;
         }
-        Ok(())
+        Ok(moved_back)
     }
 
     /// Whether the throttle of `t`'s endpoint lets it go at `now` (see
@@ -553,29 +610,29 @@ impl Shared {
         from_queue: bool,
     ) -> Result<(), i64> {
         if !throttles.contains_key(&t.ep_id) {
-            throttles.insert(
-                t.ep_id.clone(),
-                Throttle {
-                    read_at: written.wrapping_sub(1),
-                    interval_ms: None,
-                    next_ms: f64::MIN,
-                    line_end_ms: f64::MIN,
-                },
-            );
+            throttles.insert(t.ep_id.clone(), Throttle::new(written.wrapping_sub(1)));
         }
         let th = throttles.get_mut(&t.ep_id).expect("just inserted");
         if th.read_at != written {
             th.read_at = written;
-            th.interval_ms = match self.rate_of(t) {
+            let interval = match self.rate_of(t) {
                 Ok(rate) => rate.filter(|r| *r > 0).map(|r| 1_000.0 / f64::from(r)),
                 Err(e) => {
                     tracing::error!(error = %e, endpoint_id = %t.ep_id, "reading the throttle rate failed");
                     th.interval_ms
                 }
             };
+            if interval != th.interval_ms {
+                // Those in line come back at the times they were given and
+                // line up again at the new rate (or go, with none).
+                *th = Throttle {
+                    interval_ms: interval,
+                    ..Throttle::new(written)
+                };
+            }
         }
         match th.interval_ms {
-            Some(interval) => th.admit(interval, now, from_queue),
+            Some(interval) => th.admit(interval, now, t.due_ms, from_queue),
             None => Ok(()),
         }
     }
@@ -1008,27 +1065,44 @@ mod tests {
 
     #[test]
     fn a_throttle_spaces_deliveries_and_keeps_its_line_in_order() {
-        let mut th = Throttle {
-            read_at: 0,
-            interval_ms: Some(100.0),
-            next_ms: f64::MIN,
-            line_end_ms: f64::MIN,
-        };
-        let mut admit = |now, from_queue| th.admit(100.0, now, from_queue);
-        assert_eq!(admit(0, false), Ok(()));
-        // Those that come meanwhile get a time each, one interval apart.
-        assert_eq!(admit(1, false), Err(100));
-        assert_eq!(admit(2, true), Err(200));
+        let mut th = Throttle::new(0);
+        // (now, due, from the queue): a fresh delivery is due when it is claimed.
+        let mut admit = |now, due, from_queue| th.admit(100.0, now, due, from_queue);
+        assert_eq!(admit(0, 0, false), Ok(()));
+        // Those that come meanwhile get a time each, one interval apart,
+        // whether fresh from a publish or from the queue (a retry).
+        assert_eq!(admit(1, 1, false), Err(100));
+        assert_eq!(admit(2, 2, true), Err(200));
         // Back from the queue at its time (a little late), it goes.
-        assert_eq!(admit(104, true), Ok(()));
-        // A fresh one does not pass the line, even when its turn is free.
-        assert_eq!(admit(150, false), Err(300));
-        // The next in line, claimed on time, goes despite the lateness before.
-        assert_eq!(admit(200, true), Ok(()));
-        assert_eq!(admit(300, true), Ok(()));
+        assert_eq!(admit(104, 100, true), Ok(()));
+        // A fresh one joins the end of the line.
+        assert_eq!(admit(150, 150, false), Err(300));
+        assert_eq!(admit(200, 200, true), Ok(()));
+        assert_eq!(admit(300, 300, true), Ok(()));
+        // The line is gone, but its last turn was just taken.
+        assert_eq!(admit(350, 350, false), Err(400));
+        assert_eq!(admit(400, 400, true), Ok(()));
+        // A claim 30 ms late keeps the pace: the next turn is still at 600.
+        assert_eq!(admit(530, 530, false), Ok(()));
+        assert_eq!(admit(600, 600, false), Ok(()));
         // Idle for a while: one goes at once, the next waits a whole interval.
-        assert_eq!(admit(1_000, false), Ok(()));
-        assert_eq!(admit(1_001, false), Err(1_100));
+        assert_eq!(admit(2_000, 2_000, false), Ok(()));
+        assert_eq!(admit(2_001, 2_001, false), Err(2_100));
+    }
+
+    #[test]
+    fn a_fast_throttle_gives_several_deliveries_one_millisecond() {
+        let mut th = Throttle::new(0);
+        let mut admit = |now, due, from_queue| th.admit(0.5, now, due, from_queue);
+        assert_eq!(admit(0, 0, false), Ok(()));
+        assert_eq!(admit(0, 0, false), Err(1));
+        assert_eq!(admit(0, 0, false), Err(1));
+        assert_eq!(admit(0, 0, false), Err(2));
+        assert_eq!(admit(1, 1, true), Ok(()));
+        assert_eq!(admit(1, 1, true), Ok(()));
+        assert_eq!(admit(2, 2, true), Ok(()));
+        // Not one more than was given that millisecond.
+        assert_eq!(admit(2, 1, true), Err(3));
     }
 
     #[test]

@@ -392,46 +392,68 @@ async fn held_endpoint_does_not_delay_others(threads: &str) {
     app.stop().await;
 }
 
-/// An endpoint's `throttleRate`, else its app's, spaces its deliveries:
-/// at most that many a second, evenly (here 10/s: 100 ms apart, less the
-/// throttle's 10 ms of slack). Another endpoint of the app is not held up.
+/// An endpoint's `throttleRate`, else its app's, spaces its deliveries: at
+/// most that many a second, evenly (here 10/s: 100 ms apart). A rate set
+/// after deliveries were made applies from then on; an endpoint's own rate
+/// overrides its app's; another endpoint of the app is not held up.
 #[actix_web::test]
 async fn throttle_rate_spaces_deliveries() {
+    use std::time::Duration;
     let app = spawn_app().await;
     let mut own = TestReceiver::start().await;
     let mut inherited = TestReceiver::start().await;
+    let mut overriding = TestReceiver::start().await;
     let mut free = TestReceiver::start().await;
     let a = app.create_app().await;
-    app.create_endpoint(&a, &own.url(), json!({ "throttleRate": 10 }))
-        .await;
+    let own_ep = app.endpoint_to(&a, &own).await;
+    app.endpoint_to(&a, &free).await;
     let (status, body) = app
         .post("/app", json!({ "name": "throttled", "throttleRate": 10 }))
         .await;
     assert_eq!(status, 201, "{body}");
     let b = body["id"].as_str().unwrap().to_owned();
     app.endpoint_to(&b, &inherited).await;
-    app.endpoint_to(&a, &free).await;
+    app.create_endpoint(&b, &overriding.url(), json!({ "throttleRate": 1000 }))
+        .await;
+    // Delivered before the endpoint had a rate; then it gets one.
+    app.publish_simple(&a, "e.t").await;
+    own.next().await;
+    free.next().await;
+    let (status, body) = app
+        .patch(
+            &format!("/app/{a}/endpoint/{own_ep}"),
+            json!({ "throttleRate": 10 }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
 
-    for _ in 0..4 {
-        app.publish_simple(&a, "e.t").await;
-        app.publish_simple(&b, "e.t").await;
-    }
-    let unthrottled = free.take(4).await;
+    // Published together, so that all but the first of each wait their turn.
+    let publishes =
+        (0..5).flat_map(|_| [app.publish_simple(&a, "e.t"), app.publish_simple(&b, "e.t")]);
+    futures_util::future::join_all(publishes).await;
+    let unthrottled = free.take(5).await;
+    let fast = overriding.take(5).await;
+    assert!(
+        fast[4].at - fast[0].at < Duration::from_secs(1),
+        "the endpoint's 1000/s, not its app's 10/s"
+    );
     let mut last = Vec::new();
     for rx in [&mut own, &mut inherited] {
-        let got = rx.take(4).await;
+        let got = rx.take(5).await;
         for pair in got.windows(2) {
             let gap = pair[1].at - pair[0].at;
-            assert!(
-                gap >= std::time::Duration::from_millis(85),
-                "deliveries {gap:?} apart"
-            );
+            assert!(gap >= Duration::from_millis(50), "deliveries {gap:?} apart");
         }
-        last.push(got[3].at);
+        let span = got[4].at - got[0].at;
+        assert!(
+            span >= Duration::from_millis(350),
+            "five deliveries in {span:?}"
+        );
+        last.push(got[4].at);
     }
     assert!(
-        unthrottled[3].at < last[0],
-        "the unthrottled endpoint had all four before the throttled one's last"
+        unthrottled[4].at < last[0],
+        "the unthrottled endpoint had all five before the throttled one's last"
     );
     app.stop().await;
 }
