@@ -297,6 +297,8 @@ struct EndpointForm {
     channels: String,
     #[serde(default)]
     headers: String,
+    #[serde(default)]
+    throttle_rate: String,
 }
 
 fn split_list(s: &str) -> Vec<String> {
@@ -353,6 +355,18 @@ fn apply_form(form: &EndpointForm, limits: &Limits, ep: &mut EndpointRecord) -> 
     if headers.len() > limits.max_endpoint_headers {
         return Err(format!("Headers: at most {}", limits.max_endpoint_headers));
     }
+    let rate = form.throttle_rate.trim();
+    ep.rate_limit = match rate {
+        "" => None,
+        r => Some(
+            r.parse::<u32>()
+                .ok()
+                .filter(|r| (1..=65535).contains(r))
+                .ok_or_else(|| {
+                    format!("Throttle rate: “{r}” is not a whole number from 1 to 65535")
+                })?,
+        ),
+    };
     ep.event_types = types;
     ep.channels = channels;
     ep.headers = headers;

@@ -529,6 +529,28 @@ async fn endpoint_form_keeps_the_configured_limits() {
     assert!(b.follow(res).await.contains("Endpoint saved."));
     let (_, e) = app.get(&format!("/app/{app_id}/endpoint/{ep}")).await;
     assert_eq!(e["eventTypes"], json!(["a", "b"]));
+
+    // The throttle rate, as the API bounds it; empty clears it.
+    let with_rate = |rate| {
+        [
+            ("csrf", csrf.as_str()),
+            ("url", url.as_str()),
+            ("throttle_rate", rate),
+        ]
+    };
+    for bad in ["0", "70000", "fast"] {
+        let res = b.post(&path, &with_rate(bad)).await;
+        assert_eq!(res.status, 422, "{bad}");
+        assert!(text(&res).contains("Throttle rate: "), "{}", text(&res));
+    }
+    let res = b.post(&path, &with_rate("25")).await;
+    assert!(b.follow(res).await.contains("value=\"25\""));
+    let (_, e) = app.get(&format!("/app/{app_id}/endpoint/{ep}")).await;
+    assert_eq!(e["throttleRate"], 25, "{e}");
+    let res = b.post(&path, &with_rate("")).await;
+    b.follow(res).await;
+    let (_, e) = app.get(&format!("/app/{app_id}/endpoint/{ep}")).await;
+    assert!(e["throttleRate"].is_null(), "{e}");
     app.stop().await;
 }
 
