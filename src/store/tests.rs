@@ -2154,11 +2154,9 @@ async fn an_attempt_under_way_as_its_message_is_expunged_keeps_no_body() {
     assert!(listed.items[0].response_body.is_empty());
 }
 
-/// A resend of a delivered message dropped at its claim (its endpoint
-/// disabled or its message expunged since the resend was asked for) leaves
-/// the delivery delivered: no failure, no dead letter, nothing due.
-#[tokio::test]
-async fn a_resend_dropped_leaves_a_delivered_message_delivered() {
+/// A message delivered (at 20), then resent: the resend queued at 30 and
+/// claimed under a lease until 600.
+async fn a_resend_claimed() -> (Store, EndpointRecord, MessageRecord, TaskRecord) {
     let (s, ep, m, t) = one_claimed(10, 500).await;
     s.record_attempt(&t, &attempt(&t, true, 20), Next::Done)
         .await
@@ -2170,6 +2168,15 @@ async fn a_resend_dropped_leaves_a_delivered_message_delivered() {
         .await
         .unwrap()
         .remove(0);
+    (s, ep, m, resend)
+}
+
+/// A resend of a delivered message dropped at its claim (its endpoint
+/// disabled or its message expunged since the resend was asked for) leaves
+/// the delivery delivered: no failure, no dead letter, nothing due.
+#[tokio::test]
+async fn a_resend_dropped_leaves_a_delivered_message_delivered() {
+    let (s, ep, m, resend) = a_resend_claimed().await;
     s.drop_task(&resend, MessageStatus::Fail).await.unwrap();
     s.release_lease(600, &resend.id).await.unwrap();
     let d = s.dest(&m.id, &ep.id).unwrap().unwrap();
@@ -2188,17 +2195,7 @@ async fn a_resend_dropped_leaves_a_delivered_message_delivered() {
 /// does not delete it. Once it is done, both take it as before.
 #[tokio::test]
 async fn retention_leaves_a_message_whose_resend_is_under_way() {
-    let (s, ep, m, t) = one_claimed(10, 500).await;
-    s.record_attempt(&t, &attempt(&t, true, 20), Next::Done)
-        .await
-        .unwrap();
-    s.release_lease(500, &t.id).await.unwrap();
-    s.queue_manual(&t.app_id, &m.id, &ep.id, 30).await.unwrap();
-    let resend = s
-        .claim_due(30, 600, 10, 100, |_| Claim::Take)
-        .await
-        .unwrap()
-        .remove(0);
+    let (s, _ep, m, resend) = a_resend_claimed().await;
     // As if the disk bound had read the queue before the resend was queued.
     s.tree.remove(keys::claim_lease(600, &resend.id)).unwrap();
     assert_eq!(s.queue_depth(), (0, 0));

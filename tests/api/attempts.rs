@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Reply, TestReceiver, spawn_app_with};
+use crate::helpers::{Reply, TestApp, TestReceiver, spawn_app_with};
 
 fn ids(list: &Value) -> Vec<String> {
     list["data"]
@@ -161,11 +161,10 @@ async fn attempts_by_id_by_endpoint_and_endpoint_messages_by_status() {
     assert_eq!(body["detail"][0]["loc"], json!(["query", "status"]));
 }
 
-/// Expunging a delivered message empties the response of every attempt (a
-/// delivery's first one, kept with its status, and a resend, kept under the
-/// message) and leaves them listed.
-#[actix_web::test]
-async fn expunged_content_empties_every_attempt_response() {
+/// An app with one endpoint (whose receiver answers `ok`) and a message
+/// delivered to it, then resent `resends` times; returns the running
+/// server, app, endpoint and message.
+async fn delivered_and_resent(resends: usize) -> (TestApp, String, String, String) {
     let app = spawn_app_with(&[("WEBHOOKD_RETRY_SCHEDULE", "")]).await;
     let mut rx = TestReceiver::start().await;
     let a = app.create_app().await;
@@ -173,8 +172,19 @@ async fn expunged_content_empties_every_attempt_response() {
     let msg = app.publish_simple(&a, "e.ok").await;
     rx.next().await;
     app.wait_status(&a, &msg, &ep, 0).await;
-    app.resend(&a, &msg, &ep).await;
-    rx.next().await;
+    for _ in 0..resends {
+        app.resend(&a, &msg, &ep).await;
+        rx.next().await;
+    }
+    (app, a, ep, msg)
+}
+
+/// Expunging a delivered message empties the response of every attempt (a
+/// delivery's first one, kept with its status, and a resend, kept under the
+/// message) and leaves them listed.
+#[actix_web::test]
+async fn expunged_content_empties_every_attempt_response() {
+    let (app, a, ep, msg) = delivered_and_resent(1).await;
     let attempts = app.wait_attempts(&a, &msg, 2).await;
     assert!(
         attempts.iter().all(|x| x["response"] == "ok"),
@@ -208,17 +218,7 @@ async fn expunged_content_empties_every_attempt_response() {
 /// every attempt stays listed, and an unknown attempt is a 404.
 #[actix_web::test]
 async fn one_attempt_content_is_expunged() {
-    let app = spawn_app_with(&[("WEBHOOKD_RETRY_SCHEDULE", "")]).await;
-    let mut rx = TestReceiver::start().await;
-    let a = app.create_app().await;
-    let ep = app.endpoint_to(&a, &rx).await;
-    let msg = app.publish_simple(&a, "e.ok").await;
-    rx.next().await;
-    app.wait_status(&a, &msg, &ep, 0).await;
-    for _ in 0..2 {
-        app.resend(&a, &msg, &ep).await;
-        rx.next().await;
-    }
+    let (app, a, ep, msg) = delivered_and_resent(2).await;
     let attempts = app.wait_attempts(&a, &msg, 3).await;
     let ids: Vec<String> = attempts
         .iter()
