@@ -392,7 +392,12 @@ fn scheduler(
             max_disk_bytes: r.max_disk_bytes,
             disk_target_percent: r.disk_target_percent,
         },
-        disable_after: duration("endpoint_health.disable_after", &h.disable_after)?,
+        disable_after: at_least(
+            "endpoint_health.disable_after",
+            duration("endpoint_health.disable_after", &h.disable_after)?,
+            Duration::from_secs(60),
+            "1m",
+        )?,
         watchdog: WatchdogConfig {
             factor: w.factor,
             min_silence: duration("watchdog.min_silence", &w.min_silence)?,
@@ -442,6 +447,19 @@ fn duration(key: &'static str, s: &str) -> Result<Duration, ConfigError> {
             format!("`{s}` is not a duration like 500ms, 5s or 2h ({e})"),
         )
     })
+}
+
+/// `d`, if it is at least `min` (written `shown`).
+fn at_least(
+    key: &'static str,
+    d: Duration,
+    min: Duration,
+    shown: &str,
+) -> Result<Duration, ConfigError> {
+    if d < min {
+        return Err(invalid(key, format!("must be at least {shown}")));
+    }
+    Ok(d)
 }
 
 impl TryFrom<RawConfig> for Config {
@@ -546,7 +564,14 @@ impl TryFrom<RawConfig> for Config {
                 max_per_endpoint: d.max_per_endpoint as usize,
                 retry_jitter: d.retry_jitter,
                 retry_after_max: duration("delivery.retry_after_max", &d.retry_after_max)?,
-                lease_margin: duration("delivery.lease_margin", &d.lease_margin)?,
+                // Else an attempt that takes all of request_timeout outlives
+                // its lease, and its claim is delivered again.
+                lease_margin: at_least(
+                    "delivery.lease_margin",
+                    duration("delivery.lease_margin", &d.lease_margin)?,
+                    Duration::from_secs(1),
+                    "1s",
+                )?,
                 max_response_body_bytes: d.max_response_body_bytes as usize,
                 extra_ca_file: Some(d.extra_ca_file.trim())
                     .filter(|f| !f.is_empty())
@@ -756,6 +781,16 @@ mod tests {
             ("WEBHOOKD_REQUEST_TIMEOUT", "61m", "at most 1h"),
             ("WEBHOOKD_ALLOW_SUBNETS", "10.0.0.0/33", "allow_subnets"),
             ("WEBHOOKD_MAX_PAYLOAD_BYTES", "lots", "max_payload_bytes"),
+            (
+                "WEBHOOKD_DELIVERY__LEASE_MARGIN",
+                "0s",
+                "delivery.lease_margin",
+            ),
+            (
+                "WEBHOOKD_ENDPOINT_HEALTH__DISABLE_AFTER",
+                "0s",
+                "endpoint_health.disable_after",
+            ),
             ("WEBHOOKD_NO_SUCH_KEY", "1", "no_such_key"),
             (
                 "WEBHOOKD_DELIVERY__RETRY_JITTER",
