@@ -406,10 +406,12 @@ async fn toggle(
     check_csrf(&req, &form.csrf)?;
     let (app_id, ep_id) = path.into_inner();
     let app = find_app(&state, &app_id)?;
-    let mut ep = find_endpoint(&state, &app, &ep_id)?;
+    let old = find_endpoint(&state, &app, &ep_id)?;
+    let mut ep = old.clone();
     ep.disabled = !ep.disabled;
     ep.updated_ms = now_ms();
-    if !state.store.put_endpoint(&ep)? {
+    // The same uid before and after: never `Taken`.
+    if !state.store.update_endpoint(&old, &ep)?.unwrap_or(false) {
         return Err(DashboardError::NotFound("There is no such endpoint."));
     }
     state.ops.endpoint_toggled(&app, &ep).await;

@@ -128,6 +128,8 @@ struct Shared {
     handle: DeliveryHandle,
     ops: Operational,
     metrics: Arc<Metrics>,
+    /// Held while an endpoint that answered 410 is read and disabled.
+    disabling: Mutex<()>,
 }
 
 /// Who holds which slots.
@@ -299,13 +301,14 @@ pub async fn run(
         handle: handle.clone(),
         ops,
         metrics,
+        disabling: Mutex::default(),
     });
     let lanes = (0..shared.cfg.threads)
         .map(|i| start_lane(i, Arc::clone(&shared), roots.clone()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(RunError::Thread)?;
     shared.store.open_handoff(shared.cfg.max_in_flight);
-    let result = claim_and_hand_out(&shared, &lanes, &handle, &shutdown).await;
+    claim_and_hand_out(&shared, &lanes, &handle, &shutdown).await;
     // Publishes from now on queue their deliveries; those handed over and not
     // taken are found at the next start.
     shared.store.close_handoff();
@@ -329,16 +332,15 @@ pub async fn run(
             tracing::error!("a delivery thread panicked");
         }
     }
-    result.map_err(RunError::Store)
+    Ok(())
 }
 
-/// Why the worker stopped before it was told to.
+/// Why the worker could not start (once running, it stops only when told:
+/// a store error pauses it for a moment).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("starting a delivery thread: {0}")]
     Thread(#[source] std::io::Error),
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 /// The claiming loop: until `shutdown`, claims what is due and free to go and
@@ -348,7 +350,7 @@ async fn claim_and_hand_out(
     lanes: &[LaneHandle],
     handle: &DeliveryHandle,
     shutdown: &CancellationToken,
-) -> Result<(), StoreError> {
+) {
     let mut turn = 0;
     // Whether the queue had deliveries due at the last look.
     let mut queue_due = false;
@@ -359,14 +361,16 @@ async fn claim_and_hand_out(
     while !shutdown.is_cancelled() {
         let now = now_ms();
         if tokio::time::Instant::now() >= next_sweep {
-            let n = shared
+            match shared
                 .store
-                .release_expired_leases(shared.store.lease_clock_ms(), now)?;
-            if n > 0 {
-                warn!(
+                .release_expired_leases(shared.store.lease_clock_ms(), now)
+            {
+                Ok(0) => {}
+                Ok(n) => warn!(
                     released = n,
                     "deliveries whose lease expired were re-queued"
-                );
+                ),
+                Err(e) => tracing::error!(error = %e, "re-queueing expired leases failed"),
             }
             next_sweep = tokio::time::Instant::now() + LEASE_SWEEP;
         }
@@ -382,8 +386,22 @@ async fn claim_and_hand_out(
                 shared.done();
             }
         };
-        let moved_back = shared.claim(now, queue_due, &mut hand_out).await?;
-        let next_due = shared.store.next_due_ms()?;
+        // A store error stops nothing for good: the loop looks again a
+        // moment later (publishes are still acknowledged meanwhile).
+        let looked = match shared.claim(now, queue_due, &mut hand_out).await {
+            Ok(moved_back) => shared.store.next_due_ms().map(|due| (moved_back, due)),
+            Err(e) => Err(e),
+        };
+        let (moved_back, next_due) = match looked {
+            Ok(looked) => looked,
+            Err(e) => {
+                tracing::error!(error = %e, "claiming deliveries failed; looking again in a second");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(IDLE_TICK) => continue,
+                }
+            }
+        };
         queue_due = next_due.is_some_and(|due| due <= now);
         let mut wait = match next_due {
             _ if shared.in_flight() >= shared.cfg.max_in_flight => IDLE_TICK,
@@ -417,7 +435,6 @@ async fn claim_and_hand_out(
         let Some(woke_busy) = woke else { break };
         busy = woke_busy;
     }
-    Ok(())
 }
 
 /// Starts delivery thread `i`: it makes its own HTTP client and runs every
@@ -968,16 +985,34 @@ impl Lane {
             ep_id: attempt.ep_id.clone(),
             attempt_id: attempt.id.clone(),
         });
-        if gone && let Some(mut current) = store.get_endpoint(&task.app_id, &task.ep_id)? {
-            current.disabled = true;
-            current.updated_ms = now_ms();
-            // Not if it was deleted meanwhile.
-            if store.put_endpoint(&current)? {
+        // Not the operator's receiver of operational events (see
+        // `endpoint_health`), nor one disabled already (by another attempt
+        // that got a 410, or by hand): one event per disabling.
+        if gone && !self.shared.ops.is_reserved(&task.app_id) {
+            let disabled = {
+                // One delivery thread at a time reads and disables.
+                let _one = self
+                    .shared
+                    .disabling
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                match store.get_endpoint(&task.app_id, &task.ep_id)? {
+                    Some(mut current) if !current.disabled => {
+                        let before = current.clone();
+                        current.disabled = true;
+                        current.updated_ms = now_ms();
+                        // Not if it was deleted meanwhile.
+                        store
+                            .update_endpoint(&before, &current)?
+                            .unwrap_or(false)
+                            .then_some(current)
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(current) = disabled {
                 warn!("endpoint answered 410 Gone and was disabled");
-                if let (false, Some(app)) = (
-                    self.shared.ops.is_reserved(&task.app_id),
-                    store.find_app(task.app_id.as_str())?,
-                ) {
+                if let Some(app) = store.find_app(task.app_id.as_str())? {
                     let mut data = operational::endpoint_data(&app, &current);
                     data["reason"] = "gone".into();
                     self.shared.ops.emit("endpoint.disabled", data).await;
@@ -1010,7 +1045,12 @@ impl Lane {
             .is_some_and(|b| b.failures_in_row >= FAILING_AFTER || b.status == MessageStatus::Fail);
         let event = if success && was_failing {
             "message.attempt.recovered"
-        } else if !success && after.status == MessageStatus::Fail && !gone {
+        } else if !success
+            && after.status == MessageStatus::Fail
+            && !gone
+            && attempt.trigger == AttemptTrigger::Scheduled
+        {
+            // The last scheduled attempt, not a resend that failed again.
             "message.attempt.exhausted"
         } else if !success && after.failures_in_row == FAILING_AFTER {
             "message.attempt.failing"

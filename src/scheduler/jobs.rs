@@ -110,7 +110,9 @@ pub fn endpoint_health(s: &Scheduler, now: i64) -> Result<Report, StoreError> {
             continue;
         };
         s.store.clear_failing_since(ep_id)?;
-        if ep.disabled {
+        // Not the operator's receiver of operational events: disabled, it
+        // would lose every event until the next start, which enables it.
+        if ep.disabled || s.ops.is_reserved(&app.id) {
             continue;
         }
         ep.disabled = true;
@@ -120,12 +122,10 @@ pub fn endpoint_health(s: &Scheduler, now: i64) -> Result<Report, StoreError> {
         }
         disabled += 1;
         tracing::warn!(endpoint_id = %ep.id, failing_since = %format_time(*since), "endpoint disabled after failing every attempt");
-        if !s.ops.is_reserved(&app.id) {
-            let mut data = endpoint_data(&app, &ep);
-            data["reason"] = "failing".into();
-            data["failSince"] = format_time(*since).into();
-            report.events.push(("endpoint.disabled", data));
-        }
+        let mut data = endpoint_data(&app, &ep);
+        data["reason"] = "failing".into();
+        data["failSince"] = format_time(*since).into();
+        report.events.push(("endpoint.disabled", data));
     }
     report.count("failing", failing.len());
     report.count("disabled", disabled);

@@ -207,9 +207,12 @@ impl Scheduler {
             .store
             .job_record(job.name())?
             .and_then(|r| r.last_started_ms);
+        let now = self.clock.now_ms();
         Ok(match last {
-            Some(t) => self.next_after(job, t),
-            None => Some(self.clock.now_ms()),
+            // A last start ahead of the clock (set back since) counts as now:
+            // the job is not held off until the clock gets there again.
+            Some(t) => self.next_after(job, t.min(now)),
+            None => Some(now),
         })
     }
 
@@ -239,6 +242,15 @@ impl Scheduler {
         if flag.swap(true, Ordering::SeqCst) {
             return Err(SchedulerError::Busy(job.name()));
         }
+        // Cleared however this returns, a failure to read or write the job's
+        // record included: else the job would never run again.
+        struct Running<'a>(&'a AtomicBool);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::SeqCst);
+            }
+        }
+        let _running = Running(flag);
         let started = self.clock.now_ms();
         let wall = std::time::Instant::now();
         let this = Arc::clone(self);
@@ -272,7 +284,6 @@ impl Scheduler {
             }
         }
         self.store.put_job_record(job.name(), &rec)?;
-        flag.store(false, Ordering::SeqCst);
         Ok(rec)
     }
 
@@ -301,10 +312,14 @@ impl Scheduler {
             .collect()
     }
 
-    /// The earliest time any job is due.
+    /// The earliest time any job not running now is due (one running, a
+    /// "Run now" past its time, is looked at again once it is done).
     fn next_due(&self) -> Result<Option<i64>, StoreError> {
         let mut next: Option<i64> = None;
         for job in Job::ALL {
+            if self.running[job.index()].load(Ordering::SeqCst) {
+                continue;
+            }
             if let Some(t) = self.due_at(job)? {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }

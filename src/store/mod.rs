@@ -1070,6 +1070,11 @@ impl Store {
         )?;
         if replaced == Ok(true) {
             self.records_changed();
+            // Enabled again: its failures before count no more towards
+            // disabling it (`endpoint_health`).
+            if old.disabled && !new.disabled {
+                self.clear_failing_since(&new.id)?;
+            }
         }
         Ok(replaced)
     }
@@ -1899,7 +1904,17 @@ impl Store {
                 break;
             }
             let (k, v) = entry?;
-            let queued = Queued::decode(&k, &v)?;
+            let queued = match Queued::decode(&k, &v) {
+                Ok(q) => q,
+                Err(e) => {
+                    // Else it would stop every claim from here on. Its
+                    // deliveries' statuses are left waiting with nothing
+                    // queued, which reconcile queues again.
+                    tracing::error!(error = %e, "a queue entry could not be read; it is removed");
+                    removals.push(k);
+                    continue;
+                }
+            };
             let mut left = Vec::new();
             for task in queued.tasks() {
                 if stop || taken.len() == limit {
@@ -2467,6 +2482,13 @@ fn stage_attempt(
             dest.status = MessageStatus::Sending;
             dest.next_attempt_ms = Some(due_ms);
         }
+        // A failed resend of a delivery with a scheduled attempt still to
+        // come (left in its status by `stage_enqueue_over`): that attempt
+        // decides, the delivery is not failed yet.
+        Next::Done
+            if task.trigger == AttemptTrigger::Manual
+                && matches!(dest.status, MessageStatus::Pending | MessageStatus::Sending)
+                && dest.next_attempt_ms.is_some_and(|t| t != task.due_ms) => {}
         Next::Done => {
             dest.status = MessageStatus::Fail;
             dest.next_attempt_ms = None;
@@ -2517,7 +2539,15 @@ fn stage_enqueue_over(o: &mut writer::Overlay, task: &TaskRecord, before: Option
                     MessageStatus::Sending
                 };
             }
-            dest.next_attempt_ms = Some(task.due_ms);
+            // A resend leaves the time of a scheduled attempt still to come
+            // (a retry, a first attempt due later): it tells the resend's
+            // attempt that the delivery goes on after it (`stage_attempt`).
+            let scheduled_later = task.trigger == AttemptTrigger::Manual
+                && matches!(dest.status, MessageStatus::Pending | MessageStatus::Sending)
+                && dest.next_attempt_ms.is_some_and(|t| t > task.due_ms);
+            if !scheduled_later {
+                dest.next_attempt_ms = Some(task.due_ms);
+            }
             dest
         }
         None => {

@@ -2154,6 +2154,67 @@ async fn an_attempt_under_way_as_its_message_is_expunged_keeps_no_body() {
     assert!(listed.items[0].response_body.is_empty());
 }
 
+/// A resend that fails while a scheduled retry is still to come leaves the
+/// delivery retrying, due at that retry (not failed, no dead letter); the
+/// retry then decides.
+#[tokio::test]
+async fn a_failed_resend_leaves_a_retry_still_to_come_in_charge() {
+    let (s, ep, m, t) = one_claimed(10, 500).await;
+    s.record_attempt(&t, &attempt(&t, false, 20), Next::RetryAt(1_000))
+        .await
+        .unwrap();
+    s.release_lease(500, &t.id).await.unwrap();
+    s.queue_manual(&t.app_id, &m.id, &ep.id, 30).await.unwrap();
+    let resend = s
+        .claim_due(30, 600, 10, 100, |_| Claim::Take)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(resend.trigger, AttemptTrigger::Manual);
+    let d = s.dest(&m.id, &ep.id).unwrap().unwrap();
+    assert_eq!(d.next_attempt_ms, Some(1_000), "the retry's time is kept");
+    s.record_attempt(&resend, &attempt(&resend, false, 40), Next::Done)
+        .await
+        .unwrap();
+    s.release_lease(600, &resend.id).await.unwrap();
+    let d = s.dest(&m.id, &ep.id).unwrap().unwrap();
+    assert_eq!(
+        (d.status, d.next_attempt_ms),
+        (MessageStatus::Sending, Some(1_000))
+    );
+    assert!(!s.tree.contains_key(keys::failed(&m.id, &ep.id)).unwrap());
+
+    let retry = s
+        .claim_due(1_000, 2_000, 10, 100, |_| Claim::Take)
+        .await
+        .unwrap()
+        .remove(0);
+    s.record_attempt(&retry, &attempt(&retry, false, 1_010), Next::Done)
+        .await
+        .unwrap();
+    let d = s.dest(&m.id, &ep.id).unwrap().unwrap();
+    assert_eq!((d.status, d.next_attempt_ms), (MessageStatus::Fail, None));
+    assert!(s.tree.contains_key(keys::failed(&m.id, &ep.id)).unwrap());
+}
+
+/// A queue entry that cannot be read does not stop every claim after it:
+/// it is removed, and the deliveries behind it are claimed.
+#[tokio::test]
+async fn an_unreadable_queue_entry_is_removed_not_claimed_forever() {
+    let (s, a, ep) = store_with_endpoint();
+    let m = message(&a.id, 10, None);
+    s.publish(&m, b"{}", &[&ep], 10, || {}).await.unwrap();
+    let bad = keys::queue(5, &TaskId::new(5));
+    s.tree.insert(bad.clone(), &b"not a task"[..]).unwrap();
+    let taken = s
+        .claim_due(20, 100, 10, 100, |_| Claim::Take)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].msg_id, m.id);
+    assert!(!s.tree.contains_key(bad).unwrap());
+}
+
 /// A message delivered (at 20), then resent: the resend queued at 30 and
 /// claimed under a lease until 600.
 async fn a_resend_claimed() -> (Store, EndpointRecord, MessageRecord, TaskRecord) {

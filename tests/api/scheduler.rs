@@ -110,6 +110,13 @@ async fn runs_are_recorded_and_missed_runs_happen_once_at_start() {
     assert_eq!(retention.record.last_started_ms, Some(t0 + 3 * 3_600_000));
     // Not due again until the next hour.
     assert!(retention.next_run_ms.unwrap() > t0 + 3 * 3_600_000);
+
+    // The clock set back by hours: no job waits for it to get there again.
+    clock.set(t0 + 600_000);
+    for j in app.scheduler().status().unwrap() {
+        let next = j.next_run_ms.unwrap();
+        assert!(next <= t0 + 600_000 + 3_600_000, "{}: {next}", j.job.name());
+    }
     app.stop().await;
 }
 
@@ -201,6 +208,9 @@ async fn the_disk_bound_drops_delivered_messages_only() {
 async fn an_endpoint_failing_for_five_days_is_disabled_and_announced() {
     let clock = Arc::new(ManualClock::at(now_ms()));
     let mut ops = TestReceiver::start().await;
+    // The operator's own receiver fails too (it still records what comes):
+    // it is not disabled, or it would lose every event from then on.
+    ops.set_default(Reply::status(503));
     let app = with_ops(&clock, &ops, &[("WEBHOOKD_RETRY_SCHEDULE", "")]).await;
     let dead = TestReceiver::start().await;
     dead.set_default(Reply::status(503));
@@ -232,6 +242,28 @@ async fn an_endpoint_failing_for_five_days_is_disabled_and_announced() {
     let data = ops_event(&mut ops, "endpoint.disabled").await;
     assert_eq!(data["endpointId"], dead_ep.as_str());
     assert_eq!(data["reason"], "failing");
+
+    // Enabled, failing again, disabled by hand and enabled again: its
+    // failures before count no more.
+    let set_disabled = |disabled: bool| {
+        let (app, path) = (&app, format!("/app/{app_id}/endpoint/{dead_ep}"));
+        async move {
+            let (status, body) = app.patch(&path, json!({ "disabled": disabled })).await;
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+    set_disabled(false).await;
+    let m3 = app.publish_simple(&app_id, "x").await;
+    app.wait_status(&app_id, &m3, &dead_ep, 2).await;
+    clock.advance(DAY);
+    set_disabled(true).await;
+    clock.advance(DAY);
+    set_disabled(false).await;
+    clock.advance(3 * DAY + 60_000);
+    let rec = app.run_job(Job::EndpointHealth).await;
+    assert_eq!(count(&rec, "disabled"), 0);
+    let (_, e) = app.get(&format!("/app/{app_id}/endpoint/{dead_ep}")).await;
+    assert_eq!(e["disabled"], false);
     app.stop().await;
 }
 
