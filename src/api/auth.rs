@@ -75,11 +75,47 @@ impl ApiState {
     }
 }
 
+impl ApiState {
+    /// Would this request change webhookd's own operational application
+    /// (its record or endpoint) or publish into it? That application is
+    /// set from the configuration (`[operational]`) at every start: through
+    /// the API it is read, and its messages resent, recovered or expunged,
+    /// but a change would only misdirect or silence its events (or forge
+    /// them) until the next start.
+    fn changes_operational(&self, method: &Method, path: &str) -> Result<bool, ApiError> {
+        if matches!(*method, Method::GET | Method::HEAD) {
+            return Ok(false);
+        }
+        let rest = path.strip_prefix("/api/v1/").unwrap_or_default();
+        let segs: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+        let changes = match segs.as_slice() {
+            ["app", _] | ["app", _, "msg"] | ["app", _, "endpoint"] => true,
+            ["app", _, "endpoint", _, tail @ ..] => tail != ["recover"],
+            _ => false,
+        };
+        Ok(changes
+            && self
+                .store
+                .find_app(segs[1])?
+                .is_some_and(|a| self.ops.is_reserved(&a.id)))
+    }
+}
+
 fn is_publish(req: &ServiceRequest) -> bool {
     req.method() == Method::POST && {
         let segs: Vec<&str> = req.path().trim_end_matches('/').split('/').collect();
         matches!(segs.as_slice(), ["", "api", "v1", "app", _, "msg"])
     }
+}
+
+/// The refusal of a change to the operational application (see
+/// `changes_operational`) or of a token for it.
+pub fn operational_is_configured() -> ApiError {
+    ApiError::Forbidden(
+        "The operational application is set from webhookd's configuration ([operational]); \
+         it cannot be changed, published to or given tokens through the API."
+            .into(),
+    )
 }
 
 fn refuse(req: ServiceRequest, err: ApiError) -> ServiceResponse<BoxBody> {
@@ -138,6 +174,11 @@ pub async fn authenticate(
             }
             Err(e) => return Ok(refuse(req, e)),
         }
+    }
+    match state.changes_operational(req.method(), req.path()) {
+        Ok(false) => {}
+        Ok(true) => return Ok(refuse(req, operational_is_configured())),
+        Err(e) => return Ok(refuse(req, e)),
     }
     if is_publish(&req) {
         if let Err(wait) = state.publish_throttle.check(principal.throttle_key()) {

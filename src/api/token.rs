@@ -46,6 +46,9 @@ async fn create(
     let body: TokenIn = state.json(&req, payload).await?;
     body.validate()?;
     let app = state.app(&body.app_id)?;
+    if state.ops.is_reserved(&app.id) {
+        return Err(super::auth::operational_is_configured());
+    }
     let (rec, secret) = state
         .store
         .issue_token(&app.id, body.description, now_ms())?;

@@ -114,6 +114,11 @@ async fn create(state: State, req: HttpRequest, form: web::Form<CreateForm>) -> 
         .store
         .find_app(form.app.trim())?
         .ok_or(DashboardError::NotFound("no such application"))?;
+    if state.ops.is_reserved(&app.id) {
+        return Err(DashboardError::BadRequest(
+            "The operational application is webhookd's own: it gets no tokens.".into(),
+        ));
+    }
     let description = form.description.trim();
     if description.chars().count() > 256 {
         return Err(DashboardError::BadRequest(

@@ -405,3 +405,63 @@ async fn a_message_with_deliver_at_waits_for_its_time() {
     assert!(crate::helpers::millis(&attempts[0]["timestamp"]) >= at);
     app.stop().await;
 }
+
+/// The operational application is set from the configuration: through the
+/// API it is read (its endpoint's messages recovered too), but not changed,
+/// published to or given a token; what it was set to stays.
+#[actix_web::test]
+async fn the_operational_application_is_not_changed_through_the_api() {
+    let clock = Arc::new(ManualClock::at(now_ms()));
+    let ops = TestReceiver::start().await;
+    let app = with_ops(&clock, &ops, &[]).await;
+    let a = "webhookd-operational";
+    let e = "operator";
+    let (status, before) = app.get(&format!("/app/{a}/endpoint/{e}")).await;
+    assert_eq!(status, 200, "{before}");
+    let app_id = app.get_ok(&format!("/app/{a}")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let refused = [
+        app.patch(
+            &format!("/app/{a}/endpoint/{e}"),
+            json!({ "url": "https://example.com/" }),
+        )
+        .await,
+        app.patch(
+            &format!("/app/{a}/endpoint/{e}"),
+            json!({ "disabled": true }),
+        )
+        .await,
+        app.delete(&format!("/app/{a}/endpoint/{e}")).await,
+        app.post(&format!("/app/{a}/endpoint/{e}/secret/rotate"), json!({}))
+            .await,
+        app.post(
+            &format!("/app/{a}/endpoint"),
+            json!({ "url": "https://example.com/" }),
+        )
+        .await,
+        app.patch(&format!("/app/{a}"), json!({ "uid": "mine" }))
+            .await,
+        app.delete(&format!("/app/{app_id}")).await,
+        app.post(
+            &format!("/app/{a}/msg"),
+            json!({ "eventType": "endpoint.disabled", "payload": {} }),
+        )
+        .await,
+        app.post("/webhookd/token", json!({ "appId": a })).await,
+    ];
+    for (status, body) in refused {
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(body["code"], "forbidden", "{body}");
+    }
+    let (status, body) = app
+        .post(
+            &format!("/app/{a}/endpoint/{e}/recover"),
+            json!({ "since": "2020-01-01T00:00:00Z" }),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(app.get_ok(&format!("/app/{a}/endpoint/{e}")).await, before);
+    app.stop().await;
+}
