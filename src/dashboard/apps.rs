@@ -374,6 +374,19 @@ fn apply_form(form: &EndpointForm, limits: &Limits, ep: &mut EndpointRecord) -> 
     Ok(())
 }
 
+/// Refuses a change to webhookd's own operational application, which its
+/// configuration sets at every start (as the API refuses it).
+fn not_operational(state: &State, app: &AppRecord) -> Result<(), DashboardError> {
+    if state.ops.is_reserved(&app.id) {
+        return Err(DashboardError::BadRequest(
+            "The operational application is set from webhookd's configuration \
+             ([operational]): change it there."
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 async fn save_endpoint(
     state: State,
     req: HttpRequest,
@@ -383,6 +396,7 @@ async fn save_endpoint(
     check_csrf(&req, &form.csrf)?;
     let (app_id, ep_id) = path.into_inner();
     let app = find_app(&state, &app_id)?;
+    not_operational(&state, &app)?;
     let old = find_endpoint(&state, &app, &ep_id)?;
     let mut new = old.clone();
     if let Err(problem) = apply_form(&form, &state.limits, &mut new) {
@@ -406,6 +420,7 @@ async fn toggle(
     check_csrf(&req, &form.csrf)?;
     let (app_id, ep_id) = path.into_inner();
     let app = find_app(&state, &app_id)?;
+    not_operational(&state, &app)?;
     let old = find_endpoint(&state, &app, &ep_id)?;
     let mut ep = old.clone();
     ep.disabled = !ep.disabled;
@@ -435,6 +450,7 @@ async fn rotate(
     check_csrf(&req, &form.csrf)?;
     let (app_id, ep_id) = path.into_inner();
     let app = find_app(&state, &app_id)?;
+    not_operational(&state, &app)?;
     let mut ep = find_endpoint(&state, &app, &ep_id)?;
     let now = now_ms();
     let old = std::mem::replace(&mut ep.secret, Secret::generate());

@@ -720,3 +720,48 @@ async fn tokens_are_created_shown_once_and_revoked() {
     assert_eq!(res.status, 404);
     assert!(text(&res).contains("no such application"));
 }
+
+/// The operational application's endpoint is shown but not changed from
+/// the dashboard: its configuration sets it at every start.
+#[actix_web::test]
+async fn the_operational_endpoint_is_not_changed_from_the_dashboard() {
+    let ops = TestReceiver::start().await;
+    let url = ops.url();
+    let app = spawn_app_with(&[("WEBHOOKD_OPERATIONAL__URL", url.as_str())]).await;
+    let a = app.get_ok("/app/webhookd-operational").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let e = app
+        .get_ok("/app/webhookd-operational/endpoint/operator")
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/apps/{a}/endpoints/{e}");
+    let b = Browser::signed_in(&app).await;
+    b.page(&path).await;
+    let csrf = b.csrf().await;
+    for (to, form) in [
+        (
+            path.clone(),
+            vec![("csrf", csrf.as_str()), ("url", "https://example.com/")],
+        ),
+        (format!("{path}/toggle"), vec![("csrf", csrf.as_str())]),
+        (format!("{path}/rotate"), vec![("csrf", csrf.as_str())]),
+    ] {
+        let res = b.post(&to, &form).await;
+        assert_eq!(res.status, 400, "{to}");
+        assert!(
+            text(&res).contains("operational application is set from"),
+            "{}",
+            text(&res)
+        );
+    }
+    let ep = app
+        .get_ok("/app/webhookd-operational/endpoint/operator")
+        .await;
+    assert_eq!(ep["url"], url.as_str());
+    assert_eq!(ep["disabled"], false);
+    app.stop().await;
+}
