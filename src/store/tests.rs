@@ -2159,17 +2159,7 @@ async fn an_attempt_under_way_as_its_message_is_expunged_keeps_no_body() {
 /// retry then decides.
 #[tokio::test]
 async fn a_failed_resend_leaves_a_retry_still_to_come_in_charge() {
-    let (s, ep, m, t) = one_claimed(10, 500).await;
-    s.record_attempt(&t, &attempt(&t, false, 20), Next::RetryAt(1_000))
-        .await
-        .unwrap();
-    s.release_lease(500, &t.id).await.unwrap();
-    s.queue_manual(&t.app_id, &m.id, &ep.id, 30).await.unwrap();
-    let resend = s
-        .claim_due(30, 600, 10, 100, |_| Claim::Take)
-        .await
-        .unwrap()
-        .remove(0);
+    let (s, ep, m, resend) = a_resend_claimed(false, Next::RetryAt(1_000)).await;
     assert_eq!(resend.trigger, AttemptTrigger::Manual);
     let d = s.dest(&m.id, &ep.id).unwrap().unwrap();
     assert_eq!(d.next_attempt_ms, Some(1_000), "the retry's time is kept");
@@ -2215,11 +2205,14 @@ async fn an_unreadable_queue_entry_is_removed_not_claimed_forever() {
     assert!(!s.tree.contains_key(bad).unwrap());
 }
 
-/// A message delivered (at 20), then resent: the resend queued at 30 and
-/// claimed under a lease until 600.
-async fn a_resend_claimed() -> (Store, EndpointRecord, MessageRecord, TaskRecord) {
+/// A message attempted (at 20, with `ok` and `next`), then resent: the
+/// resend queued at 30 and claimed under a lease until 600.
+async fn a_resend_claimed(
+    ok: bool,
+    next: Next,
+) -> (Store, EndpointRecord, MessageRecord, TaskRecord) {
     let (s, ep, m, t) = one_claimed(10, 500).await;
-    s.record_attempt(&t, &attempt(&t, true, 20), Next::Done)
+    s.record_attempt(&t, &attempt(&t, ok, 20), next)
         .await
         .unwrap();
     s.release_lease(500, &t.id).await.unwrap();
@@ -2237,7 +2230,7 @@ async fn a_resend_claimed() -> (Store, EndpointRecord, MessageRecord, TaskRecord
 /// the delivery delivered: no failure, no dead letter, nothing due.
 #[tokio::test]
 async fn a_resend_dropped_leaves_a_delivered_message_delivered() {
-    let (s, ep, m, resend) = a_resend_claimed().await;
+    let (s, ep, m, resend) = a_resend_claimed(true, Next::Done).await;
     s.drop_task(&resend, MessageStatus::Fail).await.unwrap();
     s.release_lease(600, &resend.id).await.unwrap();
     let d = s.dest(&m.id, &ep.id).unwrap().unwrap();
@@ -2256,7 +2249,7 @@ async fn a_resend_dropped_leaves_a_delivered_message_delivered() {
 /// does not delete it. Once it is done, both take it as before.
 #[tokio::test]
 async fn retention_leaves_a_message_whose_resend_is_under_way() {
-    let (s, _ep, m, resend) = a_resend_claimed().await;
+    let (s, _ep, m, resend) = a_resend_claimed(true, Next::Done).await;
     // As if the disk bound had read the queue before the resend was queued.
     s.tree.remove(keys::claim_lease(600, &resend.id)).unwrap();
     assert_eq!(s.queue_depth(), (0, 0));
