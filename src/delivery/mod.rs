@@ -175,11 +175,6 @@ struct Throttle {
 /// to the end of the line without a turn of its own, and joins the line
 /// when it comes back.
 const LINE_MAX: usize = 100_000;
-/// A claim this much later than the next turn (or one interval, if that is
-/// longer) keeps the pace: the turn after it is one interval after the one
-/// missed, not after the claim, so a loop that looks late does not lower
-/// the rate. Deliveries may go that much closer together to catch up.
-const THROTTLE_CATCH_UP_MS: f64 = 20.0;
 
 impl Throttle {
     fn new(read_at: u64) -> Self {
@@ -197,7 +192,9 @@ impl Throttle {
     /// queue (where the line waits), not handed over by its publish.
     fn admit(&mut self, interval: f64, now: i64, due: i64, from_queue: bool) -> Result<(), i64> {
         if from_queue && let Some(n) = self.line.get_mut(&due) {
-            // Back from the line at (or after) its time: its turn was kept.
+            // Back from the line at (or after) its time: its turn was kept,
+            // and the next is one interval after that time, however late
+            // this claim, so that a loop that looks late keeps the pace.
             *n -= 1;
             if *n == 0 {
                 self.line.remove(&due);
@@ -207,13 +204,7 @@ impl Throttle {
         }
         let now_f = now as f64;
         if self.line.is_empty() && self.line_end_ms <= now_f && now_f >= self.next_ms {
-            let late = now_f - self.next_ms;
-            let from = if late <= interval.max(THROTTLE_CATCH_UP_MS) {
-                self.next_ms
-            } else {
-                now_f
-            };
-            self.next_ms = from + interval;
+            self.next_ms = now_f + interval;
             return Ok(());
         }
         let at = self.line_end_ms.max(self.next_ms).max(now_f);
@@ -1122,12 +1113,13 @@ mod tests {
         // The line is gone, but its last turn was just taken.
         assert_eq!(admit(350, 350, false), Err(400));
         assert_eq!(admit(400, 400, true), Ok(()));
-        // A claim 30 ms late keeps the pace: the next turn is still at 600.
-        assert_eq!(admit(530, 530, false), Ok(()));
-        assert_eq!(admit(600, 600, false), Ok(()));
-        // Idle for a while: one goes at once, the next waits a whole interval.
-        assert_eq!(admit(2_000, 2_000, false), Ok(()));
-        assert_eq!(admit(2_001, 2_001, false), Err(2_100));
+        // Nothing in line: one goes at once, the next a whole interval after
+        // it, even after a gap shorter than two intervals.
+        assert_eq!(admit(550, 550, false), Ok(()));
+        assert_eq!(admit(560, 560, false), Err(650));
+        // In line, claimed 30 ms late: the turn after it keeps the pace.
+        assert_eq!(admit(680, 650, true), Ok(()));
+        assert_eq!(admit(750, 750, false), Ok(()));
     }
 
     #[test]
