@@ -82,9 +82,9 @@ impl ApiState {
     /// the API it is read, and its messages resent, recovered or expunged,
     /// but a change would only misdirect or silence its events (or forge
     /// them) until the next start.
-    fn changes_operational(&self, method: &Method, path: &str) -> Result<bool, ApiError> {
+    fn changes_operational(&self, method: &Method, path: &str) -> bool {
         if matches!(*method, Method::GET | Method::HEAD) {
-            return Ok(false);
+            return false;
         }
         let rest = path.strip_prefix("/api/v1/").unwrap_or_default();
         let segs: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
@@ -93,11 +93,7 @@ impl ApiState {
             ["app", _, "endpoint", _, tail @ ..] => tail != ["recover"],
             _ => false,
         };
-        Ok(changes
-            && self
-                .store
-                .find_app(segs[1])?
-                .is_some_and(|a| self.ops.is_reserved(&a.id)))
+        changes && self.ops.is_reserved_name(&path_decoded(segs[1]))
     }
 }
 
@@ -106,6 +102,18 @@ fn is_publish(req: &ServiceRequest) -> bool {
         let segs: Vec<&str> = req.path().trim_end_matches('/').split('/').collect();
         matches!(segs.as_slice(), ["", "api", "v1", "app", _, "msg"])
     }
+}
+
+/// A path segment as the router hands it to a handler (percent-decoded),
+/// so that an encoded name is recognised too.
+fn path_decoded(segment: &str) -> std::borrow::Cow<'_, str> {
+    if !segment.contains('%') {
+        return segment.into();
+    }
+    serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("s={segment}"))
+        .ok()
+        .and_then(|pairs| pairs.into_iter().next())
+        .map_or(segment.into(), |(_, decoded)| decoded.into())
 }
 
 /// The refusal of a change to the operational application (see
@@ -175,10 +183,8 @@ pub async fn authenticate(
             Err(e) => return Ok(refuse(req, e)),
         }
     }
-    match state.changes_operational(req.method(), req.path()) {
-        Ok(false) => {}
-        Ok(true) => return Ok(refuse(req, operational_is_configured())),
-        Err(e) => return Ok(refuse(req, e)),
+    if state.changes_operational(req.method(), req.path()) {
+        return Ok(refuse(req, operational_is_configured()));
     }
     if is_publish(&req) {
         if let Err(wait) = state.publish_throttle.check(principal.throttle_key()) {

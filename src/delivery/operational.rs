@@ -171,6 +171,15 @@ impl Operational {
             .is_some_and(|(a, _)| &a.id == app)
     }
 
+    /// Does `id_or_uid` (as an API path names an application) name the
+    /// reserved application? Without a store lookup: its record is held.
+    pub fn is_reserved_name(&self, id_or_uid: &str) -> bool {
+        self.inner
+            .target
+            .as_ref()
+            .is_some_and(|(a, _)| a.id.as_str() == id_or_uid || a.uid.as_deref() == Some(id_or_uid))
+    }
+
     /// Publishes `{"type", "timestamp", "data"}` to the operator's endpoint, durably.
     /// A failure is logged, not returned: the event that caused it has happened anyway.
     pub async fn emit(&self, event_type: &str, data: Value) {

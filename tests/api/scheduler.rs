@@ -433,6 +433,12 @@ async fn the_operational_application_is_not_changed_through_the_api() {
             json!({ "disabled": true }),
         )
         .await,
+        // Named with percent-encoding, as the router decodes it.
+        app.patch(
+            "/app/webhookd%2Doperational/endpoint/operator",
+            json!({ "disabled": true }),
+        )
+        .await,
         app.delete(&format!("/app/{a}/endpoint/{e}")).await,
         app.post(&format!("/app/{a}/endpoint/{e}/secret/rotate"), json!({}))
             .await,
