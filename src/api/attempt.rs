@@ -9,7 +9,7 @@ use super::model::{
     MessageOut, payload_json,
 };
 use super::{ApiError, State};
-use crate::domain::{AttemptId, MessageStatus, now_ms};
+use crate::domain::{AttemptId, MessageId, MessageStatus, now_ms};
 use crate::store::AttemptRecord;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -89,7 +89,7 @@ async fn list_by_msg(
     let (app_id, msg_id) = path.into_inner();
     let query = Query::from_request(&req)?;
     let mut page = query.page()?;
-    time_bounds_attempts(&query, &mut page)?;
+    time_bounds(&query, &mut page, AttemptId::lower_bound)?;
     let filter = AttemptFilter::from_query(&query)?;
     let with_content = query.bool("with_content", true)?;
     let app = state.app(&app_id)?;
@@ -115,7 +115,7 @@ async fn list_by_endpoint(
     let (app_id, ep_id) = path.into_inner();
     let query = Query::from_request(&req)?;
     let mut page = query.page()?;
-    time_bounds_attempts(&query, &mut page)?;
+    time_bounds(&query, &mut page, AttemptId::lower_bound)?;
     let filter = AttemptFilter::from_query(&query)?;
     let msg_filter = MessageFilter::from_query(&query);
     let with_content = query.bool("with_content", true)?;
@@ -132,15 +132,6 @@ async fn list_by_endpoint(
                     .is_some_and(|m| msg_filter.keeps(&m)))
     })?;
     Ok(attempts_response(attempts, with_content))
-}
-
-/// `before`/`after` for attempt listings, whose IDs also sort by time.
-fn time_bounds_attempts(q: &Query, page: &mut crate::store::PageReq) -> Result<(), ApiError> {
-    let before = q.time("before")?;
-    let after = q.time("after")?;
-    page.max_id = before.map(|t| AttemptId::lower_bound(t).to_string());
-    page.min_id = after.map(|t| AttemptId::lower_bound(t + 1).to_string());
-    Ok(())
 }
 
 async fn get(
@@ -211,7 +202,7 @@ async fn list_endpoint_messages(
     let (app_id, ep_id) = path.into_inner();
     let query = Query::from_request(&req)?;
     let mut page = query.page()?;
-    time_bounds(&query, &mut page)?;
+    time_bounds(&query, &mut page, MessageId::lower_bound)?;
     let status = AttemptFilter::from_query(&query)?.status;
     let msg_filter = MessageFilter::from_query(&query);
     let with_content = query.bool("with_content", true)?;

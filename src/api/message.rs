@@ -153,13 +153,18 @@ impl MessageFilter {
     }
 }
 
-/// `before`/`after` as ID bounds (IDs sort by creation time), on every page
-/// (clients send them again with the iterator).
-pub(super) fn time_bounds(q: &Query, page: &mut PageReq) -> Result<(), ApiError> {
+/// `before`/`after` as bounds of IDs that sort by creation time (the
+/// lowest ID of a millisecond: `lower_bound`), on every page (clients send
+/// them again with the iterator).
+pub(super) fn time_bounds<I: ToString>(
+    q: &Query,
+    page: &mut PageReq,
+    lower_bound: fn(i64) -> I,
+) -> Result<(), ApiError> {
     let before = q.time("before")?;
     let after = q.time("after")?;
-    page.max_id = before.map(|t| MessageId::lower_bound(t).to_string());
-    page.min_id = after.map(|t| MessageId::lower_bound(t + 1).to_string());
+    page.max_id = before.map(|t| lower_bound(t).to_string());
+    page.min_id = after.map(|t| lower_bound(t + 1).to_string());
     Ok(())
 }
 
@@ -170,7 +175,7 @@ async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let query = Query::from_request(&req)?;
     let mut page = query.page()?;
-    time_bounds(&query, &mut page)?;
+    time_bounds(&query, &mut page, MessageId::lower_bound)?;
     let with_content = query.bool("with_content", true)?;
     let filter = MessageFilter::from_query(&query);
     let app = state.app(&path)?;
