@@ -631,12 +631,17 @@ async fn one_claimed(
     let (s, a, ep) = store_with_endpoint();
     let m = message(&a.id, 10, None);
     s.publish(&m, b"{}", &[&ep], due, || {}).await.unwrap();
-    let t = s
-        .claim_due(due, lease_until, 10, 100, |_| Claim::Take)
+    let t = claim_one(&s, due, lease_until).await;
+    (s, ep, m, t)
+}
+
+/// Claims what is due at `now` (leased until `lease_until`) and returns
+/// the first task taken.
+async fn claim_one(s: &Store, now: i64, lease_until: i64) -> TaskRecord {
+    s.claim_due(now, lease_until, 10, 100, |_| Claim::Take)
         .await
         .unwrap()
-        .remove(0);
-    (s, ep, m, t)
+        .remove(0)
 }
 
 #[tokio::test]
@@ -669,11 +674,7 @@ async fn dead_letter_index_follows_the_status() {
             .items
             .is_empty()
     );
-    let t = s
-        .claim_due(30, 600, 10, 100, |_| Claim::Take)
-        .await
-        .unwrap()
-        .remove(0);
+    let t = claim_one(&s, 30, 600).await;
     s.record_attempt(&t, &attempt(&t, true, 40), Next::Done)
         .await
         .unwrap();
@@ -1543,11 +1544,7 @@ async fn the_disk_bound_leaves_messages_with_deliveries_under_way() {
     s.publish(&old, b"{}", &[&ep], now - 60_000, || {})
         .await
         .unwrap();
-    let t = s
-        .claim_due(now, now + 60_000, 10, 100, |_| Claim::Take)
-        .await
-        .unwrap()
-        .remove(0);
+    let t = claim_one(&s, now, now + 60_000).await;
     s.record_attempt(&t, &attempt(&t, true, now), Next::Done)
         .await
         .unwrap();
@@ -1564,11 +1561,7 @@ async fn the_disk_bound_leaves_messages_with_deliveries_under_way() {
         assert!(s.get_message(&a.id, &m.id).unwrap().is_some());
     }
 
-    let resend = s
-        .claim_due(now, now + 60_000, 10, 100, |_| Claim::Take)
-        .await
-        .unwrap()
-        .remove(0);
+    let resend = claim_one(&s, now, now + 60_000).await;
     s.record_attempt(&resend, &attempt(&resend, true, now + 2), Next::Done)
         .await
         .unwrap();
@@ -1639,11 +1632,7 @@ async fn deliveries_handed_over_and_not_recorded_are_queued_at_the_next_start() 
 /// queued, as a write not made yet, or cut by a crash, leaves it.
 async fn publish_without_queue_entry(s: &Store, m: &MessageRecord, ep: &EndpointRecord, due: i64) {
     s.publish(m, b"{}", &[ep], due, || {}).await.unwrap();
-    let t = s
-        .claim_due(due, 1, 10, 100, |_| Claim::Take)
-        .await
-        .unwrap()
-        .remove(0);
+    let t = claim_one(s, due, 1).await;
     s.release_lease(1, &t.id).await.unwrap();
     assert_eq!(s.queue_depth(), (0, 0));
 }
@@ -1950,11 +1939,7 @@ async fn a_first_attempt_kept_in_its_status_is_read_and_deleted_like_any_other()
     s.queue_manual(&a.id, &m.id, &ep.id, now + 10)
         .await
         .unwrap();
-    let t = s
-        .claim_due(now + 10, 100, 10, 100, |_| Claim::Take)
-        .await
-        .unwrap()
-        .remove(0);
+    let t = claim_one(&s, now + 10, 100).await;
     let a3 = attempt(&t, true, now + 20);
     s.record_attempt(&t, &a3, Next::Done).await.unwrap();
     s.release_lease(100, &t.id).await.unwrap();
@@ -2174,11 +2159,7 @@ async fn a_failed_resend_leaves_a_retry_still_to_come_in_charge() {
     );
     assert!(!s.tree.contains_key(keys::failed(&m.id, &ep.id)).unwrap());
 
-    let retry = s
-        .claim_due(1_000, 2_000, 10, 100, |_| Claim::Take)
-        .await
-        .unwrap()
-        .remove(0);
+    let retry = claim_one(&s, 1_000, 2_000).await;
     s.record_attempt(&retry, &attempt(&retry, false, 1_010), Next::Done)
         .await
         .unwrap();
@@ -2217,11 +2198,7 @@ async fn a_resend_claimed(
         .unwrap();
     s.release_lease(500, &t.id).await.unwrap();
     s.queue_manual(&t.app_id, &m.id, &ep.id, 30).await.unwrap();
-    let resend = s
-        .claim_due(30, 600, 10, 100, |_| Claim::Take)
-        .await
-        .unwrap()
-        .remove(0);
+    let resend = claim_one(&s, 30, 600).await;
     (s, ep, m, resend)
 }
 
@@ -2397,11 +2374,7 @@ async fn a_retry_to_an_endpoint_deleted_since_is_forgotten() {
     s.record_attempt(&t, &a, Next::RetryAt(30)).await.unwrap();
     s.release_lease(500, &t.id).await.unwrap();
     s.delete_endpoint(&ep).unwrap();
-    let retry = s
-        .claim_due(30, 600, 10, 100, |_| Claim::Take)
-        .await
-        .unwrap()
-        .remove(0);
+    let retry = claim_one(&s, 30, 600).await;
     s.forget_delivery(&retry).await.unwrap();
     s.release_lease(600, &retry.id).await.unwrap();
     assert!(s.dest(&m.id, &ep.id).unwrap().is_none());
@@ -2419,11 +2392,7 @@ async fn reconcile_forgets_a_status_left_for_a_deleted_endpoint() {
     let a = attempt(&t, false, 20);
     s.record_attempt(&t, &a, Next::RetryAt(30)).await.unwrap();
     s.release_lease(500, &t.id).await.unwrap();
-    let retry = s
-        .claim_due(30, 600, 10, 100, |_| Claim::Take)
-        .await
-        .unwrap()
-        .remove(0);
+    let retry = claim_one(&s, 30, 600).await;
     let b = attempt(&retry, false, 40);
     s.record_attempt(&retry, &b, Next::Done).await.unwrap();
     s.release_lease(600, &retry.id).await.unwrap();
