@@ -112,6 +112,21 @@ impl<'a> Browser<'a> {
     }
 }
 
+/// An app with one endpoint delivering to a new receiver, and a browser
+/// signed in: the receiver, app and endpoint IDs, the endpoint's page, the
+/// browser and its CSRF token.
+async fn endpoint_page(
+    app: &TestApp,
+) -> (TestReceiver, String, String, String, Browser<'_>, String) {
+    let rx = TestReceiver::start().await;
+    let app_id = app.create_app().await;
+    let ep = app.endpoint_to(&app_id, &rx).await;
+    let path = format!("/apps/{app_id}/endpoints/{ep}");
+    let b = Browser::signed_in(app).await;
+    let csrf = b.csrf().await;
+    (rx, app_id, ep, path, b, csrf)
+}
+
 fn text(r: &Resp) -> String {
     String::from_utf8_lossy(&r.body).into_owned()
 }
@@ -410,12 +425,7 @@ async fn message_filters_and_search() {
 #[actix_web::test]
 async fn endpoint_settings_secret_and_actions() {
     let app = spawn_app().await;
-    let mut rx = TestReceiver::start().await;
-    let app_id = app.create_app().await;
-    let ep = app.endpoint_to(&app_id, &rx).await;
-    let path = format!("/apps/{app_id}/endpoints/{ep}");
-    let b = Browser::signed_in(&app).await;
-    let csrf = b.csrf().await;
+    let (mut rx, app_id, ep, path, b, csrf) = endpoint_page(&app).await;
 
     // Edit and save.
     let form = [
@@ -495,12 +505,7 @@ async fn endpoint_form_keeps_the_configured_limits() {
         ("WEBHOOKD_LIMITS__MAX_ENDPOINT_HEADERS", "1"),
     ])
     .await;
-    let rx = TestReceiver::start().await;
-    let app_id = app.create_app().await;
-    let ep = app.endpoint_to(&app_id, &rx).await;
-    let path = format!("/apps/{app_id}/endpoints/{ep}");
-    let b = Browser::signed_in(&app).await;
-    let csrf = b.csrf().await;
+    let (rx, app_id, ep, path, b, csrf) = endpoint_page(&app).await;
     let url = rx.url();
     let form = |types, headers| {
         [
@@ -560,12 +565,7 @@ async fn endpoint_form_keeps_the_configured_limits() {
 #[actix_web::test]
 async fn unreadable_forms_and_addresses_get_a_readable_page() {
     let app = spawn_app().await;
-    let rx = TestReceiver::start().await;
-    let app_id = app.create_app().await;
-    let ep = app.endpoint_to(&app_id, &rx).await;
-    let path = format!("/apps/{app_id}/endpoints/{ep}");
-    let b = Browser::signed_in(&app).await;
-    let csrf = b.csrf().await;
+    let (rx, app_id, ep, path, b, csrf) = endpoint_page(&app).await;
 
     let missing = b.post(&format!("{path}/test"), &[("csrf", &csrf)]).await;
     assert_eq!(missing.status, 400);
