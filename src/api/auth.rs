@@ -58,14 +58,13 @@ impl ApiState {
             }))
     }
 
-    /// May a token of `app` make this request? Only `POST /app/{app}/msg` and
-    /// `GET` under `/app/{app}/msg` and `/app/{app}/attempt`, where `{app}` (an
-    /// id or a uid) is its own application.
-    fn scoped_may(&self, app: &AppId, method: &Method, path: &str) -> Result<bool, ApiError> {
-        let rest = path.strip_prefix("/api/v1/").unwrap_or_default();
-        let segs: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+    /// May a token of `app` make this request (`segs`: its path's segments
+    /// under `/api/v1`)? Only `POST /app/{app}/msg` and `GET` under
+    /// `/app/{app}/msg` and `/app/{app}/attempt`, where `{app}` (an id or a
+    /// uid) is its own application.
+    fn scoped_may(&self, app: &AppId, method: &Method, segs: &[&str]) -> Result<bool, ApiError> {
         let allowed = matches!(
-            (method, segs.as_slice()),
+            (method, segs),
             (&Method::POST, ["app", _, "msg"]) | (&Method::GET, ["app", _, "msg" | "attempt", ..])
         );
         if !allowed {
@@ -73,22 +72,18 @@ impl ApiState {
         }
         Ok(self.store.find_app(segs[1])?.is_some_and(|a| &a.id == app))
     }
-}
 
-impl ApiState {
     /// Would this request change webhookd's own operational application
     /// (its record or endpoint) or publish into it? That application is
     /// set from the configuration (`[operational]`) at every start: through
     /// the API it is read, and its messages resent, recovered or expunged,
     /// but a change would only misdirect or silence its events (or forge
     /// them) until the next start.
-    fn changes_operational(&self, method: &Method, path: &str) -> bool {
+    fn changes_operational(&self, method: &Method, segs: &[&str]) -> bool {
         if matches!(*method, Method::GET | Method::HEAD) {
             return false;
         }
-        let rest = path.strip_prefix("/api/v1/").unwrap_or_default();
-        let segs: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
-        let changes = match segs.as_slice() {
+        let changes = match segs {
             ["app", _] | ["app", _, "msg"] | ["app", _, "endpoint"] => true,
             ["app", _, "endpoint", _, tail @ ..] => tail != ["recover"],
             _ => false,
@@ -97,11 +92,15 @@ impl ApiState {
     }
 }
 
-fn is_publish(req: &ServiceRequest) -> bool {
-    req.method() == Method::POST && {
-        let segs: Vec<&str> = req.path().trim_end_matches('/').split('/').collect();
-        matches!(segs.as_slice(), ["", "api", "v1", "app", _, "msg"])
-    }
+/// A path's segments under `/api/v1/` (none outside it), without a
+/// trailing slash.
+fn api_segments(path: &str) -> Vec<&str> {
+    let rest = path.strip_prefix("/api/v1/").unwrap_or_default();
+    rest.trim_end_matches('/').split('/').collect()
+}
+
+fn is_publish(method: &Method, segs: &[&str]) -> bool {
+    *method == Method::POST && matches!(segs, ["app", _, "msg"])
 }
 
 /// A path segment as the router hands it to a handler (percent-decoded),
@@ -171,8 +170,9 @@ pub async fn authenticate(
         };
         return Ok(refuse(req, err));
     };
+    let segs = api_segments(req.path());
     if let Principal::App { app, .. } = &principal {
-        match state.scoped_may(app, req.method(), req.path()) {
+        match state.scoped_may(app, req.method(), &segs) {
             Ok(true) => {}
             Ok(false) => {
                 let err = ApiError::Forbidden(
@@ -183,10 +183,10 @@ pub async fn authenticate(
             Err(e) => return Ok(refuse(req, e)),
         }
     }
-    if state.changes_operational(req.method(), req.path()) {
+    if state.changes_operational(req.method(), &segs) {
         return Ok(refuse(req, operational_is_configured()));
     }
-    if is_publish(&req) {
+    if is_publish(req.method(), &segs) {
         if let Err(wait) = state.publish_throttle.check(principal.throttle_key()) {
             let err = too_many("Publish rate limit exceeded for this token.", wait);
             return Ok(refuse(req, err));
