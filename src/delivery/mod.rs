@@ -28,7 +28,7 @@ use tracing::{Instrument, info_span, warn};
 
 use crate::config::DeliveryConfig;
 use crate::domain::{
-    AttemptId, AttemptTrigger, EndpointId, MessageId, MessageStatus, TaskId, now_ms,
+    AppId, AttemptId, AttemptTrigger, EndpointId, MessageId, MessageStatus, TaskId, now_ms,
 };
 use crate::metrics::Metrics;
 use crate::signing;
@@ -144,7 +144,8 @@ struct SlotBook {
     backlog_next_ms: HashMap<EndpointId, i64>,
     /// Per endpoint a delivery was claimed for since app or endpoint
     /// records were last written (`throttles_at`), its throttle; those of
-    /// endpoints not throttled, with no line, go when records are written.
+    /// endpoints not throttled, with no line, go when records are written,
+    /// and the others' rates are read again (see `Shared::reread_throttles`).
     throttles: HashMap<EndpointId, Throttle>,
     throttles_at: u64,
     in_flight: usize,
@@ -156,10 +157,11 @@ struct SlotBook {
 /// last one given, and that turn is kept for it: the line waits in the
 /// queue, each comes back at its time and goes, and every other delivery
 /// (fresh from a publish, a retry, a resend) joins the end of the line
-/// while there is one.
+/// while there is one. When the rate changes, the line is brought forward
+/// in the queue and lines up again at the new rate.
 struct Throttle {
-    /// `Store::records_written` when the rate was read.
-    read_at: u64,
+    /// The endpoint's app, whose rate is the endpoint's default.
+    app_id: AppId,
     /// Milliseconds between two deliveries; `None`: not throttled.
     interval_ms: Option<f64>,
     /// When the next delivery may go while nothing waits in line.
@@ -177,10 +179,10 @@ struct Throttle {
 const LINE_MAX: usize = 100_000;
 
 impl Throttle {
-    fn new(read_at: u64) -> Self {
+    fn new(app_id: AppId, interval_ms: Option<f64>) -> Self {
         Self {
-            read_at,
-            interval_ms: None,
+            app_id,
+            interval_ms,
             next_ms: f64::MIN,
             line: BTreeMap::new(),
             line_end_ms: f64::MIN,
@@ -516,15 +518,7 @@ impl Shared {
         // Whether `decide` is asked about deliveries from the queue (else
         // handed over by their publishes).
         let from_queue = std::cell::Cell::new(false);
-        let written = self.store.records_written();
-        {
-            let mut book = self.book();
-            if book.throttles_at != written {
-                book.throttles_at = written;
-                book.throttles
-                    .retain(|_, th| th.interval_ms.is_some() || !th.line.is_empty());
-            }
-        }
+        self.reread_throttles(now).await;
         let mut moved_back = 0;
         let mut decide = |t: &TaskRecord| {
             let mut guard = self.book();
@@ -536,9 +530,7 @@ impl Shared {
             let mean_of =
                 |means: &HashMap<EndpointId, f64>| means.get(&t.ep_id).map_or(0, |m| *m as i64);
             if slots.in_flight < cap {
-                if let Err(due) =
-                    self.throttle(&mut book.throttles, t, written, now, from_queue.get())
-                {
+                if let Err(due) = self.throttle(&mut book.throttles, t, now, from_queue.get()) {
                     if slots.in_flight == 0 {
                         book.per_endpoint.remove(&t.ep_id);
                     }
@@ -606,48 +598,78 @@ impl Shared {
         Ok(moved_back)
     }
 
+    /// Once app or endpoint records were written since the throttles'
+    /// rates were read, drops the throttles of endpoints with neither rate
+    /// nor line and reads the others' rates again. The line of an endpoint
+    /// whose rate changed is brought forward in the queue: its deliveries
+    /// come back now and line up again at the new rate (or go, with none).
+    async fn reread_throttles(&self, now: i64) {
+        let written = self.store.records_written();
+        let lines: Vec<(EndpointId, Vec<i64>)> = {
+            let mut guard = self.book();
+            let book = &mut *guard;
+            if book.throttles_at == written {
+                return;
+            }
+            book.throttles_at = written;
+            book.throttles
+                .retain(|_, th| th.interval_ms.is_some() || !th.line.is_empty());
+            let mut lines = Vec::new();
+            for (ep_id, th) in &mut book.throttles {
+                let interval = self.interval_of(&th.app_id, ep_id, th.interval_ms);
+                if interval != th.interval_ms {
+                    let line = std::mem::take(&mut th.line);
+                    *th = Throttle::new(th.app_id.clone(), interval);
+                    if !line.is_empty() {
+                        lines.push((ep_id.clone(), line.into_keys().collect()));
+                    }
+                }
+            }
+            lines
+        };
+        for (ep_id, times) in lines {
+            if let Err(e) = self.store.bring_forward(&ep_id, &times, now).await {
+                tracing::error!(error = %e, endpoint_id = %ep_id, "bringing a throttled line forward failed; it keeps its times");
+            }
+        }
+    }
+
     /// Whether the throttle of `t`'s endpoint lets it go at `now` (see
-    /// `Throttle`). Its rate is read again once app or endpoint records were
-    /// written since it was last read (`written`).
+    /// `Throttle`; its rate is read when it is first needed).
     fn throttle(
         &self,
         throttles: &mut HashMap<EndpointId, Throttle>,
         t: &TaskRecord,
-        written: u64,
         now: i64,
         from_queue: bool,
     ) -> Result<(), i64> {
         if !throttles.contains_key(&t.ep_id) {
-            throttles.insert(t.ep_id.clone(), Throttle::new(written.wrapping_sub(1)));
+            let interval = self.interval_of(&t.app_id, &t.ep_id, None);
+            throttles.insert(t.ep_id.clone(), Throttle::new(t.app_id.clone(), interval));
         }
         let th = throttles.get_mut(&t.ep_id).expect("just inserted");
-        if th.read_at != written {
-            th.read_at = written;
-            let interval = match self.rate_of(t) {
-                Ok(rate) => rate.filter(|r| *r > 0).map(|r| 1_000.0 / f64::from(r)),
-                Err(e) => {
-                    tracing::error!(error = %e, endpoint_id = %t.ep_id, "reading the throttle rate failed");
-                    th.interval_ms
-                }
-            };
-            if interval != th.interval_ms {
-                // Those in line come back at the times they were given and
-                // line up again at the new rate (or go, with none).
-                *th = Throttle {
-                    interval_ms: interval,
-                    ..Throttle::new(written)
-                };
-            }
-        }
         match th.interval_ms {
             Some(interval) => th.admit(interval, now, t.due_ms, from_queue),
             None => Ok(()),
         }
     }
 
-    /// The `throttleRate` of `t`'s endpoint, else of its app.
-    fn rate_of(&self, t: &TaskRecord) -> Result<Option<u32>, StoreError> {
-        let Some(ep) = self.store.get_endpoint(&t.app_id, &t.ep_id)? else {
+    /// Milliseconds between two deliveries to the endpoint: from its
+    /// `throttleRate`, else its app's; `None` if neither has one. If they
+    /// cannot be read, `known` (what was read before).
+    fn interval_of(&self, app_id: &AppId, ep_id: &EndpointId, known: Option<f64>) -> Option<f64> {
+        match self.rate_of(app_id, ep_id) {
+            Ok(rate) => rate.filter(|r| *r > 0).map(|r| 1_000.0 / f64::from(r)),
+            Err(e) => {
+                tracing::error!(error = %e, endpoint_id = %ep_id, "reading the throttle rate failed");
+                known
+            }
+        }
+    }
+
+    /// The `throttleRate` of an endpoint, else of its app.
+    fn rate_of(&self, app_id: &AppId, ep_id: &EndpointId) -> Result<Option<u32>, StoreError> {
+        let Some(ep) = self.store.get_endpoint(app_id, ep_id)? else {
             return Ok(None);
         };
         if ep.rate_limit.is_some() {
@@ -655,7 +677,7 @@ impl Shared {
         }
         Ok(self
             .store
-            .find_app(t.app_id.as_str())?
+            .find_app(app_id.as_str())?
             .and_then(|a| a.rate_limit))
     }
 
@@ -1074,6 +1096,7 @@ impl Lane {
 mod tests {
     use super::Throttle;
     use super::slow_endpoint_deferral as deferral;
+    use crate::domain::AppId;
 
     #[test]
     fn an_endpoint_that_stops_answering_is_passed_over_soon() {
@@ -1096,7 +1119,7 @@ mod tests {
 
     #[test]
     fn a_throttle_spaces_deliveries_and_keeps_its_line_in_order() {
-        let mut th = Throttle::new(0);
+        let mut th = Throttle::new(AppId::new(0), None);
         // (now, due, from the queue): a fresh delivery is due when it is claimed.
         let mut admit = |now, due, from_queue| th.admit(100.0, now, due, from_queue);
         assert_eq!(admit(0, 0, false), Ok(()));
@@ -1124,7 +1147,7 @@ mod tests {
 
     #[test]
     fn a_fast_throttle_gives_several_deliveries_one_millisecond() {
-        let mut th = Throttle::new(0);
+        let mut th = Throttle::new(AppId::new(0), None);
         let mut admit = |now, due, from_queue| th.admit(0.5, now, due, from_queue);
         assert_eq!(admit(0, 0, false), Ok(()));
         assert_eq!(admit(0, 0, false), Err(1));

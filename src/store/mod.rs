@@ -1986,6 +1986,77 @@ impl Store {
         Ok(taken)
     }
 
+    /// Brings the deliveries to `ep_id` that wait in the queue due at one of
+    /// `times` (sorted: a throttle's line, see the delivery worker) forward
+    /// to `now_ms`, in their order (the queue orders by due time, then by
+    /// task ID, which starts with its message's time). One claimed or moved
+    /// meanwhile is left alone. Returns how many were moved.
+    pub async fn bring_forward(
+        &self,
+        ep_id: &EndpointId,
+        times: &[i64],
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        /// Moves per writer job, so that a long line does not hold up the
+        /// writes of publishes and attempts.
+        const CHUNK: usize = 1_000;
+        let (Some(&first), Some(&last)) = (times.first(), times.last()) else {
+            return Ok(0);
+        };
+        let mut found = Vec::new();
+        // From the first entry due at `first` to the last due at `last`.
+        for entry in self
+            .tree
+            .range(keys::queue_due_end(first - 1)..keys::queue_due_end(last))
+        {
+            let (k, v) = entry?;
+            if keys::queue_due(&k).is_some_and(|due| times.binary_search(&due).is_ok())
+                && let Ok(Queued::One(task)) = Queued::decode(&k, &v)
+                && task.ep_id == *ep_id
+            {
+                found.push((k, v, task));
+            }
+        }
+        let mut moved = 0;
+        while !found.is_empty() {
+            let rest = found.split_off(found.len().min(CHUNK));
+            let chunk = std::mem::replace(&mut found, rest);
+            moved += self
+                .writer
+                .write(move |o| {
+                    let mut moved = 0;
+                    for (k, v, task) in chunk {
+                        let new_key = keys::queue(now_ms, &task.id);
+                        if new_key.as_slice() == k.as_ref()
+                            || o.get(&k)?.as_deref() != Some(v.as_ref())
+                        {
+                            continue;
+                        }
+                        // The new key first, as in `claim_due`.
+                        let key = keys::dest(&task.msg_id, &task.ep_id);
+                        o.insert(
+                            new_key,
+                            encode(&TaskRecord {
+                                due_ms: now_ms,
+                                ..task
+                            }),
+                        );
+                        o.remove(k.to_vec());
+                        if let Ok(Some(mut dest)) = staged_dest(o, &key)
+                            && dest.next_attempt_ms.is_some()
+                        {
+                            dest.next_attempt_ms = Some(now_ms);
+                            o.insert(key, dest_value(&dest));
+                        }
+                        moved += 1;
+                    }
+                    Ok(moved)
+                })
+                .await?;
+        }
+        Ok(moved)
+    }
+
     /// Gives up the lease of a claim (`claim_due` with `lease_until_ms`,
     /// whose first task was `first`). Call it once every delivery of the claim
     /// is recorded or dropped: until then, a crash or the lease's expiry puts

@@ -317,6 +317,58 @@ async fn deferred_tasks_move_back_in_the_queue() {
     );
 }
 
+/// A throttle's line (deliveries to one endpoint moved back to times of
+/// their own) comes back now, in order; the same times of another endpoint
+/// and another time of the same endpoint keep their places.
+#[tokio::test]
+async fn a_line_is_brought_forward() {
+    let s = Store::temporary().unwrap();
+    let a = app(None);
+    let (ep, other) = (endpoint(&a.id, &[]), endpoint(&a.id, &[]));
+    let mut msgs = Vec::new();
+    for i in 0..5 {
+        let m = message(&a.id, 10 + i, None);
+        s.publish(&m, b"{}", &[&ep, &other], 10 + i, || {})
+            .await
+            .unwrap();
+        msgs.push(m.id);
+    }
+    let mut turn = HashMap::<EndpointId, i64>::new();
+    let got = s
+        .claim_due(100, 500, 20, 100, |t| {
+            let at = turn.entry(t.ep_id.clone()).or_default();
+            *at += 1_000;
+            Claim::Defer(*at)
+        })
+        .await
+        .unwrap();
+    assert!(got.is_empty());
+    assert_eq!(s.queue_depth(), (10, 0));
+    let moved = s
+        .bring_forward(&ep.id, &[1_000, 2_000, 3_000, 4_000], 200)
+        .await
+        .unwrap();
+    assert_eq!(moved, 4);
+    let taken = s
+        .claim_due(200, 500, 20, 100, |_| Claim::Take)
+        .await
+        .unwrap();
+    assert_eq!(
+        taken
+            .iter()
+            .map(|t| (&t.ep_id, &t.msg_id))
+            .collect::<Vec<_>>(),
+        msgs[..4].iter().map(|m| (&ep.id, m)).collect::<Vec<_>>()
+    );
+    assert_eq!(s.queue_depth(), (6, 4));
+    assert_eq!(s.next_due_ms().unwrap(), Some(1_000));
+    assert_eq!(
+        s.bring_forward(&ep.id, &[1_000, 2_000], 300).await.unwrap(),
+        0,
+        "nothing of the endpoint is left at those times"
+    );
+}
+
 #[tokio::test]
 async fn skipped_tasks_stay_in_place_and_stop_ends_the_scan() {
     let s = five_queued_for_one_endpoint().await;

@@ -457,3 +457,36 @@ async fn throttle_rate_spaces_deliveries() {
     );
     app.stop().await;
 }
+
+/// A rate changed while deliveries wait their turn applies to them: taken
+/// away, those in line go at once instead of one a second.
+#[actix_web::test]
+async fn a_changed_throttle_rate_applies_to_the_deliveries_in_line() {
+    use std::time::Duration;
+    let app = spawn_app().await;
+    let mut rx = TestReceiver::start().await;
+    let a = app.create_app().await;
+    let ep = app
+        .create_endpoint(&a, &rx.url(), json!({ "throttleRate": 1 }))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    futures_util::future::join_all((0..30).map(|_| app.publish_simple(&a, "e.t"))).await;
+    // The second comes a second after the first: the rest are in line,
+    // the last of them 29 seconds after the first.
+    rx.take(2).await;
+    let (status, body) = app
+        .patch(
+            &format!("/app/{a}/endpoint/{ep}"),
+            json!({ "throttleRate": null }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let rest = tokio::time::timeout(Duration::from_secs(10), rx.take(28)).await;
+    assert!(
+        rest.is_ok(),
+        "the deliveries in line kept their one-a-second turns"
+    );
+    app.stop().await;
+}
