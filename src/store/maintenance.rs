@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::writer::Overlay;
 use super::{
-    AttemptRecord, Counts, DestRecord, JOB_CHUNK, JobRecord, MessageRecord, SilenceAlert, Store,
-    StoreError, TaskRecord, change_first_attempt, decode, decode_dest, encode, first_attempt, keys,
-    set_failed_index, stage_forget,
+    AttemptRecord, Counts, DestRecord, JOB_CHUNK, JobRecord, MessageRecord, PageReq, SilenceAlert,
+    Store, StoreError, TaskRecord, change_first_attempt, decode, decode_dest, encode,
+    first_attempt, keys, set_failed_index, stage_forget,
 };
 use crate::domain::{
     AppId, AttemptId, AttemptTrigger, EndpointId, MessageId, MessageStatus, TaskId,
@@ -511,12 +511,22 @@ impl Store {
     /// `now_ms` if that has passed.
     fn queue_again(&self, d: &DestRecord, now_ms: i64) -> Result<(), StoreError> {
         let due_ms = d.next_attempt_ms.map_or(now_ms, |due| due.max(now_ms));
+        // Its place in the retry schedule: resends are not scheduled attempts.
+        let scheduled = match d.attempts {
+            0 => 0,
+            n => self
+                .attempts_of_msg(&d.msg_id, &PageReq::first(n as usize), |a| {
+                    a.ep_id == d.ep_id && a.trigger == AttemptTrigger::Scheduled
+                })?
+                .items
+                .len() as u32,
+        };
         let task = TaskRecord {
             id: TaskId::new(now_ms),
             app_id: d.app_id.clone(),
             msg_id: d.msg_id.clone(),
             ep_id: d.ep_id.clone(),
-            attempt: d.attempts,
+            attempt: scheduled,
             trigger: AttemptTrigger::Scheduled,
             due_ms,
         };

@@ -1709,6 +1709,39 @@ async fn reconcile_requeues_a_waiting_status_only_once_it_is_overdue() {
     assert_eq!(s.next_due_ms().unwrap(), Some(due + 60_001));
 }
 
+/// A retry found lost is queued again at its place in the retry schedule:
+/// resends made meanwhile do not count (they are not scheduled attempts),
+/// or it would have fewer retries left than it should.
+#[tokio::test]
+async fn a_lost_retry_keeps_its_place_in_the_schedule() {
+    let (s, ep, m, t) = one_claimed(10, 500).await;
+    s.record_attempt(&t, &attempt(&t, false, 20), Next::RetryAt(1_000))
+        .await
+        .unwrap();
+    s.release_lease(500, &t.id).await.unwrap();
+    for at in [30, 40] {
+        s.queue_manual(&t.app_id, &m.id, &ep.id, at).await.unwrap();
+        let resend = claim_one(&s, at, 600 + at).await;
+        s.record_attempt(&resend, &attempt(&resend, false, at + 1), Next::Done)
+            .await
+            .unwrap();
+        s.release_lease(600 + at, &resend.id).await.unwrap();
+    }
+    assert_eq!(s.dest(&m.id, &ep.id).unwrap().unwrap().attempts, 3);
+    // The retry's queue entry lost.
+    let queued: Vec<_> = s.tree.scan_prefix([keys::ns::QUEUE]).keys().collect();
+    assert_eq!(queued.len(), 1);
+    s.tree.remove(queued[0].as_ref().unwrap()).unwrap();
+    let r = s.reconcile(61_001, 60_000, None, 100, || {}).unwrap();
+    assert_eq!(r.requeued, 1);
+    let again = claim_one(&s, 61_001, 70_000).await;
+    assert_eq!(
+        (again.attempt, again.trigger),
+        (1, AttemptTrigger::Scheduled),
+        "the first retry"
+    );
+}
+
 /// At a start, a waiting status left with nothing queued (its queue entry
 /// lost to a crash) is queued for when it was due, not at once: a message
 /// with `deliverAt` keeps its time.
