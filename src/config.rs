@@ -313,14 +313,22 @@ fn schedule(key: &'static str, s: &str) -> Result<Option<cron::Schedule>, Config
     if s.eq_ignore_ascii_case("off") {
         return Ok(None);
     }
-    s.parse::<cron::Schedule>().map(Some).map_err(|e| {
+    let schedule = s.parse::<cron::Schedule>().map_err(|e| {
         invalid(
             key,
             format!(
                 "`{s}` is not a cron expression with seconds like \"0 * * * * *\", or \"off\" ({e})"
             ),
         )
-    })
+    })?;
+    // Such as the 30th of February: the job would silently never run.
+    if schedule.upcoming(chrono::Utc).next().is_none() {
+        return Err(invalid(
+            key,
+            format!("`{s}` never comes; to switch the job off, say \"off\""),
+        ));
+    }
+    Ok(Some(schedule))
 }
 
 fn days(key: &'static str, n: u32) -> Result<Duration, ConfigError> {
@@ -792,6 +800,11 @@ mod tests {
                 "endpoint_health.disable_after",
             ),
             ("WEBHOOKD_NO_SUCH_KEY", "1", "no_such_key"),
+            (
+                "WEBHOOKD_SCHEDULER__RECONCILE",
+                "0 0 0 30 2 *",
+                "`0 0 0 30 2 *` never comes",
+            ),
             (
                 "WEBHOOKD_DELIVERY__RETRY_JITTER",
                 "3",
