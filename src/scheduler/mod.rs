@@ -1,8 +1,10 @@
 //! The scheduler: every periodic job, each on its own cron schedule.
 //!
 //! Owns when jobs run and the record of each run (start, duration, what it did,
-//! or its error). A job still running when it comes due again is not started
-//! twice; a job that came due while webhookd was stopped runs once at start.
+//! or its error). Each job runs in a task of its own, so a long one holds up
+//! neither the others nor the schedule. A job still running when it comes due
+//! again is not started twice; a job that came due while webhookd was stopped
+//! runs once at start.
 //! Time comes from a `Clock`, so tests drive it instead of waiting. Cron
 //! expressions are parsed once, in `config`.
 
@@ -13,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use chrono::{TimeZone, Utc};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SchedulerConfig;
@@ -114,8 +116,6 @@ impl Job {
 pub enum SchedulerError {
     #[error("job {0} is already running")]
     Busy(&'static str),
-    #[error("job {0} is disabled")]
-    Disabled(&'static str),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -157,6 +157,9 @@ pub struct Scheduler {
     running: [AtomicBool; 4],
     /// Where the next reconciliation continues its sweep of delivery statuses.
     reconcile_cursor: std::sync::Mutex<Option<Vec<u8>>>,
+    /// A job whose next run waits until told (tests: a long job).
+    #[cfg(test)]
+    hold: std::sync::Mutex<Option<(Job, std::sync::mpsc::Receiver<()>)>>,
 }
 
 impl Scheduler {
@@ -177,6 +180,8 @@ impl Scheduler {
             metrics,
             running: Default::default(),
             reconcile_cursor: Default::default(),
+            #[cfg(test)]
+            hold: Default::default(),
         })
     }
 
@@ -216,44 +221,45 @@ impl Scheduler {
         })
     }
 
-    /// Runs every job that is due now; returns the ones that ran.
-    pub async fn run_due(self: &Arc<Self>) -> Result<Vec<Job>, StoreError> {
+    /// The jobs due now and not running.
+    fn due_now(&self) -> Result<Vec<Job>, StoreError> {
         let now = self.clock.now_ms();
-        let mut ran = Vec::new();
+        let mut due = Vec::new();
         for job in Job::ALL {
-            if self.due_at(job)?.is_some_and(|t| t <= now) {
-                match self.run(job).await {
-                    Ok(_) => ran.push(job),
-                    Err(SchedulerError::Busy(name)) => {
-                        tracing::warn!(job = name, "still running; this run is skipped")
-                    }
-                    Err(SchedulerError::Store(e)) => return Err(e),
-                    Err(SchedulerError::Disabled(_)) => {}
-                }
+            if !self.running[job.index()].load(Ordering::SeqCst)
+                && self.due_at(job)?.is_some_and(|t| t <= now)
+            {
+                due.push(job);
             }
         }
-        Ok(ran)
+        Ok(due)
     }
 
     /// Runs one job now, whatever its schedule (a disabled job too: "Run now"),
     /// unless it is already running. Records the run.
     pub async fn run(self: &Arc<Self>, job: Job) -> Result<JobRecord, SchedulerError> {
-        let flag = &self.running[job.index()];
-        if flag.swap(true, Ordering::SeqCst) {
+        let running = self.mark_running(job)?;
+        self.run_marked(running).await
+    }
+
+    /// Marks `job` running, unless it is already.
+    fn mark_running(self: &Arc<Self>, job: Job) -> Result<Running, SchedulerError> {
+        if self.running[job.index()].swap(true, Ordering::SeqCst) {
             return Err(SchedulerError::Busy(job.name()));
         }
-        // Cleared however this returns, a failure to read or write the job's
-        // record included: else the job would never run again.
-        struct Running<'a>(&'a AtomicBool);
-        impl Drop for Running<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, Ordering::SeqCst);
-            }
-        }
-        let _running = Running(flag);
+        Ok(Running {
+            scheduler: Arc::clone(self),
+            job,
+        })
+    }
+
+    /// Runs a job marked running and records the run; the mark goes however
+    /// this returns.
+    async fn run_marked(&self, running: Running) -> Result<JobRecord, SchedulerError> {
+        let job = running.job;
         let started = self.clock.now_ms();
         let wall = std::time::Instant::now();
-        let this = Arc::clone(self);
+        let this = Arc::clone(&running.scheduler);
         let result = tokio::task::spawn_blocking(move || this.run_sync(job, started))
             .await
             .unwrap_or_else(|e| {
@@ -288,6 +294,14 @@ impl Scheduler {
     }
 
     fn run_sync(&self, job: Job, now: i64) -> Result<Report, StoreError> {
+        #[cfg(test)]
+        {
+            let mut hold = self.hold.lock().unwrap();
+            if let Some((_, held)) = hold.take_if(|(held, _)| *held == job) {
+                drop(hold);
+                let _ = held.recv();
+            }
+        }
         match job {
             Job::Reconcile => jobs::reconcile(self, now),
             Job::Retention => jobs::retention(self, now),
@@ -328,6 +342,19 @@ impl Scheduler {
     }
 }
 
+/// A job marked running: cleared when dropped, a failure to read or write
+/// the job's record included (else the job would never run again).
+struct Running {
+    scheduler: Arc<Scheduler>,
+    job: Job,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.scheduler.running[self.job.index()].store(false, Ordering::SeqCst);
+    }
+}
+
 /// Asks the running scheduler to run a job now ("Run now"). Cheap to clone; `Send`.
 #[derive(Clone)]
 pub struct SchedulerHandle {
@@ -363,11 +390,31 @@ pub fn start(
         scheduler: Arc::clone(&scheduler),
     };
     let task = tokio::spawn(async move {
-        // Wakes the loop early when a "Run now" finishes (its record moves next runs).
-        let rerun = Arc::new(Notify::new());
+        // Each job runs beside the loop, so that a long one (a retention
+        // with much to remove) holds up neither the others nor the schedule.
+        // One that finishes wakes the loop: its record moves its next run.
+        let mut jobs = tokio::task::JoinSet::new();
         loop {
-            if let Err(e) = scheduler.run_due().await {
-                tracing::error!(error = %e, "the scheduler could not read its job records");
+            match scheduler.due_now() {
+                Ok(due) => {
+                    // Marked running here, so that the next look does not
+                    // take them for due again before their tasks start.
+                    for running in due
+                        .into_iter()
+                        .filter_map(|job| scheduler.mark_running(job).ok())
+                    {
+                        let s = Arc::clone(&scheduler);
+                        jobs.spawn(async move {
+                            let job = running.job;
+                            if let Err(e) = s.run_marked(running).await {
+                                tracing::error!(job = job.name(), error = %e, "the scheduler could not record the job's run");
+                            }
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the scheduler could not read its job records")
+                }
             }
             let wait_ms = match scheduler.next_due() {
                 Ok(Some(t)) => (t - scheduler.clock.now_ms()).clamp(0, 60_000),
@@ -376,19 +423,18 @@ pub fn start(
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(std::time::Duration::from_millis(wait_ms as u64)) => {}
-                _ = rerun.notified() => {}
+                Some(_) = jobs.join_next(), if !jobs.is_empty() => {}
                 req = rx.recv() => {
                     let Some((job, reply)) = req else { break };
                     let s = Arc::clone(&scheduler);
-                    let rerun = Arc::clone(&rerun);
-                    // Run it beside the loop, so a long job does not hold up the schedule.
-                    tokio::spawn(async move {
+                    jobs.spawn(async move {
                         let _ = reply.send(s.run(job).await.map_err(|e| e.to_string()));
-                        rerun.notify_one();
                     });
                 }
             }
         }
+        // The jobs under way hold the store: the stop waits for them.
+        while jobs.join_next().await.is_some() {}
     });
     (handle, task)
 }
@@ -396,4 +442,56 @@ pub fn start(
 /// Parses a cron expression (for tests and configuration checks).
 pub fn parse_schedule(expr: &str) -> Result<cron::Schedule, cron::error::Error> {
     cron::Schedule::from_str(expr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// Waits (at most 10 s) until `done` holds of the jobs' status.
+    async fn until(s: &Scheduler, what: &str, done: impl Fn(&[JobStatus]) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let status = s.status().unwrap();
+            if done(&status) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}: {status:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    fn runs(status: &[JobStatus], job: Job) -> u64 {
+        status.iter().find(|j| j.job == job).unwrap().record.runs
+    }
+
+    #[tokio::test]
+    async fn a_long_job_holds_up_neither_the_others_nor_the_schedule() {
+        let store = Store::temporary().unwrap();
+        let cfg = Config::load_from(None, &[]).unwrap().scheduler;
+        let delivery = DeliveryHandle::default();
+        let ops = Operational::disabled(store.clone(), delivery.clone());
+        let clock = Arc::new(ManualClock::at(now_ms()));
+        let s = Scheduler::new(store, cfg, ops, delivery, clock, Arc::new(Metrics::new()));
+        let (release, held) = std::sync::mpsc::channel();
+        *s.hold.lock().unwrap() = Some((Job::Reconcile, held));
+        let shutdown = CancellationToken::new();
+        let (_handle, task) = start(Arc::clone(&s), shutdown.clone());
+        // Every job is due at the first start: the others run while
+        // reconcile (the first of them) is held.
+        until(&s, "the other jobs to run", |st| {
+            st.iter()
+                .all(|j| j.record.runs == u64::from(j.job != Job::Reconcile))
+                && st[0].running
+        })
+        .await;
+        release.send(()).unwrap();
+        until(&s, "reconcile to finish", |st| {
+            runs(st, Job::Reconcile) == 1
+        })
+        .await;
+        shutdown.cancel();
+        task.await.unwrap();
+    }
 }
