@@ -177,6 +177,7 @@ impl ClientParams {
             })
             .rustls_0_23(Arc::new(self.roots.client_config(cert)?))
             .timeout(self.timeout)
+            .handshake_timeout(self.timeout)
             .limit(self.max_connections);
         Ok(awc::Client::builder()
             .connector(connector)
@@ -247,13 +248,18 @@ impl Sender {
 
     /// POSTs once, with the whole exchange (connect, send, read the response body
     /// up to `max_body`) bounded by the request timeout. Never fails: a failure is
-    /// a `Response` with status 0 and an `error`.
+    /// a `Response` with status 0 and an `error`. A response whose body is
+    /// still coming when the time is up keeps its status (a 2xx is a
+    /// success: the receiver took the delivery), with what came of the body
+    /// and a note.
     pub async fn send(&self, req: Request<'_>) -> Response {
         let started = Instant::now();
         let client = match self.client_for(req.client_cert) {
             Ok(c) => c,
             Err(e) => return Response::failed(started.elapsed(), e),
         };
+        let deadline = tokio::time::Instant::from_std(started) + self.timeout;
+        let timed_out = || format!("timed out after {:?}", self.timeout);
         let exchange = async {
             let mut builder = client.post(req.url);
             for (name, value) in req.headers {
@@ -262,9 +268,9 @@ impl Sender {
                     None => builder.insert_header((name.as_str(), value.as_str())),
                 };
             }
-            let mut resp = builder
-                .send_body(req.body)
+            let mut resp = tokio::time::timeout_at(deadline, builder.send_body(req.body))
                 .await
+                .map_err(|_| timed_out())?
                 .map_err(|e| e.to_string())?;
             let status = resp.status().as_u16();
             let mut notes = Vec::new();
@@ -280,9 +286,14 @@ impl Sender {
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after);
             let mut body = Vec::new();
-            while let Some(chunk) = resp.next().await {
+            loop {
+                let Ok(chunk) = tokio::time::timeout_at(deadline, resp.next()).await else {
+                    notes.push(format!("reading response body: {}", timed_out()));
+                    break;
+                };
                 match chunk {
-                    Ok(bytes) => {
+                    None => break,
+                    Some(Ok(bytes)) => {
                         let room = self.max_body - body.len();
                         if bytes.len() > room {
                             body.extend_from_slice(&bytes[..room]);
@@ -294,7 +305,7 @@ impl Sender {
                         }
                         body.extend_from_slice(&bytes);
                     }
-                    Err(e) => {
+                    Some(Err(e)) => {
                         notes.push(format!("reading response body: {e}"));
                         break;
                     }
@@ -303,10 +314,10 @@ impl Sender {
             let note = (!notes.is_empty()).then(|| notes.join("; "));
             Ok::<_, String>((status, headers, body, retry_after, note))
         };
-        let outcome = tokio::time::timeout(self.timeout, exchange).await;
+        let outcome = exchange.await;
         let duration = started.elapsed();
         match outcome {
-            Ok(Ok((status, headers, body, retry_after, note))) => Response {
+            Ok((status, headers, body, retry_after, note)) => Response {
                 status,
                 headers,
                 body,
@@ -314,8 +325,7 @@ impl Sender {
                 error: note,
                 retry_after,
             },
-            Ok(Err(e)) => Response::failed(duration, e),
-            Err(_) => Response::failed(duration, format!("timed out after {:?}", self.timeout)),
+            Err(e) => Response::failed(duration, e),
         }
     }
 }

@@ -239,6 +239,9 @@ async fn endless_chunked_body_is_cut_at_the_cap() {
     still_serves(&app).await;
 }
 
+/// A response whose status came in time but whose body is still coming at
+/// the timeout is cut there and keeps its status: a 200 is a delivery (the
+/// receiver took it; a retry would deliver it twice), a 500 a failure.
 #[actix_web::test]
 async fn endless_trickling_body_is_cut_at_the_timeout() {
     let app = hostile_app("300ms").await;
@@ -259,18 +262,19 @@ async fn endless_trickling_body_is_cut_at_the_timeout() {
         written
     })
     .await;
-    let attempts = deliver_once(&app, &rx.url(), 2).await;
-    for a in &attempts {
-        assert_eq!(a.response_status_code, 0, "{a:?}");
-        assert!(
-            a.error.as_deref().is_some_and(|e| e.contains("timed out")),
-            "{a:?}"
-        );
-        assert!(a.duration_ms < 5_000, "{a:?}");
-    }
-    for _ in 0..attempts.len() {
-        rx.next_finished().await;
-    }
+    let attempts = deliver_once(&app, &rx.url(), 0).await;
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    let a = &attempts[0];
+    assert_eq!(a.response_status_code, 200, "{a:?}");
+    assert!(!a.response_body.is_empty(), "{a:?}");
+    assert!(
+        a.error
+            .as_deref()
+            .is_some_and(|e| e.contains("reading response body: timed out")),
+        "{a:?}"
+    );
+    assert!(a.duration_ms < 5_000, "{a:?}");
+    rx.next_finished().await;
     still_serves(&app).await;
 }
 
