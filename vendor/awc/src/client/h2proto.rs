@@ -192,6 +192,9 @@ pub(crate) fn handshake<Io: ConnectionIo>(
     builder
         .initial_window_size(config.stream_window_size)
         .initial_connection_window_size(config.conn_window_size)
+        // webhookd patch: a response's header section is capped as over
+        // HTTP/1.1 (128 KiB); h2's default is 16 MiB per response.
+        .max_header_list_size(128 * 1024)
         .enable_push(false);
     builder.handshake(io)
 }
