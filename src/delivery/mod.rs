@@ -40,6 +40,9 @@ pub use operational::Operational;
 /// The `user-agent` of every delivery.
 pub const USER_AGENT: &str = concat!("webhookd/", env!("CARGO_PKG_VERSION"));
 
+/// What an attempt record shows for the value of an endpoint's custom header.
+const REDACTED: &str = "[redacted]";
+
 /// An attempt that was just recorded.
 #[derive(Clone, Debug)]
 pub struct Landed {
@@ -906,23 +909,31 @@ impl Lane {
             headers.retain(|(name, _)| !name.eq_ignore_ascii_case(k));
             headers.push((k.to_owned(), v.to_owned()));
         }
-        // The attempt record keeps what was sent, except the credentials: those
-        // go only on the wire.
-        let with_credentials = ep.credentials.as_ref().map(|c| {
-            let set = |list: &mut Vec<(String, String)>, value: String| {
-                list.retain(|(name, _)| !name.eq_ignore_ascii_case("authorization"));
-                list.push(("authorization".to_owned(), value));
-            };
+        // The attempt record keeps what was sent but the values of custom
+        // headers and the credentials: those are kept encrypted with the
+        // endpoint, and go only on the wire.
+        let wire = (!ep.headers.is_empty() || ep.credentials.is_some()).then(|| {
             let mut wire = headers.clone();
-            set(&mut wire, c.header_value());
-            set(&mut headers, c.redacted().to_owned());
+            for (name, value) in &mut headers {
+                if ep.headers.contains_key(name) {
+                    *value = REDACTED.to_owned();
+                }
+            }
+            if let Some(c) = &ep.credentials {
+                let set = |list: &mut Vec<(String, String)>, value: String| {
+                    list.retain(|(name, _)| !name.eq_ignore_ascii_case("authorization"));
+                    list.push(("authorization".to_owned(), value));
+                };
+                set(&mut wire, c.header_value());
+                set(&mut headers, c.redacted().to_owned());
+            }
             wire
         });
         let resp = self
             .sender
             .send(Request {
                 url: ep.url.as_str(),
-                headers: with_credentials.as_ref().unwrap_or(&headers),
+                headers: wire.as_ref().unwrap_or(&headers),
                 body: payload,
                 client_cert: ep.client_cert.as_ref(),
             })

@@ -20,7 +20,7 @@ fn b64(s: &str) -> String {
 }
 
 #[actix_web::test]
-async fn credentials_are_presented_and_never_shown_or_stored_in_clear() {
+async fn credentials_and_headers_are_presented_and_never_stored_in_clear() {
     let app = spawn_app().await;
     let mut rx = TestReceiver::start().await;
     let a = app.create_app().await;
@@ -28,7 +28,10 @@ async fn credentials_are_presented_and_never_shown_or_stored_in_clear() {
         .create_endpoint(
             &a,
             &rx.url(),
-            json!({"credentials": {"type": "basic", "username": "hooks", "password": PASSWORD}}),
+            json!({
+                "credentials": {"type": "basic", "username": "hooks", "password": PASSWORD},
+                "headers": {"x-api-key": "header-secret-value"},
+            }),
         )
         .await;
     assert_eq!(
@@ -39,7 +42,9 @@ async fn credentials_are_presented_and_never_shown_or_stored_in_clear() {
 
     app.publish_simple(&a, "a.b").await;
     let basic = format!("Basic {}", b64(&format!("hooks:{PASSWORD}")));
-    assert_eq!(rx.next().await.header("authorization"), basic);
+    let first = rx.next().await;
+    assert_eq!(first.header("authorization"), basic);
+    assert_eq!(first.header("x-api-key"), "header-secret-value");
 
     // Bearer replaces Basic; PUT without credentials keeps them.
     let (status, body) = app
@@ -105,9 +110,15 @@ async fn credentials_are_presented_and_never_shown_or_stored_in_clear() {
         .await;
     assert_eq!(status, 422);
 
-    // Neither the endpoint record nor the attempt records keep them in clear.
+    // Neither the endpoint record nor the attempt records keep them (nor a
+    // custom header's value) in clear.
     let data = app.stop_keeping_data().await;
-    for needle in [PASSWORD, "tok-123", &b64(&format!("hooks:{PASSWORD}"))] {
+    for needle in [
+        PASSWORD,
+        "tok-123",
+        &b64(&format!("hooks:{PASSWORD}")),
+        "header-secret-value",
+    ] {
         let found = files_containing(data.path(), needle.as_bytes());
         assert!(found.is_empty(), "{needle} is stored in clear in {found:?}");
     }
