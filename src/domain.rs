@@ -186,13 +186,30 @@ pub const RESERVED_HEADERS: [&str; 12] = [
     "svix-signature",
 ];
 
+/// Header names about the connection rather than the request: HTTP/2
+/// refuses a request that carries one, and over HTTP/1.1 they would
+/// change how the exchange goes.
+const CONNECTION_HEADERS: [&str; 7] = [
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "trailers",
+    "upgrade",
+    "expect",
+];
+
 /// Checks one custom request header of an endpoint.
 pub fn check_custom_header(name: &str, value: &str) -> Result<(), &'static str> {
     if actix_web::http::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
         return Err("not a valid HTTP header name");
     }
-    if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+    let lower = name.to_ascii_lowercase();
+    if RESERVED_HEADERS.contains(&lower.as_str()) {
         return Err("this header is set by webhookd and cannot be overridden");
+    }
+    if CONNECTION_HEADERS.contains(&lower.as_str()) {
+        return Err("a header about the connection, not the request, cannot be set");
     }
     if actix_web::http::header::HeaderValue::from_str(value).is_err() {
         return Err("not a valid HTTP header value");
