@@ -53,6 +53,8 @@ pub enum RestoreError {
     NotEmpty(String),
     #[error("reading the backup: {0}")]
     Io(#[from] io::Error),
+    #[error("putting the restored database in place: {0}")]
+    Place(io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -107,13 +109,20 @@ impl Store {
 
     /// Restores a backup into `data_dir`, which must hold no database yet. The
     /// copy is checked (length prefixes, count, SHA-256) before it is kept;
-    /// a bad backup leaves nothing behind.
+    /// a bad backup leaves nothing behind. It is written beside the database
+    /// (`db.restoring`) and takes the database's place only once whole and
+    /// on disk, so an interrupted restore leaves no database that would
+    /// open with part of the data (the next restore starts afresh).
     pub fn restore(data_dir: &Path, backup: impl Read) -> Result<BackupSummary, RestoreError> {
         let db_dir = data_dir.join("db");
         if db_dir.exists() {
             return Err(RestoreError::NotEmpty(db_dir.display().to_string()));
         }
-        let result = super::sled_config(&db_dir)
+        let partial = data_dir.join("db.restoring");
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial).map_err(RestoreError::Place)?;
+        }
+        let result = super::sled_config(&partial)
             .open()
             .map_err(|e| RestoreError::Store(e.into()))
             .and_then(|db| {
@@ -121,12 +130,17 @@ impl Store {
                 db.flush().map_err(StoreError::from)?;
                 Ok(summary)
             });
-        // The restored store may be opened right away, in this process too.
-        if let Ok(db_file) = db_dir.join("db").canonicalize() {
+        if let Ok(db_file) = partial.join("db").canonicalize() {
             super::wait_until_closed(&db_file);
         }
+        let result = result.and_then(|summary| {
+            std::fs::rename(&partial, &db_dir)
+                .and_then(|()| std::fs::File::open(data_dir)?.sync_all())
+                .map_err(RestoreError::Place)?;
+            Ok(summary)
+        });
         if result.is_err() {
-            let _ = std::fs::remove_dir_all(&db_dir);
+            let _ = std::fs::remove_dir_all(&partial);
         }
         result
     }

@@ -1205,8 +1205,34 @@ fn a_backup_restores_byte_for_byte_and_a_damaged_one_leaves_nothing() {
     assert!(summary.entries >= 3);
     drop(s);
 
+    // While it is read, no database is in place yet (an interrupted restore
+    // leaves none that would open with part of the data), and what an
+    // interrupted one left beside it is started afresh.
+    struct Watched<'a> {
+        rest: &'a [u8],
+        db: std::path::PathBuf,
+        db_seen: bool,
+    }
+    impl std::io::Read for Watched<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.db_seen |= self.db.exists();
+            self.rest.read(buf)
+        }
+    }
     let dst = tempfile::tempdir().unwrap();
-    let restored = Store::restore(dst.path(), &file[..]).unwrap();
+    std::fs::create_dir(dst.path().join("db.restoring")).unwrap();
+    std::fs::write(dst.path().join("db.restoring/db"), b"left over").unwrap();
+    let mut watched = Watched {
+        rest: &file[..],
+        db: dst.path().join("db"),
+        db_seen: false,
+    };
+    let restored = Store::restore(dst.path(), &mut watched).unwrap();
+    assert!(
+        !watched.db_seen,
+        "the database was in place before it was whole"
+    );
+    assert!(!dst.path().join("db.restoring").exists());
     assert_eq!(restored.entries, summary.entries);
     let r = Store::open(dst.path(), 1 << 20, Keyring::new(key)).unwrap();
     assert_eq!(r.find_app("acme").unwrap().unwrap().id, a.id);
@@ -1231,6 +1257,7 @@ fn a_backup_restores_byte_for_byte_and_a_damaged_one_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         assert!(Store::restore(dir.path(), &bad[..]).is_err(), "{what}");
         assert!(!dir.path().join("db").exists(), "{what}");
+        assert!(!dir.path().join("db.restoring").exists(), "{what}");
     }
 }
 
