@@ -32,13 +32,33 @@ pub fn generate() -> String {
     format!("whd_{}", crate::domain::random_token())
 }
 
+/// Gives a file just written into `dir` to `dir`'s owner when root wrote
+/// it into a directory someone else owns: an offline command run with
+/// `sudo` in the service's data dir must not leave an owner-only file
+/// (a key, a token) the service can no longer read.
+pub fn give_to_dir_owner(file: &std::fs::File, dir: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = dir.metadata()?;
+        if file.metadata()?.uid() == 0 && dir.uid() != 0 {
+            std::os::unix::fs::fchown(file, Some(dir.uid()), Some(dir.gid()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Replaces the token file at `path` atomically (owner-only) with `token`.
 pub fn write_token_file(path: &std::path::Path, token: &str) -> Result<(), RotateError> {
     let write = || -> std::io::Result<()> {
-        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
         // NamedTempFile creates the file with mode 0600.
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
         std::io::Write::write_all(&mut tmp, format!("{token}\n").as_bytes())?;
+        give_to_dir_owner(tmp.as_file(), dir)?;
         tmp.as_file().sync_all()?;
         tmp.persist(path)?;
         std::fs::File::open(dir)?.sync_all()
@@ -110,5 +130,27 @@ mod tests {
         let configured = AdminToken::new("configured-token".into(), None);
         assert!(matches!(configured.rotate(), Err(RotateError::Configured)));
         assert!(configured.matches("configured-token"));
+    }
+
+    /// Written by root into a directory another user owns (the service's
+    /// data dir, an offline command run with sudo), the token file is that
+    /// user's; anyone else's file stays theirs.
+    #[test]
+    fn a_token_file_written_by_root_belongs_to_the_data_dirs_owner() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let me = std::fs::metadata(dir.path()).unwrap().uid();
+        if me == 0 {
+            std::os::unix::fs::chown(dir.path(), Some(61_234), Some(61_235)).unwrap();
+        }
+        let path = dir.path().join("admin-token");
+        write_token_file(&path, "whd_token").unwrap();
+        let file = std::fs::metadata(&path).unwrap();
+        let owner = if me == 0 {
+            (61_234, 61_235)
+        } else {
+            (me, file.gid())
+        };
+        assert_eq!((file.uid(), file.gid()), owner);
     }
 }

@@ -124,6 +124,8 @@ pub(crate) fn write_private_file(path: &Path, contents: &str) -> std::io::Result
     }
     let mut f = opts.open(path)?;
     writeln!(f, "{contents}")?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    crate::admin::give_to_dir_owner(&f, dir.unwrap_or(Path::new(".")))?;
     f.sync_all()
 }
 
@@ -207,6 +209,16 @@ pub fn rotate_key(config: &Config) -> anyhow::Result<String> {
              key file first"
         );
     };
+    // Else the store would be created empty, the rotation would succeed on
+    // it, and the real data dir's key would be replaced by one that opens
+    // nothing there.
+    let db = config.data_dir.join("db");
+    anyhow::ensure!(
+        db.exists(),
+        "there is no database in {} (is this the data dir of the service? set it with \
+         WEBHOOKD_DATA_DIR or data_dir in the configuration); nothing was changed",
+        config.data_dir.display()
+    );
     let old = read_key(&path)?
         .with_context(|| format!("there is no encryption key at {}", path.display()))?;
     let next_path = next_key_path(&path);
@@ -235,9 +247,9 @@ pub fn rotate_key(config: &Config) -> anyhow::Result<String> {
     drop(store);
     std::fs::rename(&next_path, &path)
         .with_context(|| format!("moving the new key into {}", path.display()))?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
+    // A bare file name has the empty path as its parent.
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    std::fs::File::open(dir.unwrap_or(Path::new(".")))?.sync_all()?;
     Ok(id)
 }
 

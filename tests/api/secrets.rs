@@ -211,6 +211,25 @@ async fn secrets_are_encrypted_at_rest_and_the_key_rotates() {
     assert_eq!(shown, SECRET);
 }
 
+/// Pointed at a directory without a database (the service's data dir not
+/// given), a rotation changes nothing: it would have replaced the key that
+/// opens the real one.
+#[test]
+fn a_rotation_without_a_database_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = webhookd::store::DataKey::generate().encode();
+    let key_file = dir.path().join("encryption-key");
+    std::fs::write(&key_file, &key).unwrap();
+    let err = webhookd::app::rotate_key(&config_for(dir.path())).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("there is no database"),
+        "{err:#}"
+    );
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap(), key);
+    assert!(!dir.path().join("db").exists());
+    assert!(!dir.path().join("encryption-key.next").exists());
+}
+
 #[actix_web::test]
 async fn an_interrupted_rotation_is_finished_by_the_next_one() {
     let app = spawn_app().await;
