@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use futures_util::StreamExt as _;
 
-use crate::app::{self, STORE_CACHE_BYTES};
+use crate::app;
 use crate::config::Config;
 use crate::store::{BackupSummary, Store};
 
@@ -42,17 +42,16 @@ pub fn backup(config: &Config, to: &Path, server: Option<&str>) -> anyhow::Resul
         if !config.data_dir.join("db").exists() {
             bail!("there is no database in {}", config.data_dir.display());
         }
-        match Store::open(&config.data_dir, STORE_CACHE_BYTES, app::data_keys(config)?) {
-            Ok(store) => {
-                let tmp = temp_beside(to)?;
-                let summary = store.backup(tmp.as_file())?;
+        // No key is read (or made): the records are copied sealed.
+        let tmp = temp_beside(to)?;
+        match Store::backup_stopped(&config.data_dir, tmp.as_file()) {
+            Ok(summary) => {
                 tmp.as_file().sync_all()?;
-                tmp.persist(to)
-                    .with_context(|| format!("writing {}", to.display()))?;
+                persist(tmp, to)?;
                 return Ok(summary);
             }
             Err(e) if e.is_locked() => {}
-            Err(e) => return Err(e).context("opening the database"),
+            Err(e) => return Err(e).context("copying the database"),
         }
     }
     let url = format!(
@@ -86,9 +85,17 @@ pub fn backup(config: &Config, to: &Path, server: Option<&str>) -> anyhow::Resul
     tmp.as_file().sync_all()?;
     let summary = Store::verify_backup(std::fs::File::open(tmp.path())?)
         .context("the backup received is damaged")?;
+    persist(tmp, to)?;
+    Ok(summary)
+}
+
+/// Puts a backup written to `tmp` in its place at `to`, durably.
+fn persist(tmp: tempfile::NamedTempFile, to: &Path) -> anyhow::Result<()> {
     tmp.persist(to)
         .with_context(|| format!("writing {}", to.display()))?;
-    Ok(summary)
+    let dir = to.parent().filter(|d| !d.as_os_str().is_empty());
+    std::fs::File::open(dir.unwrap_or(Path::new(".")))?.sync_all()?;
+    Ok(())
 }
 
 /// `webhookd token rotate`: through the running webhookd when there is one

@@ -63,36 +63,25 @@ impl Store {
     /// Writes a consistent copy of the database to `out`. Writes wait while it
     /// is taken; reads go on.
     pub fn backup(&self, out: impl Write) -> Result<BackupSummary, StoreError> {
-        let io_err = |e: io::Error| StoreError::Open(e);
-        let mut w = Hashing {
-            inner: BufWriter::new(out),
-            hash: Sha256::new(),
-            bytes: 0,
-        };
         self.apply_counters()?;
         let _closed = self.tree.close_gate();
-        w.write_all(MAGIC).map_err(io_err)?;
-        let mut entries = 0u64;
-        for entry in self.tree.iter() {
-            let (k, v) = entry?;
-            for part in [&k[..], &v[..]] {
-                w.write_all(&(part.len() as u32).to_be_bytes())
-                    .map_err(io_err)?;
-                w.write_all(part).map_err(io_err)?;
-            }
-            entries += 1;
-        }
-        w.write_all(&END.to_be_bytes()).map_err(io_err)?;
-        w.write_all(&entries.to_be_bytes()).map_err(io_err)?;
-        let digest = w.hash.finalize_reset();
-        w.inner.write_all(&digest).map_err(io_err)?;
-        w.inner.flush().map_err(io_err)?;
-        Ok(BackupSummary {
-            entries,
-            bytes: w.bytes + digest.len() as u64,
-        })
+        write_backup(self.tree.iter(), out)
     }
 
+    /// Writes a copy of the database in `data_dir`, which no process has
+    /// open (webhookd stopped), to `out`: the records as stored, secrets
+    /// sealed, so no key is read, made or needed. A database in use is
+    /// `StoreError::is_locked`.
+    pub fn backup_stopped(data_dir: &Path, out: impl Write) -> Result<BackupSummary, StoreError> {
+        let db_dir = data_dir.join("db");
+        let db = super::sled_config(&db_dir).open()?;
+        let summary = write_backup(db.iter(), out);
+        drop(db);
+        if let Ok(db_file) = db_dir.join("db").canonicalize() {
+            super::wait_until_closed(&db_file);
+        }
+        summary
+    }
     /// A backup in an unnamed temporary file (in the data dir, so it needs no
     /// other space), positioned at its start.
     pub fn backup_to_temp_file(&self) -> Result<(std::fs::File, BackupSummary), StoreError> {
@@ -151,6 +140,39 @@ impl Store {
     pub fn verify_backup(backup: impl Read) -> Result<BackupSummary, RestoreError> {
         read_backup(backup, None)
     }
+}
+
+/// Writes `entries` (a whole database, in key order) as a backup to `out`.
+fn write_backup(
+    entries: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+    out: impl Write,
+) -> Result<BackupSummary, StoreError> {
+    let io_err = |e: io::Error| StoreError::Open(e);
+    let mut w = Hashing {
+        inner: BufWriter::new(out),
+        hash: Sha256::new(),
+        bytes: 0,
+    };
+    w.write_all(MAGIC).map_err(io_err)?;
+    let mut count = 0u64;
+    for entry in entries {
+        let (k, v) = entry?;
+        for part in [&k[..], &v[..]] {
+            w.write_all(&(part.len() as u32).to_be_bytes())
+                .map_err(io_err)?;
+            w.write_all(part).map_err(io_err)?;
+        }
+        count += 1;
+    }
+    w.write_all(&END.to_be_bytes()).map_err(io_err)?;
+    w.write_all(&count.to_be_bytes()).map_err(io_err)?;
+    let digest = w.hash.finalize_reset();
+    w.inner.write_all(&digest).map_err(io_err)?;
+    w.inner.flush().map_err(io_err)?;
+    Ok(BackupSummary {
+        entries: count,
+        bytes: w.bytes + digest.len() as u64,
+    })
 }
 
 /// Reads and checks a backup; with `db`, writes its entries there (the last

@@ -211,6 +211,38 @@ async fn secrets_are_encrypted_at_rest_and_the_key_rotates() {
     assert_eq!(shown, SECRET);
 }
 
+/// A backup of a stopped webhookd copies the secrets sealed: it needs no
+/// key, and makes none where it finds none (the key kept elsewhere, as
+/// with systemd's credentials, which a command run by hand does not get).
+#[actix_web::test]
+async fn a_backup_needs_no_key_and_makes_none() {
+    let app = spawn_app().await;
+    let a = app.create_app().await;
+    let ep = app
+        .create_endpoint(&a, "http://127.0.0.1:9/", json!({"secret": SECRET}))
+        .await;
+    let ep = ep["id"].as_str().unwrap().to_owned();
+    let data = app.stop_keeping_data().await;
+    let key_file = data.path().join("encryption-key");
+    let kept = tempfile::tempdir().unwrap();
+    std::fs::rename(&key_file, kept.path().join("key")).unwrap();
+
+    let to = kept.path().join("backup");
+    let summary = webhookd::commands::backup(&config_for(data.path()), &to, None).unwrap();
+    assert!(summary.entries > 0);
+    assert!(!key_file.exists(), "the backup made a key");
+
+    let restored = tempfile::tempdir().unwrap();
+    webhookd::commands::restore(&to, restored.path()).unwrap();
+    std::fs::rename(
+        kept.path().join("key"),
+        restored.path().join("encryption-key"),
+    )
+    .unwrap();
+    let (shown, _) = secret_after_restart(restored, &a, &ep).await;
+    assert_eq!(shown, SECRET);
+}
+
 /// Pointed at a directory without a database (the service's data dir not
 /// given), a rotation changes nothing: it would have replaced the key that
 /// opens the real one.
