@@ -24,6 +24,22 @@ fn local_url(config: &Config) -> String {
     }
 }
 
+/// Whether a process has the database in `data_dir` open: sled holds an
+/// exclusive lock on its file while it does.
+#[cfg(unix)]
+fn database_in_use(data_dir: &Path) -> bool {
+    use rustix::fs::{FlockOperation, flock};
+    std::fs::File::open(data_dir.join("db").join("db")).is_ok_and(|f| {
+        flock(&f, FlockOperation::NonBlockingLockExclusive)
+            .is_err_and(|e| e == rustix::io::Errno::WOULDBLOCK)
+    })
+}
+
+#[cfg(not(unix))]
+fn database_in_use(_data_dir: &Path) -> bool {
+    false
+}
+
 /// A new owner-only file in the directory of `to`, to be renamed onto it.
 fn temp_beside(to: &Path) -> anyhow::Result<tempfile::NamedTempFile> {
     let dir = match to.parent() {
@@ -120,7 +136,15 @@ pub fn rotate_admin_token(config: &Config) -> anyhow::Result<PathBuf> {
                     String::from_utf8_lossy(&body)
                 )
             }
-            // Nobody listens: webhookd is not running.
+            // Nobody listens: webhookd is not running, unless it holds its
+            // database (starting, not listening yet): it would keep the
+            // token it read until a restart.
+            Err(awc::error::SendRequestError::Connect(_)) if database_in_use(&config.data_dir) => {
+                bail!(
+                    "webhookd is running (its database is in use) but does not answer at {url}; \
+                     try again once it is ready"
+                )
+            }
             Err(awc::error::SendRequestError::Connect(_)) => Ok(false),
             Err(e) => bail!("asking {url} to rotate the token: {e}"),
         }

@@ -243,6 +243,42 @@ async fn a_backup_needs_no_key_and_makes_none() {
     assert_eq!(shown, SECRET);
 }
 
+/// `token rotate` with nobody answering but the database in use (webhookd
+/// starting, not listening yet) refuses: written to the file, the new token
+/// would not be the one the daemon uses until its next restart.
+#[test]
+fn token_rotate_refuses_while_the_database_is_in_use() {
+    use webhookd::store::{DataKey, Keyring, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 20, Keyring::new(DataKey::generate())).unwrap();
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "whd_old\n").unwrap();
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = Config::load_from(
+        None,
+        &[
+            (
+                "WEBHOOKD_DATA_DIR".into(),
+                dir.path().to_str().unwrap().into(),
+            ),
+            ("WEBHOOKD_LISTEN".into(), format!("127.0.0.1:{port}")),
+        ],
+    )
+    .unwrap();
+    let err = webhookd::commands::rotate_admin_token(&config).unwrap_err();
+    assert!(format!("{err:#}").contains("does not answer"), "{err:#}");
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), "whd_old\n");
+    // Stopped, it rotates in the file.
+    drop(store);
+    webhookd::commands::rotate_admin_token(&config).unwrap();
+    assert_ne!(std::fs::read_to_string(&token_file).unwrap(), "whd_old\n");
+}
+
 /// Pointed at a directory without a database (the service's data dir not
 /// given), a rotation changes nothing: it would have replaced the key that
 /// opens the real one.
