@@ -125,8 +125,12 @@ pub(crate) fn write_private_file(path: &Path, contents: &str) -> std::io::Result
     let mut f = opts.open(path)?;
     writeln!(f, "{contents}")?;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    crate::admin::give_to_dir_owner(&f, dir.unwrap_or(Path::new(".")))?;
-    f.sync_all()
+    let dir = dir.unwrap_or(Path::new("."));
+    crate::admin::give_to_dir_owner(&f, dir)?;
+    f.sync_all()?;
+    // The file's name too: a key must be on disk before anything is sealed
+    // with it (a rotation's new key before the first record is resealed).
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Where the encryption key is kept, when it is kept in a file.
@@ -264,6 +268,20 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
     let _ = rustls::crypto::ring::default_provider().install_default();
     create_private_dir(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    #[cfg(unix)]
+    {
+        // Made beforehand, it keeps its mode, and the database's files are
+        // made with the process's umask.
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&config.data_dir)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                data_dir = %config.data_dir.display(),
+                mode = format!("{:o}", mode & 0o777),
+                "the data directory is open to other users (payloads, the admin token): chmod 700 it"
+            );
+        }
+    }
     let (token, token_source) = admin_token(&config)?;
     let token = Arc::new(AdminToken::new(
         token,

@@ -23,6 +23,8 @@ struct Daemon {
     child: Child,
     base: String,
     banner: String,
+    /// Lines printed before the startup line.
+    early: Vec<String>,
     /// Lines printed after the startup line.
     lines: mpsc::Receiver<String>,
 }
@@ -56,6 +58,7 @@ impl Daemon {
                 }
             }
         });
+        let mut early = Vec::new();
         let banner = loop {
             let line = rx
                 .recv_timeout(DEADLINE)
@@ -63,6 +66,7 @@ impl Daemon {
             if line.contains(" ready: ") {
                 break line;
             }
+            early.push(line);
         };
         let base = banner
             .split("API ")
@@ -74,6 +78,7 @@ impl Daemon {
             child,
             base,
             banner,
+            early,
             lines: rx,
         }
     }
@@ -267,6 +272,26 @@ fn logs_are_json_when_configured_and_never_hold_the_token() {
         "{lines:?}"
     );
     assert!(lines.iter().all(|l| !l.contains(TOKEN)));
+}
+
+/// A data dir made beforehand open to other users is named in a warning
+/// (webhookd makes its own 0700, and leaves one it finds as it is).
+#[test]
+fn a_data_dir_open_to_others_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let warned = |mode: u32| {
+        let data = dir.path().join(format!("data-{mode:o}"));
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(mode)).unwrap();
+        let d = Daemon::start(with_token(command(&data)));
+        let early = d.early.clone();
+        d.signal("-TERM");
+        assert!(d.wait(SHUTDOWN_BOUND).success());
+        early.iter().any(|l| l.contains("open to other users"))
+    };
+    assert!(warned(0o755));
+    assert!(!warned(0o700));
 }
 
 #[test]
