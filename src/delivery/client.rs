@@ -258,7 +258,11 @@ impl Sender {
             Ok(c) => c,
             Err(e) => return Response::failed(started.elapsed(), e),
         };
-        let deadline = tokio::time::Instant::from_std(started) + self.timeout;
+        // One timer for the whole exchange, raced by the send and then by
+        // the reading of the body.
+        let deadline =
+            tokio::time::sleep_until(tokio::time::Instant::from_std(started) + self.timeout);
+        tokio::pin!(deadline);
         let timed_out = || format!("timed out after {:?}", self.timeout);
         let exchange = async {
             let mut builder = client.post(req.url);
@@ -268,10 +272,11 @@ impl Sender {
                     None => builder.insert_header((name.as_str(), value.as_str())),
                 };
             }
-            let mut resp = tokio::time::timeout_at(deadline, builder.send_body(req.body))
-                .await
-                .map_err(|_| timed_out())?
-                .map_err(|e| e.to_string())?;
+            let mut resp = tokio::select! {
+                biased;
+                sent = builder.send_body(req.body) => sent.map_err(|e| e.to_string())?,
+                () = &mut deadline => return Err(timed_out()),
+            };
             let status = resp.status().as_u16();
             let mut notes = Vec::new();
             let headers = stored_headers(resp.headers());
@@ -286,31 +291,31 @@ impl Sender {
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after);
             let mut body = Vec::new();
-            loop {
-                let Ok(chunk) = tokio::time::timeout_at(deadline, resp.next()).await else {
-                    notes.push(format!("reading response body: {}", timed_out()));
-                    break;
-                };
-                match chunk {
-                    None => break,
-                    Some(Ok(bytes)) => {
-                        let room = self.max_body - body.len();
-                        if bytes.len() > room {
-                            body.extend_from_slice(&bytes[..room]);
-                            notes.push(format!(
-                                "response body truncated at {} bytes",
-                                self.max_body
-                            ));
-                            break;
+            let read_body = async {
+                while let Some(chunk) = resp.next().await {
+                    match chunk {
+                        Ok(bytes) => {
+                            let room = self.max_body - body.len();
+                            if bytes.len() > room {
+                                body.extend_from_slice(&bytes[..room]);
+                                return Some(format!(
+                                    "response body truncated at {} bytes",
+                                    self.max_body
+                                ));
+                            }
+                            body.extend_from_slice(&bytes);
                         }
-                        body.extend_from_slice(&bytes);
-                    }
-                    Some(Err(e)) => {
-                        notes.push(format!("reading response body: {e}"));
-                        break;
+                        Err(e) => return Some(format!("reading response body: {e}")),
                     }
                 }
-            }
+                None
+            };
+            let body_note = tokio::select! {
+                biased;
+                note = read_body => note,
+                () = &mut deadline => Some(format!("reading response body: {}", timed_out())),
+            };
+            notes.extend(body_note);
             let note = (!notes.is_empty()).then(|| notes.join("; "));
             Ok::<_, String>((status, headers, body, retry_after, note))
         };
