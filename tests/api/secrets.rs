@@ -135,6 +135,18 @@ fn config_for(data: &Path) -> Config {
     .unwrap()
 }
 
+/// A stopped webhookd's data dir with one app and an endpoint whose secret
+/// is `SECRET`: the app's and endpoint's IDs, and the data dir.
+async fn stopped_with_an_endpoint_secret() -> (String, String, tempfile::TempDir) {
+    let app = spawn_app().await;
+    let a = app.create_app().await;
+    let ep = app
+        .create_endpoint(&a, "http://127.0.0.1:9/", json!({"secret": SECRET}))
+        .await;
+    let ep = ep["id"].as_str().unwrap().to_owned();
+    (a, ep, app.stop_keeping_data().await)
+}
+
 /// Starts webhookd on `data` and returns the endpoint's secret as the API shows it.
 async fn secret_after_restart(
     data: tempfile::TempDir,
@@ -216,13 +228,7 @@ async fn secrets_are_encrypted_at_rest_and_the_key_rotates() {
 /// with systemd's credentials, which a command run by hand does not get).
 #[actix_web::test]
 async fn a_backup_needs_no_key_and_makes_none() {
-    let app = spawn_app().await;
-    let a = app.create_app().await;
-    let ep = app
-        .create_endpoint(&a, "http://127.0.0.1:9/", json!({"secret": SECRET}))
-        .await;
-    let ep = ep["id"].as_str().unwrap().to_owned();
-    let data = app.stop_keeping_data().await;
+    let (a, ep, data) = stopped_with_an_endpoint_secret().await;
     let key_file = data.path().join("encryption-key");
     let kept = tempfile::tempdir().unwrap();
     std::fs::rename(&key_file, kept.path().join("key")).unwrap();
@@ -300,13 +306,7 @@ fn a_rotation_without_a_database_changes_nothing() {
 
 #[actix_web::test]
 async fn an_interrupted_rotation_is_finished_by_the_next_one() {
-    let app = spawn_app().await;
-    let a = app.create_app().await;
-    let ep = app
-        .create_endpoint(&a, "http://127.0.0.1:9/", json!({"secret": SECRET}))
-        .await;
-    let ep = ep["id"].as_str().unwrap().to_owned();
-    let data = app.stop_keeping_data().await;
+    let (a, ep, data) = stopped_with_an_endpoint_secret().await;
     // A crash right after the new key was written: the next start still opens
     // everything, and the next rotation uses the key it had chosen.
     let next = webhookd::store::DataKey::generate();
