@@ -32,6 +32,19 @@ pub fn generate() -> String {
     format!("whd_{}", crate::domain::random_token())
 }
 
+/// The directory a file named `path` is in (`.` for a bare file name, whose
+/// parent is the empty path).
+pub fn dir_of(path: &std::path::Path) -> &std::path::Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+}
+
+/// Makes the names in `dir` (a file created, renamed or removed) durable.
+pub fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Gives a file just written into `dir` to `dir`'s owner when root wrote
 /// it into a directory someone else owns: an offline command run with
 /// `sudo` in the service's data dir must not leave an owner-only file
@@ -51,17 +64,14 @@ pub fn give_to_dir_owner(file: &std::fs::File, dir: &std::path::Path) -> std::io
 /// Replaces the token file at `path` atomically (owner-only) with `token`.
 pub fn write_token_file(path: &std::path::Path, token: &str) -> Result<(), RotateError> {
     let write = || -> std::io::Result<()> {
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(std::path::Path::new("."));
+        let dir = dir_of(path);
         // NamedTempFile creates the file with mode 0600.
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
         std::io::Write::write_all(&mut tmp, format!("{token}\n").as_bytes())?;
         give_to_dir_owner(tmp.as_file(), dir)?;
         tmp.as_file().sync_all()?;
         tmp.persist(path)?;
-        std::fs::File::open(dir)?.sync_all()
+        sync_dir(dir)
     };
     write().map_err(|source| RotateError::Write {
         path: path.display().to_string(),

@@ -124,13 +124,12 @@ pub(crate) fn write_private_file(path: &Path, contents: &str) -> std::io::Result
     }
     let mut f = opts.open(path)?;
     writeln!(f, "{contents}")?;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    let dir = dir.unwrap_or(Path::new("."));
+    let dir = crate::admin::dir_of(path);
     crate::admin::give_to_dir_owner(&f, dir)?;
     f.sync_all()?;
     // The file's name too: a key must be on disk before anything is sealed
     // with it (a rotation's new key before the first record is resealed).
-    std::fs::File::open(dir)?.sync_all()
+    crate::admin::sync_dir(dir)
 }
 
 /// Where the encryption key is kept, when it is kept in a file.
@@ -251,9 +250,7 @@ pub fn rotate_key(config: &Config) -> anyhow::Result<String> {
     drop(store);
     std::fs::rename(&next_path, &path)
         .with_context(|| format!("moving the new key into {}", path.display()))?;
-    // A bare file name has the empty path as its parent.
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    std::fs::File::open(dir.unwrap_or(Path::new(".")))?.sync_all()?;
+    crate::admin::sync_dir(crate::admin::dir_of(&path))?;
     Ok(id)
 }
 

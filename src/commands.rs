@@ -42,11 +42,8 @@ fn database_in_use(_data_dir: &Path) -> bool {
 
 /// A new owner-only file in the directory of `to`, to be renamed onto it.
 fn temp_beside(to: &Path) -> anyhow::Result<tempfile::NamedTempFile> {
-    let dir = match to.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    tempfile::NamedTempFile::new_in(&dir)
+    let dir = crate::admin::dir_of(to);
+    tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("creating a file in {}", dir.display()))
 }
 
@@ -109,8 +106,7 @@ pub fn backup(config: &Config, to: &Path, server: Option<&str>) -> anyhow::Resul
 fn persist(tmp: tempfile::NamedTempFile, to: &Path) -> anyhow::Result<()> {
     tmp.persist(to)
         .with_context(|| format!("writing {}", to.display()))?;
-    let dir = to.parent().filter(|d| !d.as_os_str().is_empty());
-    std::fs::File::open(dir.unwrap_or(Path::new(".")))?.sync_all()?;
+    crate::admin::sync_dir(crate::admin::dir_of(to))?;
     Ok(())
 }
 

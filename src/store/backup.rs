@@ -82,6 +82,7 @@ impl Store {
         }
         summary
     }
+
     /// A backup in an unnamed temporary file (in the data dir, so it needs no
     /// other space), positioned at its start.
     pub fn backup_to_temp_file(&self) -> Result<(std::fs::File, BackupSummary), StoreError> {
