@@ -233,7 +233,13 @@ impl EndpointUrl {
             _ => return Err("URL scheme must be http or https"),
         }
         match uri.host() {
-            Some(h) if !h.is_empty() => {}
+            Some(h) if !h.is_empty() => {
+                // The TLS client takes the bracketed literal for a server
+                // name and refuses it: every attempt would fail.
+                if uri.scheme_str() == Some("https") && h.starts_with('[') {
+                    return Err("an https URL needs a host name, not an IPv6 address");
+                }
+            }
             _ => return Err("URL must have a host"),
         }
         if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
@@ -486,6 +492,8 @@ mod tests {
         assert!(EndpointUrl::parse("https://").is_err());
         assert!(EndpointUrl::parse("https://user:pw@example.com/").is_err());
         assert!(EndpointUrl::parse("not a url").is_err());
+        assert!(EndpointUrl::parse("http://[2606:4700::1111]/hook").is_ok());
+        assert!(EndpointUrl::parse("https://[2606:4700::1111]/hook").is_err());
     }
 
     #[test]
