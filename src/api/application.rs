@@ -58,12 +58,11 @@ async fn create(
     let query = Query::from_request(&req)?;
     let body: ApplicationIn = state.json(&req, payload).await?;
     body.validate()?;
-    if query.bool("get_if_exists", false)? {
-        if let Some(uid) = &body.uid {
-            if let Some(existing) = state.store.find_app(uid)? {
-                return Ok(HttpResponse::Ok().json(ApplicationOut::from(&existing)));
-            }
-        }
+    if query.bool("get_if_exists", false)?
+        && let Some(uid) = &body.uid
+        && let Some(existing) = state.store.find_app(uid)?
+    {
+        return Ok(HttpResponse::Ok().json(ApplicationOut::from(&existing)));
     }
     let app = create_app(&state, body, None)?;
     Ok(HttpResponse::Created().json(ApplicationOut::from(&app)))

@@ -186,11 +186,11 @@ pub async fn authenticate(
     if state.changes_operational(req.method(), &segs) {
         return Ok(refuse(req, operational_is_configured()));
     }
-    if is_publish(req.method(), &segs) {
-        if let Err(wait) = state.publish_throttle.check(principal.throttle_key()) {
-            let err = too_many("Publish rate limit exceeded for this token.", wait);
-            return Ok(refuse(req, err));
-        }
+    if is_publish(req.method(), &segs)
+        && let Err(wait) = state.publish_throttle.check(principal.throttle_key())
+    {
+        let err = too_many("Publish rate limit exceeded for this token.", wait);
+        return Ok(refuse(req, err));
     }
     req.extensions_mut().insert(principal);
     Ok(next.call(req).await?.map_into_boxed_body())

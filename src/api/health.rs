@@ -105,13 +105,13 @@ async fn check(state: State) -> Result<(bool, Value), ApiError> {
         let min = state.health.min_free_disk_percent;
         let disk = match disk_space(data_dir) {
             Ok(d) => {
-                if let Some(pct) = d.free_percent() {
-                    if pct < f64::from(min) {
-                        problems.push(format!(
-                            "the disk of the data directory is nearly full: {pct:.1}% free, \
+                if let Some(pct) = d.free_percent()
+                    && pct < f64::from(min)
+                {
+                    problems.push(format!(
+                        "the disk of the data directory is nearly full: {pct:.1}% free, \
                              below health.min_free_disk_percent ({min}%)"
-                        ));
-                    }
+                    ));
                 }
                 json!({
                     "freeBytes": d.free_bytes,

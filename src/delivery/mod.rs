@@ -725,10 +725,9 @@ impl Shared {
             Hold::Lease(lease) => {
                 if lease.outstanding.fetch_sub(1, Ordering::AcqRel) == 1
                     && !lease.keep.load(Ordering::Acquire)
+                    && let Err(e) = self.store.release_lease(lease.until_ms, &lease.first).await
                 {
-                    if let Err(e) = self.store.release_lease(lease.until_ms, &lease.first).await {
-                        tracing::error!(error = %e, "giving up a lease failed; its deliveries will be made again when it expires");
-                    }
+                    tracing::error!(error = %e, "giving up a lease failed; its deliveries will be made again when it expires");
                 }
             }
             Hold::Handed(_) if recorded => self.store.handed_over_done(task),

@@ -67,12 +67,12 @@ impl Operational {
             (None, None) => None,
             (None, Some(app)) => {
                 // Switched off: keep the history, stop sending.
-                if let Some(mut ep) = store.find_endpoint(&app.id, ENDPOINT_UID)? {
-                    if !ep.disabled {
-                        ep.disabled = true;
-                        ep.updated_ms = now;
-                        store.put_endpoint(&ep)?;
-                    }
+                if let Some(mut ep) = store.find_endpoint(&app.id, ENDPOINT_UID)?
+                    && !ep.disabled
+                {
+                    ep.disabled = true;
+                    ep.updated_ms = now;
+                    store.put_endpoint(&ep)?;
                 }
                 None
             }

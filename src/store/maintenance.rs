@@ -297,7 +297,7 @@ impl Store {
             {
                 suspects.push((k, v, d));
             }
-            if r.statuses_checked % RECONCILE_CHUNK == 0 {
+            if r.statuses_checked.is_multiple_of(RECONCILE_CHUNK) {
                 between_chunks();
             }
         }

@@ -638,10 +638,9 @@ impl Store {
                 }
                 if let Some(mark) =
                     handoff.next_mark(std::time::Instant::now(), crate::domain::now_ms())
+                    && let Err(e) = tree.insert(keys::handoff_mark(), mark.as_str().as_bytes())
                 {
-                    if let Err(e) = tree.insert(keys::handoff_mark(), mark.as_str().as_bytes()) {
-                        tracing::error!(error = %e, "moving the hand-off mark failed");
-                    }
+                    tracing::error!(error = %e, "moving the hand-off mark failed");
                 }
             }
         };
@@ -810,10 +809,10 @@ impl Store {
     }
 
     fn read_app(&self, id_or_uid: &str) -> Result<Option<AppRecord>, StoreError> {
-        if let Some(id) = AppId::parse(id_or_uid) {
-            if let Some(app) = self.get(&keys::app(&id))? {
-                return Ok(Some(app));
-            }
+        if let Some(id) = AppId::parse(id_or_uid)
+            && let Some(app) = self.get(&keys::app(&id))?
+        {
+            return Ok(Some(app));
         }
         match self
             .get_str(&keys::app_uid(id_or_uid))?
@@ -966,10 +965,10 @@ impl Store {
         app: &AppId,
         id_or_uid: &str,
     ) -> Result<Option<EndpointRecord>, StoreError> {
-        if let Some(id) = EndpointId::parse(id_or_uid) {
-            if let Some(ep) = self.get_endpoint(app, &id)? {
-                return Ok(Some(ep));
-            }
+        if let Some(id) = EndpointId::parse(id_or_uid)
+            && let Some(ep) = self.get_endpoint(app, &id)?
+        {
+            return Ok(Some(ep));
         }
         match self
             .get_str(&keys::endpoint_uid(app, id_or_uid))?
@@ -1432,10 +1431,10 @@ impl Store {
         app: &AppId,
         id_or_event_id: &str,
     ) -> Result<Option<MessageRecord>, StoreError> {
-        if let Some(id) = MessageId::parse(id_or_event_id) {
-            if let Some(m) = self.get(&keys::message(app, &id))? {
-                return Ok(Some(m));
-            }
+        if let Some(id) = MessageId::parse(id_or_event_id)
+            && let Some(m) = self.get(&keys::message(app, &id))?
+        {
+            return Ok(Some(m));
         }
         match self
             .get_str(&keys::event_id(app, id_or_event_id))?
@@ -1469,10 +1468,10 @@ impl Store {
 
     /// The raw payload bytes, unless expunged.
     pub fn payload(&self, msg: &MessageId) -> Result<Option<Vec<u8>>, StoreError> {
-        if let Some(entry) = self.tree.get(keys::all_messages(msg))? {
-            if let Some(payload) = all_messages_payload(&entry) {
-                return Ok(Some(payload.to_vec()));
-            }
+        if let Some(entry) = self.tree.get(keys::all_messages(msg))?
+            && let Some(payload) = all_messages_payload(&entry)
+        {
+            return Ok(Some(payload.to_vec()));
         }
         // Kept under its own key by an earlier release.
         Ok(self.tree.get(keys::payload(msg))?.map(|v| v.to_vec()))

@@ -74,10 +74,10 @@ fn newer_source(bin: &Path) -> Option<PathBuf> {
                 if path != skip {
                     newest(&path, skip, best);
                 }
-            } else if let Ok(m) = meta.modified() {
-                if best.as_ref().is_none_or(|(t, _)| m > *t) {
-                    *best = Some((m, path));
-                }
+            } else if let Ok(m) = meta.modified()
+                && best.as_ref().is_none_or(|(t, _)| m > *t)
+            {
+                *best = Some((m, path));
             }
         }
     }
@@ -131,10 +131,10 @@ fn start_process(spawn: &Spawn) -> anyhow::Result<Started> {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let at = Instant::now();
             let _ = writeln!(log, "{line}");
-            if line.contains(" ready: ") {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send((at, line));
-                }
+            if line.contains(" ready: ")
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send((at, line));
             }
         }
     });

@@ -301,11 +301,11 @@ fn main() -> ExitCode {
         }
     };
     let text = serde_json::to_string_pretty(&report).expect("the report serializes");
-    if let Some(path) = json_file {
-        if let Err(e) = std::fs::write(&path, format!("{text}\n")) {
-            eprintln!("webhookd-bench: writing {}: {e}", path.display());
-            return ExitCode::FAILURE;
-        }
+    if let Some(path) = json_file
+        && let Err(e) = std::fs::write(&path, format!("{text}\n"))
+    {
+        eprintln!("webhookd-bench: writing {}: {e}", path.display());
+        return ExitCode::FAILURE;
     }
     if json {
         println!("{text}");
