@@ -499,6 +499,15 @@ fn decode_dest(key: &[u8], bytes: &[u8]) -> Result<DestRecord, StoreError> {
 const JOB_CHUNK: usize = 1_000;
 
 /// The status at `key` as a writer job sees it (see `writer::Overlay`).
+/// Whether a status says its delivery waits for the queue entry due at
+/// `due_ms`, so that moving the entry moves the status's time too. A resend
+/// (or another entry) moved while a scheduled attempt is still to come at
+/// another time leaves that time in the status: it decides what a failure
+/// of the resend means.
+fn dest_waits_for(dest: &DestRecord, due_ms: i64) -> bool {
+    dest.next_attempt_ms == Some(due_ms)
+}
+
 fn staged_dest(o: &writer::Overlay, key: &[u8]) -> Result<Option<DestRecord>, StoreError> {
     match o.get(key)? {
         Some(v) => decode_dest(key, &v).map(Some),
@@ -1892,7 +1901,7 @@ impl Store {
         let mut inserts: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut removals: Vec<sled::IVec> = Vec::new();
         // The statuses of the deferred, and their new due times.
-        let mut moved: Vec<(Vec<u8>, i64)> = Vec::new();
+        let mut moved: Vec<(Vec<u8>, i64, i64)> = Vec::new();
         let range = self
             .tree
             .range(vec![keys::ns::QUEUE]..keys::queue_due_end(now_ms))
@@ -1932,7 +1941,11 @@ impl Store {
                         if key.as_slice() == k.as_ref() {
                             left.push(task.ep_id);
                         } else {
-                            moved.push((keys::dest(&task.msg_id, &task.ep_id), due_ms));
+                            moved.push((
+                                keys::dest(&task.msg_id, &task.ep_id),
+                                task.due_ms,
+                                due_ms,
+                            ));
                             inserts.push((key, encode(&TaskRecord { due_ms, ..task })));
                         }
                     }
@@ -1971,9 +1984,9 @@ impl Store {
                 }
                 // A waiting status says when its delivery is due now (one
                 // that cannot be read does not hold the claim up).
-                for (key, due_ms) in moved {
+                for (key, was_due, due_ms) in moved {
                     if let Ok(Some(mut dest)) = staged_dest(o, &key)
-                        && dest.next_attempt_ms.is_some_and(|at| at != due_ms)
+                        && dest_waits_for(&dest, was_due)
                     {
                         dest.next_attempt_ms = Some(due_ms);
                         o.insert(key, dest_value(&dest));
@@ -1986,7 +1999,7 @@ impl Store {
     }
 
     /// Brings the deliveries to `ep_id` that wait in the queue due at one of
-    /// `times` (sorted: a throttle's line, see the delivery worker) forward
+    /// `times` (in order: a throttle's line, see the delivery worker) forward
     /// to `now_ms`, in their order (the queue orders by due time, then by
     /// task ID, which starts with its message's time). One claimed or moved
     /// meanwhile is left alone. Returns how many were moved.
@@ -1999,21 +2012,20 @@ impl Store {
         /// Moves per writer job, so that a long line does not hold up the
         /// writes of publishes and attempts.
         const CHUNK: usize = 1_000;
-        let (Some(&first), Some(&last)) = (times.first(), times.last()) else {
-            return Ok(0);
-        };
         let mut found = Vec::new();
-        // From the first entry due at `first` to the last due at `last`.
-        for entry in self
-            .tree
-            .range(keys::queue_due_end(first - 1)..keys::queue_due_end(last))
-        {
-            let (k, v) = entry?;
-            if keys::queue_due(&k).is_some_and(|due| times.binary_search(&due).is_ok())
-                && let Ok(Queued::One(task)) = Queued::decode(&k, &v)
-                && task.ep_id == *ep_id
+        // Only the entries due at those times (a slow line may span a day
+        // of other endpoints' entries).
+        for &due in times {
+            for entry in self
+                .tree
+                .range(keys::queue_due_end(due - 1)..keys::queue_due_end(due))
             {
-                found.push((k, v, task));
+                let (k, v) = entry?;
+                if let Ok(Queued::One(task)) = Queued::decode(&k, &v)
+                    && task.ep_id == *ep_id
+                {
+                    found.push((k, v, task));
+                }
             }
         }
         let mut moved = 0;
@@ -2042,7 +2054,7 @@ impl Store {
                         );
                         o.remove(k.to_vec());
                         if let Ok(Some(mut dest)) = staged_dest(o, &key)
-                            && dest.next_attempt_ms.is_some()
+                            && dest_waits_for(&dest, task.due_ms)
                         {
                             dest.next_attempt_ms = Some(now_ms);
                             o.insert(key, dest_value(&dest));

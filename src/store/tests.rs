@@ -1736,6 +1736,28 @@ async fn reconcile_requeues_a_waiting_status_only_once_it_is_overdue() {
     assert_eq!(s.next_due_ms().unwrap(), Some(due + 60_001));
 }
 
+/// A resend moved back in the queue (its endpoint throttled) leaves the
+/// time of the scheduled retry still to come in the status: that time, not
+/// the resend's, says a retry is due (and what a failed resend means).
+#[tokio::test]
+async fn a_resend_moved_back_leaves_the_retry_time_in_the_status() {
+    let (s, ep, m, t) = one_claimed(10, 500).await;
+    s.record_attempt(&t, &attempt(&t, false, 20), Next::RetryAt(1_000))
+        .await
+        .unwrap();
+    s.release_lease(500, &t.id).await.unwrap();
+    s.queue_manual(&t.app_id, &m.id, &ep.id, 30).await.unwrap();
+    let taken = s
+        .claim_due(30, 600, 10, 100, |_| Claim::Defer(700))
+        .await
+        .unwrap();
+    assert!(taken.is_empty());
+    let next = |s: &Store| s.dest(&m.id, &ep.id).unwrap().unwrap().next_attempt_ms;
+    assert_eq!(next(&s), Some(1_000));
+    assert_eq!(s.bring_forward(&ep.id, &[700], 40).await.unwrap(), 1);
+    assert_eq!(next(&s), Some(1_000));
+}
+
 /// A retry found lost is queued again at its place in the retry schedule:
 /// resends made meanwhile do not count (they are not scheduled attempts),
 /// or it would have fewer retries left than it should.
