@@ -48,14 +48,23 @@ pub fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
 /// Gives a file just written into `dir` to `dir`'s owner when root wrote
 /// it into a directory someone else owns: an offline command run with
 /// `sudo` in the service's data dir must not leave an owner-only file
-/// (a key, a token) the service can no longer read.
+/// (a key, a token) the service can no longer read. Where root may not
+/// change owners (a container without that capability, an owner outside a
+/// user namespace), the file stays root's, with a warning.
 pub fn give_to_dir_owner(file: &std::fs::File, dir: &std::path::Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt as _;
-        let dir = dir.metadata()?;
-        if file.metadata()?.uid() == 0 && dir.uid() != 0 {
-            std::os::unix::fs::fchown(file, Some(dir.uid()), Some(dir.gid()))?;
+        let meta = dir.metadata()?;
+        if file.metadata()?.uid() == 0
+            && meta.uid() != 0
+            && let Err(e) = std::os::unix::fs::fchown(file, Some(meta.uid()), Some(meta.gid()))
+        {
+            tracing::warn!(
+                dir = %dir.display(),
+                error = %e,
+                "could not give a new file to the directory's owner; it stays root's"
+            );
         }
     }
     Ok(())

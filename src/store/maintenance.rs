@@ -511,15 +511,22 @@ impl Store {
     /// `now_ms` if that has passed.
     fn queue_again(&self, d: &DestRecord, now_ms: i64) -> Result<(), StoreError> {
         let due_ms = d.next_attempt_ms.map_or(now_ms, |due| due.max(now_ms));
-        // Its place in the retry schedule: resends are not scheduled attempts.
+        // Its place in the retry schedule: resends are not scheduled
+        // attempts. (Attempt records that cannot be read do not keep it off
+        // the queue: then every attempt counts, as the status says.)
         let scheduled = match d.attempts {
             0 => 0,
             n => self
                 .attempts_of_msg(&d.msg_id, &PageReq::first(n as usize), |a| {
                     a.ep_id == d.ep_id && a.trigger == AttemptTrigger::Scheduled
-                })?
-                .items
-                .len() as u32,
+                })
+                .map_or_else(
+                    |e| {
+                        tracing::warn!(error = %e, message_id = %d.msg_id, "counting a lost delivery's attempts failed");
+                        n
+                    },
+                    |page| page.items.len() as u32,
+                ),
         };
         let task = TaskRecord {
             id: TaskId::new(now_ms),
