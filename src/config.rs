@@ -400,11 +400,10 @@ fn scheduler(
             max_disk_bytes: r.max_disk_bytes,
             disk_target_percent: r.disk_target_percent,
         },
-        disable_after: at_least(
+        disable_after: duration_at_least(
             "endpoint_health.disable_after",
-            duration("endpoint_health.disable_after", &h.disable_after)?,
+            &h.disable_after,
             Duration::from_secs(60),
-            "1m",
         )?,
         watchdog: WatchdogConfig {
             factor: w.factor,
@@ -425,18 +424,13 @@ fn limits(l: RawLimits) -> Result<Limits, ConfigError> {
             "must be between 2 and 1024",
         ));
     }
-    let client_request_timeout =
-        duration("limits.client_request_timeout", &l.client_request_timeout)?;
-    let keep_alive = duration("limits.keep_alive", &l.keep_alive)?;
     // The HTTP server checks these against a clock it updates every 500 ms.
-    for (key, d) in [
-        ("limits.client_request_timeout", client_request_timeout),
-        ("limits.keep_alive", keep_alive),
-    ] {
-        if d < Duration::from_secs(1) {
-            return Err(invalid(key, "must be at least 1s"));
-        }
-    }
+    let client_request_timeout = duration_at_least(
+        "limits.client_request_timeout",
+        &l.client_request_timeout,
+        Duration::from_secs(1),
+    )?;
+    let keep_alive = duration_at_least("limits.keep_alive", &l.keep_alive, Duration::from_secs(1))?;
     Ok(Limits {
         publish_per_second: l.publish_per_second,
         auth_failures_per_minute: l.auth_failures_per_minute,
@@ -457,15 +451,14 @@ fn duration(key: &'static str, s: &str) -> Result<Duration, ConfigError> {
     })
 }
 
-/// `d`, if it is at least `min` (written `shown`).
-fn at_least(
-    key: &'static str,
-    d: Duration,
-    min: Duration,
-    shown: &str,
-) -> Result<Duration, ConfigError> {
+/// The duration `s` says, if it is at least `min`.
+fn duration_at_least(key: &'static str, s: &str, min: Duration) -> Result<Duration, ConfigError> {
+    let d = duration(key, s)?;
     if d < min {
-        return Err(invalid(key, format!("must be at least {shown}")));
+        return Err(invalid(
+            key,
+            format!("must be at least {}", humantime::format_duration(min)),
+        ));
     }
     Ok(d)
 }
@@ -574,11 +567,10 @@ impl TryFrom<RawConfig> for Config {
                 retry_after_max: duration("delivery.retry_after_max", &d.retry_after_max)?,
                 // Else an attempt that takes all of request_timeout outlives
                 // its lease, and its claim is delivered again.
-                lease_margin: at_least(
+                lease_margin: duration_at_least(
                     "delivery.lease_margin",
-                    duration("delivery.lease_margin", &d.lease_margin)?,
+                    &d.lease_margin,
                     Duration::from_secs(1),
-                    "1s",
                 )?,
                 max_response_body_bytes: d.max_response_body_bytes as usize,
                 extra_ca_file: Some(d.extra_ca_file.trim())
@@ -800,6 +792,16 @@ mod tests {
                 "endpoint_health.disable_after",
             ),
             ("WEBHOOKD_NO_SUCH_KEY", "1", "no_such_key"),
+            (
+                "WEBHOOKD_ENDPOINT_HEALTH__DISABLE_AFTER",
+                "59s",
+                "must be at least 1m",
+            ),
+            (
+                "WEBHOOKD_LIMITS__KEEP_ALIVE",
+                "900ms",
+                "must be at least 1s",
+            ),
             (
                 "WEBHOOKD_SCHEDULER__RECONCILE",
                 "0 0 0 30 2 *",
