@@ -687,6 +687,17 @@ async fn one_claimed(
     (s, ep, m, t)
 }
 
+/// One delivery claimed (due at 10, leased until 500) and attempted once
+/// (`ok`, then `next`), its lease given up.
+async fn one_attempted(ok: bool, next: Next) -> (Store, EndpointRecord, MessageRecord, TaskRecord) {
+    let (s, ep, m, t) = one_claimed(10, 500).await;
+    s.record_attempt(&t, &attempt(&t, ok, 20), next)
+        .await
+        .unwrap();
+    s.release_lease(500, &t.id).await.unwrap();
+    (s, ep, m, t)
+}
+
 /// Claims what is due at `now` (leased until `lease_until`) and returns
 /// the first task taken.
 async fn claim_one(s: &Store, now: i64, lease_until: i64) -> TaskRecord {
@@ -1741,11 +1752,7 @@ async fn reconcile_requeues_a_waiting_status_only_once_it_is_overdue() {
 /// the resend's, says a retry is due (and what a failed resend means).
 #[tokio::test]
 async fn a_resend_moved_back_leaves_the_retry_time_in_the_status() {
-    let (s, ep, m, t) = one_claimed(10, 500).await;
-    s.record_attempt(&t, &attempt(&t, false, 20), Next::RetryAt(1_000))
-        .await
-        .unwrap();
-    s.release_lease(500, &t.id).await.unwrap();
+    let (s, ep, m, t) = one_attempted(false, Next::RetryAt(1_000)).await;
     s.queue_manual(&t.app_id, &m.id, &ep.id, 30).await.unwrap();
     let taken = s
         .claim_due(30, 600, 10, 100, |_| Claim::Defer(700))
@@ -1763,11 +1770,7 @@ async fn a_resend_moved_back_leaves_the_retry_time_in_the_status() {
 /// or it would have fewer retries left than it should.
 #[tokio::test]
 async fn a_lost_retry_keeps_its_place_in_the_schedule() {
-    let (s, ep, m, t) = one_claimed(10, 500).await;
-    s.record_attempt(&t, &attempt(&t, false, 20), Next::RetryAt(1_000))
-        .await
-        .unwrap();
-    s.release_lease(500, &t.id).await.unwrap();
+    let (s, ep, m, t) = one_attempted(false, Next::RetryAt(1_000)).await;
     for at in [30, 40] {
         s.queue_manual(&t.app_id, &m.id, &ep.id, at).await.unwrap();
         let resend = claim_one(&s, at, 600 + at).await;
@@ -2326,11 +2329,7 @@ async fn a_resend_claimed(
     ok: bool,
     next: Next,
 ) -> (Store, EndpointRecord, MessageRecord, TaskRecord) {
-    let (s, ep, m, t) = one_claimed(10, 500).await;
-    s.record_attempt(&t, &attempt(&t, ok, 20), next)
-        .await
-        .unwrap();
-    s.release_lease(500, &t.id).await.unwrap();
+    let (s, ep, m, t) = one_attempted(ok, next).await;
     s.queue_manual(&t.app_id, &m.id, &ep.id, 30).await.unwrap();
     let resend = claim_one(&s, 30, 600).await;
     (s, ep, m, resend)
@@ -2452,11 +2451,7 @@ async fn the_disk_bound_frees_what_it_is_asked_and_what_a_crash_left() {
 /// it writes nothing back: the message stays deleted.
 #[tokio::test]
 async fn an_expunge_writes_nothing_back_for_a_message_deleted_meanwhile() {
-    let (s, _ep, m, t) = one_claimed(10, 500).await;
-    s.record_attempt(&t, &attempt(&t, true, 20), Next::Done)
-        .await
-        .unwrap();
-    s.release_lease(500, &t.id).await.unwrap();
+    let (s, _ep, m, _) = one_attempted(true, Next::Done).await;
     assert_eq!(
         s.drop_oldest_delivered(u64::MAX).unwrap().messages_deleted,
         1
