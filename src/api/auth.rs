@@ -11,6 +11,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{Method, header};
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage as _, ResponseError, web};
+use subtle::ConstantTimeEq as _;
 
 use super::{ApiError, ApiState};
 use crate::domain::{AppId, TokenId};
@@ -56,6 +57,32 @@ impl ApiState {
                 token: t.id,
                 app: t.app_id,
             }))
+    }
+
+    /// Did the request present the monitoring token (what `/metrics` and
+    /// the health report's details take): `metrics.token` when set, else the
+    /// admin token; an application token never. `Ok(false)` when it came
+    /// without one; a wrong one is an authentication failure (logged,
+    /// throttled like the API's) and an error.
+    pub fn monitoring_token(&self, req: &actix_web::HttpRequest) -> Result<bool, ApiError> {
+        let Some(token) = bearer(req.headers()) else {
+            return Ok(false);
+        };
+        let client = req.peer_addr().map(|a| a.ip());
+        let too_many = |wait| too_many("Too many failed authentications; try again later.", wait);
+        self.auth_throttle.check(client).map_err(too_many)?;
+        let ok = match &self.metrics_token {
+            Some(expected) => bool::from(token.as_bytes().ct_eq(expected.as_bytes())),
+            None => self.admin_token.matches(token),
+        };
+        if !ok {
+            tracing::warn!(client = ?client, path = req.path(), "monitoring authentication failed");
+            self.auth_throttle.failed(client).map_err(too_many)?;
+            return Err(ApiError::Unauthorized(
+                "Incorrect authentication credentials.".into(),
+            ));
+        }
+        Ok(true)
     }
 
     /// May a token of `app` make this request (`segs`: its path's segments

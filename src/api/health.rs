@@ -2,8 +2,11 @@
 //! `GET /api/v1/webhookd/health` (a JSON report), both without a token.
 //!
 //! Healthy means: the store answers, the data dir takes a new file, and its file
-//! system has at least `health.min_free_disk_percent` free. The report also shows
-//! the queue and the scheduler's jobs, which inform but never degrade.
+//! system has at least `health.min_free_disk_percent` free. Without a token the
+//! report says that much and no more; with the monitoring token (see
+//! `ApiState::monitoring_token`) it also shows the data dir, the errors as
+//! they came, the queue and the scheduler's jobs, which inform but never
+//! degrade.
 
 use std::path::{Path, PathBuf};
 
@@ -49,7 +52,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, state: State) {
 /// `204` and no body when healthy (what Svix clients expect); `503` with the
 /// report, as `{"code": "degraded", "detail": …, …}`, when not.
 async fn svix_health(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let (healthy, report) = check(state).await?;
+    let (healthy, report) = check(state, &req).await?;
     if healthy {
         return Ok(HttpResponse::NoContent().finish());
     }
@@ -58,7 +61,7 @@ async fn svix_health(state: State, req: HttpRequest) -> Result<HttpResponse, Api
 
 /// `200` or `503`, with the report either way.
 async fn report_health(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let (healthy, report) = check(state).await?;
+    let (healthy, report) = check(state, &req).await?;
     let builder = if healthy {
         HttpResponse::Ok()
     } else {
@@ -79,17 +82,37 @@ fn respond(
     builder.json(report)
 }
 
-/// Runs every check (file IO and store scans: off the async threads).
-async fn check(state: State) -> Result<(bool, Value), ApiError> {
-    let jobs = state.health.scheduler.status();
+/// One reason for being degraded: `said` to anyone, `with_cause` (which
+/// may name the data directory or quote an error) to the monitoring token.
+struct Problem {
+    said: String,
+    with_cause: String,
+}
+
+impl Problem {
+    fn plain(said: String) -> Self {
+        Self {
+            with_cause: said.clone(),
+            said,
+        }
+    }
+}
+
+/// Runs every check (file IO and store scans: off the async threads). The
+/// report in full for the monitoring token, the overall state without it.
+async fn check(state: State, req: &HttpRequest) -> Result<(bool, Value), ApiError> {
+    let full = state.monitoring_token(req)?;
     let report = web::block(move || {
         let now = now_ms();
-        let mut problems: Vec<String> = Vec::new();
+        let mut problems: Vec<Problem> = Vec::new();
 
         let store = match state.store.ping() {
             Ok(()) => json!({"status": "ok", "sizeBytes": state.store.size_on_disk().ok()}),
             Err(e) => {
-                problems.push(format!("the database does not answer: {e}"));
+                problems.push(Problem {
+                    said: "the database does not answer".into(),
+                    with_cause: format!("the database does not answer: {e}"),
+                });
                 json!({"status": "error", "error": e.to_string()})
             }
         };
@@ -97,10 +120,13 @@ async fn check(state: State) -> Result<(bool, Value), ApiError> {
         let data_dir = &state.health.data_dir;
         let writable = probe_writable(data_dir);
         if let Err(e) = &writable {
-            problems.push(format!(
-                "the data directory {} is not writable: {e}",
-                data_dir.display()
-            ));
+            problems.push(Problem {
+                said: "the data directory is not writable".into(),
+                with_cause: format!(
+                    "the data directory {} is not writable: {e}",
+                    data_dir.display()
+                ),
+            });
         }
         let min = state.health.min_free_disk_percent;
         let disk = match disk_space(data_dir) {
@@ -108,10 +134,10 @@ async fn check(state: State) -> Result<(bool, Value), ApiError> {
                 if let Some(pct) = d.free_percent()
                     && pct < f64::from(min)
                 {
-                    problems.push(format!(
+                    problems.push(Problem::plain(format!(
                         "the disk of the data directory is nearly full: {pct:.1}% free, \
                              below health.min_free_disk_percent ({min}%)"
-                    ));
+                    )));
                 }
                 json!({
                     "freeBytes": d.free_bytes,
@@ -123,54 +149,78 @@ async fn check(state: State) -> Result<(bool, Value), ApiError> {
             Err(e) => json!({"error": e.to_string(), "minFreePercent": min}),
         };
 
-        let queue = match state.store.queue_summary(QUEUE_COUNT_LIMIT) {
-            Ok(q) => json!({
-                "depth": q.queued,
-                "depthCapped": q.queued_capped,
-                "inFlight": q.in_flight,
-                "oldestPendingAgeSeconds": q
-                    .oldest_due_ms
-                    .map_or(0.0, |due| (now - due).max(0) as f64 / 1000.0),
-            }),
-            Err(e) => json!({"error": e.to_string()}),
-        };
+        // Only the monitoring token is shown these.
+        let details = move || {
+            let queue = match state.store.queue_summary(QUEUE_COUNT_LIMIT) {
+                Ok(q) => json!({
+                    "depth": q.queued,
+                    "depthCapped": q.queued_capped,
+                    "inFlight": q.in_flight,
+                    "oldestPendingAgeSeconds": q
+                        .oldest_due_ms
+                        .map_or(0.0, |due| (now - due).max(0) as f64 / 1000.0),
+                }),
+                Err(e) => json!({"error": e.to_string()}),
+            };
 
-        let scheduler = match jobs {
-            Ok(jobs) => Value::Array(
-                jobs.into_iter()
-                    .map(|j| {
-                        json!({
-                            "job": j.job.name(),
-                            "schedule": j.schedule,
-                            "running": j.running,
-                            "lastRun": j.record.last_started_ms.map(format_time),
-                            "lastError": match &j.record.last_outcome {
-                                Some(JobOutcome::Failed(e)) => Some(e.as_str()),
-                                _ => None,
-                            },
-                            "nextRun": j.next_run_ms.map(format_time),
+            let scheduler = match state.health.scheduler.status() {
+                Ok(jobs) => Value::Array(
+                    jobs.into_iter()
+                        .map(|j| {
+                            json!({
+                                "job": j.job.name(),
+                                "schedule": j.schedule,
+                                "running": j.running,
+                                "lastRun": j.record.last_started_ms.map(format_time),
+                                "lastError": match &j.record.last_outcome {
+                                    Some(JobOutcome::Failed(e)) => Some(e.as_str()),
+                                    _ => None,
+                                },
+                                "nextRun": j.next_run_ms.map(format_time),
+                            })
                         })
-                    })
-                    .collect(),
-            ),
-            Err(e) => json!({"error": e.to_string()}),
+                        .collect(),
+                ),
+                Err(e) => json!({"error": e.to_string()}),
+            };
+            (queue, scheduler)
         };
 
         let healthy = problems.is_empty();
-        let mut report = json!({
-            "status": if healthy { "ok" } else { "degraded" },
-            "store": store,
-            "dataDir": {
-                "writable": writable.is_ok(),
-                "error": writable.err().map(|e| e.to_string()),
-                "disk": disk,
-            },
-            "queue": queue,
-            "scheduler": {"jobs": scheduler},
-        });
+        let status = if healthy { "ok" } else { "degraded" };
+        let mut report = if full {
+            let (queue, scheduler) = details();
+            json!({
+                "status": status,
+                "store": store,
+                "dataDir": {
+                    "writable": writable.is_ok(),
+                    "error": writable.err().map(|e| e.to_string()),
+                    "disk": disk,
+                },
+                "queue": queue,
+                "scheduler": {"jobs": scheduler},
+            })
+        } else {
+            json!({
+                "status": status,
+                "store": {"status": store["status"]},
+                "dataDir": {
+                    "writable": writable.is_ok(),
+                    "disk": {
+                        "freePercent": disk["freePercent"],
+                        "minFreePercent": min,
+                    },
+                },
+            })
+        };
         if !healthy {
+            let detail: Vec<&str> = problems
+                .iter()
+                .map(|p| if full { &p.with_cause } else { &p.said }.as_str())
+                .collect();
             report["code"] = "degraded".into();
-            report["detail"] = problems.join("; ").into();
+            report["detail"] = detail.join("; ").into();
         }
         (healthy, report)
     })

@@ -5,9 +5,8 @@
 //! set, it is served only there, without a token (`configure_open`).
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use subtle::ConstantTimeEq as _;
 
-use super::{ApiError, State, auth::bearer};
+use super::{ApiError, State};
 use crate::domain::now_ms;
 
 /// Mounts `/metrics`, protected by a token, on the main listener.
@@ -29,19 +28,7 @@ pub fn configure_open(cfg: &mut web::ServiceConfig, state: State) {
 }
 
 async fn protected(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let client = req.peer_addr().map(|a| a.ip());
-    let too_many = |wait| ApiError::TooManyRequests {
-        detail: "Too many failed authentications; try again later.".into(),
-        retry_after: wait,
-    };
-    state.auth_throttle.check(client).map_err(too_many)?;
-    let ok = bearer(req.headers()).is_some_and(|t| match &state.metrics_token {
-        Some(expected) => bool::from(t.as_bytes().ct_eq(expected.as_bytes())),
-        None => state.admin_token.matches(t),
-    });
-    if !ok {
-        tracing::warn!(client = ?client, "metrics authentication failed");
-        state.auth_throttle.failed(client).map_err(too_many)?;
+    if !state.monitoring_token(&req)? {
         return Err(ApiError::Unauthorized(
             "Incorrect authentication credentials.".into(),
         ));

@@ -1,14 +1,23 @@
 //! Health: Svix's `/api/v1/health` (204, or 503 with why) and webhookd's report
 //! at `/api/v1/webhookd/health`; degraded on an unwritable data dir or a full disk.
+//! Without a token only the overall state; the rest to the monitoring token.
 
 use actix_web::http::Method;
 
 use crate::helpers::{
-    Gate, Reply, Resp, TestApp, TestReceiver, WAIT, spawn_app, spawn_app_with, wait_until,
+    Gate, Reply, Resp, TOKEN, TestApp, TestReceiver, WAIT, spawn_app, spawn_app_with, wait_until,
 };
 
+/// Without a token.
 async fn health(app: &TestApp, method: Method, path: &str) -> Resp {
     app.raw(method, &app.url(path), None, &[], None).await
+}
+
+/// The full report, with the admin token (the monitoring token while
+/// `metrics.token` is not set).
+async fn report(app: &TestApp) -> Resp {
+    let url = app.url("/webhookd/health");
+    app.raw(Method::GET, &url, Some(TOKEN), &[], None).await
 }
 
 #[actix_web::test]
@@ -19,7 +28,7 @@ async fn a_healthy_instance_answers_204_and_reports_everything() {
         assert_eq!(r.status, 204, "{method}");
         assert!(r.body.is_empty());
     }
-    let r = health(&app, Method::GET, "/webhookd/health").await;
+    let r = report(&app).await;
     assert_eq!(r.status, 200);
     let report = r.json();
     assert_eq!(report["status"], "ok", "{report}");
@@ -60,6 +69,7 @@ async fn a_nearly_full_disk_is_degraded() {
     let r = health(&app, Method::GET, "/webhookd/health").await;
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["status"], "degraded");
+    assert_eq!(report(&app).await.status, 503);
     app.stop().await;
 }
 
@@ -121,16 +131,28 @@ async fn an_unwritable_data_dir_is_degraded() {
     let app = spawn_app().await;
     match Unwritable::make(app.data_dir()) {
         Some(guard) => {
-            let r = health(&app, Method::GET, "/webhookd/health").await;
-            let report = r.json();
-            assert_eq!(r.status, 503, "{report}");
-            assert_eq!(report["dataDir"]["writable"], false, "{report}");
-            assert!(
-                report["detail"].as_str().unwrap().contains("not writable"),
-                "{report}"
-            );
-            assert_eq!(report["store"]["status"], "ok", "{report}");
-            assert_eq!(health(&app, Method::GET, "/health").await.status, 503);
+            let dir = app.data_dir().display().to_string();
+            let r = report(&app).await;
+            let full = r.json();
+            assert_eq!(r.status, 503, "{full}");
+            assert_eq!(full["dataDir"]["writable"], false, "{full}");
+            assert!(full["dataDir"]["error"].is_string(), "{full}");
+            let detail = full["detail"].as_str().unwrap();
+            assert!(detail.contains("not writable"), "{full}");
+            assert!(detail.contains(&dir), "the operator is told which: {full}");
+            assert_eq!(full["store"]["status"], "ok", "{full}");
+            // Anyone is told that it is not writable, not where or why.
+            for path in ["/health", "/webhookd/health"] {
+                let r = health(&app, Method::GET, path).await;
+                let said = r.json();
+                assert_eq!(r.status, 503, "{path}: {said}");
+                assert_eq!(said["dataDir"]["writable"], false, "{path}: {said}");
+                assert_eq!(
+                    said["detail"], "the data directory is not writable",
+                    "{path}: {said}"
+                );
+                assert!(!said.to_string().contains(&dir), "{path}: {said}");
+            }
             drop(guard);
         }
         // `a_nearly_full_disk_is_degraded` still proves the 503.
@@ -153,7 +175,7 @@ async fn the_report_shows_deliveries_in_flight() {
     app.endpoint_to(&app_id, &receiver).await;
     app.publish_simple(&app_id, "order.created").await;
     wait_until(WAIT, "the delivery to be in flight", || async {
-        let report = health(&app, Method::GET, "/webhookd/health").await.json();
+        let report = report(&app).await.json();
         (report["queue"]["inFlight"] == 1).then_some(())
     })
     .await;
@@ -178,9 +200,46 @@ async fn deliveries_leave_nothing_in_flight_once_recorded() {
     // (else they would stay until they expire, and a restart would deliver
     // them again).
     wait_until(WAIT, "nothing queued or in flight", || async {
-        let report = health(&app, Method::GET, "/webhookd/health").await.json();
+        let report = report(&app).await.json();
         (report["queue"]["inFlight"] == 0 && report["queue"]["depth"] == 0).then_some(())
     })
     .await;
+    app.stop().await;
+}
+
+/// Without a token: the overall state and what decides it, nothing that
+/// names the data dir or shows the queue and the jobs. A wrong token is
+/// refused (and counts as a failed authentication), an application's too.
+#[actix_web::test]
+async fn anyone_sees_the_state_and_only_the_monitoring_token_the_details() {
+    let app = spawn_app().await;
+    let r = health(&app, Method::GET, "/webhookd/health").await;
+    assert_eq!(r.status, 200);
+    let said = r.json();
+    assert_eq!(said["status"], "ok", "{said}");
+    assert_eq!(said["store"], serde_json::json!({"status": "ok"}), "{said}");
+    assert_eq!(said["dataDir"]["writable"], true, "{said}");
+    assert!(said["dataDir"]["disk"]["freePercent"].as_f64().unwrap() > 0.0);
+    for hidden in ["queue", "scheduler"] {
+        assert!(said.get(hidden).is_none(), "{hidden}: {said}");
+    }
+    assert!(said["dataDir"]["disk"].get("freeBytes").is_none(), "{said}");
+    let dir = app.data_dir().display().to_string();
+    assert!(!said.to_string().contains(&dir), "{said}");
+
+    let a = app.create_app().await;
+    let (status, created) = app
+        .post("/webhookd/token", serde_json::json!({"appId": a}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let app_token = created["token"].as_str().unwrap().to_owned();
+    let url = app.url("/webhookd/health");
+    for wrong in ["not-the-token", app_token.as_str()] {
+        let r = app.raw(Method::GET, &url, Some(wrong), &[], None).await;
+        assert_eq!(r.status, 401, "{wrong}");
+        assert_eq!(r.json()["code"], "authentication_failed", "{wrong}");
+    }
+    let full = report(&app).await.json();
+    assert!(full["queue"]["depth"].is_u64(), "{full}");
     app.stop().await;
 }

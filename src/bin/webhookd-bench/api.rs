@@ -154,15 +154,22 @@ impl Api {
         Ok(json_answer::<List>(&format!("GET {url}"), resp).await?.data)
     }
 
-    /// `GET /api/v1/webhookd/health` (the full report; no token needed).
+    /// `GET /api/v1/webhookd/health`, the full report (with the token).
     pub async fn health_report(&self) -> anyhow::Result<Value> {
         let url = format!("{}/api/v1/webhookd/health", self.base);
         let mut resp = self
             .client
             .get(&url)
+            .insert_header((header::AUTHORIZATION, self.auth.as_str()))
             .send()
             .await
             .map_err(|e| anyhow!("GET {url}: {e}"))?;
+        if resp.status() == 401 {
+            bail!(
+                "GET {url}: 401; the health report's queue needs the admin token \
+                 (or metrics.token where that is set) as --token"
+            );
+        }
         Ok(resp.json().limit(BODY_LIMIT).await?)
     }
 
