@@ -411,19 +411,38 @@ async fn save_endpoint(
     ))
 }
 
+#[derive(Deserialize)]
+struct ToggleForm {
+    #[serde(default)]
+    csrf: String,
+    /// The state the button asked for (`true`: disabled), so that a page
+    /// older than a change made meanwhile (by the health job, a 410, another
+    /// person) or a second click never turns it back.
+    disabled: bool,
+}
+
 async fn toggle(
     state: State,
     req: HttpRequest,
     path: web::Path<(String, String)>,
-    form: web::Form<super::CsrfForm>,
+    form: web::Form<ToggleForm>,
 ) -> PageResult {
     check_csrf(&req, &form.csrf)?;
     let (app_id, ep_id) = path.into_inner();
     let app = find_app(&state, &app_id)?;
     not_operational(&state, &app)?;
     let old = find_endpoint(&state, &app, &ep_id)?;
+    let page = format!("/apps/{}/endpoints/{}", app.id, old.id);
+    if old.disabled == form.disabled {
+        let notice = if old.disabled {
+            "The endpoint was disabled already."
+        } else {
+            "The endpoint was enabled already."
+        };
+        return Ok(see_other(&page, Some(notice)));
+    }
     let mut ep = old.clone();
-    ep.disabled = !ep.disabled;
+    ep.disabled = form.disabled;
     ep.updated_ms = now_ms();
     // The same uid before and after: never `Taken`.
     if !state.store.update_endpoint(&old, &ep)?.unwrap_or(false) {
@@ -435,10 +454,7 @@ async fn toggle(
     } else {
         "Endpoint enabled."
     };
-    Ok(see_other(
-        &format!("/apps/{}/endpoints/{}", app.id, ep.id),
-        Some(notice),
-    ))
+    Ok(see_other(&page, Some(notice)))
 }
 
 async fn rotate(

@@ -11,8 +11,9 @@ use std::time::Duration;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{Method, header};
 use actix_web::middleware::Next;
-use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, http::header, web};
+use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, web};
 use subtle::ConstantTimeEq;
 
 use super::DashboardState;
@@ -110,9 +111,12 @@ pub async fn require_session(
             Ok(next.call(req).await?.map_into_boxed_body())
         }
         None => {
-            let target = match req.query_string() {
-                "" => req.path().to_owned(),
-                q => format!("{}?{q}", req.path()),
+            let target = match (req.method(), req.query_string()) {
+                (&Method::GET | &Method::HEAD, "") => req.path().to_owned(),
+                (&Method::GET | &Method::HEAD, q) => format!("{}?{q}", req.path()),
+                // A form sent once the session had ended: its page, since
+                // the form's own route has nothing to show.
+                _ => form_page(req.path()),
             };
             let location = format!("/login?next={}", urlencode(&target));
             let res = HttpResponse::SeeOther()
@@ -150,10 +154,34 @@ pub fn urlencode(s: &str) -> String {
 }
 
 /// Only same-site paths are followed after sign-in (no open redirects).
+/// Browsers drop tabs and line breaks from a URL before reading it (so
+/// `/<tab>/evil.example` is `//evil.example`) and read `\\` as `/`: a path
+/// with any of those, or any other control character or space, is refused.
 pub fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n
+                    .chars()
+                    .any(|c| c == '\\' || c.is_control() || c.is_whitespace()) =>
+        {
+            n.to_owned()
+        }
         _ => "/".to_owned(),
+    }
+}
+
+/// The page a dashboard form at `path` is on: an endpoint's or a message's
+/// for their actions, else the section's (`/failed`, `/jobs`, `/tokens`).
+fn form_page(path: &str) -> String {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["apps", app, "endpoints", ep, ..] => format!("/apps/{app}/endpoints/{ep}"),
+        ["messages", msg, ..] => format!("/messages/{msg}"),
+        ["logout", ..] | [""] => "/".to_owned(),
+        [section, ..] => format!("/{section}"),
+        [] => "/".to_owned(),
     }
 }
 
@@ -168,6 +196,31 @@ mod tests {
         assert_eq!(safe_next(Some("https://evil.example")), "/");
         assert_eq!(safe_next(Some("/\\evil")), "/");
         assert_eq!(safe_next(None), "/");
+        for sneaky in [
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/\r\n",
+            "/ /x",
+            "/\u{0}",
+        ] {
+            assert_eq!(safe_next(Some(sneaky)), "/", "{sneaky:?}");
+        }
+    }
+
+    #[test]
+    fn a_form_returns_to_its_page() {
+        for (form, page) in [
+            ("/apps/a/endpoints/e", "/apps/a/endpoints/e"),
+            ("/apps/a/endpoints/e/toggle", "/apps/a/endpoints/e"),
+            ("/messages/m/redeliver", "/messages/m"),
+            ("/failed/redeliver", "/failed"),
+            ("/jobs/reconcile/run", "/jobs"),
+            ("/tokens", "/tokens"),
+            ("/tokens/t/revoke", "/tokens"),
+            ("/logout", "/"),
+        ] {
+            assert_eq!(form_page(form), page, "{form}");
+        }
     }
 
     #[test]

@@ -169,11 +169,22 @@ async fn pages_need_a_session_and_sign_in_works() {
     assert_eq!(wrong.status, 401);
     assert!(text(&wrong).contains("not the admin token"));
     assert!(wrong.header("set-cookie").is_none());
-    // An off-site `next` is not followed.
+    // An off-site `next` is not followed, nor one that a browser would
+    // read as off-site once it dropped a tab or a line break.
+    for next in ["//evil.example/", "/\t/evil.example", "/\n/evil.example"] {
+        let res = b.post("/login", &[("token", TOKEN), ("next", next)]).await;
+        assert_eq!(res.header("location"), Some("/"), "{next:?}");
+    }
+    // A form sent after the session ended leads, after sign-in, to the
+    // page it was on (its own route shows nothing).
     let res = b
-        .post("/login", &[("token", TOKEN), ("next", "//evil.example/")])
+        .post("/messages/msg_x/redeliver", &[("endpoint", "ep_x")])
         .await;
-    assert_eq!(res.header("location"), Some("/"));
+    assert_eq!(res.status, 303);
+    assert_eq!(
+        res.header("location"),
+        Some("/login?next=%2Fmessages%2Fmsg_x")
+    );
     b.sign_in().await;
     for path in ["/", "/apps", "/messages", "/failed", "/event-types"] {
         b.page(path).await;
@@ -224,7 +235,7 @@ async fn forms_without_the_csrf_token_are_refused() {
             format!("/messages/{msg}/redeliver"),
             vec![("endpoint", ep.as_str())],
         ),
-        (format!("{ep_path}/toggle"), vec![]),
+        (format!("{ep_path}/toggle"), vec![("disabled", "true")]),
         (format!("{ep_path}/rotate"), vec![]),
         ("/failed/redeliver".to_owned(), vec![("all", "1")]),
         ("/logout".to_owned(), vec![]),
@@ -484,16 +495,39 @@ async fn endpoint_settings_secret_and_actions() {
     assert_eq!(arrival.header("x-tenant"), "acme");
 
     // Disable, then enable.
-    let page = b
-        .follow(b.post(&format!("{path}/toggle"), &[("csrf", &csrf)]).await)
-        .await;
+    let toggle = |disabled: &'static str| {
+        let (b, path, csrf) = (&b, &path, &csrf);
+        async move {
+            b.follow(
+                b.post(
+                    &format!("{path}/toggle"),
+                    &[("csrf", csrf), ("disabled", disabled)],
+                )
+                .await,
+            )
+            .await
+        }
+    };
+    let disabled =
+        || async { app.get_ok(&format!("/app/{app_id}/endpoint/{ep}")).await["disabled"].clone() };
+    let page = toggle("true").await;
     assert!(page.contains("Endpoint disabled"));
-    let (_, e) = app.get(&format!("/app/{app_id}/endpoint/{ep}")).await;
-    assert_eq!(e["disabled"], true);
-    b.follow(b.post(&format!("{path}/toggle"), &[("csrf", &csrf)]).await)
+    assert_eq!(disabled().await, true);
+    toggle("false").await;
+    assert_eq!(disabled().await, false);
+
+    // A page from before the endpoint was disabled elsewhere (the health
+    // job, a 410, someone else) asks for what is already so: nothing turns.
+    let (status, _) = app
+        .patch(
+            &format!("/app/{app_id}/endpoint/{ep}"),
+            json!({"disabled": true}),
+        )
         .await;
-    let (_, e) = app.get(&format!("/app/{app_id}/endpoint/{ep}")).await;
-    assert_eq!(e["disabled"], false);
+    assert_eq!(status, 200);
+    let page = toggle("true").await;
+    assert!(page.contains("was disabled already"), "{page}");
+    assert_eq!(disabled().await, true);
     app.stop().await;
 }
 
@@ -747,7 +781,10 @@ async fn the_operational_endpoint_is_not_changed_from_the_dashboard() {
             path.clone(),
             vec![("csrf", csrf.as_str()), ("url", "https://example.com/")],
         ),
-        (format!("{path}/toggle"), vec![("csrf", csrf.as_str())]),
+        (
+            format!("{path}/toggle"),
+            vec![("csrf", csrf.as_str()), ("disabled", "true")],
+        ),
         (format!("{path}/rotate"), vec![("csrf", csrf.as_str())]),
     ] {
         let res = b.post(&to, &form).await;
