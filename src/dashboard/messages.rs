@@ -280,7 +280,10 @@ async fn messages(state: State, req: HttpRequest, f: web::Query<Filters>) -> Pag
                 }
             })?;
             msgs.truncate(p.items.len());
-            (msgs, p.done, p.resume)
+            let resume = p
+                .resume
+                .or_else(|| p.items.last().map(|d| d.msg_id.to_string()));
+            (msgs, p.done, resume)
         } else if status == Some(MessageStatus::Fail) {
             // Through the dead-letter index.
             let p = state.store.failed_deliveries(&req_page)?;

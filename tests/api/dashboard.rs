@@ -433,6 +433,41 @@ async fn message_filters_and_search() {
     app.stop().await;
 }
 
+/// A page of 50 links to the next, whatever the filter, and the next
+/// keeps the filter.
+#[actix_web::test]
+async fn every_message_list_goes_on_to_older_messages() {
+    let app = spawn_app().await;
+    let rx = TestReceiver::start().await;
+    let a = app.create_app().await;
+    let ep = app.endpoint_to(&a, &rx).await;
+    let oldest = app.publish_simple(&a, "order.created").await;
+    for _ in 0..50 {
+        app.publish_simple(&a, "order.created").await;
+    }
+    let b = Browser::signed_in(&app).await;
+    for filter in [
+        String::new(),
+        format!("app={a}"),
+        format!("endpoint={ep}"),
+        "event_type=order.created".to_owned(),
+    ] {
+        let first = b.page(&format!("/messages?{filter}")).await;
+        assert!(!first.contains(&oldest), "{filter}: the newest 50 only");
+        let start = first
+            .find("href=\"/messages?")
+            .unwrap_or_else(|| panic!("{filter}: no link to older messages"))
+            + 6;
+        let next = first[start..start + first[start..].find('"').unwrap()]
+            .replace("&#38;", "&")
+            .replace("&amp;", "&");
+        assert!(next.contains(&filter), "{filter}: {next}");
+        let second = b.page(&next).await;
+        assert!(second.contains(&oldest), "{filter}: {next}");
+    }
+    app.stop().await;
+}
+
 #[actix_web::test]
 async fn endpoint_settings_secret_and_actions() {
     let app = spawn_app().await;
