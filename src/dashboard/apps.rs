@@ -196,9 +196,9 @@ struct EndpointPage {
     app: AppRecord,
     ep: EndpointRecord,
     health: EndpointHealth,
-    event_types: String,
-    channels: String,
-    headers: String,
+    /// What the settings form shows: the endpoint's, or what was typed
+    /// into a form that was refused.
+    form: EndpointForm,
     secret: Option<String>,
     rotating: usize,
     attempts: Vec<AttemptRow>,
@@ -221,6 +221,7 @@ fn endpoint_page(
     ep: EndpointRecord,
     reveal: bool,
     error: Option<String>,
+    typed: Option<EndpointForm>,
 ) -> PageResult {
     let layout = Layout::new(req, "apps")?;
     let now = now_ms();
@@ -242,14 +243,7 @@ fn endpoint_page(
     let mut page = EndpointPage {
         layout,
         health: health(state, &ep, now)?,
-        event_types: ep.event_types.join(", "),
-        channels: ep.channels.join(", "),
-        headers: ep
-            .headers
-            .iter()
-            .map(|(k, v)| format!("{k}: {v}"))
-            .collect::<Vec<_>>()
-            .join("\n"),
+        form: typed.unwrap_or_else(|| EndpointForm::of(&ep)),
         secret: reveal.then(|| ep.secret.expose()),
         rotating: ep
             .retired_secrets
@@ -281,7 +275,7 @@ async fn endpoint(
     let (app_id, ep_id) = path.into_inner();
     let app = find_app(&state, &app_id)?;
     let ep = find_endpoint(&state, &app, &ep_id)?;
-    endpoint_page(&state, &req, app, ep, q.reveal.is_some(), None)
+    endpoint_page(&state, &req, app, ep, q.reveal.is_some(), None, None)
 }
 
 #[derive(Deserialize)]
@@ -299,6 +293,26 @@ struct EndpointForm {
     headers: String,
     #[serde(default)]
     throttle_rate: String,
+}
+
+impl EndpointForm {
+    /// The form filled in with `ep`'s settings.
+    fn of(ep: &EndpointRecord) -> Self {
+        Self {
+            csrf: String::new(),
+            url: ep.url.as_str().to_owned(),
+            description: ep.description.clone(),
+            event_types: ep.event_types.join(", "),
+            channels: ep.channels.join(", "),
+            headers: ep
+                .headers
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            throttle_rate: ep.rate_limit.map(|r| r.to_string()).unwrap_or_default(),
+        }
+    }
 }
 
 fn split_list(s: &str) -> Vec<String> {
@@ -400,7 +414,8 @@ async fn save_endpoint(
     let old = find_endpoint(&state, &app, &ep_id)?;
     let mut new = old.clone();
     if let Err(problem) = apply_form(&form, &state.limits, &mut new) {
-        return endpoint_page(&state, &req, app, old, false, Some(problem));
+        let typed = form.into_inner();
+        return endpoint_page(&state, &req, app, old, false, Some(problem), Some(typed));
     }
     if !state.store.put_endpoint(&new)? {
         return Err(DashboardError::NotFound("There is no such endpoint."));
@@ -516,6 +531,7 @@ async fn recover(
             ep,
             false,
             Some(format!("Recover: “{}” is not a date and time", form.since)),
+            None,
         );
     };
     let store = state.store.clone();
@@ -560,6 +576,7 @@ async fn send_test(
             Some(format!(
                 "Test event: “{event_type}” is not a valid event type name"
             )),
+            None,
         );
     }
     if ep.disabled {
@@ -570,6 +587,7 @@ async fn send_test(
             ep,
             false,
             Some("Test event: the endpoint is disabled; enable it first.".into()),
+            None,
         );
     }
     let now = now_ms();

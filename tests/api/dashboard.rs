@@ -595,6 +595,13 @@ async fn endpoint_form_keeps_the_configured_limits() {
     let res = b.post(&path, &form("a", "X-A: 1\nX-B: 2")).await;
     assert_eq!(res.status, 422);
     assert!(text(&res).contains("Headers: at most 1"), "{}", text(&res));
+    // The refused form shows what was typed, to be corrected, not the
+    // settings it would have replaced.
+    assert!(
+        text(&res).contains(">X-A: 1\nX-B: 2</textarea>") && text(&res).contains("value=\"a\""),
+        "{}",
+        text(&res)
+    );
     let (_, e) = app.get(&format!("/app/{app_id}/endpoint/{ep}")).await;
     assert_eq!(e["eventTypes"], serde_json::Value::Null, "{e}");
 
