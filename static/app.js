@@ -1,7 +1,10 @@
 // Progressive enhancement only: every page works without this file.
 // - copy buttons ([data-copy] text or [data-copy-from] element id)
 // - auto-refresh of pages that mark a [data-refresh="seconds"] element,
-//   paused while the user is typing in a form or has text selected.
+//   paused while the user is typing in a form or has text selected, and
+//   stopped once a form holds changes not sent yet or the page shows a
+//   refused form (a refresh would replace what was typed). Each tick is
+//   counted in <html data-refresh-ticks>.
 (function () {
   "use strict";
   document.documentElement.classList.add("js");
@@ -26,15 +29,24 @@
   var marker = document.querySelector("[data-refresh]");
   if (!marker) return;
   var seconds = parseInt(marker.dataset.refresh, 10) || 15;
+  var edited = false;
+  document.addEventListener("input", function () { edited = true; });
+  document.addEventListener("change", function () { edited = true; });
+  var ticks = 0;
+  function ticked() {
+    ticks += 1;
+    document.documentElement.dataset.refreshTicks = String(ticks);
+  }
   function busy() {
     var a = document.activeElement;
     var typing = a && (a.tagName === "INPUT" || a.tagName === "TEXTAREA" || a.tagName === "SELECT");
     var selecting = String(window.getSelection()) !== "";
     var open = document.querySelector("details[open]");
-    return typing || selecting || open;
+    var refused = document.querySelector("main .error[role=alert]");
+    return edited || refused || typing || selecting || open;
   }
   function refresh() {
-    if (busy() || document.hidden) return;
+    if (busy() || document.hidden) return ticked();
     fetch(window.location.href, { credentials: "same-origin" })
       .then(function (r) { return r.ok ? r.text() : null; })
       .then(function (html) {
@@ -43,7 +55,8 @@
         var fresh = doc.querySelector("main");
         if (fresh) document.querySelector("main").replaceWith(fresh);
       })
-      .catch(function () {});
+      .catch(function () {})
+      .then(ticked);
   }
   setInterval(refresh, seconds * 1000);
 })();

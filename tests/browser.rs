@@ -185,6 +185,45 @@ async fn sign_in_open_a_failed_message_and_redeliver() {
     assert!(notice.contains("Redelivered"), "{notice}");
     screenshot(&c, &shots, "message").await;
 
+    // The endpoint page refreshes itself (every 10 s), but not over a
+    // form with changes not saved yet.
+    c.goto(&format!("{base}/apps/{app_id}/endpoints/{ep}"))
+        .await
+        .unwrap();
+    let description = c
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css("input#description"))
+        .await
+        .unwrap();
+    description.send_keys("typed, not saved").await.unwrap();
+    // Away from the field: no longer typing, the change still unsaved.
+    c.find(Locator::Css("main h1"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    helpers::wait_until(Duration::from_secs(30), "a refresh tick", || async {
+        let ticks = c
+            .execute(
+                "return document.documentElement.dataset.refreshTicks || '0'",
+                vec![],
+            )
+            .await
+            .unwrap();
+        (ticks.as_str().and_then(|t| t.parse::<u32>().ok())? >= 1).then_some(())
+    })
+    .await;
+    let kept = c
+        .find(Locator::Css("input#description"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap();
+    assert_eq!(kept.as_deref(), Some("typed, not saved"));
+
     // The main pages render for a person.
     for (path, name) in [
         ("/".to_owned(), "overview"),
