@@ -541,6 +541,8 @@ pub struct FailedRow {
     pub app_name: String,
     pub event_type: String,
     pub url: String,
+    /// Its endpoint is disabled: redelivering waits until it is enabled.
+    pub disabled: bool,
     pub when: String,
     pub attempts: u32,
     pub last_code: String,
@@ -575,7 +577,8 @@ async fn failed(state: State, req: HttpRequest, q: web::Query<FailedQuery>) -> P
         let Some(m) = state.store.get_message(&d.app_id, &d.msg_id)? else {
             continue;
         };
-        let url = state.store.get_endpoint(&d.app_id, &d.ep_id)?.map_or_else(
+        let ep = state.store.get_endpoint(&d.app_id, &d.ep_id)?;
+        let url = ep.as_ref().map_or_else(
             || "(deleted endpoint)".to_owned(),
             |e| e.url.as_str().to_owned(),
         );
@@ -587,6 +590,7 @@ async fn failed(state: State, req: HttpRequest, q: web::Query<FailedQuery>) -> P
             app_name: names.get(&d.app_id)?,
             event_type: m.event_type,
             url,
+            disabled: ep.is_some_and(|e| e.disabled),
             when: d.last_attempt_ms.map(view::time).unwrap_or_default(),
             attempts: d.attempts,
             last_code: match d.last_status_code {
@@ -620,6 +624,8 @@ async fn redeliver_failed(
         "pick"
     };
     let mut targets = Vec::new();
+    // Why some were not redelivered: (disabled, deleted, payload removed).
+    let mut left = (0, 0, 0);
     for (_, v) in form.iter().filter(|(n, _)| n == field) {
         let Some((m, e)) = v.split_once(':') else {
             continue;
@@ -628,24 +634,34 @@ async fn redeliver_failed(
             continue;
         };
         let Some(msg) = state.store.find_message_any(&msg_id)? else {
+            left.1 += 1;
             continue;
         };
-        if msg.expunged
-            || state
-                .store
-                .get_endpoint(&msg.app_id, &ep_id)?
-                .is_none_or(|ep| ep.disabled)
-        {
-            continue;
+        match state.store.get_endpoint(&msg.app_id, &ep_id)? {
+            None => left.1 += 1,
+            Some(ep) if ep.disabled => left.0 += 1,
+            Some(_) if msg.expunged => left.2 += 1,
+            Some(_) => targets.push((msg, ep_id)),
         }
-        targets.push((msg, ep_id));
     }
-    if targets.is_empty() {
-        return Ok(see_other("/failed", Some("Nothing selected to redeliver.")));
+    let n = if targets.is_empty() {
+        0
+    } else {
+        state.redeliver(&targets, REDELIVER_WAIT).await?
+    };
+    let mut notice = match n {
+        0 if left == (0, 0, 0) => "Nothing selected to redeliver.".to_owned(),
+        0 => "Nothing redelivered.".to_owned(),
+        n => format!("Redelivered {n} deliveries."),
+    };
+    for (count, why) in [
+        (left.0, "to a disabled endpoint (enable it first)"),
+        (left.1, "whose message or endpoint was deleted"),
+        (left.2, "whose payload was removed"),
+    ] {
+        if count > 0 {
+            notice.push_str(&format!(" Left {count} {why}."));
+        }
     }
-    let n = state.redeliver(&targets, REDELIVER_WAIT).await?;
-    Ok(see_other(
-        "/failed",
-        Some(&format!("Redelivered {n} deliveries.")),
-    ))
+    Ok(see_other("/failed", Some(&notice)))
 }

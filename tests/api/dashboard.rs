@@ -371,8 +371,36 @@ async fn failed_page_lists_dead_letters_and_redelivers_in_bulk() {
         .await;
     assert!(page.contains("Redelivered 1 deliveries"));
     assert!(!page.contains(&m1) && page.contains(&m2));
-    // Then everything shown.
+    // To a disabled endpoint nothing goes, and the page says why.
     let shown = format!("{m2}:{ep}");
+    let set_disabled = |disabled: bool| {
+        let path = format!("/app/{app_id}/endpoint/{ep}");
+        let app = &app;
+        async move {
+            let (status, _) = app.patch(&path, json!({ "disabled": disabled })).await;
+            assert_eq!(status, 200);
+        }
+    };
+    set_disabled(true).await;
+    let page = b
+        .follow(
+            b.post(
+                "/failed/redeliver",
+                &[("csrf", &csrf), ("all", "1"), ("shown", &shown)],
+            )
+            .await,
+        )
+        .await;
+    assert!(
+        page.contains("Nothing redelivered. Left 1 to a disabled endpoint"),
+        "{page}"
+    );
+    assert!(
+        page.contains(&m2) && page.contains("badge off\">disabled"),
+        "{page}"
+    );
+    set_disabled(false).await;
+    // Then everything shown.
     let page = b
         .follow(
             b.post(
