@@ -136,6 +136,7 @@ async fn call(
 ) -> Result<(u16, Value), String> {
     let req = match method {
         "POST" => client.post(url),
+        "DELETE" => client.delete(url),
         _ => client.get(url),
     }
     .insert_header(("authorization", format!("Bearer {TOKEN}")));
@@ -519,6 +520,103 @@ async fn all_delivered(expected: &HashSet<String>, seen: &Mutex<HashSet<String>>
 #[actix_web::test]
 async fn every_acknowledged_publish_survives_kill_9() {
     acknowledged_publishes_survive("-KILL", Duration::ZERO).await;
+}
+
+/// A change the API or the dashboard answered survives `kill -9` right
+/// after the answer: a rotated secret does not come back as it was, nor a
+/// deleted endpoint, nor one disabled in the dashboard.
+#[actix_web::test]
+async fn acknowledged_changes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(with_token(command(dir.path())));
+    let client = client();
+    let base = daemon.base.clone();
+    let app_id = app_with_endpoint(&client, &base, "http://127.0.0.1:9/kept").await;
+    let eps = format!("{base}/api/v1/app/{app_id}/endpoint");
+    let (status, gone) = call(
+        &client,
+        "POST",
+        eps.clone(),
+        Some(json!({"url": "http://127.0.0.1:9/gone"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201);
+    let (_, list) = call(&client, "GET", eps.clone(), None).await.unwrap();
+    let kept = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["url"] == "http://127.0.0.1:9/kept")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let secret_url = format!("{eps}/{kept}/secret");
+    let (status, _) = call(
+        &client,
+        "POST",
+        format!("{secret_url}/rotate"),
+        Some(json!({})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    let (_, rotated) = call(&client, "GET", secret_url.clone(), None)
+        .await
+        .unwrap();
+    let gone_id = gone["id"].as_str().unwrap();
+    let (status, _) = call(&client, "DELETE", format!("{eps}/{gone_id}"), None)
+        .await
+        .unwrap();
+    assert_eq!(status, 204);
+    // The dashboard: sign in, take the form's token, disable the endpoint.
+    let browser = awc::Client::builder().disable_redirects().finish();
+    let resp = browser
+        .post(format!("{base}/login"))
+        .send_form(&[("token", TOKEN), ("next", "/")])
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    let cookie = resp.headers().get("set-cookie").unwrap().to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let mut page = browser
+        .get(format!("{base}/"))
+        .insert_header(("cookie", cookie.as_str()))
+        .send()
+        .await
+        .unwrap();
+    let html = String::from_utf8(page.body().await.unwrap().to_vec()).unwrap();
+    let start = html.find("name=\"csrf\" value=\"").unwrap() + 19;
+    let csrf = &html[start..start + html[start..].find('"').unwrap()];
+    let resp = browser
+        .post(format!("{base}/apps/{app_id}/endpoints/{kept}/toggle"))
+        .insert_header(("cookie", cookie.as_str()))
+        .send_form(&[("csrf", csrf), ("disabled", "true")])
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    daemon.signal("-KILL");
+    daemon.wait(DEADLINE);
+
+    let restarted = Daemon::start(with_token(command(dir.path())));
+    let eps = eps.replace(&base, &restarted.base);
+    let secret_url = secret_url.replace(&base, &restarted.base);
+    let (_, after) = call(&client, "GET", secret_url, None).await.unwrap();
+    assert_eq!(after["key"], rotated["key"], "the rotation was lost");
+    let (_, endpoint) = call(&client, "GET", format!("{eps}/{kept}"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        endpoint["disabled"], true,
+        "the dashboard's change was lost"
+    );
+    let (status, _) = call(&client, "GET", format!("{eps}/{gone_id}"), None)
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "the deleted endpoint came back");
+    restarted.signal("-TERM");
+    assert!(restarted.wait(DEADLINE).success());
 }
 
 /// SIGTERM under load: webhookd stops accepting, finishes or re-queues the

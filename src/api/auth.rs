@@ -213,12 +213,26 @@ pub async fn authenticate(
     if state.changes_operational(req.method(), &segs) {
         return Ok(refuse(req, operational_is_configured()));
     }
-    if is_publish(req.method(), &segs)
-        && let Err(wait) = state.publish_throttle.check(principal.throttle_key())
-    {
+    let publish = is_publish(req.method(), &segs);
+    if publish && let Err(wait) = state.publish_throttle.check(principal.throttle_key()) {
         let err = too_many("Publish rate limit exceeded for this token.", wait);
         return Ok(refuse(req, err));
     }
+    let changes = !matches!(*req.method(), Method::GET | Method::HEAD);
     req.extensions_mut().insert(principal);
-    Ok(next.call(req).await?.map_into_boxed_body())
+    let res = next.call(req).await?.map_into_boxed_body();
+    // A change is durable before it is answered (a publish is made durable
+    // by the writer thread itself: `Writer::write_durable`).
+    if changes
+        && !publish
+        && res.status().is_success()
+        && let Err(e) = state.store.commit().await
+    {
+        let (req, _) = res.into_parts();
+        return Ok(ServiceResponse::new(
+            req,
+            ApiError::from(e).error_response(),
+        ));
+    }
+    Ok(res)
 }

@@ -52,7 +52,6 @@ async fn create(
     let (rec, secret) = state
         .store
         .issue_token(&app.id, body.description, now_ms())?;
-    state.store.commit().await?;
     let mut out = TokenOut::from(&rec);
     out.token = Some(secret);
     Ok(HttpResponse::Created().json(out))
@@ -66,6 +65,5 @@ async fn get(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiE
 async fn delete(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let rec = token(&state, &path)?;
     state.store.delete_token(&rec)?;
-    state.store.commit().await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use actix_web::ResponseError as _;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -108,7 +109,19 @@ pub async fn require_session(
     match session {
         Some(s) => {
             req.extensions_mut().insert(s);
-            Ok(next.call(req).await?.map_into_boxed_body())
+            let changes = req.method() == Method::POST;
+            let res = next.call(req).await?.map_into_boxed_body();
+            // What a form changed is durable before its answer.
+            let done = res.status().is_success() || res.status().is_redirection();
+            if changes
+                && done
+                && let Err(e) = state.store.commit().await
+            {
+                let (req, _) = res.into_parts();
+                let err = DashboardError::from(e);
+                return Ok(ServiceResponse::new(req, err.error_response()));
+            }
+            Ok(res)
         }
         None => {
             let target = match (req.method(), req.query_string()) {

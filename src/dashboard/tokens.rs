@@ -128,7 +128,6 @@ async fn create(state: State, req: HttpRequest, form: web::Form<CreateForm>) -> 
     let (_, token) = state
         .store
         .issue_token(&app.id, description.to_owned(), now_ms())?;
-    state.store.commit().await?;
     page(&state, &req, Some(token))
 }
 
@@ -145,6 +144,5 @@ async fn revoke(
         .flatten()
         .ok_or(DashboardError::NotFound("no such token"))?;
     state.store.delete_token(&token)?;
-    state.store.commit().await?;
     Ok(see_other("/tokens", Some("Token revoked.")))
 }
