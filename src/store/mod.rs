@@ -326,8 +326,28 @@ pub struct Store {
     /// What was deleted or expunged while this store is open, for the
     /// attempts under way meanwhile (see `Withdrawn`).
     withdrawn: Arc<std::sync::Mutex<Withdrawn>>,
+    /// The `eventId` entries claimed by publishes of this process still
+    /// under way, with their message: an entry whose message is not written
+    /// yet is one of these, or left by a crash (see `publish`).
+    publishing: Arc<std::sync::Mutex<HashMap<Vec<u8>, MessageId>>>,
     /// Declared last, so it is dropped after everything above: see `Closing`.
     closing: Arc<Closing>,
+}
+
+/// An `eventId` held by a publish under way (see `Store::claim_event_id`),
+/// given up when the publish is over, whatever came of it.
+struct EventIdClaim {
+    publishing: Arc<std::sync::Mutex<HashMap<Vec<u8>, MessageId>>>,
+    key: Vec<u8>,
+}
+
+impl Drop for EventIdClaim {
+    fn drop(&mut self) {
+        self.publishing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
 }
 
 /// The database file of an opened store. When the last `Store` is gone, its
@@ -676,6 +696,7 @@ impl Store {
             lease_clock: std::time::Instant::now(),
             handoff,
             withdrawn: Arc::default(),
+            publishing: Arc::default(),
             closing: Arc::new(Closing(None)),
         })
     }
@@ -1313,37 +1334,76 @@ impl Store {
         due_ms: i64,
         applied: impl FnOnce() + Send + 'static,
     ) -> Result<Published, StoreError> {
-        if let Some(eid) = &msg.event_id {
-            let key = keys::event_id(&msg.app_id, eid);
-            if let Err(Taken(owner)) = self.claim_unique(&key, msg.id.as_str())? {
-                // A crash between claiming the eventId and writing the message leaves an
-                // index entry without a message: take it over rather than refuse forever.
-                let owner_id = MessageId::parse(&owner);
-                let owner_exists = match &owner_id {
-                    Some(id) => self.tree.contains_key(keys::message(&msg.app_id, id))?,
-                    None => false,
-                };
-                match owner_id {
-                    Some(id) if owner_exists => return Ok(Published::DuplicateEventId(id)),
-                    _ => {
-                        if self
-                            .tree
-                            .compare_and_swap(
-                                &key,
-                                Some(owner.as_bytes()),
-                                Some(msg.id.as_str().as_bytes()),
-                            )?
-                            .is_err()
-                        {
-                            let winner = self.get_str(&key)?.and_then(|s| MessageId::parse(&s));
-                            return Ok(Published::DuplicateEventId(
-                                winner.unwrap_or(msg.id.clone()),
-                            ));
-                        }
+        let claim = match &msg.event_id {
+            Some(eid) => match self.claim_event_id(msg, eid)? {
+                Ok(claim) => Some(claim),
+                Err(owner) => return Ok(Published::DuplicateEventId(owner)),
+            },
+            None => None,
+        };
+        self.publish_claimed(msg, payload, endpoints, due_ms, claim, applied)
+            .await
+    }
+
+    /// Claims `msg`'s `eventId` for its publish, or says which message has
+    /// it. Claims are checked and taken one at a time: an entry whose message
+    /// is missing is taken over only if no publish of this process holds it
+    /// (then a crash left it), never from a publish still under way.
+    fn claim_event_id(
+        &self,
+        msg: &MessageRecord,
+        eid: &str,
+    ) -> Result<Result<EventIdClaim, MessageId>, StoreError> {
+        let key = keys::event_id(&msg.app_id, eid);
+        let mut publishing = self.publishing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(owner) = publishing.get(&key) {
+            return Ok(Err(owner.clone()));
+        }
+        if let Err(Taken(owner)) = self.claim_unique(&key, msg.id.as_str())? {
+            // A crash between claiming the eventId and writing the message leaves an
+            // index entry without a message: take it over rather than refuse forever.
+            let owner_id = MessageId::parse(&owner);
+            let owner_exists = match &owner_id {
+                Some(id) => self.tree.contains_key(keys::message(&msg.app_id, id))?,
+                None => false,
+            };
+            match owner_id {
+                Some(id) if owner_exists => return Ok(Err(id)),
+                _ => {
+                    if self
+                        .tree
+                        .compare_and_swap(
+                            &key,
+                            Some(owner.as_bytes()),
+                            Some(msg.id.as_str().as_bytes()),
+                        )?
+                        .is_err()
+                    {
+                        let winner = self.get_str(&key)?.and_then(|s| MessageId::parse(&s));
+                        return Ok(Err(winner.unwrap_or(msg.id.clone())));
                     }
                 }
             }
         }
+        publishing.insert(key.clone(), msg.id.clone());
+        Ok(Ok(EventIdClaim {
+            publishing: Arc::clone(&self.publishing),
+            key,
+        }))
+    }
+
+    /// `publish` once its `eventId` (if any) is claimed. The claim is given
+    /// up once the writes are applied (the message is there), or with them
+    /// when they never are.
+    async fn publish_claimed(
+        &self,
+        msg: &MessageRecord,
+        payload: &[u8],
+        endpoints: &[&EndpointRecord],
+        due_ms: i64,
+        claim: Option<EventIdClaim>,
+        applied: impl FnOnce() + Send + 'static,
+    ) -> Result<Published, StoreError> {
         // Handed to the worker in memory if due now and it has room (see
         // `handoff`), else queued.
         let ep_ids: Vec<EndpointId> = endpoints.iter().map(|ep| ep.id.clone()).collect();
@@ -1407,6 +1467,7 @@ impl Store {
                 if let Some((tasks, message)) = held {
                     handoff.hand_over(tasks, message);
                 }
+                drop(claim);
                 applied();
             })
             .await;

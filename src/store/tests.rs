@@ -1605,6 +1605,47 @@ fn on_disk_with_two_endpoints() -> (
     (dir, s, a, ep, ep2)
 }
 
+/// A publish of an `eventId` still under way (here waiting for room in the
+/// hand-off) holds it: a second publish of the same `eventId` meanwhile is
+/// its duplicate, not a crash's leftover to take over (two messages).
+#[tokio::test]
+async fn an_event_id_is_held_by_its_publish_under_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), 1 << 20, Keyring::new(DataKey::generate())).unwrap();
+    let a = app(None);
+    let ep = endpoint(&a.id, &[]);
+    s.create_app(&a).unwrap().unwrap();
+    s.create_endpoint(&ep).unwrap().unwrap();
+    let now = crate::domain::now_ms();
+    assert_eq!(s.recover_handed_over(now).unwrap(), 0);
+    s.open_handoff(1);
+    // The one place in the hand-off is taken: the next publish waits for it.
+    let full = message(&a.id, now, None);
+    s.publish(&full, b"{}", &[&ep], now, || {}).await.unwrap();
+    let first = message(&a.id, now, Some("evt-1"));
+    let publishing = {
+        let (s, first, ep) = (s.clone(), first.clone(), ep.clone());
+        tokio::spawn(async move { s.publish(&first, b"{}", &[&ep], now, || {}).await })
+    };
+    // On this single-threaded runtime the spawned publish runs up to its
+    // wait for room.
+    tokio::task::yield_now().await;
+    let again = message(&a.id, now + 1, Some("evt-1"));
+    match s.publish(&again, b"{}", &[&ep], now, || {}).await.unwrap() {
+        Published::DuplicateEventId(id) => assert_eq!(id, first.id),
+        other => panic!("expected a duplicate, got {other:?}"),
+    }
+    assert!(matches!(
+        publishing.await.unwrap().unwrap(),
+        Published::Created { .. }
+    ));
+    assert_eq!(
+        s.find_message(&a.id, "evt-1").unwrap().unwrap().id,
+        first.id
+    );
+    assert!(s.get_message(&a.id, &again.id).unwrap().is_none());
+}
+
 /// Takes up to `n` deliveries handed over, records a successful attempt of
 /// each (at `at`, one millisecond apart) and lets them go; returns the
 /// attempts.
