@@ -259,6 +259,8 @@ pub struct RetentionConfig {
     /// Per application (uid or id).
     pub app_payload: std::collections::BTreeMap<String, Duration>,
     pub attempts: Duration,
+    /// How long an idempotent request's answer is kept (`api.idempotency_ttl`).
+    pub idempotency: Duration,
     /// 0: no bound.
     pub max_disk_bytes: u64,
     pub disk_target_percent: u8,
@@ -344,6 +346,7 @@ fn scheduler(
     h: RawHealth,
     w: RawWatchdog,
     o: RawOperational,
+    idempotency_ttl: Duration,
 ) -> Result<SchedulerConfig, ConfigError> {
     if !(1..=100).contains(&r.disk_target_percent) {
         return Err(invalid(
@@ -397,6 +400,7 @@ fn scheduler(
             payload: days("retention.payload_days", r.payload_days)?,
             app_payload,
             attempts: days("retention.attempt_days", r.attempt_days)?,
+            idempotency: idempotency_ttl,
             max_disk_bytes: r.max_disk_bytes,
             disk_target_percent: r.disk_target_percent,
         },
@@ -543,6 +547,7 @@ impl TryFrom<RawConfig> for Config {
                 )
             })?)
         };
+        let idempotency_ttl = duration("api.idempotency_ttl", &raw.api.idempotency_ttl)?;
         if raw.health.min_free_disk_percent > 100 {
             return Err(invalid(
                 "health.min_free_disk_percent",
@@ -579,7 +584,7 @@ impl TryFrom<RawConfig> for Config {
             },
             api: ApiConfig {
                 max_payload_bytes: raw.max_payload_bytes as usize,
-                idempotency_ttl: duration("api.idempotency_ttl", &raw.api.idempotency_ttl)?,
+                idempotency_ttl,
                 limits: limits(raw.limits)?,
             },
             effective: String::new(),
@@ -615,6 +620,7 @@ impl TryFrom<RawConfig> for Config {
                 raw.endpoint_health,
                 raw.watchdog,
                 raw.operational,
+                idempotency_ttl,
             )?,
             metrics: MetricsConfig {
                 token: (!metrics_token.is_empty()).then_some(metrics_token),

@@ -86,12 +86,12 @@ pub async fn idempotency(
             );
             Ok(req.into_response(err.error_response()))
         }
-        IdemClaim::New => {
+        IdemClaim::New(claim) => {
             let res = next.call(req).await;
             let res = match res {
                 Ok(r) => r,
                 Err(e) => {
-                    let _ = state.store.idempotency_finish(&scope, now_ms(), None);
+                    let _ = state.store.idempotency_finish(claim, now_ms(), None);
                     return Err(e);
                 }
             };
@@ -101,7 +101,7 @@ pub async fn idempotency(
             let bytes = match actix_web::body::to_bytes(body).await {
                 Ok(b) => b,
                 Err(_) => {
-                    let _ = state.store.idempotency_finish(&scope, now_ms(), None);
+                    let _ = state.store.idempotency_finish(claim, now_ms(), None);
                     let err = ApiError::BadRequest("could not buffer the response".into());
                     return Ok(ServiceResponse::new(req, err.error_response()));
                 }
@@ -112,7 +112,7 @@ pub async fn idempotency(
             });
             // Durable before the client sees the answer: a retry after a crash
             // must find it, or it would create a second message.
-            let stored = state.store.idempotency_finish(&scope, now_ms(), remembered);
+            let stored = state.store.idempotency_finish(claim, now_ms(), remembered);
             let stored = match stored {
                 Ok(()) => state.store.commit().await,
                 Err(e) => Err(e),

@@ -67,6 +67,7 @@ pub fn retention(s: &Scheduler, now: i64) -> Result<Report, StoreError> {
             .unwrap_or(default)
     })?;
     let attempts = s.store.delete_old_attempts(now, ms(cfg.attempts))?;
+    let idempotency = s.store.expire_idempotency(now, ms(cfg.idempotency))?;
     let mut dropped = crate::store::Retained::default();
     if cfg.max_disk_bytes > 0 {
         let target = cfg.max_disk_bytes / 100 * u64::from(cfg.disk_target_percent);
@@ -86,6 +87,7 @@ pub fn retention(s: &Scheduler, now: i64) -> Result<Report, StoreError> {
     report.count("payloads_expunged", payloads.payloads_expunged);
     report.count("attempts_deleted", attempts.attempts_deleted);
     report.count("messages_deleted", dropped.messages_deleted);
+    report.count("idempotency_keys_expired", idempotency);
     report.count(
         "bytes_freed",
         payloads.bytes_freed + attempts.bytes_freed + dropped.bytes_freed,

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::writer::Overlay;
 use super::{
-    AttemptRecord, Counts, DestRecord, JOB_CHUNK, JobRecord, MessageRecord, PageReq, SilenceAlert,
-    Store, StoreError, TaskRecord, change_first_attempt, decode, decode_dest, encode,
-    first_attempt, keys, set_failed_index, stage_forget,
+    AttemptRecord, Counts, DestRecord, IdempotencyRecord, JOB_CHUNK, JobRecord, MessageRecord,
+    PageReq, SilenceAlert, Store, StoreError, TaskRecord, change_first_attempt, decode,
+    decode_dest, encode, first_attempt, keys, set_failed_index, stage_forget,
 };
 use crate::domain::{
     AppId, AttemptId, AttemptTrigger, EndpointId, MessageId, MessageStatus, TaskId,
@@ -543,6 +543,33 @@ impl Store {
     }
 
     // ----- retention -------------------------------------------------------
+
+    /// Removes the remembered answers of idempotent requests older than
+    /// `ttl_ms` (a retry after that is handled anew anyway), and any record
+    /// that cannot be read. Returns how many.
+    pub fn expire_idempotency(&self, now_ms: i64, ttl_ms: i64) -> Result<u64, StoreError> {
+        let mut expired = Vec::new();
+        for e in self.tree.scan_prefix([keys::ns::IDEMPOTENCY]) {
+            let (k, v) = e?;
+            let old = decode::<IdempotencyRecord>(&k, &v)
+                .map_or(true, |r| r.created_ms.saturating_add(ttl_ms) <= now_ms);
+            if old {
+                expired.push((k, v));
+            }
+        }
+        let mut removed = 0;
+        for (k, v) in expired {
+            // Unless a request with the same key was answered meanwhile.
+            if self
+                .tree
+                .compare_and_swap(&k, Some(&v), None as Option<&[u8]>)?
+                .is_ok()
+            {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
 
     /// Removes payloads (and the response bodies recorded for them) of delivered
     /// messages older than their retention: `retention_of(message)` in

@@ -278,11 +278,30 @@ impl<K: std::hash::Hash + Eq, V: Clone> Kept<K, V> {
 /// How an idempotency key was claimed.
 pub enum IdemClaim {
     /// First use: handle the request, then `idempotency_finish`.
-    New,
+    New(IdemPending),
     /// A request with this key is still being handled.
     InProgress,
     /// Seen before: answer with this.
     Replay(StoredResponse),
+}
+
+/// An idempotency scope whose request is being handled by this process.
+/// Kept in memory only: a crash ends the request, so that its retry after
+/// the restart is handled anew instead of refused until the key expires.
+/// Given up when its request ends, answered (`idempotency_finish`) or not
+/// (dropped).
+pub struct IdemPending {
+    pending: Arc<std::sync::Mutex<std::collections::HashSet<[u8; 32]>>>,
+    scope: [u8; 32],
+}
+
+impl Drop for IdemPending {
+    fn drop(&mut self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.scope);
+    }
 }
 
 #[derive(Clone)]
@@ -330,6 +349,8 @@ pub struct Store {
     /// under way, with their message: an entry whose message is not written
     /// yet is one of these, or left by a crash (see `publish`).
     publishing: Arc<std::sync::Mutex<HashMap<Vec<u8>, MessageId>>>,
+    /// Idempotency scopes whose request is being handled (see `IdemPending`).
+    idempotent_pending: Arc<std::sync::Mutex<std::collections::HashSet<[u8; 32]>>>,
     /// Declared last, so it is dropped after everything above: see `Closing`.
     closing: Arc<Closing>,
 }
@@ -697,6 +718,7 @@ impl Store {
             handoff,
             withdrawn: Arc::default(),
             publishing: Arc::default(),
+            idempotent_pending: Arc::default(),
             closing: Arc::new(Closing(None)),
         })
     }
@@ -2386,7 +2408,9 @@ impl Store {
     // ----- idempotency --------------------------------------------------
 
     /// Claims an idempotency scope (token, path, key) for a new request, or reports
-    /// what happened to the first one. Entries older than `ttl_ms` count as free.
+    /// what happened to the first one. Answers older than `ttl_ms` count as
+    /// gone. Claims are checked and taken one at a time, and a request
+    /// under way is known by this process only (see `IdemPending`).
     pub fn idempotency_begin(
         &self,
         scope: &[u8; 32],
@@ -2394,40 +2418,38 @@ impl Store {
         ttl_ms: i64,
     ) -> Result<IdemClaim, StoreError> {
         let key = keys::idempotency(scope);
-        let fresh = encode(&IdempotencyRecord {
-            created_ms: now_ms,
-            response: None,
-        });
-        loop {
-            let current = self.tree.get(&key)?;
-            if let Some(cur) = &current {
-                let rec: IdempotencyRecord = decode(&key, cur)?;
-                if rec.created_ms + ttl_ms > now_ms {
-                    return Ok(match rec.response {
-                        Some(r) => IdemClaim::Replay(r),
-                        None => IdemClaim::InProgress,
-                    });
-                }
-            }
-            if self
-                .tree
-                .compare_and_swap(&key, current, Some(fresh.clone()))?
-                .is_ok()
+        let mut pending = self
+            .idempotent_pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(cur) = self.tree.get(&key)? {
+            let rec: IdempotencyRecord = decode(&key, &cur)?;
+            // An answer-less record is a request under way in a store
+            // written before those were kept in memory: a crash ended it.
+            if let Some(r) = rec.response
+                && rec.created_ms + ttl_ms > now_ms
             {
-                return Ok(IdemClaim::New);
+                return Ok(IdemClaim::Replay(r));
             }
         }
+        if !pending.insert(*scope) {
+            return Ok(IdemClaim::InProgress);
+        }
+        Ok(IdemClaim::New(IdemPending {
+            pending: Arc::clone(&self.idempotent_pending),
+            scope: *scope,
+        }))
     }
 
-    /// Stores the response for an idempotency scope (`None`: forget it, e.g. after a
-    /// server error, so that a retry is handled anew).
+    /// Stores the response for a claimed idempotency scope (`None`: forget
+    /// it, e.g. after a server error, so that a retry is handled anew).
     pub fn idempotency_finish(
         &self,
-        scope: &[u8; 32],
+        claim: IdemPending,
         now_ms: i64,
         response: Option<StoredResponse>,
     ) -> Result<(), StoreError> {
-        let key = keys::idempotency(scope);
+        let key = keys::idempotency(&claim.scope);
         match response {
             Some(r) => {
                 self.tree.insert(

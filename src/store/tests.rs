@@ -552,16 +552,15 @@ async fn pages_walk_both_ways_without_gaps() {
 fn idempotency_replays_and_expires() {
     let s = Store::temporary().unwrap();
     let scope = [7u8; 32];
-    assert!(matches!(
-        s.idempotency_begin(&scope, 0, 100).unwrap(),
-        IdemClaim::New
-    ));
+    let IdemClaim::New(claim) = s.idempotency_begin(&scope, 0, 100).unwrap() else {
+        panic!("expected a new claim");
+    };
     assert!(matches!(
         s.idempotency_begin(&scope, 1, 100).unwrap(),
         IdemClaim::InProgress
     ));
     s.idempotency_finish(
-        &scope,
+        claim,
         2,
         Some(StoredResponse {
             status: 202,
@@ -575,8 +574,75 @@ fn idempotency_replays_and_expires() {
     }
     assert!(matches!(
         s.idempotency_begin(&scope, 500, 100).unwrap(),
-        IdemClaim::New
+        IdemClaim::New(_)
     ));
+    // A request that ended without an answer (its future dropped) leaves
+    // its key free.
+    let other = [8u8; 32];
+    drop(s.idempotency_begin(&other, 0, 100).unwrap());
+    assert!(matches!(
+        s.idempotency_begin(&other, 1, 100).unwrap(),
+        IdemClaim::New(_)
+    ));
+}
+
+/// A request under way when the process ended holds its key no longer
+/// (it was refused until the key expired): nothing of it is on disk, and
+/// the answer-less record a store written before kept counts for nothing.
+#[test]
+fn a_crash_frees_the_idempotency_keys_under_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = DataKey::generate();
+    let scope = [9u8; 32];
+    {
+        let s = Store::open(dir.path(), 1 << 20, Keyring::new(key.clone())).unwrap();
+        let IdemClaim::New(claim) = s.idempotency_begin(&scope, 0, 100).unwrap() else {
+            panic!("expected a new claim");
+        };
+        // As a crash would: the claim is never given up.
+        std::mem::forget(claim);
+        let older = [10u8; 32];
+        s.tree
+            .insert(
+                keys::idempotency(&older),
+                encode(&IdempotencyRecord {
+                    created_ms: 0,
+                    response: None,
+                }),
+            )
+            .unwrap();
+        s.commit_blocking().unwrap();
+    }
+    let s = Store::open(dir.path(), 1 << 20, Keyring::new(key)).unwrap();
+    for scope in [[9u8; 32], [10u8; 32]] {
+        assert!(matches!(
+            s.idempotency_begin(&scope, 1, 100).unwrap(),
+            IdemClaim::New(_)
+        ));
+    }
+}
+
+/// The retention job removes answers past the key's lifetime, not others.
+#[test]
+fn old_idempotent_answers_are_removed() {
+    let s = Store::temporary().unwrap();
+    let answer = |at: i64, scope: [u8; 32]| {
+        let IdemClaim::New(claim) = s.idempotency_begin(&scope, at, 100).unwrap() else {
+            panic!("expected a new claim");
+        };
+        let body = b"{}".to_vec();
+        s.idempotency_finish(claim, at, Some(StoredResponse { status: 202, body }))
+            .unwrap();
+    };
+    answer(0, [1u8; 32]);
+    answer(50, [2u8; 32]);
+    assert_eq!(s.expire_idempotency(120, 100).unwrap(), 1);
+    assert!(matches!(
+        s.idempotency_begin(&[2u8; 32], 120, 100).unwrap(),
+        IdemClaim::Replay(_)
+    ));
+    let left = s.tree.scan_prefix([keys::ns::IDEMPOTENCY]).count();
+    assert_eq!(left, 1);
 }
 
 #[tokio::test]
