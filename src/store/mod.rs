@@ -919,6 +919,14 @@ impl Store {
             self.delete_endpoint_into(&mut batch, ep, false)?;
         }
         self.delete_tokens_into(&mut batch, &app.id)?;
+        // The silence watchdog's cadences and alerts (after `apply_counters`,
+        // so no cadence of its messages is merged back in after this).
+        for prefix in [keys::ns::CADENCE, keys::ns::SILENCE] {
+            let of_app = [&[prefix][..], app.id.as_str().as_bytes()].concat();
+            for k in self.tree.scan_prefix(of_app).keys() {
+                batch.remove(k?);
+            }
+        }
         let msgs_prefix = keys::messages_of(&app.id);
         for entry in self.tree.scan_prefix(&msgs_prefix) {
             let (k, v) = entry?;

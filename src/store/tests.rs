@@ -654,7 +654,30 @@ async fn delete_app_removes_its_data() {
     s.create_endpoint(&ep).unwrap().unwrap();
     let m = message(&a.id, 10, Some("e1"));
     s.publish(&m, b"{}", &[&ep], 10, || {}).await.unwrap();
+    // Another app's cadence and alert stay.
+    let other = app(None);
+    s.observe_message(&other.id, "tick", 10).unwrap();
+    for app_id in [&a.id, &other.id] {
+        s.put_silence_alert(&SilenceAlert {
+            app_id: app_id.clone(),
+            event_type: "tick".into(),
+            last_ms: 10,
+            threshold_ms: 1,
+            raised_ms: 20,
+        })
+        .unwrap();
+    }
     s.delete_app(&a).unwrap();
+    // Nothing of it for the silence watchdog to raise an alert about.
+    let cadences: Vec<AppId> = s.cadences().unwrap().into_iter().map(|c| c.0).collect();
+    assert_eq!(cadences, vec![other.id.clone()]);
+    let alerts: Vec<AppId> = s
+        .silence_alerts()
+        .unwrap()
+        .into_iter()
+        .map(|a| a.app_id)
+        .collect();
+    assert_eq!(alerts, vec![other.id.clone()]);
     assert!(s.find_app("gone").unwrap().is_none());
     assert!(s.find_message(&a.id, "e1").unwrap().is_none());
     assert!(s.payload(&m.id).unwrap().is_none());
