@@ -75,6 +75,9 @@ pub mod ns {
     pub const TOKEN: u8 = b'z';
     /// sha256(token) → token_id
     pub const TOKEN_HASH: u8 = b'y';
+    /// expiry_ms msg_id → app_id: when the payload of a message with a
+    /// retention of its own (`payloadRetentionPeriod`) is due to go
+    pub const PAYLOAD_EXPIRY: u8 = b'X';
 }
 
 fn key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -215,6 +218,12 @@ pub fn failed(msg: &MessageId, ep: &EndpointId) -> Vec<u8> {
 }
 pub fn job(name: &str) -> Vec<u8> {
     key(ns::JOB, &[name.as_bytes()])
+}
+pub fn payload_expiry(expiry_ms: i64, msg: &MessageId) -> Vec<u8> {
+    key(
+        ns::PAYLOAD_EXPIRY,
+        &[&expiry_ms.to_be_bytes(), msg.as_str().as_bytes()],
+    )
 }
 pub fn cadence(app: &AppId, event_type: &str) -> Vec<u8> {
     key(

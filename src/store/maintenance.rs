@@ -612,30 +612,68 @@ impl Store {
                 self.tree.apply_batch(batch)?;
                 continue;
             };
-            if msg.created_ms + retention_of(&msg) > now_ms {
-                continue;
-            }
-            // An undelivered message keeps its payload: it is still to be
-            // sent or redelivered. Looked at here first, so that a message
-            // kept costs no writer job; the job looks again, in turn with
-            // the resends asked for meanwhile (see `clear_content`).
-            let mut delivered = true;
-            for e in self.tree.scan_prefix(keys::dests_of(&id)) {
-                let (k, v) = e?;
-                if !super::delivered_and_not_due(&decode_dest(&k, &v)?) {
-                    delivered = false;
-                    break;
-                }
-            }
-            if !delivered {
-                continue;
-            }
-            if let Some(freed) = self.clear_content(&msg, true)? {
+            if let Some(freed) = self.expire_if_over(&msg, retention_of(&msg), now_ms)? {
                 r.bytes_freed += payload_len as u64 + freed;
                 r.payloads_expunged += 1;
             }
         }
+        // Messages with a retention of their own may be younger than
+        // `shortest_ms`: found by when theirs ends. An entry stays until its
+        // payload went (or the message did).
+        let end = keys::payload_expiry(now_ms.saturating_add(1), &MessageId::lower_bound(0));
+        for entry in self.tree.range(vec![keys::ns::PAYLOAD_EXPIRY]..end) {
+            let (k, v) = entry?;
+            let msg = match (
+                k.get(9..).and_then(|id| MessageId::parse(&str_of(id))),
+                AppId::parse(&str_of(&v)),
+            ) {
+                (Some(id), Some(app)) => self.get_message(&app, &id)?,
+                _ => None,
+            };
+            let gone = match msg {
+                Some(msg) if !msg.expunged => {
+                    let payload_len = self.payload(&msg.id)?.map_or(0, |p| p.len());
+                    let expired = self.expire_if_over(&msg, retention_of(&msg), now_ms)?;
+                    if let Some(freed) = expired {
+                        r.bytes_freed += payload_len as u64 + freed;
+                        r.payloads_expunged += 1;
+                    }
+                    expired.is_some()
+                }
+                _ => true,
+            };
+            if gone {
+                self.tree.remove(k)?;
+            }
+        }
         Ok(r)
+    }
+
+    /// Expunges `msg`'s payload if `retention_ms` has passed since it was
+    /// created and every delivery of it is over; returns the bytes freed
+    /// beside the payload. An undelivered message keeps its payload: it is
+    /// still to be sent or redelivered (one held in memory by the worker
+    /// has no status yet). Looked at here first, so that a message kept
+    /// costs no writer job; the job looks again, in turn with the resends
+    /// asked for meanwhile (see `clear_content`).
+    fn expire_if_over(
+        &self,
+        msg: &MessageRecord,
+        retention_ms: i64,
+        now_ms: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        if msg.created_ms.saturating_add(retention_ms) > now_ms
+            || !self.handoff.held_of(&msg.id).is_empty()
+        {
+            return Ok(None);
+        }
+        for e in self.tree.scan_prefix(keys::dests_of(&msg.id)) {
+            let (k, v) = e?;
+            if !super::delivered_and_not_due(&decode_dest(&k, &v)?) {
+                return Ok(None);
+            }
+        }
+        self.clear_content(msg, true)
     }
 
     /// Deletes attempt records older than `max_age_ms`. They are kept under

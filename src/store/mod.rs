@@ -1466,6 +1466,12 @@ impl Store {
             }
             writes.push((keys::endpoint_msg(&ep.id, &msg.id), Vec::new()));
         }
+        if let Some(ms) = msg.payload_retention_ms {
+            writes.push((
+                keys::payload_expiry(msg.created_ms.saturating_add(ms), &msg.id),
+                msg.app_id.as_str().as_bytes().to_vec(),
+            ));
+        }
         writes.push((keys::message(&msg.app_id, &msg.id), encode(msg)));
         // One queue entry for all the endpoints: a task for one, a fan for more.
         let fan = FanRecord {

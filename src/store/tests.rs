@@ -796,6 +796,46 @@ async fn claim_one(s: &Store, now: i64, lease_until: i64) -> TaskRecord {
         .remove(0)
 }
 
+/// A message with a retention shorter than every configured one
+/// (`payloadRetentionPeriod`) loses its payload when its own ends, once
+/// delivered, although the pass looks only at messages older than the
+/// shortest configured retention.
+#[tokio::test]
+async fn a_message_retention_shorter_than_the_configured_ones_is_kept_to() {
+    let s = Store::temporary().unwrap();
+    let a = app(None);
+    let ep = endpoint(&a.id, &[]);
+    s.create_app(&a).unwrap().unwrap();
+    s.create_endpoint(&ep).unwrap().unwrap();
+    let short = MessageRecord {
+        payload_retention_ms: Some(1_000),
+        ..message(&a.id, 10, None)
+    };
+    let usual = message(&a.id, 11, None);
+    for m in [&short, &usual] {
+        s.publish(m, b"{}", &[&ep], 10, || {}).await.unwrap();
+    }
+    let retention_of = |m: &MessageRecord| m.payload_retention_ms.unwrap_or(60_000);
+    // Undelivered, it keeps its payload past its retention.
+    let r = s.expire_payloads(5_000, 60_000, retention_of).unwrap();
+    assert_eq!(r.payloads_expunged, 0);
+    for t in s
+        .claim_due(20, 100, 10, 100, |_| Claim::Take)
+        .await
+        .unwrap()
+    {
+        s.record_attempt(&t, &attempt(&t, true, 30), Next::Done)
+            .await
+            .unwrap();
+    }
+    let r = s.expire_payloads(5_000, 60_000, retention_of).unwrap();
+    assert_eq!(r.payloads_expunged, 1);
+    assert!(s.payload(&short.id).unwrap().is_none());
+    assert!(s.payload(&usual.id).unwrap().is_some());
+    // Its entry went with the payload.
+    assert_eq!(s.tree.scan_prefix([keys::ns::PAYLOAD_EXPIRY]).count(), 0);
+}
+
 #[tokio::test]
 async fn dead_letter_index_follows_the_status() {
     let (s, ep, m, t) = one_claimed(10, 500).await;
