@@ -521,6 +521,9 @@ impl Shared {
         // Whether `decide` is asked about deliveries from the queue (else
         // handed over by their publishes).
         let from_queue = std::cell::Cell::new(false);
+        // The endpoints of the deliveries taken from the queue, whose slots
+        // go back if the claim then fails.
+        let queue_taken = std::cell::RefCell::new(Vec::new());
         self.reread_throttles(now).await;
         let mut moved_back = 0;
         let mut decide = |t: &TaskRecord| {
@@ -542,6 +545,9 @@ impl Shared {
                 }
                 slots.in_flight += 1;
                 book.in_flight += 1;
+                if from_queue.get() {
+                    queue_taken.borrow_mut().push(t.ep_id.clone());
+                }
                 // Fast again: a backlog it moves back later starts afresh.
                 if !book.backlog_next_ms.is_empty() && mean_of(&book.mean_ms) < SLOW_AFTER_MS {
                     book.backlog_next_ms.remove(&t.ep_id);
@@ -577,11 +583,19 @@ impl Shared {
             return Ok(moved_back);
         }
         from_queue.set(true);
-        let tasks = self
+        let claimed = self
             .store
             .claim_due(now, lease, left, left * 4 + 64, &mut decide)
-            .await?;
+            .await;
         from_queue.set(false);
+        let tasks = match claimed {
+            Ok(tasks) => tasks,
+            Err(e) => {
+                // Nothing was taken: the slots counted for it are free.
+                self.unclaimed(&queue_taken.take());
+                return Err(e);
+            }
+        };
         left -= tasks.len();
         if let Some(first) = tasks.first() {
             let shared_lease = Arc::new(ClaimLease {
@@ -754,6 +768,21 @@ impl Shared {
             }
         }
         self.slot_freed();
+    }
+
+    /// Gives back the slots of deliveries counted in but not claimed after
+    /// all (the claim failed), one per endpoint in `eps`.
+    fn unclaimed(&self, eps: &[EndpointId]) {
+        let mut book = self.book();
+        for ep in eps {
+            if let Some(slots) = book.per_endpoint.get_mut(ep) {
+                slots.in_flight -= 1;
+                if slots.in_flight == 0 {
+                    book.per_endpoint.remove(ep);
+                }
+            }
+            book.in_flight -= 1;
+        }
     }
 
     /// A claimed delivery is finished (recorded, or given up): its slot in
@@ -1107,6 +1136,57 @@ mod tests {
     use super::Throttle;
     use super::slow_endpoint_deferral as deferral;
     use crate::domain::AppId;
+
+    /// A claim that fails after deciding gives back the slots it counted:
+    /// else each failure kept them taken, until the worker had none left
+    /// and delivered nothing more until a restart.
+    #[tokio::test]
+    async fn a_failed_claim_frees_the_slots_it_counted() {
+        use super::*;
+        use crate::domain::{AttemptTrigger, MessageId, TaskId};
+        let store = Store::temporary().unwrap();
+        let handle = DeliveryHandle::default();
+        let shared = Shared {
+            lease_ms: 60_000,
+            store: store.clone(),
+            cfg: crate::config::Config::load_from(None, &[])
+                .unwrap()
+                .delivery,
+            slots: Mutex::default(),
+            freed: Notify::new(),
+            frees: AtomicUsize::new(0),
+            handle: handle.clone(),
+            ops: Operational::disabled(store.clone(), handle),
+            metrics: Arc::new(Metrics::new()),
+            disabling: Mutex::default(),
+        };
+        let now = now_ms();
+        for i in 0..3 {
+            store
+                .enqueue(&TaskRecord {
+                    id: TaskId::new(now),
+                    app_id: AppId::new(now),
+                    msg_id: MessageId::new(now + i),
+                    ep_id: EndpointId::new(now),
+                    attempt: 0,
+                    trigger: AttemptTrigger::Scheduled,
+                    due_ms: now,
+                })
+                .unwrap();
+        }
+        store
+            .fail_next_claim
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut handed = Vec::new();
+        let mut hand_out = |t: TaskRecord, _: Hold| handed.push(t);
+        assert!(shared.claim(now, true, &mut hand_out).await.is_err());
+        assert_eq!(shared.in_flight(), 0);
+        assert!(shared.book().per_endpoint.is_empty());
+        // The next claim takes them.
+        shared.claim(now, true, &mut hand_out).await.unwrap();
+        assert_eq!(handed.len(), 3);
+        assert_eq!(shared.in_flight(), 3);
+    }
 
     #[test]
     fn an_endpoint_that_stops_answering_is_passed_over_soon() {

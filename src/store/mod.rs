@@ -351,6 +351,9 @@ pub struct Store {
     publishing: Arc<std::sync::Mutex<HashMap<Vec<u8>, MessageId>>>,
     /// Idempotency scopes whose request is being handled (see `IdemPending`).
     idempotent_pending: Arc<std::sync::Mutex<std::collections::HashSet<[u8; 32]>>>,
+    /// Tests: the next `claim_due` fails once it has decided.
+    #[cfg(test)]
+    pub(crate) fail_next_claim: Arc<std::sync::atomic::AtomicBool>,
     /// Declared last, so it is dropped after everything above: see `Closing`.
     closing: Arc<Closing>,
 }
@@ -719,6 +722,8 @@ impl Store {
             withdrawn: Arc::default(),
             publishing: Arc::default(),
             idempotent_pending: Arc::default(),
+            #[cfg(test)]
+            fail_next_claim: Arc::default(),
             closing: Arc::new(Closing(None)),
         })
     }
@@ -2066,6 +2071,13 @@ impl Store {
         let lease = taken
             .first()
             .map(|first| (keys::claim_lease(lease_until_ms, &first.id), encode(&taken)));
+        #[cfg(test)]
+        if self
+            .fail_next_claim
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(StoreError::WriteLost);
+        }
         self.writer
             .write(move |o| {
                 // The new keys first: cut in between by a crash, a delivery
