@@ -1037,6 +1037,28 @@ impl Lane {
             ep_id: attempt.ep_id.clone(),
             attempt_id: attempt.id.clone(),
         });
+        // Recorded: what follows failing must not count as not recorded
+        // (that would queue the delivery again, beside its retry).
+        if let Err(e) = self
+            .after_recorded(task, msg, &attempt, recorded, gone)
+            .await
+        {
+            tracing::error!(error = %e, "the attempt is recorded, but disabling a gone endpoint or sending its operational events failed");
+        }
+        Ok(())
+    }
+
+    /// What follows a recorded attempt: an endpoint that answered 410 is
+    /// disabled, and the operational events are sent.
+    async fn after_recorded(
+        &self,
+        task: &TaskRecord,
+        msg: &crate::store::MessageRecord,
+        attempt: &AttemptRecord,
+        recorded: Option<crate::store::Recorded>,
+        gone: bool,
+    ) -> Result<(), StoreError> {
+        let store = &self.shared.store;
         // Not the operator's receiver of operational events (see
         // `endpoint_health`), nor one disabled already (by another attempt
         // that got a 410, or by hand): one event per disabling.
@@ -1075,7 +1097,7 @@ impl Lane {
         if let Some(recorded) = &recorded
             && !self.shared.ops.is_reserved(&task.app_id)
         {
-            self.attempt_events(msg, &attempt, recorded, gone).await?;
+            self.attempt_events(msg, attempt, recorded, gone).await?;
         }
         Ok(())
     }
