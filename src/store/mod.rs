@@ -912,15 +912,21 @@ impl Store {
     /// Queued deliveries of a deleted app are dropped by the worker when they come due.
     pub fn delete_app(&self, app: &AppRecord) -> Result<(), StoreError> {
         self.apply_counters()?;
+        let eps = self.endpoints_of(&app.id)?;
+        self.deleting_endpoints(eps.iter().map(|ep| ep.id.clone()))?;
+        let deleted = self.delete_app_marked(app, &eps);
+        self.deleted_endpoints(deleted, eps.iter().map(|ep| &ep.id))
+    }
+
+    /// `delete_app` once its endpoints are marked deleted.
+    fn delete_app_marked(&self, app: &AppRecord, eps: &[EndpointRecord]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         batch.remove(keys::app(&app.id));
         batch.remove(keys::app_message_count(&app.id));
         if let Some(uid) = &app.uid {
             batch.remove(keys::app_uid(uid));
         }
-        let eps = self.endpoints_of(&app.id)?;
-        self.deleting_endpoints(eps.iter().map(|ep| ep.id.clone()))?;
-        for ep in eps.iter() {
+        for ep in eps {
             self.delete_endpoint_into(&mut batch, ep, false)?;
         }
         self.delete_tokens_into(&mut batch, &app.id)?;
@@ -956,7 +962,6 @@ impl Store {
             }
         }
         self.tree.apply_batch(batch)?;
-        self.records_changed();
         Ok(())
     }
 
@@ -1295,6 +1300,28 @@ impl Store {
         self.withdraw(|w, now| w.endpoints.extend(eps.into_iter().map(|ep| (ep, now))))
     }
 
+    /// After endpoints marked by `deleting_endpoints` were deleted, or not:
+    /// if not, the marks go, so that their attempts record statuses again.
+    fn deleted_endpoints<'a>(
+        &self,
+        deleted: Result<(), StoreError>,
+        eps: impl IntoIterator<Item = &'a EndpointId>,
+    ) -> Result<(), StoreError> {
+        match deleted {
+            Ok(()) => {
+                self.records_changed();
+                Ok(())
+            }
+            Err(e) => {
+                let mut withdrawn = self.withdrawn.lock().expect("withdrawn lock poisoned");
+                for ep in eps {
+                    withdrawn.endpoints.remove(ep);
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Records what is being deleted or expunged (see `Withdrawn`), then
     /// waits until the writer's group under way is applied.
     fn withdraw(&self, change: impl FnOnce(&mut Withdrawn, Instant)) -> Result<(), StoreError> {
@@ -1324,11 +1351,24 @@ impl Store {
                 MessageId::parse(&String::from_utf8_lossy(&k[1 + ep.id.as_str().len()..]))
             {
                 let dest_key = keys::dest(&msg, &ep.id);
-                if keep_attempts
-                    && let Some(d) = self.dest(&msg, &ep.id)?
-                    && let Some(a) = first_attempt(&d)?
-                {
-                    batch.insert(keys::attempt_by_msg(&msg, &a.id), encode(&a));
+                if keep_attempts {
+                    // A status that cannot be read goes without its attempt
+                    // rather than keep the endpoint from being deleted.
+                    match self.dest(&msg, &ep.id).and_then(|d| match d {
+                        Some(d) => first_attempt(&d),
+                        None => Ok(None),
+                    }) {
+                        Ok(Some(a)) => {
+                            batch.insert(keys::attempt_by_msg(&msg, &a.id), encode(&a));
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(
+                            error = %e,
+                            message_id = %msg,
+                            endpoint_id = %ep.id,
+                            "deleting an endpoint: a delivery status that cannot be read is removed with its first attempt"
+                        ),
+                    }
                 }
                 batch.remove(dest_key);
             }
@@ -1344,11 +1384,12 @@ impl Store {
     /// their messages; queued deliveries to it are dropped when they come due.
     pub fn delete_endpoint(&self, ep: &EndpointRecord) -> Result<(), StoreError> {
         self.deleting_endpoints([ep.id.clone()])?;
-        let mut batch = sled::Batch::default();
-        self.delete_endpoint_into(&mut batch, ep, true)?;
-        self.tree.apply_batch(batch)?;
-        self.records_changed();
-        Ok(())
+        let deleted = (|| -> Result<(), StoreError> {
+            let mut batch = sled::Batch::default();
+            self.delete_endpoint_into(&mut batch, ep, true)?;
+            Ok(self.tree.apply_batch(batch)?)
+        })();
+        self.deleted_endpoints(deleted, [&ep.id])
     }
 
     // ----- messages -----------------------------------------------------

@@ -684,6 +684,25 @@ async fn delete_app_removes_its_data() {
     assert!(s.dest(&m.id, &ep.id).unwrap().is_none());
 }
 
+/// A delivery status that cannot be read does not keep its endpoint from
+/// being deleted (it goes too).
+#[tokio::test]
+async fn an_unreadable_status_does_not_keep_an_endpoint() {
+    let s = Store::temporary().unwrap();
+    let a = app(None);
+    s.create_app(&a).unwrap().unwrap();
+    let ep = endpoint(&a.id, &[]);
+    s.create_endpoint(&ep).unwrap().unwrap();
+    let m = message(&a.id, 10, None);
+    s.publish(&m, b"{}", &[&ep], 10, || {}).await.unwrap();
+    s.tree
+        .insert(keys::dest(&m.id, &ep.id), &b"\xff\xff"[..])
+        .unwrap();
+    s.delete_endpoint(&ep).unwrap();
+    assert!(s.get_endpoint(&a.id, &ep.id).unwrap().is_none());
+    assert!(!s.tree.contains_key(keys::dest(&m.id, &ep.id)).unwrap());
+}
+
 /// `endpoints_of`, and `get_endpoint` through it, answer from memory
 /// between endpoint writes: every kind of write shows in their next answer.
 #[test]
