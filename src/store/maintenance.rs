@@ -16,6 +16,19 @@ use crate::domain::{
     AppId, AttemptId, AttemptTrigger, EndpointId, MessageId, MessageStatus, TaskId,
 };
 
+/// What a sweep read, or `None` (with a warning) for a record that cannot
+/// be read: a sweep passes it by rather than stop there for good (and, at
+/// start, stop webhookd).
+fn readable<T>(key: &[u8], read: Result<T, StoreError>) -> Option<T> {
+    match read {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(error = %e, key = %String::from_utf8_lossy(key), "a record that cannot be read was passed by");
+            None
+        }
+    }
+}
+
 /// A status older than this whose message does not exist is left over from a
 /// publish cut short by a crash (younger, its publish may still be applying).
 const ORPHAN_AFTER_MS: i64 = 60_000;
@@ -266,7 +279,9 @@ impl Store {
             }
             r.statuses_checked += 1;
             last = Some(k.to_vec());
-            let d: DestRecord = decode(&k, &v)?;
+            let Some(d) = readable(&k, decode::<DestRecord>(&k, &v)) else {
+                continue;
+            };
             if !self
                 .endpoints_of(&d.app_id)?
                 .iter()
@@ -425,7 +440,9 @@ impl Store {
             let end = keys::prefix_end(&[keys::ns::DEST]);
             for e in self.tree.range(keys::dests_of(&mark)..end) {
                 let (k, v) = e?;
-                let d: DestRecord = decode(&k, &v)?;
+                let Some(d) = readable(&k, decode::<DestRecord>(&k, &v)) else {
+                    continue;
+                };
                 if !matches!(d.status, MessageStatus::Pending | MessageStatus::Sending) {
                     continue;
                 }
@@ -669,7 +686,9 @@ impl Store {
         }
         for e in self.tree.scan_prefix(keys::dests_of(&msg.id)) {
             let (k, v) = e?;
-            if !super::delivered_and_not_due(&decode_dest(&k, &v)?) {
+            // One that cannot be read keeps the payload.
+            if !readable(&k, decode_dest(&k, &v)).is_some_and(|d| super::delivered_and_not_due(&d))
+            {
                 return Ok(None);
             }
         }
@@ -754,7 +773,8 @@ impl Store {
         let mut kept = Vec::new();
         for e in self.tree.range(start..end) {
             let (k, v) = e?;
-            if let Some(a) = first_attempt(&decode_dest(&k, &v)?)?
+            if let Some(a) =
+                readable(&k, decode_dest(&k, &v).and_then(|d| first_attempt(&d))).flatten()
                 && a.id.created_ms() < cutoff
             {
                 kept.push((k.to_vec(), a));
@@ -871,7 +891,10 @@ fn stage_delete_delivered(
     let msg: MessageRecord = decode(&message_key, &raw)?;
     let mut dests = Vec::new();
     for (k, v) in o.scan_prefix(&keys::dests_of(id))? {
-        let d = decode_dest(&k, &v)?;
+        // One that cannot be read keeps the message.
+        let Some(d) = readable(&k, decode_dest(&k, &v)) else {
+            return Ok((false, 0));
+        };
         if !super::delivered_and_not_due(&d) {
             return Ok((false, 0));
         }

@@ -684,6 +684,31 @@ async fn delete_app_removes_its_data() {
     assert!(s.dest(&m.id, &ep.id).unwrap().is_none());
 }
 
+/// A status that cannot be read is passed by: reconcile goes on past it,
+/// and so does the look for deliveries held in memory at start (which
+/// failed, and with it the start).
+#[tokio::test]
+async fn an_unreadable_status_stops_neither_reconcile_nor_a_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = DataKey::generate();
+    let (s, a, ep) = on_disk_with_handoff(dir.path(), &key);
+    let now = crate::domain::now_ms();
+    let bad = message(&a.id, now, None);
+    s.tree
+        .insert(keys::dest(&bad.id, &ep.id), &b"\xff\xff"[..])
+        .unwrap();
+    // Behind it (in key order), a delivery waiting with nothing queued.
+    let lost = message(&a.id, now + 1, None);
+    s.publish(&lost, b"{}", &[&ep], now, || {}).await.unwrap();
+    s.commit_blocking().unwrap();
+    drop(s);
+    let s = Store::open(dir.path(), 1 << 20, Keyring::new(key)).unwrap();
+    // The one published was handed over in memory and is found again.
+    assert_eq!(s.recover_handed_over(now + 10).unwrap(), 1);
+    let r = s.reconcile(now + 20, 60_000, None, 100, || {}).unwrap();
+    assert!(r.statuses_checked >= 2, "{r:?}");
+}
+
 /// A delivery status that cannot be read does not keep its endpoint from
 /// being deleted (it goes too).
 #[tokio::test]
