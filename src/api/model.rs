@@ -580,11 +580,12 @@ impl EndpointPatch {
         if let Some(c) = &self.channels {
             validate_channels(c, 10, &mut p);
         }
+        // 0 (as the spec allows here, and for an application): not throttled.
         if let Some(Some(r)) = self.throttle_rate {
             p.check(
-                (1..=65535).contains(&r),
+                r <= 65535,
                 &["body", "throttleRate"],
-                "must be between 1 and 65535",
+                "must be at most 65535",
             );
         }
         let credentials = parse_credentials(self.credentials.take(), &mut p);

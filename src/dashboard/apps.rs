@@ -375,9 +375,9 @@ fn apply_form(form: &EndpointForm, limits: &Limits, ep: &mut EndpointRecord) -> 
         r => Some(
             r.parse::<u32>()
                 .ok()
-                .filter(|r| (1..=65535).contains(r))
+                .filter(|r| *r <= 65535)
                 .ok_or_else(|| {
-                    format!("Throttle rate: “{r}” is not a whole number from 1 to 65535")
+                    format!("Throttle rate: “{r}” is not a whole number from 0 to 65535")
                 })?,
         ),
     };

@@ -395,7 +395,8 @@ async fn held_endpoint_does_not_delay_others(threads: &str) {
 /// An endpoint's `throttleRate`, else its app's, spaces its deliveries: at
 /// most that many a second, evenly (here 10/s: 100 ms apart). A rate set
 /// after deliveries were made applies from then on; an endpoint's own rate
-/// overrides its app's; another endpoint of the app is not held up.
+/// overrides its app's (0, set by a `PATCH`: not throttled at all); another
+/// endpoint of the app is not held up.
 #[actix_web::test]
 async fn throttle_rate_spaces_deliveries() {
     use std::time::Duration;
@@ -415,6 +416,15 @@ async fn throttle_rate_spaces_deliveries() {
     app.endpoint_to(&b, &inherited).await;
     app.create_endpoint(&b, &overriding.url(), json!({ "throttleRate": 1000 }))
         .await;
+    let mut zero = TestReceiver::start().await;
+    let zero_ep = app.endpoint_to(&b, &zero).await;
+    let (status, body) = app
+        .patch(
+            &format!("/app/{b}/endpoint/{zero_ep}"),
+            json!({ "throttleRate": 0 }),
+        )
+        .await;
+    assert_eq!((status, &body["throttleRate"]), (200, &json!(0)), "{body}");
     // Delivered before the endpoint had a rate; then it gets one.
     app.publish_simple(&a, "e.t").await;
     own.next().await;
@@ -436,6 +446,11 @@ async fn throttle_rate_spaces_deliveries() {
     assert!(
         fast[4].at - fast[0].at < Duration::from_secs(1),
         "the endpoint's 1000/s, not its app's 10/s"
+    );
+    let unlimited = zero.take(5).await;
+    assert!(
+        unlimited[4].at - unlimited[0].at < Duration::from_secs(1),
+        "the endpoint's 0, not its app's 10/s"
     );
     let mut last = Vec::new();
     for rx in [&mut own, &mut inherited] {
