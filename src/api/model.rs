@@ -81,6 +81,17 @@ impl<T> ListResponse<T> {
             done,
         }
     }
+
+    /// A page whose items were read and then some left out: it goes on
+    /// after the last item read (`last_read`), so that a page left empty
+    /// still leads on.
+    pub fn after(data: Vec<T>, done: bool, last_read: Option<String>) -> Self {
+        Self {
+            data,
+            iterator: if done { None } else { last_read },
+            done,
+        }
+    }
 }
 
 // ----- applications --------------------------------------------------

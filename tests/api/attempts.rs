@@ -261,3 +261,39 @@ async fn one_attempt_content_is_expunged() {
         assert_eq!(body["code"], "not_found", "{body}");
     }
 }
+
+/// The endpoints of a message, a page at a time: an endpoint deleted while
+/// its delivery was under way (held in memory, so still listed by the
+/// store) is left out, and the page it leaves empty still leads on (it
+/// ended with no iterator and `done: false`, which sent clients back to the
+/// first page, forever).
+#[actix_web::test]
+async fn a_page_of_destinations_emptied_by_a_deletion_leads_on() {
+    let app = spawn_app_with(&[]).await;
+    let mut held = TestReceiver::start().await;
+    let gate = crate::helpers::Gate::new();
+    held.set_default(Reply::status(200).gate(&gate));
+    let mut other = TestReceiver::start().await;
+    let a = app.create_app().await;
+    let first = app.endpoint_to(&a, &held).await;
+    let second = app.endpoint_to(&a, &other).await;
+    let m = app.publish_simple(&a, "e.t").await;
+    other.next().await;
+    held.next().await;
+    let (status, _) = app.delete(&format!("/app/{a}/endpoint/{first}")).await;
+    assert_eq!(status, 204);
+    let page = app
+        .get_ok(&format!("/app/{a}/msg/{m}/endpoint?limit=1"))
+        .await;
+    assert_eq!(page["data"], json!([]), "{page}");
+    assert_eq!(page["done"], false, "{page}");
+    let next = page["iterator"].as_str().expect("an iterator");
+    let page = app
+        .get_ok(&format!(
+            "/app/{a}/msg/{m}/endpoint?limit=1&iterator={next}"
+        ))
+        .await;
+    assert_eq!(page["data"][0]["id"], second.as_str(), "{page}");
+    gate.release();
+    app.stop().await;
+}
