@@ -9,7 +9,7 @@ use super::model::{
     MessageOut, payload_json,
 };
 use super::{ApiError, State};
-use crate::domain::{AttemptId, MessageId, MessageStatus, now_ms};
+use crate::domain::{AttemptId, EndpointId, MessageId, MessageStatus, now_ms};
 use crate::store::AttemptRecord;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -94,8 +94,13 @@ async fn list_by_msg(
     let with_content = query.bool("with_content", true)?;
     let app = state.app(&app_id)?;
     let msg = find_message(&state, &app, &msg_id)?;
+    // A deleted endpoint's attempts stay listed under the message: by its
+    // ID they are still found.
     let endpoint = match query.get("endpoint_id") {
-        Some(e) => Some(state.endpoint(&app, e)?.id),
+        Some(e) => match state.store.find_endpoint(&app.id, e)? {
+            Some(ep) => Some(ep.id),
+            None => Some(EndpointId::parse(e).ok_or_else(|| ApiError::not_found("Endpoint"))?),
+        },
         None => None,
     };
     // `event_types`, `channel` and `tag` filter by the message: all of its

@@ -297,3 +297,28 @@ async fn a_page_of_destinations_emptied_by_a_deletion_leads_on() {
     gate.release();
     app.stop().await;
 }
+
+/// A deleted endpoint's attempts stay listed under their message, and its
+/// ID still filters them (it was a 404); a uid no endpoint has is a 404.
+#[actix_web::test]
+async fn a_deleted_endpoints_attempts_are_found_by_its_id() {
+    let app = spawn_app_with(&[]).await;
+    let mut rx = TestReceiver::start().await;
+    let a = app.create_app().await;
+    let ep = app.endpoint_to(&a, &rx).await;
+    let m = app.publish_simple(&a, "e.t").await;
+    rx.next().await;
+    app.wait_attempts(&a, &m, 1).await;
+    let (status, _) = app.delete(&format!("/app/{a}/endpoint/{ep}")).await;
+    assert_eq!(status, 204);
+    let list = app
+        .get_ok(&format!("/app/{a}/attempt/msg/{m}?endpoint_id={ep}"))
+        .await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["data"][0]["endpointId"], ep.as_str(), "{list}");
+    let (status, _) = app
+        .get(&format!("/app/{a}/attempt/msg/{m}?endpoint_id=no-such-uid"))
+        .await;
+    assert_eq!(status, 404);
+    app.stop().await;
+}
