@@ -290,17 +290,44 @@ pub enum IdemClaim {
 /// the restart is handled anew instead of refused until the key expires.
 /// Given up when its request ends, answered (`idempotency_finish`) or not
 /// (dropped).
-pub struct IdemPending {
-    pending: Arc<std::sync::Mutex<std::collections::HashSet<[u8; 32]>>>,
-    scope: [u8; 32],
+pub type IdemPending = HeldKey<[u8; 32], ()>;
+
+/// The keys held by work under way in this process, each with what holds it.
+type UnderWay<K, V> = Arc<std::sync::Mutex<HashMap<K, V>>>;
+
+/// One key of an `UnderWay` map, given up when dropped: when its work is
+/// over, whatever came of it.
+pub struct HeldKey<K: Eq + std::hash::Hash, V> {
+    map: UnderWay<K, V>,
+    key: K,
 }
 
-impl Drop for IdemPending {
+impl<K: Eq + std::hash::Hash, V> HeldKey<K, V> {
+    /// Holds `key` for `holder`, unless it is held already: then returns
+    /// who holds it.
+    fn take(map: &UnderWay<K, V>, key: K, holder: V) -> Result<Self, V>
+    where
+        K: Clone,
+        V: Clone,
+    {
+        let mut held = map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(by) = held.get(&key) {
+            return Err(by.clone());
+        }
+        held.insert(key.clone(), holder);
+        Ok(Self {
+            map: Arc::clone(map),
+            key,
+        })
+    }
+}
+
+impl<K: Eq + std::hash::Hash, V> Drop for HeldKey<K, V> {
     fn drop(&mut self) {
-        self.pending
+        self.map
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.scope);
+            .remove(&self.key);
     }
 }
 
@@ -348,9 +375,9 @@ pub struct Store {
     /// The `eventId` entries claimed by publishes of this process still
     /// under way, with their message: an entry whose message is not written
     /// yet is one of these, or left by a crash (see `publish`).
-    publishing: Arc<std::sync::Mutex<HashMap<Vec<u8>, MessageId>>>,
+    publishing: UnderWay<Vec<u8>, MessageId>,
     /// Idempotency scopes whose request is being handled (see `IdemPending`).
-    idempotent_pending: Arc<std::sync::Mutex<std::collections::HashSet<[u8; 32]>>>,
+    idempotent_pending: UnderWay<[u8; 32], ()>,
     /// Tests: the next `claim_due` fails once it has decided.
     #[cfg(test)]
     pub(crate) fail_next_claim: Arc<std::sync::atomic::AtomicBool>,
@@ -358,21 +385,8 @@ pub struct Store {
     closing: Arc<Closing>,
 }
 
-/// An `eventId` held by a publish under way (see `Store::claim_event_id`),
-/// given up when the publish is over, whatever came of it.
-struct EventIdClaim {
-    publishing: Arc<std::sync::Mutex<HashMap<Vec<u8>, MessageId>>>,
-    key: Vec<u8>,
-}
-
-impl Drop for EventIdClaim {
-    fn drop(&mut self) {
-        self.publishing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.key);
-    }
-}
+/// An `eventId` held by a publish under way (see `Store::claim_event_id`).
+type EventIdClaim = HeldKey<Vec<u8>, MessageId>;
 
 /// The database file of an opened store. When the last `Store` is gone, its
 /// drop waits until the file is really closed (see `wait_until_closed`).
@@ -1422,7 +1436,7 @@ impl Store {
     }
 
     /// Claims `msg`'s `eventId` for its publish, or says which message has
-    /// it. Claims are checked and taken one at a time: an entry whose message
+    /// it. A publish holds it in memory first, so that an entry whose message
     /// is missing is taken over only if no publish of this process holds it
     /// (then a crash left it), never from a publish still under way.
     fn claim_event_id(
@@ -1431,10 +1445,10 @@ impl Store {
         eid: &str,
     ) -> Result<Result<EventIdClaim, MessageId>, StoreError> {
         let key = keys::event_id(&msg.app_id, eid);
-        let mut publishing = self.publishing.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(owner) = publishing.get(&key) {
-            return Ok(Err(owner.clone()));
-        }
+        let claim = match EventIdClaim::take(&self.publishing, key.clone(), msg.id.clone()) {
+            Ok(claim) => claim,
+            Err(owner) => return Ok(Err(owner)),
+        };
         if let Err(Taken(owner)) = self.claim_unique(&key, msg.id.as_str())? {
             // A crash between claiming the eventId and writing the message leaves an
             // index entry without a message: take it over rather than refuse forever.
@@ -1461,11 +1475,7 @@ impl Store {
                 }
             }
         }
-        publishing.insert(key.clone(), msg.id.clone());
-        Ok(Ok(EventIdClaim {
-            publishing: Arc::clone(&self.publishing),
-            key,
-        }))
+        Ok(Ok(claim))
     }
 
     /// `publish` once its `eventId` (if any) is claimed. The claim is given
@@ -2476,19 +2486,20 @@ impl Store {
 
     /// Claims an idempotency scope (token, path, key) for a new request, or reports
     /// what happened to the first one. Answers older than `ttl_ms` count as
-    /// gone. Claims are checked and taken one at a time, and a request
-    /// under way is known by this process only (see `IdemPending`).
+    /// gone. A request under way is known by this process only (see
+    /// `IdemPending`).
     pub fn idempotency_begin(
         &self,
         scope: &[u8; 32],
         now_ms: i64,
         ttl_ms: i64,
     ) -> Result<IdemClaim, StoreError> {
+        // Held first, then read: a request answered in between is found
+        // answered, never handled twice.
+        let Ok(claim) = IdemPending::take(&self.idempotent_pending, *scope, ()) else {
+            return Ok(IdemClaim::InProgress);
+        };
         let key = keys::idempotency(scope);
-        let mut pending = self
-            .idempotent_pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
         if let Some(cur) = self.tree.get(&key)? {
             let rec: IdempotencyRecord = decode(&key, &cur)?;
             // An answer-less record is a request under way in a store
@@ -2499,13 +2510,7 @@ impl Store {
                 return Ok(IdemClaim::Replay(r));
             }
         }
-        if !pending.insert(*scope) {
-            return Ok(IdemClaim::InProgress);
-        }
-        Ok(IdemClaim::New(IdemPending {
-            pending: Arc::clone(&self.idempotent_pending),
-            scope: *scope,
-        }))
+        Ok(IdemClaim::New(claim))
     }
 
     /// Stores the response for a claimed idempotency scope (`None`: forget
@@ -2516,7 +2521,7 @@ impl Store {
         now_ms: i64,
         response: Option<StoredResponse>,
     ) -> Result<(), StoreError> {
-        let key = keys::idempotency(&claim.scope);
+        let key = keys::idempotency(&claim.key);
         match response {
             Some(r) => {
                 self.tree.insert(

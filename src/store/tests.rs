@@ -548,13 +548,19 @@ async fn pages_walk_both_ways_without_gaps() {
     );
 }
 
+/// A new claim of `scope` at `at` (keys live 100 ms).
+fn new_claim(s: &Store, scope: [u8; 32], at: i64) -> IdemPending {
+    match s.idempotency_begin(&scope, at, 100).unwrap() {
+        IdemClaim::New(claim) => claim,
+        _ => panic!("expected a new claim"),
+    }
+}
+
 #[test]
 fn idempotency_replays_and_expires() {
     let s = Store::temporary().unwrap();
     let scope = [7u8; 32];
-    let IdemClaim::New(claim) = s.idempotency_begin(&scope, 0, 100).unwrap() else {
-        panic!("expected a new claim");
-    };
+    let claim = new_claim(&s, scope, 0);
     assert!(matches!(
         s.idempotency_begin(&scope, 1, 100).unwrap(),
         IdemClaim::InProgress
@@ -596,9 +602,7 @@ fn a_crash_frees_the_idempotency_keys_under_way() {
     let scope = [9u8; 32];
     {
         let s = Store::open(dir.path(), 1 << 20, Keyring::new(key.clone())).unwrap();
-        let IdemClaim::New(claim) = s.idempotency_begin(&scope, 0, 100).unwrap() else {
-            panic!("expected a new claim");
-        };
+        let claim = new_claim(&s, scope, 0);
         // As a crash would: the claim is never given up.
         std::mem::forget(claim);
         let older = [10u8; 32];
@@ -627,9 +631,7 @@ fn a_crash_frees_the_idempotency_keys_under_way() {
 fn old_idempotent_answers_are_removed() {
     let s = Store::temporary().unwrap();
     let answer = |at: i64, scope: [u8; 32]| {
-        let IdemClaim::New(claim) = s.idempotency_begin(&scope, at, 100).unwrap() else {
-            panic!("expected a new claim");
-        };
+        let claim = new_claim(&s, scope, at);
         let body = b"{}".to_vec();
         s.idempotency_finish(claim, at, Some(StoredResponse { status: 202, body }))
             .unwrap();

@@ -381,16 +381,12 @@ async fn failed_page_lists_dead_letters_and_redelivers_in_bulk() {
             assert_eq!(status, 200);
         }
     };
+    let redeliver_shown = || async {
+        let form = [("csrf", csrf.as_str()), ("all", "1"), ("shown", &shown)];
+        b.follow(b.post("/failed/redeliver", &form).await).await
+    };
     set_disabled(true).await;
-    let page = b
-        .follow(
-            b.post(
-                "/failed/redeliver",
-                &[("csrf", &csrf), ("all", "1"), ("shown", &shown)],
-            )
-            .await,
-        )
-        .await;
+    let page = redeliver_shown().await;
     assert!(
         page.contains("Nothing redelivered. Left 1 to a disabled endpoint"),
         "{page}"
@@ -401,15 +397,7 @@ async fn failed_page_lists_dead_letters_and_redelivers_in_bulk() {
     );
     set_disabled(false).await;
     // Then everything shown.
-    let page = b
-        .follow(
-            b.post(
-                "/failed/redeliver",
-                &[("csrf", &csrf), ("all", "1"), ("shown", &shown)],
-            )
-            .await,
-        )
-        .await;
+    let page = redeliver_shown().await;
     assert!(page.contains("Nothing has failed"), "{page}");
     app.wait_status(&app_id, &m2, &ep, 0).await;
     app.stop().await;
