@@ -266,7 +266,7 @@ async fn login(state: State, req: HttpRequest, form: web::Form<LoginForm>) -> Pa
     }
     let id = state.sessions.create(state.admin_token.generation());
     let mut res = see_other(&next, None);
-    res.add_cookie(&cookie(id, session::LIFETIME))
+    res.add_cookie(&cookie(&req, id, session::LIFETIME))
         .map_err(|e| DashboardError::BadRequest(e.to_string()))?;
     Ok(res)
 }
@@ -283,7 +283,7 @@ async fn logout(state: State, req: HttpRequest, form: web::Form<CsrfForm>) -> Pa
         state.sessions.remove(c.value());
     }
     let mut res = see_other("/login", None);
-    res.add_cookie(&cookie(String::new(), Duration::ZERO))
+    res.add_cookie(&cookie(&req, String::new(), Duration::ZERO))
         .map_err(|e| DashboardError::BadRequest(e.to_string()))?;
     Ok(res)
 }

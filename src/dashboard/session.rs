@@ -71,11 +71,16 @@ impl Sessions {
     }
 }
 
-/// The session cookie to set after sign-in (or to clear, with an empty value).
-pub fn cookie(value: String, max_age: Duration) -> Cookie<'static> {
+/// The session cookie to set after sign-in (or to clear, with an empty
+/// value) in answer to `req`: `Secure` when the browser came over https
+/// (to a TLS proxy in front, which says so in `Forwarded` or
+/// `X-Forwarded-Proto`), so that it is never sent in clear.
+pub fn cookie(req: &HttpRequest, value: String, max_age: Duration) -> Cookie<'static> {
+    let https = req.connection_info().scheme() == "https";
     Cookie::build(COOKIE, value)
         .path("/")
         .http_only(true)
+        .secure(https)
         .same_site(SameSite::Strict)
         .max_age(actix_web::cookie::time::Duration::seconds(
             max_age.as_secs() as i64,

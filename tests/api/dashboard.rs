@@ -197,6 +197,28 @@ async fn pages_need_a_session_and_sign_in_works() {
     app.stop().await;
 }
 
+/// Behind a TLS proxy (which says so in `X-Forwarded-Proto`) the session
+/// cookie is `Secure`, so that the browser never sends it in clear.
+#[actix_web::test]
+async fn the_session_cookie_is_secure_behind_https() {
+    let app = spawn_app().await;
+    let b = Browser::new(&app);
+    for (proto, secure) in [(None, false), (Some("https"), true)] {
+        let mut req = b.client.post(format!("{}/login", app.base_url));
+        if let Some(p) = proto {
+            req = req.insert_header(("x-forwarded-proto", p));
+        }
+        let res = req
+            .send_form(&[("token", TOKEN), ("next", "/")])
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 303);
+        let set = res.headers().get("set-cookie").unwrap().to_str().unwrap();
+        assert_eq!(set.contains("; Secure"), secure, "{proto:?}: {set}");
+    }
+    app.stop().await;
+}
+
 #[actix_web::test]
 async fn security_headers_on_every_page() {
     let app = spawn_app().await;
