@@ -59,11 +59,19 @@ impl ApiState {
             }))
     }
 
-    /// Did the request present the monitoring token (what `/metrics` and
-    /// the health report's details take): `metrics.token` when set, else the
-    /// admin token; an application token never. `Ok(false)` when it came
-    /// without one; a wrong one is an authentication failure (logged,
-    /// throttled like the API's) and an error.
+    /// Is `token` the monitoring token (what `/metrics` and the health
+    /// report's details take): `metrics.token` when set, else the admin
+    /// token; an application token never.
+    fn is_monitoring(&self, token: &str) -> bool {
+        match &self.metrics_token {
+            Some(expected) => bool::from(token.as_bytes().ct_eq(expected.as_bytes())),
+            None => self.admin_token.matches(token),
+        }
+    }
+
+    /// `/metrics`: did the request present the monitoring token?
+    /// `Ok(false)` when it came without one; a wrong one is an
+    /// authentication failure (logged, throttled like the API's) and an error.
     pub fn monitoring_token(&self, req: &actix_web::HttpRequest) -> Result<bool, ApiError> {
         let Some(token) = bearer(req.headers()) else {
             return Ok(false);
@@ -71,11 +79,7 @@ impl ApiState {
         let client = req.peer_addr().map(|a| a.ip());
         let too_many = |wait| too_many("Too many failed authentications; try again later.", wait);
         self.auth_throttle.check(client).map_err(too_many)?;
-        let ok = match &self.metrics_token {
-            Some(expected) => bool::from(token.as_bytes().ct_eq(expected.as_bytes())),
-            None => self.admin_token.matches(token),
-        };
-        if !ok {
+        if !self.is_monitoring(token) {
             tracing::warn!(client = ?client, path = req.path(), "monitoring authentication failed");
             self.auth_throttle.failed(client).map_err(too_many)?;
             return Err(ApiError::Unauthorized(
@@ -83,6 +87,32 @@ impl ApiState {
             ));
         }
         Ok(true)
+    }
+
+    /// The health checks: does the request see the report in full (it
+    /// presented the monitoring token)? Never refused: a client sends its
+    /// own token with every call, health checks included (the Svix SDKs
+    /// do), so another token the API knows gets the overall state, as no
+    /// token does. A token nobody has counts as a failed authentication
+    /// (throttled per address like the API's), and while its address is
+    /// throttled no token is looked at, so the report is no oracle for
+    /// guessing.
+    pub fn shows_details(&self, req: &actix_web::HttpRequest) -> bool {
+        let Some(token) = bearer(req.headers()) else {
+            return false;
+        };
+        let client = req.peer_addr().map(|a| a.ip());
+        if self.auth_throttle.check(client).is_err() {
+            return false;
+        }
+        if self.is_monitoring(token) {
+            return true;
+        }
+        if !matches!(self.principal(token), Ok(Some(_))) {
+            tracing::warn!(client = ?client, path = req.path(), "health check with an unknown token");
+            let _ = self.auth_throttle.failed(client);
+        }
+        false
     }
 
     /// May a token of `app` make this request (`segs`: its path's segments

@@ -2,9 +2,9 @@
 //! `GET /api/v1/webhookd/health` (a JSON report), both without a token.
 //!
 //! Healthy means: the store answers, the data dir takes a new file, and its file
-//! system has at least `health.min_free_disk_percent` free. Without a token the
-//! report says that much and no more; with the monitoring token (see
-//! `ApiState::monitoring_token`) it also shows the data dir, the errors as
+//! system has at least `health.min_free_disk_percent` free. Without the
+//! monitoring token the report says that much and no more; with it (see
+//! `ApiState::shows_details`) it also shows the data dir, the errors as
 //! they came, the queue and the scheduler's jobs, which inform but never
 //! degrade.
 
@@ -101,7 +101,7 @@ impl Problem {
 /// Runs every check (file IO and store scans: off the async threads). The
 /// report in full for the monitoring token, the overall state without it.
 async fn check(state: State, req: &HttpRequest) -> Result<(bool, Value), ApiError> {
-    let full = state.monitoring_token(req)?;
+    let full = state.shows_details(req);
     let report = web::block(move || {
         let now = now_ms();
         let mut problems: Vec<Problem> = Vec::new();
