@@ -265,7 +265,7 @@ async fn resend(
         .store
         .queue_manual(&app.id, &msg.id, &ep.id, now_ms())
         .await?;
-    state.store.commit().await?;
+    // Durable before the answer: see `auth::authenticate`.
     state.delivery.wake();
     Ok(HttpResponse::Accepted().json(EmptyResponse {}))
 }

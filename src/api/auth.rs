@@ -256,6 +256,11 @@ pub async fn authenticate(
     if changes
         && !publish
         && res.status().is_success()
+        && res
+            .request()
+            .extensions()
+            .get::<super::Committed>()
+            .is_none()
         && let Err(e) = state.store.commit().await
     {
         let (req, _) = res.into_parts();

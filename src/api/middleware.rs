@@ -4,10 +4,10 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{Method, StatusCode, header};
 use actix_web::middleware::Next;
-use actix_web::{HttpResponse, ResponseError, web};
+use actix_web::{HttpMessage as _, HttpResponse, ResponseError, web};
 use sha2::{Digest, Sha256};
 
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, Committed};
 use crate::domain::now_ms;
 use crate::store::{IdemClaim, StoredResponse};
 
@@ -78,6 +78,8 @@ pub async fn idempotency(
             let res = HttpResponse::build(status)
                 .content_type("application/json")
                 .body(stored.body);
+            // Nothing was written.
+            req.extensions_mut().insert(Committed);
             Ok(req.into_response(res))
         }
         IdemClaim::InProgress => {
@@ -91,7 +93,7 @@ pub async fn idempotency(
             let res = match res {
                 Ok(r) => r,
                 Err(e) => {
-                    let _ = state.store.idempotency_finish(claim, now_ms(), None);
+                    let _ = state.store.idempotency_finish(&claim, now_ms(), None);
                     return Err(e);
                 }
             };
@@ -101,7 +103,7 @@ pub async fn idempotency(
             let bytes = match actix_web::body::to_bytes(body).await {
                 Ok(b) => b,
                 Err(_) => {
-                    let _ = state.store.idempotency_finish(claim, now_ms(), None);
+                    let _ = state.store.idempotency_finish(&claim, now_ms(), None);
                     let err = ApiError::BadRequest("could not buffer the response".into());
                     return Ok(ServiceResponse::new(req, err.error_response()));
                 }
@@ -110,15 +112,21 @@ pub async fn idempotency(
                 status: status.as_u16(),
                 body: bytes.to_vec(),
             });
-            // Durable before the client sees the answer: a retry after a crash
-            // must find it, or it would create a second message.
-            let stored = state.store.idempotency_finish(claim, now_ms(), remembered);
+            // Durable before the client sees the answer (and before a repeat
+            // may find it: the claim goes after): a retry after a crash must
+            // find it, or it would create a second message. With it, what the
+            // request changed is durable too.
+            let stored = state.store.idempotency_finish(&claim, now_ms(), remembered);
             let stored = match stored {
                 Ok(()) => state.store.commit().await,
                 Err(e) => Err(e),
             };
-            if let Err(e) = stored {
-                tracing::error!(error = %e, "storing an idempotent response failed");
+            drop(claim);
+            match stored {
+                Ok(()) => {
+                    req.extensions_mut().insert(Committed);
+                }
+                Err(e) => tracing::error!(error = %e, "storing an idempotent response failed"),
             }
             Ok(ServiceResponse::new(
                 req,

@@ -78,6 +78,12 @@ impl ApiState {
     }
 }
 
+/// In a request's extensions: what it changed is durable already (the
+/// idempotency layer committed it with the answer, or replayed an answer
+/// and wrote nothing), so the authentication layer does not commit again.
+#[derive(Clone, Copy)]
+pub(crate) struct Committed;
+
 /// Mounts `/api/v1` on a service config.
 pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<ApiState>) {
     health::routes(cfg, state.clone());

@@ -537,7 +537,6 @@ async fn recover(
     let store = state.store.clone();
     let ep_id = ep.id.clone();
     let n = web::block(move || store.recover(&ep_id, since, None, now_ms())).await??;
-    state.store.commit().await?;
     state.delivery.wake();
     Ok(see_other(
         &format!("/apps/{}/endpoints/{}", app.id, ep.id),

@@ -86,7 +86,7 @@ impl DashboardState {
                 .queue_manual(&msg.app_id, &msg.id, ep, now)
                 .await?;
         }
-        self.store.commit().await?;
+        // Durable before the page answers: see `session::require_session`.
         self.delivery.wake();
         let mut waiting: Vec<(MessageId, EndpointId)> = targets
             .iter()

@@ -2514,10 +2514,11 @@ impl Store {
     }
 
     /// Stores the response for a claimed idempotency scope (`None`: forget
-    /// it, e.g. after a server error, so that a retry is handled anew).
+    /// it, e.g. after a server error, so that a retry is handled anew). The
+    /// claim is the caller's to drop, once that is durable.
     pub fn idempotency_finish(
         &self,
-        claim: IdemPending,
+        claim: &IdemPending,
         now_ms: i64,
         response: Option<StoredResponse>,
     ) -> Result<(), StoreError> {

@@ -566,7 +566,7 @@ fn idempotency_replays_and_expires() {
         IdemClaim::InProgress
     ));
     s.idempotency_finish(
-        claim,
+        &claim,
         2,
         Some(StoredResponse {
             status: 202,
@@ -574,6 +574,8 @@ fn idempotency_replays_and_expires() {
         }),
     )
     .unwrap();
+    // Answered, and that durable: the claim goes.
+    drop(claim);
     match s.idempotency_begin(&scope, 3, 100).unwrap() {
         IdemClaim::Replay(r) => assert_eq!((r.status, r.body), (202, b"x".to_vec())),
         _ => panic!("expected a replay"),
@@ -593,8 +595,9 @@ fn idempotency_replays_and_expires() {
 }
 
 /// A request under way when the process ended holds its key no longer
-/// (it was refused until the key expired): nothing of it is on disk, and
-/// the answer-less record a store written before kept counts for nothing.
+/// (it was refused until the key expired): nothing of it reaches the disk
+/// (here flushed while it is under way), and the answer-less record a
+/// store written before kept counts for nothing.
 #[test]
 fn a_crash_frees_the_idempotency_keys_under_way() {
     let dir = tempfile::tempdir().unwrap();
@@ -633,7 +636,7 @@ fn old_idempotent_answers_are_removed() {
     let answer = |at: i64, scope: [u8; 32]| {
         let claim = new_claim(&s, scope, at);
         let body = b"{}".to_vec();
-        s.idempotency_finish(claim, at, Some(StoredResponse { status: 202, body }))
+        s.idempotency_finish(&claim, at, Some(StoredResponse { status: 202, body }))
             .unwrap();
     };
     answer(0, [1u8; 32]);
