@@ -591,7 +591,9 @@ impl Shared {
         let tasks = match claimed {
             Ok(tasks) => tasks,
             Err(e) => {
-                // Nothing was taken: the slots counted for it are free.
+                // Nothing was taken: the slots counted for it are free. (The
+                // turns a throttle gave them stay given: the next claim
+                // defers them by a turn, a delay only.)
                 self.unclaimed(&queue_taken.take());
                 return Err(e);
             }

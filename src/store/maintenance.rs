@@ -565,22 +565,17 @@ impl Store {
     /// `ttl_ms` (a retry after that is handled anew anyway), and any record
     /// that cannot be read. Returns how many.
     pub fn expire_idempotency(&self, now_ms: i64, ttl_ms: i64) -> Result<u64, StoreError> {
-        let mut expired = Vec::new();
+        let mut removed = 0;
         for e in self.tree.scan_prefix([keys::ns::IDEMPOTENCY]) {
             let (k, v) = e?;
             let old = decode::<IdempotencyRecord>(&k, &v)
                 .map_or(true, |r| r.created_ms.saturating_add(ttl_ms) <= now_ms);
-            if old {
-                expired.push((k, v));
-            }
-        }
-        let mut removed = 0;
-        for (k, v) in expired {
             // Unless a request with the same key was answered meanwhile.
-            if self
-                .tree
-                .compare_and_swap(&k, Some(&v), None as Option<&[u8]>)?
-                .is_ok()
+            if old
+                && self
+                    .tree
+                    .compare_and_swap(&k, Some(&v), None as Option<&[u8]>)?
+                    .is_ok()
             {
                 removed += 1;
             }
@@ -629,14 +624,17 @@ impl Store {
                 self.tree.apply_batch(batch)?;
                 continue;
             };
-            if let Some(freed) = self.expire_if_over(&msg, retention_of(&msg), now_ms)? {
+            if self.may_expire(&msg, retention_of(&msg), now_ms)?
+                && let Some(freed) = self.clear_content(&msg, true)?
+            {
                 r.bytes_freed += payload_len as u64 + freed;
                 r.payloads_expunged += 1;
             }
         }
         // Messages with a retention of their own may be younger than
         // `shortest_ms`: found by when theirs ends. An entry stays until its
-        // payload went (or the message did).
+        // payload went (or the message did). (Those of a store written
+        // before this index have none: the pass above finds them.)
         let end = keys::payload_expiry(now_ms.saturating_add(1), &MessageId::lower_bound(0));
         for entry in self.tree.range(vec![keys::ns::PAYLOAD_EXPIRY]..end) {
             let (k, v) = entry?;
@@ -649,13 +647,16 @@ impl Store {
             };
             let gone = match msg {
                 Some(msg) if !msg.expunged => {
-                    let payload_len = self.payload(&msg.id)?.map_or(0, |p| p.len());
-                    let expired = self.expire_if_over(&msg, retention_of(&msg), now_ms)?;
-                    if let Some(freed) = expired {
-                        r.bytes_freed += payload_len as u64 + freed;
-                        r.payloads_expunged += 1;
+                    if self.may_expire(&msg, retention_of(&msg), now_ms)? {
+                        let payload_len = self.payload(&msg.id)?.map_or(0, |p| p.len());
+                        if let Some(freed) = self.clear_content(&msg, true)? {
+                            r.bytes_freed += payload_len as u64 + freed;
+                            r.payloads_expunged += 1;
+                        }
+                        true
+                    } else {
+                        false
                     }
-                    expired.is_some()
                 }
                 _ => true,
             };
@@ -666,33 +667,33 @@ impl Store {
         Ok(r)
     }
 
-    /// Expunges `msg`'s payload if `retention_ms` has passed since it was
-    /// created and every delivery of it is over; returns the bytes freed
-    /// beside the payload. An undelivered message keeps its payload: it is
-    /// still to be sent or redelivered (one held in memory by the worker
-    /// has no status yet). Looked at here first, so that a message kept
-    /// costs no writer job; the job looks again, in turn with the resends
-    /// asked for meanwhile (see `clear_content`).
-    fn expire_if_over(
+    /// May `msg`'s payload go: `retention_ms` has passed since it was
+    /// created and every delivery of it is over? An undelivered message
+    /// keeps its payload: it is still to be sent or redelivered (one held
+    /// in memory by the worker has no status yet). Looked at here first, so
+    /// that a message kept costs no writer job; the job that expunges looks
+    /// again, in turn with the resends asked for meanwhile (see
+    /// `clear_content`).
+    fn may_expire(
         &self,
         msg: &MessageRecord,
         retention_ms: i64,
         now_ms: i64,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<bool, StoreError> {
         if msg.created_ms.saturating_add(retention_ms) > now_ms
             || !self.handoff.held_of(&msg.id).is_empty()
         {
-            return Ok(None);
+            return Ok(false);
         }
         for e in self.tree.scan_prefix(keys::dests_of(&msg.id)) {
             let (k, v) = e?;
             // One that cannot be read keeps the payload.
             if !readable(&k, decode_dest(&k, &v)).is_some_and(|d| super::delivered_and_not_due(&d))
             {
-                return Ok(None);
+                return Ok(false);
             }
         }
-        self.clear_content(msg, true)
+        Ok(true)
     }
 
     /// Deletes attempt records older than `max_age_ms`. They are kept under
