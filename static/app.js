@@ -2,7 +2,7 @@
 // - copy buttons ([data-copy] text or [data-copy-from] element id)
 // - auto-refresh of pages that mark a [data-refresh="seconds"] element,
 //   paused while the user is typing in a form or has text selected, and
-//   stopped once a form holds changes not sent yet or the page shows a
+//   and held while a form holds changes not sent yet or the page shows a
 //   refused form (a refresh would replace what was typed). Each tick is
 //   counted in <html data-refresh-ticks>.
 (function () {
@@ -29,9 +29,18 @@
   var marker = document.querySelector("[data-refresh]");
   if (!marker) return;
   var seconds = parseInt(marker.dataset.refresh, 10) || 15;
-  var edited = false;
-  document.addEventListener("input", function () { edited = true; });
-  document.addEventListener("change", function () { edited = true; });
+  // A form control that no longer holds what the page came with.
+  function changed(el) {
+    if (el.type === "hidden" || el.type === "submit" || el.type === "button") return false;
+    if (el.type === "checkbox" || el.type === "radio") return el.checked !== el.defaultChecked;
+    if (el.tagName === "SELECT") {
+      return Array.prototype.some.call(el.options, function (o) { return o.selected !== o.defaultSelected; });
+    }
+    return el.value !== el.defaultValue;
+  }
+  function edited() {
+    return Array.prototype.some.call(document.querySelectorAll("main input, main textarea, main select"), changed);
+  }
   var ticks = 0;
   function ticked() {
     ticks += 1;
@@ -43,7 +52,7 @@
     var selecting = String(window.getSelection()) !== "";
     var open = document.querySelector("details[open]");
     var refused = document.querySelector("main .error[role=alert]");
-    return edited || refused || typing || selecting || open;
+    return edited() || refused || typing || selecting || open;
   }
   function refresh() {
     if (busy() || document.hidden) return ticked();

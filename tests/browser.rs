@@ -223,6 +223,32 @@ async fn sign_in_open_a_failed_message_and_redeliver() {
         .await
         .unwrap();
     assert_eq!(kept.as_deref(), Some("typed, not saved"));
+    // Typed back to what it was, the form holds no change: refreshes go on.
+    c.execute(
+        "const d = document.querySelector('input#description'); d.value = d.defaultValue; \
+         document.documentElement.dataset.refreshTicks = '0';",
+        vec![],
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "document.querySelector('main h1').dataset.stale = 'yes'",
+        vec![],
+    )
+    .await
+    .unwrap();
+    helpers::wait_until(Duration::from_secs(30), "a refresh", || async {
+        let fresh = c
+            .execute(
+                "return document.documentElement.dataset.refreshTicks !== '0' \
+                 && !document.querySelector('main h1').dataset.stale",
+                vec![],
+            )
+            .await
+            .unwrap();
+        (fresh.as_bool() == Some(true)).then_some(())
+    })
+    .await;
 
     // The main pages render for a person.
     for (path, name) in [
