@@ -552,25 +552,7 @@ async fn acknowledged_changes_survive_kill_9() {
         .as_str()
         .unwrap()
         .to_owned();
-    let secret_url = format!("{eps}/{kept}/secret");
-    let (status, _) = call(
-        &client,
-        "POST",
-        format!("{secret_url}/rotate"),
-        Some(json!({})),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 200);
-    let (_, rotated) = call(&client, "GET", secret_url.clone(), None)
-        .await
-        .unwrap();
-    let gone_id = gone["id"].as_str().unwrap();
-    let (status, _) = call(&client, "DELETE", format!("{eps}/{gone_id}"), None)
-        .await
-        .unwrap();
-    assert_eq!(status, 204);
-    // The dashboard: sign in, take the form's token, disable the endpoint.
+    // The dashboard: sign in, take the form's token.
     let browser = awc::Client::builder().disable_redirects().finish();
     let resp = browser
         .post(format!("{base}/login"))
@@ -589,6 +571,23 @@ async fn acknowledged_changes_survive_kill_9() {
     let html = String::from_utf8(page.body().await.unwrap().to_vec()).unwrap();
     let start = html.find("name=\"csrf\" value=\"").unwrap() + 19;
     let csrf = &html[start..start + html[start..].find('"').unwrap()];
+    // Then three changes, one right after the other, and the kill: a
+    // rotated secret, a deleted endpoint, one disabled in the dashboard.
+    let secret_url = format!("{eps}/{kept}/secret");
+    let (status, rotated) = call(
+        &client,
+        "POST",
+        format!("{secret_url}/rotate"),
+        Some(json!({})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    let gone_id = gone["id"].as_str().unwrap();
+    let (status, _) = call(&client, "DELETE", format!("{eps}/{gone_id}"), None)
+        .await
+        .unwrap();
+    assert_eq!(status, 204);
     let resp = browser
         .post(format!("{base}/apps/{app_id}/endpoints/{kept}/toggle"))
         .insert_header(("cookie", cookie.as_str()))
