@@ -78,8 +78,8 @@ pub async fn idempotency(
             let res = HttpResponse::build(status)
                 .content_type("application/json")
                 .body(stored.body);
-            // Nothing was written.
-            req.extensions_mut().insert(Committed);
+            // Not marked committed: the answer read may be one whose own
+            // commit failed, made durable by the commit after this.
             Ok(req.into_response(res))
         }
         IdemClaim::InProgress => {

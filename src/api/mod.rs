@@ -79,8 +79,8 @@ impl ApiState {
 }
 
 /// In a request's extensions: what it changed is durable already (the
-/// idempotency layer committed it with the answer, or replayed an answer
-/// and wrote nothing), so the authentication layer does not commit again.
+/// idempotency layer committed it with the answer), so the authentication
+/// layer does not commit again.
 #[derive(Clone, Copy)]
 pub(crate) struct Committed;
 
