@@ -647,16 +647,17 @@ impl Store {
             };
             let gone = match msg {
                 Some(msg) if !msg.expunged => {
-                    if self.may_expire(&msg, retention_of(&msg), now_ms)? {
-                        let payload_len = self.payload(&msg.id)?.map_or(0, |p| p.len());
-                        if let Some(freed) = self.clear_content(&msg, true)? {
-                            r.bytes_freed += payload_len as u64 + freed;
-                            r.payloads_expunged += 1;
-                        }
-                        true
-                    } else {
-                        false
+                    if !self.may_expire(&msg, retention_of(&msg), now_ms)? {
+                        continue;
                     }
+                    let payload_len = self.payload(&msg.id)?.map_or(0, |p| p.len());
+                    // None: kept after all (a resend came meanwhile).
+                    let cleared = self.clear_content(&msg, true)?;
+                    if let Some(freed) = cleared {
+                        r.bytes_freed += payload_len as u64 + freed;
+                        r.payloads_expunged += 1;
+                    }
+                    cleared.is_some()
                 }
                 _ => true,
             };
