@@ -29,18 +29,21 @@
   var marker = document.querySelector("[data-refresh]");
   if (!marker) return;
   var seconds = parseInt(marker.dataset.refresh, 10) || 15;
-  // A form control that no longer holds what the page came with.
-  function changed(el) {
-    if (el.type === "hidden" || el.type === "submit" || el.type === "button") return false;
-    if (el.type === "checkbox" || el.type === "radio") return el.checked !== el.defaultChecked;
-    if (el.tagName === "SELECT") {
-      return Array.prototype.some.call(el.options, function (o) { return o.selected !== o.defaultSelected; });
-    }
-    return el.value !== el.defaultValue;
+  // What the page's form controls hold; a change from what the page came
+  // with (or what the last refresh brought) is an edit not sent yet.
+  function values() {
+    return JSON.stringify(Array.prototype.map.call(
+      document.querySelectorAll("main input, main textarea, main select"),
+      function (el) {
+        if (el.type === "checkbox" || el.type === "radio") return el.checked;
+        if (el.tagName === "SELECT") {
+          return Array.prototype.map.call(el.options, function (o) { return o.selected; });
+        }
+        return el.value;
+      }));
   }
-  function edited() {
-    return Array.prototype.some.call(document.querySelectorAll("main input, main textarea, main select"), changed);
-  }
+  var shown = values();
+  function edited() { return values() !== shown; }
   var ticks = 0;
   function ticked() {
     ticks += 1;
@@ -62,7 +65,10 @@
         if (!html || busy()) return;
         var doc = new DOMParser().parseFromString(html, "text/html");
         var fresh = doc.querySelector("main");
-        if (fresh) document.querySelector("main").replaceWith(fresh);
+        if (fresh) {
+          document.querySelector("main").replaceWith(fresh);
+          shown = values();
+        }
       })
       .catch(function () {})
       .then(ticked);
