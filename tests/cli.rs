@@ -523,8 +523,10 @@ async fn every_acknowledged_publish_survives_kill_9() {
 }
 
 /// A change the API or the dashboard answered survives `kill -9` right
-/// after the answer: a rotated secret does not come back as it was, nor a
-/// deleted endpoint, nor one disabled in the dashboard.
+/// after the answer: a rotated secret does not come back as it was (nor a
+/// deleted endpoint), nor an endpoint disabled in the dashboard. Each
+/// layer's change is the last before a kill of its own: a sync covers
+/// every write before it.
 #[actix_web::test]
 async fn acknowledged_changes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
@@ -532,17 +534,17 @@ async fn acknowledged_changes_survive_kill_9() {
     let client = client();
     let base = daemon.base.clone();
     let app_id = app_with_endpoint(&client, &base, "http://127.0.0.1:9/kept").await;
-    let eps = format!("{base}/api/v1/app/{app_id}/endpoint");
+    let eps = |base: &str| format!("{base}/api/v1/app/{app_id}/endpoint");
     let (status, gone) = call(
         &client,
         "POST",
-        eps.clone(),
+        eps(&base),
         Some(json!({"url": "http://127.0.0.1:9/gone"})),
     )
     .await
     .unwrap();
     assert_eq!(status, 201);
-    let (_, list) = call(&client, "GET", eps.clone(), None).await.unwrap();
+    let (_, list) = call(&client, "GET", eps(&base), None).await.unwrap();
     let kept = list["data"]
         .as_array()
         .unwrap()
@@ -552,7 +554,34 @@ async fn acknowledged_changes_survive_kill_9() {
         .as_str()
         .unwrap()
         .to_owned();
-    // The dashboard: sign in, take the form's token.
+    let gone_id = gone["id"].as_str().unwrap();
+    let (status, _) = call(&client, "DELETE", format!("{}/{gone_id}", eps(&base)), None)
+        .await
+        .unwrap();
+    assert_eq!(status, 204);
+    let (status, rotated) = call(
+        &client,
+        "POST",
+        format!("{}/{kept}/secret/rotate", eps(&base)),
+        Some(json!({})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    daemon.signal("-KILL");
+    daemon.wait(DEADLINE);
+
+    let daemon = Daemon::start(with_token(command(dir.path())));
+    let base = daemon.base.clone();
+    let secret_url = format!("{}/{kept}/secret", eps(&base));
+    let (_, after) = call(&client, "GET", secret_url, None).await.unwrap();
+    assert_eq!(after["key"], rotated["key"], "the rotation was lost");
+    let (status, _) = call(&client, "GET", format!("{}/{gone_id}", eps(&base)), None)
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "the deleted endpoint came back");
+
+    // The dashboard: sign in, take the form's token, disable the endpoint.
     let browser = awc::Client::builder().disable_redirects().finish();
     let resp = browser
         .post(format!("{base}/login"))
@@ -571,23 +600,6 @@ async fn acknowledged_changes_survive_kill_9() {
     let html = String::from_utf8(page.body().await.unwrap().to_vec()).unwrap();
     let start = html.find("name=\"csrf\" value=\"").unwrap() + 19;
     let csrf = &html[start..start + html[start..].find('"').unwrap()];
-    // Then three changes, one right after the other, and the kill: a
-    // rotated secret, a deleted endpoint, one disabled in the dashboard.
-    let secret_url = format!("{eps}/{kept}/secret");
-    let (status, rotated) = call(
-        &client,
-        "POST",
-        format!("{secret_url}/rotate"),
-        Some(json!({})),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 200);
-    let gone_id = gone["id"].as_str().unwrap();
-    let (status, _) = call(&client, "DELETE", format!("{eps}/{gone_id}"), None)
-        .await
-        .unwrap();
-    assert_eq!(status, 204);
     let resp = browser
         .post(format!("{base}/apps/{app_id}/endpoints/{kept}/toggle"))
         .insert_header(("cookie", cookie.as_str()))
@@ -599,21 +611,18 @@ async fn acknowledged_changes_survive_kill_9() {
     daemon.wait(DEADLINE);
 
     let restarted = Daemon::start(with_token(command(dir.path())));
-    let eps = eps.replace(&base, &restarted.base);
-    let secret_url = secret_url.replace(&base, &restarted.base);
-    let (_, after) = call(&client, "GET", secret_url, None).await.unwrap();
-    assert_eq!(after["key"], rotated["key"], "the rotation was lost");
-    let (_, endpoint) = call(&client, "GET", format!("{eps}/{kept}"), None)
-        .await
-        .unwrap();
+    let (_, endpoint) = call(
+        &client,
+        "GET",
+        format!("{}/{kept}", eps(&restarted.base)),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         endpoint["disabled"], true,
         "the dashboard's change was lost"
     );
-    let (status, _) = call(&client, "GET", format!("{eps}/{gone_id}"), None)
-        .await
-        .unwrap();
-    assert_eq!(status, 404, "the deleted endpoint came back");
     restarted.signal("-TERM");
     assert!(restarted.wait(DEADLINE).success());
 }
