@@ -556,7 +556,6 @@ fn decode_dest(key: &[u8], bytes: &[u8]) -> Result<DestRecord, StoreError> {
 /// attempt retention), so that the attempts it records are not held up long.
 const JOB_CHUNK: usize = 1_000;
 
-/// The status at `key` as a writer job sees it (see `writer::Overlay`).
 /// Whether a status says its delivery waits for the queue entry due at
 /// `due_ms`, so that moving the entry moves the status's time too. A resend
 /// (or another entry) moved while a scheduled attempt is still to come at
@@ -566,6 +565,7 @@ fn dest_waits_for(dest: &DestRecord, due_ms: i64) -> bool {
     dest.next_attempt_ms == Some(due_ms)
 }
 
+/// The status at `key` as a writer job sees it (see `writer::Overlay`).
 fn staged_dest(o: &writer::Overlay, key: &[u8]) -> Result<Option<DestRecord>, StoreError> {
     match o.get(key)? {
         Some(v) => decode_dest(key, &v).map(Some),
@@ -1424,6 +1424,8 @@ impl Store {
         due_ms: i64,
         applied: impl FnOnce() + Send + 'static,
     ) -> Result<Published, StoreError> {
+        // Held until the writes are applied (the message is there), or
+        // given up with them when they never are.
         let claim = match &msg.event_id {
             Some(eid) => match self.claim_event_id(msg, eid)? {
                 Ok(claim) => Some(claim),
@@ -1431,65 +1433,6 @@ impl Store {
             },
             None => None,
         };
-        self.publish_claimed(msg, payload, endpoints, due_ms, claim, applied)
-            .await
-    }
-
-    /// Claims `msg`'s `eventId` for its publish, or says which message has
-    /// it. A publish holds it in memory first, so that an entry whose message
-    /// is missing is taken over only if no publish of this process holds it
-    /// (then a crash left it), never from a publish still under way.
-    fn claim_event_id(
-        &self,
-        msg: &MessageRecord,
-        eid: &str,
-    ) -> Result<Result<EventIdClaim, MessageId>, StoreError> {
-        let key = keys::event_id(&msg.app_id, eid);
-        let claim = match EventIdClaim::take(&self.publishing, key.clone(), msg.id.clone()) {
-            Ok(claim) => claim,
-            Err(owner) => return Ok(Err(owner)),
-        };
-        if let Err(Taken(owner)) = self.claim_unique(&key, msg.id.as_str())? {
-            // A crash between claiming the eventId and writing the message leaves an
-            // index entry without a message: take it over rather than refuse forever.
-            let owner_id = MessageId::parse(&owner);
-            let owner_exists = match &owner_id {
-                Some(id) => self.tree.contains_key(keys::message(&msg.app_id, id))?,
-                None => false,
-            };
-            match owner_id {
-                Some(id) if owner_exists => return Ok(Err(id)),
-                _ => {
-                    if self
-                        .tree
-                        .compare_and_swap(
-                            &key,
-                            Some(owner.as_bytes()),
-                            Some(msg.id.as_str().as_bytes()),
-                        )?
-                        .is_err()
-                    {
-                        let winner = self.get_str(&key)?.and_then(|s| MessageId::parse(&s));
-                        return Ok(Err(winner.unwrap_or(msg.id.clone())));
-                    }
-                }
-            }
-        }
-        Ok(Ok(claim))
-    }
-
-    /// `publish` once its `eventId` (if any) is claimed. The claim is given
-    /// up once the writes are applied (the message is there), or with them
-    /// when they never are.
-    async fn publish_claimed(
-        &self,
-        msg: &MessageRecord,
-        payload: &[u8],
-        endpoints: &[&EndpointRecord],
-        due_ms: i64,
-        claim: Option<EventIdClaim>,
-        applied: impl FnOnce() + Send + 'static,
-    ) -> Result<Published, StoreError> {
         // Handed to the worker in memory if due now and it has room (see
         // `handoff`), else queued.
         let ep_ids: Vec<EndpointId> = endpoints.iter().map(|ep| ep.id.clone()).collect();
@@ -1585,6 +1528,49 @@ impl Store {
         Ok(Published::Created {
             endpoints: endpoints.len(),
         })
+    }
+
+    /// Claims `msg`'s `eventId` for its publish, or says which message has
+    /// it. A publish holds it in memory first, so that an entry whose message
+    /// is missing is taken over only if no publish of this process holds it
+    /// (then a crash left it), never from a publish still under way.
+    fn claim_event_id(
+        &self,
+        msg: &MessageRecord,
+        eid: &str,
+    ) -> Result<Result<EventIdClaim, MessageId>, StoreError> {
+        let key = keys::event_id(&msg.app_id, eid);
+        let claim = match EventIdClaim::take(&self.publishing, key.clone(), msg.id.clone()) {
+            Ok(claim) => claim,
+            Err(owner) => return Ok(Err(owner)),
+        };
+        if let Err(Taken(owner)) = self.claim_unique(&key, msg.id.as_str())? {
+            // A crash between claiming the eventId and writing the message leaves an
+            // index entry without a message: take it over rather than refuse forever.
+            let owner_id = MessageId::parse(&owner);
+            let owner_exists = match &owner_id {
+                Some(id) => self.tree.contains_key(keys::message(&msg.app_id, id))?,
+                None => false,
+            };
+            match owner_id {
+                Some(id) if owner_exists => return Ok(Err(id)),
+                _ => {
+                    if self
+                        .tree
+                        .compare_and_swap(
+                            &key,
+                            Some(owner.as_bytes()),
+                            Some(msg.id.as_str().as_bytes()),
+                        )?
+                        .is_err()
+                    {
+                        let winner = self.get_str(&key)?.and_then(|s| MessageId::parse(&s));
+                        return Ok(Err(winner.unwrap_or(msg.id.clone())));
+                    }
+                }
+            }
+        }
+        Ok(Ok(claim))
     }
 
     /// Finds a message of `app` by ID or by `eventId`.
