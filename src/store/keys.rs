@@ -222,8 +222,16 @@ pub fn job(name: &str) -> Vec<u8> {
 pub fn payload_expiry(expiry_ms: i64, msg: &MessageId) -> Vec<u8> {
     key(
         ns::PAYLOAD_EXPIRY,
-        &[&expiry_ms.to_be_bytes(), msg.as_str().as_bytes()],
+        &[&time(expiry_ms), msg.as_str().as_bytes()],
     )
+}
+/// Upper bound (exclusive) of the payload expiry entries due at or before `now_ms`.
+pub fn payload_expiry_end(now_ms: i64) -> Vec<u8> {
+    key(ns::PAYLOAD_EXPIRY, &[&time(now_ms.saturating_add(1))])
+}
+/// The message of a payload expiry entry.
+pub fn payload_expiry_msg(key: &[u8]) -> Option<MessageId> {
+    MessageId::parse(std::str::from_utf8(key.get(9..)?).ok()?)
 }
 pub fn cadence(app: &AppId, event_type: &str) -> Vec<u8> {
     key(

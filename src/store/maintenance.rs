@@ -635,13 +635,10 @@ impl Store {
         // `shortest_ms`: found by when theirs ends. An entry stays until its
         // payload went (or the message did). (Those of a store written
         // before this index have none: the pass above finds them.)
-        let end = keys::payload_expiry(now_ms.saturating_add(1), &MessageId::lower_bound(0));
+        let end = keys::payload_expiry_end(now_ms);
         for entry in self.tree.range(vec![keys::ns::PAYLOAD_EXPIRY]..end) {
             let (k, v) = entry?;
-            let msg = match (
-                k.get(9..).and_then(|id| MessageId::parse(&str_of(id))),
-                AppId::parse(&str_of(&v)),
-            ) {
+            let msg = match (keys::payload_expiry_msg(&k), AppId::parse(&str_of(&v))) {
                 (Some(id), Some(app)) => self.get_message(&app, &id)?,
                 _ => None,
             };
