@@ -154,6 +154,22 @@ struct SlotBook {
     in_flight: usize,
 }
 
+impl SlotBook {
+    /// Gives back one of `ep`'s slots under its cap (its entry goes with
+    /// the last), with when its request ended, if it ran.
+    fn give_back(&mut self, ep: &EndpointId, ended_ms: Option<i64>) {
+        if let Some(slots) = self.per_endpoint.get_mut(ep) {
+            slots.in_flight -= 1;
+            if let Some(at) = ended_ms {
+                slots.progress_ms = at;
+            }
+            if slots.in_flight == 0 {
+                self.per_endpoint.remove(ep);
+            }
+        }
+    }
+}
+
 /// An endpoint's throttle: at most its `throttleRate` (else its app's)
 /// deliveries a second, evenly spaced. A delivery that may not go yet is
 /// moved back in the queue to a time of its own, one interval after the
@@ -761,13 +777,7 @@ impl Shared {
                 .entry(ep.clone())
                 .and_modify(|m| *m = 0.8 * *m + 0.2 * took)
                 .or_insert(took);
-            if let Some(slots) = book.per_endpoint.get_mut(ep) {
-                slots.in_flight -= 1;
-                slots.progress_ms = now_ms();
-                if slots.in_flight == 0 {
-                    book.per_endpoint.remove(ep);
-                }
-            }
+            book.give_back(ep, Some(now_ms()));
         }
         self.slot_freed();
     }
@@ -777,12 +787,7 @@ impl Shared {
     fn unclaimed(&self, eps: &[EndpointId]) {
         let mut book = self.book();
         for ep in eps {
-            if let Some(slots) = book.per_endpoint.get_mut(ep) {
-                slots.in_flight -= 1;
-                if slots.in_flight == 0 {
-                    book.per_endpoint.remove(ep);
-                }
-            }
+            book.give_back(ep, None);
             book.in_flight -= 1;
         }
     }
