@@ -74,12 +74,8 @@ pub struct ListResponse<T> {
 impl<T> ListResponse<T> {
     /// `last_id` gives the cursor of an item (the ID the listing is ordered by).
     pub fn new(data: Vec<T>, done: bool, last_id: impl Fn(&T) -> String) -> Self {
-        let iterator = if done { None } else { data.last().map(last_id) };
-        Self {
-            data,
-            iterator,
-            done,
-        }
+        let last = if done { None } else { data.last().map(last_id) };
+        Self::after(data, done, last)
     }
 
     /// A page whose items were read and then some left out: it goes on
