@@ -98,16 +98,16 @@ const LEASE_SWEEP: Duration = Duration::from_secs(10);
 /// A fast endpoint's deliveries just wait in place for the next free slot.
 const SLOW_AFTER_MS: i64 = 1_000;
 /// So is an endpoint at its cap that has finished no attempt for this long and
-/// for twice its mean attempt time: one that just stopped answering. Its
-/// backlog piles up at the head of the queue, and a claim stops after
-/// `SKIP_BUDGET` of it, so until it is judged slow the other endpoints' due
-/// deliveries wait behind it.
+/// for twice its mean attempt time: one that just stopped answering.
 const STUCK_AFTER_MS: i64 = 100;
 /// The furthest ahead a slow endpoint's backlog is moved (see `backlog_due`):
 /// how long a backlog may wait once its endpoint is fast again.
 const BACKLOG_HORIZON_MS: i64 = 600_000;
-/// A claim stops looking after passing over this many deliveries left in place,
-/// so a long backlog of one busy endpoint is not read again on every wake-up.
+/// A claim leaves at most this many deliveries in place (their endpoints
+/// fast, at their caps); further ones of endpoints at their caps are moved
+/// back like a slow endpoint's, spread over the time their endpoints need
+/// for them. So a long backlog of one busy endpoint is neither read again on
+/// every wake-up nor in front of what is due behind it for other endpoints.
 const SKIP_BUDGET: usize = 64;
 /// With at least this many attempts in flight, a freed slot does not start a
 /// claim at once: the worker looks again after `CLAIM_GATHER`, or once this
@@ -142,9 +142,9 @@ struct SlotBook {
     per_endpoint: HashMap<EndpointId, Slots>,
     /// Mean attempt duration (ms, moving average) per endpoint that had one.
     mean_ms: HashMap<EndpointId, f64>,
-    /// Per slow endpoint, the earliest due time of the next delivery it
-    /// moves back (see `backlog_due`).
-    backlog_next_ms: HashMap<EndpointId, i64>,
+    /// Per endpoint whose deliveries are being moved back, the earliest due
+    /// time of the next one (see `backlog_due`).
+    backlogs: HashMap<EndpointId, Backlog>,
     /// Per endpoint a delivery was claimed for since app or endpoint
     /// records were last written (`throttles_at`), its throttle; those of
     /// endpoints not throttled, with no line, go when records are written,
@@ -152,6 +152,16 @@ struct SlotBook {
     throttles: HashMap<EndpointId, Throttle>,
     throttles_at: u64,
     in_flight: usize,
+}
+
+/// Where an endpoint's deliveries moved back at its cap go next.
+struct Backlog {
+    next_ms: i64,
+    /// Moved back because the endpoint is slow (else: because too many of
+    /// its deliveries were waiting in place). Once it is fast again, its
+    /// next ones are spread from then, not behind those moved back for it
+    /// while it was slow.
+    slow: bool,
 }
 
 impl SlotBook {
@@ -212,14 +222,10 @@ impl Throttle {
     /// it is to come back (`Err`). `from_queue`: it was claimed from the
     /// queue (where the line waits), not handed over by its publish.
     fn admit(&mut self, interval: f64, now: i64, due: i64, from_queue: bool) -> Result<(), i64> {
-        if from_queue && let Some(n) = self.line.get_mut(&due) {
+        if from_queue && self.take_turn(due) {
             // Back from the line at (or after) its time: its turn was kept,
             // and the next is one interval after that time, however late
             // this claim, so that a loop that looks late keeps the pace.
-            *n -= 1;
-            if *n == 0 {
-                self.line.remove(&due);
-            }
             self.next_ms = self.next_ms.max(due as f64 + interval);
             return Ok(());
         }
@@ -235,6 +241,18 @@ impl Throttle {
             self.line_end_ms = at + interval;
         }
         Err(back)
+    }
+
+    /// Takes one of the turns given for `due` from the line, if there is one.
+    fn take_turn(&mut self, due: i64) -> bool {
+        let Some(n) = self.line.get_mut(&due) else {
+            return false;
+        };
+        *n -= 1;
+        if *n == 0 {
+            self.line.remove(&due);
+        }
+        true
     }
 }
 
@@ -564,33 +582,52 @@ impl Shared {
                 if from_queue.get() {
                     queue_taken.borrow_mut().push(t.ep_id.clone());
                 }
-                // Fast again: a backlog it moves back later starts afresh.
-                if !book.backlog_next_ms.is_empty() && mean_of(&book.mean_ms) < SLOW_AFTER_MS {
-                    book.backlog_next_ms.remove(&t.ep_id);
+                // A backlog it moves back later starts afresh once those
+                // moved back are due, or once it is fast again.
+                if !book.backlogs.is_empty()
+                    && book.backlogs.get(&t.ep_id).is_some_and(|b| {
+                        b.next_ms <= now || b.slow && mean_of(&book.mean_ms) < SLOW_AFTER_MS
+                    })
+                {
+                    book.backlogs.remove(&t.ep_id);
                 }
                 return Claim::Take;
             }
             let mean = mean_of(&book.mean_ms);
-            match slow_endpoint_deferral(mean, now - slots.progress_ms, longest_defer) {
-                Some(by) => {
-                    let next = book.backlog_next_ms.entry(t.ep_id.clone()).or_default();
-                    let due;
-                    (due, *next) = backlog_due(now, by, *next, mean, cap);
-                    moved_back += 1;
-                    Claim::Defer(due)
-                }
-                None => {
-                    if !book.backlog_next_ms.is_empty() {
-                        book.backlog_next_ms.remove(&t.ep_id);
+            let (by, slow) =
+                match slow_endpoint_deferral(mean, now - slots.progress_ms, longest_defer) {
+                    Some(by) => (by, true),
+                    None if skipped < SKIP_BUDGET => {
+                        skipped += 1;
+                        if book.backlogs.get(&t.ep_id).is_some_and(|b| b.slow) {
+                            book.backlogs.remove(&t.ep_id);
+                        }
+                        return Claim::Skip;
                     }
-                    skipped += 1;
-                    if skipped > SKIP_BUDGET {
-                        Claim::Stop
-                    } else {
-                        Claim::Skip
-                    }
-                }
+                    // Fast, but more is waiting in place than a claim
+                    // looks through: moved back by about one attempt's time.
+                    None => (mean.max(1), false),
+                };
+            let backlog = book
+                .backlogs
+                .entry(t.ep_id.clone())
+                .or_insert(Backlog { next_ms: 0, slow });
+            if backlog.slow && !slow {
+                backlog.next_ms = 0;
             }
+            backlog.slow = slow;
+            let due;
+            (due, backlog.next_ms) = backlog_due(now, by, backlog.next_ms, mean, cap);
+            // Its turn in a throttle's line, if it had one, is given up: it
+            // lines up again when it comes back. (Left, it would never be
+            // taken, and the line would never end.)
+            if from_queue.get()
+                && let Some(th) = book.throttles.get_mut(&t.ep_id)
+            {
+                th.take_turn(t.due_ms);
+            }
+            moved_back += 1;
+            Claim::Defer(due)
         };
         let share = if queue_due { free.div_ceil(2) } else { free };
         let mut left = free;
@@ -1169,13 +1206,11 @@ mod tests {
     /// A claim that fails after deciding gives back the slots it counted:
     /// else each failure kept them taken, until the worker had none left
     /// and delivered nothing more until a restart.
-    #[tokio::test]
-    async fn a_failed_claim_frees_the_slots_it_counted() {
+    /// What the claiming loop shares, with the default configuration.
+    fn shared_with(store: &super::Store) -> super::Shared {
         use super::*;
-        use crate::domain::{AttemptTrigger, MessageId, TaskId};
-        let store = Store::temporary().unwrap();
         let handle = DeliveryHandle::default();
-        let shared = Shared {
+        Shared {
             lease_ms: 60_000,
             store: store.clone(),
             cfg: crate::config::Config::load_from(None, &[])
@@ -1188,20 +1223,54 @@ mod tests {
             ops: Operational::disabled(store.clone(), handle),
             metrics: Arc::new(Metrics::new()),
             disabling: Mutex::default(),
-        };
+        }
+    }
+
+    /// A first attempt to `ep`, queued due at `due_ms` (`i` tells messages apart).
+    fn queue_task(store: &super::Store, ep: &super::EndpointId, i: i64, due_ms: i64) {
+        use crate::domain::{AttemptTrigger, MessageId, TaskId};
+        store
+            .enqueue(&super::TaskRecord {
+                id: TaskId::new(due_ms),
+                app_id: AppId::new(0),
+                msg_id: MessageId::new(due_ms + i),
+                ep_id: ep.clone(),
+                attempt: 0,
+                trigger: AttemptTrigger::Scheduled,
+                due_ms,
+            })
+            .unwrap();
+    }
+
+    /// `ep` has `in_flight` attempts under way, the last one finished at
+    /// `progress_ms`, and takes `mean_ms` an attempt.
+    fn busy(
+        shared: &super::Shared,
+        ep: &super::EndpointId,
+        in_flight: usize,
+        progress_ms: i64,
+        mean_ms: f64,
+    ) {
+        let mut book = shared.book();
+        book.per_endpoint.insert(
+            ep.clone(),
+            super::Slots {
+                in_flight,
+                progress_ms,
+            },
+        );
+        book.in_flight += in_flight;
+        book.mean_ms.insert(ep.clone(), mean_ms);
+    }
+
+    #[tokio::test]
+    async fn a_failed_claim_frees_the_slots_it_counted() {
+        use super::*;
+        let store = Store::temporary().unwrap();
+        let shared = shared_with(&store);
         let now = now_ms();
         for i in 0..3 {
-            store
-                .enqueue(&TaskRecord {
-                    id: TaskId::new(now),
-                    app_id: AppId::new(now),
-                    msg_id: MessageId::new(now + i),
-                    ep_id: EndpointId::new(now),
-                    attempt: 0,
-                    trigger: AttemptTrigger::Scheduled,
-                    due_ms: now,
-                })
-                .unwrap();
+            queue_task(&store, &EndpointId::new(now), i, now);
         }
         store
             .fail_next_claim
@@ -1215,6 +1284,85 @@ mod tests {
         shared.claim(now, true, &mut hand_out).await.unwrap();
         assert_eq!(handed.len(), 3);
         assert_eq!(shared.in_flight(), 3);
+    }
+
+    /// An endpoint at its cap that keeps finishing attempts (fast, not
+    /// moved back for being slow) with a long backlog does not hold up what
+    /// is due behind it for other endpoints: past what a claim leaves in
+    /// place, its backlog is moved back, spread over the time it needs.
+    /// (A claim stopped there, and a delivery to another endpoint waited
+    /// until the backlog in front of it was shorter than that.)
+    #[tokio::test]
+    async fn a_busy_endpoints_backlog_does_not_hold_up_the_others() {
+        use super::*;
+        let store = Store::temporary().unwrap();
+        let shared = shared_with(&store);
+        let cap = shared.cfg.max_per_endpoint;
+        let now = now_ms();
+        let (full, other) = (EndpointId::new(now), EndpointId::new(now + 1));
+        // 640 ms an attempt, 64 at once: one slot frees every 10 ms.
+        assert_eq!(cap, 64);
+        busy(&shared, &full, cap, now, 640.0);
+        for i in 0..200 {
+            queue_task(&store, &full, i, now - 1_000);
+        }
+        queue_task(&store, &other, 0, now - 500);
+        let mut handed = Vec::new();
+        let moved = shared
+            .claim(now, true, &mut |t, _| handed.push(t))
+            .await
+            .unwrap();
+        assert_eq!(
+            handed.iter().map(|t| &t.ep_id).collect::<Vec<_>>(),
+            [&other]
+        );
+        assert_eq!(moved, 200 - SKIP_BUDGET);
+        let dues: Vec<i64> = store
+            .next_deliveries(1_000)
+            .unwrap()
+            .iter()
+            .map(|t| t.due_ms)
+            .collect();
+        assert_eq!(
+            dues[..SKIP_BUDGET],
+            [now - 1_000; SKIP_BUDGET],
+            "left in place"
+        );
+        let spread: Vec<i64> = (0..200 - SKIP_BUDGET as i64)
+            .map(|i| now + 640 + 10 * i)
+            .collect();
+        assert_eq!(dues[SKIP_BUDGET..], spread);
+    }
+
+    /// A delivery with a turn in its throttle's line, moved back at its
+    /// endpoint's cap instead of going, gives its turn up: left, the turn
+    /// was never taken, and a line that never ended stopped giving turns
+    /// once 100,000 were left.
+    #[tokio::test]
+    async fn a_throttled_delivery_moved_back_at_the_cap_gives_up_its_turn() {
+        use super::*;
+        let store = Store::temporary().unwrap();
+        let shared = shared_with(&store);
+        let cap = shared.cfg.max_per_endpoint;
+        let now = now_ms();
+        let ep = EndpointId::new(now);
+        let mut th = Throttle::new(AppId::new(0), Some(100.0));
+        assert_eq!(th.admit(100.0, now - 100, now - 100, false), Ok(()));
+        assert_eq!(th.admit(100.0, now - 99, now - 99, false), Err(now));
+        queue_task(&store, &ep, 0, now);
+        // At its cap and slow (2 s an attempt) when its turn comes.
+        busy(&shared, &ep, cap, now, 2_000.0);
+        {
+            let mut book = shared.book();
+            book.throttles.insert(ep.clone(), th);
+            book.throttles_at = store.records_written();
+        }
+        let moved = shared
+            .claim(now, true, &mut |_, _| unreachable!())
+            .await
+            .unwrap();
+        assert_eq!(moved, 1);
+        assert!(shared.book().throttles[&ep].line.is_empty());
     }
 
     #[test]

@@ -202,10 +202,6 @@ impl Handoff {
             match decide(&handed.0) {
                 Claim::Take => taken.push(handed),
                 Claim::Skip => left.push_back(handed),
-                Claim::Stop => {
-                    left.push_back(handed);
-                    break;
-                }
                 Claim::Defer(due_ms) => deferred.push(TaskRecord { due_ms, ..handed.0 }),
             }
         }

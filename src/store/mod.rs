@@ -142,8 +142,6 @@ pub enum Claim {
     /// Not now, but soon (its endpoint is at its cap and frees slots quickly):
     /// leave it where it is, without a write.
     Skip,
-    /// Not this one, and look no further this time.
-    Stop,
     /// Not now (its endpoint is at its concurrency cap and slow): move it back in
     /// the queue to this due time, so it does not sit in front of deliveries that
     /// can go.
@@ -2045,9 +2043,8 @@ impl Store {
             .tree
             .range(vec![keys::ns::QUEUE]..keys::queue_due_end(now_ms))
             .take(scan_limit);
-        let mut stop = false;
         for entry in range {
-            if stop || taken.len() == limit {
+            if taken.len() == limit {
                 break;
             }
             let (k, v) = entry?;
@@ -2064,17 +2061,13 @@ impl Store {
             };
             let mut left = Vec::new();
             for task in queued.tasks() {
-                if stop || taken.len() == limit {
+                if taken.len() == limit {
                     left.push(task.ep_id);
                     continue;
                 }
                 match decide(&task) {
                     Claim::Take => taken.push(task),
                     Claim::Skip => left.push(task.ep_id),
-                    Claim::Stop => {
-                        stop = true;
-                        left.push(task.ep_id);
-                    }
                     Claim::Defer(due_ms) => {
                         let key = keys::queue(due_ms, &task.id);
                         if key.as_slice() == k.as_ref() {

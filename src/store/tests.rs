@@ -380,24 +380,24 @@ async fn a_line_is_brought_forward() {
 }
 
 #[tokio::test]
-async fn skipped_tasks_stay_in_place_and_stop_ends_the_scan() {
+async fn skipped_tasks_stay_in_place_and_the_limit_ends_the_scan() {
     let s = five_queued_for_one_endpoint().await;
     let mut seen = Vec::new();
     let got = s
-        .claim_due(100, 500, 10, 100, |t| {
+        .claim_due(100, 500, 2, 100, |t| {
             seen.push(t.due_ms);
             match t.due_ms {
                 10 | 11 => Claim::Skip,
-                12 => Claim::Take,
-                _ => Claim::Stop,
+                _ => Claim::Take,
             }
         })
         .await
         .unwrap();
-    assert_eq!(seen, [10, 11, 12, 13], "the scan ends at the first Stop");
-    assert_eq!(got.len(), 1);
+    assert_eq!(seen, [10, 11, 12, 13], "the scan ends at the limit");
+    assert_eq!(got.len(), 2);
     assert_eq!(got[0].due_ms, 12);
-    assert_eq!(s.queue_depth(), (4, 1));
+    assert_eq!(got[1].due_ms, 13);
+    assert_eq!(s.queue_depth(), (3, 2));
     assert_eq!(
         s.next_due_ms().unwrap(),
         Some(10),
