@@ -527,19 +527,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         })
     });
+    let failed = running.store.failed();
     #[cfg(unix)]
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = interrupt.recv() => {}
-    }
+    let failure = tokio::select! {
+        _ = term.recv() => None,
+        _ = interrupt.recv() => None,
+        e = failed => Some(e),
+    };
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("shutting down");
+    let failure = tokio::select! {
+        _ = tokio::signal::ctrl_c() => None,
+        e = failed => Some(e),
+    };
+    if let Some(e) = &failure {
+        // Every write from now on would fail (or not be durable): stop, and
+        // let the service manager start webhookd again, which opens the
+        // database anew (once the cause, a full disk say, is gone).
+        tracing::error!(error = %e, "making writes durable failed; webhookd stops");
+    } else {
+        tracing::info!("shutting down");
+    }
     systemd_notify(&[sd_notify::NotifyState::Stopping]);
-    running.stop().await?;
+    let stopped = running.stop().await;
     if let Some(w) = watchdog {
         w.abort();
     }
+    if let Some(e) = failure {
+        anyhow::bail!(
+            "making writes durable failed: {e}; restart webhookd once the cause is fixed"
+        );
+    }
+    stopped?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -28,6 +28,10 @@ const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(100);
 pub struct GroupCommit {
     tx: Option<mpsc::Sender<Waiter>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The first commit that failed. sled keeps failing every write after
+    /// an I/O error of its log, and after a failed `fdatasync` what reached
+    /// the disk is not known: only opening the database again recovers.
+    failed: tokio::sync::watch::Receiver<Option<Arc<std::io::Error>>>,
 }
 
 impl Drop for GroupCommit {
@@ -50,6 +54,7 @@ impl GroupCommit {
         before_flush: impl Fn() + Send + 'static,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Waiter>();
+        let (fail, failed) = tokio::sync::watch::channel(None);
         let thread = std::thread::Builder::new()
             .name("webhookd-commit".into())
             .spawn(move || {
@@ -90,6 +95,9 @@ impl GroupCommit {
                     }
                     if let Err(e) = &result {
                         tracing::error!(error = %e, waiters = batch.len(), "group commit failed");
+                        fail.send_if_modified(|f| {
+                            f.is_none() && f.replace(Arc::clone(e)).is_none()
+                        });
                     }
                     for w in batch {
                         w(result.clone());
@@ -99,7 +107,25 @@ impl GroupCommit {
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
+            failed,
         })
+    }
+
+    /// The first commit that failed, if one did.
+    pub fn failure(&self) -> Option<Arc<std::io::Error>> {
+        self.failed.borrow().clone()
+    }
+
+    /// Resolves with the first commit that fails.
+    pub fn failed(&self) -> impl Future<Output = Arc<std::io::Error>> + use<> {
+        let mut failed = self.failed.clone();
+        async move {
+            match failed.wait_for(Option::is_some).await {
+                Ok(f) => f.clone().expect("waited for it"),
+                // The commit thread is gone: the store was closed.
+                Err(_) => std::future::pending().await,
+            }
+        }
     }
 
     /// Calls `w` once everything written before the call is on stable

@@ -763,10 +763,20 @@ impl Store {
         Ok(self.db.size_on_disk()?)
     }
 
-    /// Can the store write? Used by the health check.
+    /// Can the store write? Used by the health check: not once a commit
+    /// failed (see `failed`).
     pub fn ping(&self) -> Result<(), StoreError> {
+        if let Some(e) = self.committer.failure() {
+            return Err(StoreError::Commit(e));
+        }
         self.tree.get(b"\0health")?;
         Ok(())
+    }
+
+    /// Resolves with the first commit that fails: nothing written after it
+    /// can be made durable until the database is opened again.
+    pub fn failed(&self) -> impl Future<Output = Arc<std::io::Error>> + use<> {
+        self.committer.failed()
     }
 
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
