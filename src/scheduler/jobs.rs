@@ -72,9 +72,13 @@ pub fn retention(s: &Scheduler, now: i64) -> Result<Report, StoreError> {
     if cfg.max_disk_bytes > 0 {
         let target = cfg.max_disk_bytes / 100 * u64::from(cfg.disk_target_percent);
         let size = s.store.size_on_disk()?;
-        if size > target {
-            dropped = s.store.drop_oldest_delivered(size - target)?;
-            if dropped.bytes_freed < size - target {
+        let written = s.store.bytes_written();
+        let mut bound = s.disk_bound.lock().unwrap_or_else(|p| p.into_inner());
+        let credit = bound.credit(size, written);
+        let over = size.saturating_sub(target).saturating_sub(credit);
+        if over > 0 {
+            dropped = s.store.drop_oldest_delivered(over)?;
+            if dropped.bytes_freed < over {
                 tracing::warn!(
                     size,
                     target,
@@ -82,6 +86,11 @@ pub fn retention(s: &Scheduler, now: i64) -> Result<Report, StoreError> {
                 );
             }
         }
+        *bound = DiskBound {
+            credit: credit + dropped.bytes_freed,
+            size,
+            written,
+        };
     }
     let mut report = Report::default();
     report.count("payloads_expunged", payloads.payloads_expunged);
@@ -93,6 +102,30 @@ pub fn retention(s: &Scheduler, now: i64) -> Result<Report, StoreError> {
         payloads.bytes_freed + attempts.bytes_freed + dropped.bytes_freed,
     );
     Ok(report)
+}
+
+/// What the disk bound deleted that the database's size does not show
+/// yet. sled's file keeps its size for a while after a deletion (the room is
+/// reused by writes before the file shrinks), so the size alone called for
+/// the same deletion again at every run until the file shrank: most of the
+/// history went for an excess of a few percent.
+#[derive(Default)]
+pub struct DiskBound {
+    /// Bytes deleted and not yet used up (by the file shrinking or by writes).
+    credit: u64,
+    /// The database's size and `Store::bytes_written` at the last run.
+    size: u64,
+    written: u64,
+}
+
+impl DiskBound {
+    /// What is left of the credit with the database at `size` after
+    /// `written` bytes were written since it was opened.
+    fn credit(&self, size: u64, written: u64) -> u64 {
+        self.credit
+            .saturating_sub(self.size.saturating_sub(size))
+            .saturating_sub(written.saturating_sub(self.written))
+    }
 }
 
 pub fn endpoint_health(s: &Scheduler, now: i64) -> Result<Report, StoreError> {

@@ -157,6 +157,8 @@ pub struct Scheduler {
     running: [AtomicBool; 4],
     /// Where the next reconciliation continues its sweep of delivery statuses.
     reconcile_cursor: std::sync::Mutex<Option<Vec<u8>>>,
+    /// What the disk bound deleted before (see `jobs::DiskBound`).
+    disk_bound: std::sync::Mutex<jobs::DiskBound>,
     /// A job whose next run waits until told (tests: a long job).
     #[cfg(test)]
     hold: std::sync::Mutex<Option<(Job, std::sync::mpsc::Receiver<()>)>>,
@@ -180,6 +182,7 @@ impl Scheduler {
             metrics,
             running: Default::default(),
             reconcile_cursor: Default::default(),
+            disk_bound: Default::default(),
             #[cfg(test)]
             hold: Default::default(),
         })

@@ -422,6 +422,9 @@ fn wait_until_closed(db_file: &Path) {
 struct Tree {
     inner: sled::Tree,
     gate: Arc<std::sync::RwLock<()>>,
+    /// Bytes (keys and values) the writer thread has inserted since the
+    /// store was opened (see `Store::bytes_written`).
+    written: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::ops::Deref for Tree {
@@ -690,6 +693,7 @@ impl Store {
         let tree = Tree {
             inner: (*db).clone(),
             gate: Arc::default(),
+            written: Arc::default(),
         };
         tree.set_merge_operator(maintenance::merge);
         let counters = Arc::new(counters::Counters::default());
@@ -761,6 +765,13 @@ impl Store {
     /// Bytes the database occupies on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk()?)
+    }
+
+    /// Bytes (keys and values) of what the writer thread inserted since the
+    /// store was opened: publishes, attempts, every record. The room that
+    /// deletions free on disk is used by these first.
+    pub fn bytes_written(&self) -> u64 {
+        self.tree.written.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Can the store write? Used by the health check: not once a commit

@@ -133,12 +133,19 @@ impl Overlay {
 
     fn apply(self) -> Result<(), StoreError> {
         let _open = self.tree.open_gate();
+        let mut written = 0;
         for (k, v) in self.group_writes {
             match v {
-                Some(v) => self.tree.inner.insert(k, v)?,
+                Some(v) => {
+                    written += (k.len() + v.len()) as u64;
+                    self.tree.inner.insert(k, v)?
+                }
                 None => self.tree.inner.remove(k)?,
             };
         }
+        self.tree
+            .written
+            .fetch_add(written, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 }
