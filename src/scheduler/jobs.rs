@@ -133,10 +133,14 @@ pub fn endpoint_health(s: &Scheduler, now: i64) -> Result<Report, StoreError> {
     let mut report = Report::default();
     let failing = s.store.failing_since()?;
     let mut disabled = 0;
-    for (app_id, ep_id, since) in &failing {
-        if now - since < window {
+    for (app_id, ep_id, clock) in &failing {
+        // Failing for the whole window: attempts failed at its start and at
+        // its end, none succeeded between. (One failure and then no
+        // traffic, a quiet weekend, is not an endpoint that fails.)
+        if now - clock.since_ms < window || clock.last_ms - clock.since_ms < window {
             continue;
         }
+        let since = &clock.since_ms;
         let (Some(app), Some(mut ep)) = (
             s.store.find_app(app_id.as_str())?,
             s.store.get_endpoint(app_id, ep_id)?,

@@ -469,6 +469,60 @@ mod tests {
         status.iter().find(|j| j.job == job).unwrap().record.runs
     }
 
+    /// An endpoint is disabled once its attempts failed for the whole of
+    /// `disable_after` (five days), none succeeding: failures at its start
+    /// and at its end. One failure and then no traffic is not an endpoint
+    /// that fails. (Any failure disabled it five days later.)
+    #[tokio::test]
+    async fn an_endpoint_is_disabled_only_after_failing_for_the_whole_window() {
+        use crate::store::Next;
+        use crate::store::tests::{app, attempt, claim_one, endpoint, message};
+        const DAY: i64 = 86_400_000;
+        let store = Store::temporary().unwrap();
+        let cfg = Config::load_from(None, &[]).unwrap().scheduler;
+        let delivery = DeliveryHandle::default();
+        let ops = Operational::disabled(store.clone(), delivery.clone());
+        let t0 = now_ms();
+        let clock = Arc::new(ManualClock::at(t0));
+        let s = Scheduler::new(
+            store.clone(),
+            cfg,
+            ops,
+            delivery,
+            Arc::clone(&clock) as Arc<dyn Clock>,
+            Arc::new(Metrics::new()),
+        );
+        let a = app(None);
+        store.create_app(&a).unwrap().unwrap();
+        let ep = endpoint(&a.id, &[]);
+        store.create_endpoint(&ep).unwrap().unwrap();
+        let fail_at = |at: i64| {
+            let (store, a, ep) = (store.clone(), a.clone(), ep.clone());
+            async move {
+                let m = message(&a.id, at, None);
+                store.publish(&m, b"{}", &[&ep], at, || {}).await.unwrap();
+                let t = claim_one(&store, at, at + 60_000).await;
+                store
+                    .record_attempt(&t, &attempt(&t, false, at), Next::Done)
+                    .await
+                    .unwrap();
+            }
+        };
+        let disabled = || store.get_endpoint(&a.id, &ep.id).unwrap().unwrap().disabled;
+
+        fail_at(t0).await;
+        clock.advance(5 * DAY + 60_000);
+        let r = jobs::endpoint_health(&s, clock.now_ms()).unwrap();
+        assert!(r.events.is_empty());
+        assert!(!disabled(), "one failure, then nothing for five days");
+
+        fail_at(t0 + 5 * DAY).await;
+        let r = jobs::endpoint_health(&s, clock.now_ms()).unwrap();
+        assert_eq!(r.events.len(), 1);
+        assert_eq!(r.events[0].0, "endpoint.disabled");
+        assert!(disabled(), "failing from the first failure to five days on");
+    }
+
     #[tokio::test]
     async fn a_long_job_holds_up_neither_the_others_nor_the_schedule() {
         let store = Store::temporary().unwrap();

@@ -138,6 +138,45 @@ fn str_of(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// An endpoint's failing clock (`keys::failing_since`): the times of the
+/// first and the last of its attempts that failed with no success between.
+/// Stored as the first time (8 bytes, little-endian), the app's id, then a
+/// 0 and the last time (absent in a clock written before it was kept: then
+/// the first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailingClock {
+    pub since_ms: i64,
+    pub last_ms: i64,
+    app: Vec<u8>,
+}
+
+impl FailingClock {
+    pub(super) fn encode(since_ms: i64, last_ms: i64, app: &AppId) -> Vec<u8> {
+        let mut v = since_ms.to_le_bytes().to_vec();
+        v.extend_from_slice(app.as_str().as_bytes());
+        v.push(0);
+        v.extend_from_slice(&last_ms.to_le_bytes());
+        v
+    }
+
+    /// What cannot be read reads as time 0 and no app (left out by
+    /// `failing_since`).
+    pub(super) fn decode(v: &[u8]) -> Self {
+        let time = |b: &[u8]| <[u8; 8]>::try_from(b).map_or(0, i64::from_le_bytes);
+        let (since, rest) = v.split_at(8.min(v.len()));
+        let since_ms = time(since);
+        let (app, last_ms) = match rest.iter().position(|b| *b == 0) {
+            Some(z) => (&rest[..z], time(&rest[z + 1..])),
+            None => (rest, since_ms),
+        };
+        Self {
+            since_ms,
+            last_ms,
+            app: app.to_vec(),
+        }
+    }
+}
+
 impl Store {
     // ----- job records ---------------------------------------------------
 
@@ -206,19 +245,18 @@ impl Store {
 
     // ----- endpoint health clocks ----------------------------------------
 
-    /// Endpoints whose every attempt has failed since a time: `(app, endpoint, since)`.
-    pub fn failing_since(&self) -> Result<Vec<(AppId, EndpointId, i64)>, StoreError> {
+    /// Endpoints whose every attempt has failed since a time: `(app,
+    /// endpoint, clock)`.
+    pub fn failing_since(&self) -> Result<Vec<(AppId, EndpointId, FailingClock)>, StoreError> {
         let mut out = Vec::new();
         for e in self.tree.scan_prefix([keys::ns::FAILING_SINCE]) {
             let (k, v) = e?;
-            let (since, app) = v.split_at(8.min(v.len()));
-            let since = <[u8; 8]>::try_from(since).map(i64::from_le_bytes);
-            if let (Some(ep), Some(app), Ok(since)) = (
+            let clock = FailingClock::decode(&v);
+            if let (Some(ep), Some(app)) = (
                 EndpointId::parse(&str_of(&k[1..])),
-                AppId::parse(&str_of(app)),
-                since,
+                AppId::parse(&str_of(&clock.app)),
             ) {
-                out.push((app, ep, since));
+                out.push((app, ep, clock));
             }
         }
         Ok(out)

@@ -42,7 +42,7 @@ use crate::domain::{
 pub use backup::{BackupSummary, RestoreError};
 pub use commit::GroupCommit;
 pub use handoff::{Handed, HandedMessage};
-pub use maintenance::{Cadence, Reconciled, Retained};
+pub use maintenance::{Cadence, FailingClock, Reconciled, Retained};
 pub use records::*;
 pub use sealed::{DataKey, KeyError, Keyring, SealError};
 pub use tokens::{TOKEN_PREFIX, token_hash};
@@ -2672,7 +2672,9 @@ fn stage_attempt(
     let dest_key = keys::dest(&task.msg_id, &task.ep_id);
     let before = staged_dest(o, &dest_key)?;
     let clock = keys::failing_since(&task.ep_id);
-    let clock_set = o.contains_key(&clock)?;
+    let failing_since = o
+        .get(&clock)?
+        .map(|v| maintenance::FailingClock::decode(&v).since_ms);
 
     // Without a status before, the delivery was handed over by its publish,
     // which wrote its index entry; its first attempt is kept in the status
@@ -2739,13 +2741,15 @@ fn stage_attempt(
         set_failed_index(o, &dest);
     }
     if attempt.status == MessageStatus::Success {
-        if clock_set {
+        if failing_since.is_some() {
             o.remove(clock);
         }
-    } else if !clock_set {
-        let mut v = attempt.timestamp_ms.to_le_bytes().to_vec();
-        v.extend_from_slice(task.app_id.as_str().as_bytes());
-        o.insert(clock, v);
+    } else {
+        let at = attempt.timestamp_ms;
+        o.insert(
+            clock,
+            maintenance::FailingClock::encode(failing_since.unwrap_or(at), at, &task.app_id),
+        );
     }
     Ok(Recorded {
         before,
@@ -3047,4 +3051,4 @@ fn range_is_empty(lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

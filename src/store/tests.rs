@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::domain::{EndpointUrl, Secret};
 
-fn app(uid: Option<&str>) -> AppRecord {
+pub(crate) fn app(uid: Option<&str>) -> AppRecord {
     AppRecord {
         id: AppId::new(1),
         uid: uid.map(str::to_owned),
@@ -17,7 +17,7 @@ fn app(uid: Option<&str>) -> AppRecord {
     }
 }
 
-fn endpoint(app: &AppId, types: &[&str]) -> EndpointRecord {
+pub(crate) fn endpoint(app: &AppId, types: &[&str]) -> EndpointRecord {
     EndpointRecord {
         id: EndpointId::new(2),
         app_id: app.clone(),
@@ -40,7 +40,7 @@ fn endpoint(app: &AppId, types: &[&str]) -> EndpointRecord {
     }
 }
 
-fn message(app: &AppId, at: i64, event_id: Option<&str>) -> MessageRecord {
+pub(crate) fn message(app: &AppId, at: i64, event_id: Option<&str>) -> MessageRecord {
     MessageRecord {
         id: MessageId::new(at),
         app_id: app.clone(),
@@ -54,7 +54,7 @@ fn message(app: &AppId, at: i64, event_id: Option<&str>) -> MessageRecord {
     }
 }
 
-fn attempt(task: &TaskRecord, ok: bool, at: i64) -> AttemptRecord {
+pub(crate) fn attempt(task: &TaskRecord, ok: bool, at: i64) -> AttemptRecord {
     AttemptRecord {
         id: AttemptId::new(at),
         app_id: task.app_id.clone(),
@@ -837,7 +837,7 @@ async fn one_attempted(ok: bool, next: Next) -> (Store, EndpointRecord, MessageR
 
 /// Claims what is due at `now` (leased until `lease_until`) and returns
 /// the first task taken.
-async fn claim_one(s: &Store, now: i64, lease_until: i64) -> TaskRecord {
+pub(crate) async fn claim_one(s: &Store, now: i64, lease_until: i64) -> TaskRecord {
     s.claim_due(now, lease_until, 10, 100, |_| Claim::Take)
         .await
         .unwrap()
@@ -1341,9 +1341,21 @@ async fn failing_clock_starts_at_the_first_failure_and_a_success_resets_it() {
             .await
             .unwrap();
     }
+    let clocks: Vec<_> = s
+        .failing_since()
+        .unwrap()
+        .into_iter()
+        .map(|(app, ep, c)| (app, ep, c.since_ms, c.last_ms))
+        .collect();
+    assert_eq!(clocks, vec![(a.id.clone(), ep.id.clone(), 30, 31)]);
+    // A clock written before the last failure was kept: since then.
+    let mut old = 30i64.to_le_bytes().to_vec();
+    old.extend_from_slice(a.id.as_str().as_bytes());
+    let clock = maintenance::FailingClock::decode(&old);
+    assert_eq!((clock.since_ms, clock.last_ms), (30, 30));
     assert_eq!(
-        s.failing_since().unwrap(),
-        vec![(a.id.clone(), ep.id.clone(), 30)]
+        maintenance::FailingClock::decode(&maintenance::FailingClock::encode(30, 31, &a.id)),
+        s.failing_since().unwrap()[0].2
     );
     let m = message(&a.id, 50, None);
     s.publish(&m, b"{}", &[&ep], 60, || {}).await.unwrap();
