@@ -257,13 +257,44 @@ fn first_start_generates_a_private_token_and_restart_keeps_it() {
     assert!(third.wait(DEADLINE).success());
 }
 
-#[test]
-fn logs_are_json_when_configured_and_never_hold_the_token() {
+#[actix_web::test]
+async fn logs_are_json_when_configured_and_never_hold_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = with_token(command(dir.path()));
     cmd.env("WEBHOOKD_LOG_FORMAT", "json")
+        .env("WEBHOOKD_RETRY_SCHEDULE", "")
         .env("RUST_LOG", "info");
     let d = Daemon::start(cmd);
+    // A delivery that fails (nothing listens at the port) is logged with
+    // the id of its attempt record.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook = format!("http://{}/hook", closed.local_addr().unwrap());
+    drop(closed);
+    let client = client();
+    let app_id = app_with_endpoint(&client, &d.base, &hook).await;
+    let (status, msg) = call(
+        &client,
+        "POST",
+        format!("{}/api/v1/app/{app_id}/msg", d.base),
+        Some(json!({"eventType": "t", "payload": {}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 202);
+    let attempts = format!(
+        "{}/api/v1/app/{app_id}/attempt/msg/{}",
+        d.base,
+        msg["id"].as_str().unwrap()
+    );
+    let until = Instant::now() + DEADLINE;
+    let attempt_id = loop {
+        let (_, list) = call(&client, "GET", attempts.clone(), None).await.unwrap();
+        if let Some(id) = list["data"][0]["id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(Instant::now() < until, "no attempt recorded");
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    };
     d.signal("-TERM");
     let (status, lines) = d.wait_with_output(SHUTDOWN_BOUND);
     assert!(status.success());
@@ -274,6 +305,12 @@ fn logs_are_json_when_configured_and_never_hold_the_token() {
     assert!(
         logs.iter()
             .any(|l| l["fields"]["message"] == "shutting down"),
+        "{lines:?}"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l["fields"]["message"] == "delivery failed"
+                && l["span"]["attempt_id"] == attempt_id.as_str()),
         "{lines:?}"
     );
     assert!(lines.iter().all(|l| !l.contains(TOKEN)));
@@ -293,6 +330,9 @@ fn a_data_dir_open_to_others_is_warned_about() {
         let early = d.early.clone();
         d.signal("-TERM");
         assert!(d.wait(SHUTDOWN_BOUND).success());
+        // Plain text when not written to a terminal: journald keeps lines
+        // with colour codes as binary data.
+        assert!(early.iter().all(|l| !l.contains('\x1b')), "{early:?}");
         early.iter().any(|l| l.contains("open to other users"))
     };
     assert!(warned(0o755));

@@ -1031,6 +1031,8 @@ impl Lane {
                 None => Next::Done,
             }
         };
+        let attempt_id = AttemptId::new(now);
+        tracing::Span::current().record("attempt_id", attempt_id.as_str());
         if success {
             tracing::debug!(
                 status = resp.status,
@@ -1046,7 +1048,7 @@ impl Lane {
             );
         }
         let attempt = AttemptRecord {
-            id: AttemptId::new(now),
+            id: attempt_id,
             app_id: task.app_id.clone(),
             msg_id: task.msg_id.clone(),
             ep_id: task.ep_id.clone(),
@@ -1065,7 +1067,6 @@ impl Lane {
             duration_ms: resp.duration.as_millis() as u64,
             error: resp.error,
         };
-        tracing::Span::current().record("attempt_id", attempt.id.as_str());
         let recorded = store.record_attempt(task, &attempt, next).await?;
         self.shared.metrics.attempt(success, status, duration);
         if task.attempt == 0 && task.trigger == AttemptTrigger::Scheduled {
