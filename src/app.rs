@@ -180,6 +180,16 @@ pub(crate) fn data_keys(config: &Config) -> anyhow::Result<Keyring> {
     let key = match read_key(&path)? {
         Some(k) => k,
         None => {
+            // A database made with another key (restored from a backup, a
+            // key file moved away): a new key would open none of its
+            // secrets, and be left in the way of the right one.
+            anyhow::ensure!(
+                !config.data_dir.join("db").exists(),
+                "the database in {} exists but its encryption key is not at {}: put the key \
+                 file it was made with there (or set encryption.key_file); nothing was changed",
+                config.data_dir.display(),
+                path.display()
+            );
             let key = DataKey::generate();
             write_private_file(&path, &key.encode())
                 .with_context(|| format!("creating the encryption key file {}", path.display()))?;

@@ -180,6 +180,33 @@ fn invalid_configuration_exits_nonzero_naming_the_key() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/webhookd.toml"));
 }
 
+/// A database whose key file is missing (restored into a new data dir
+/// without it, say) is not given a new key: that would open none of its
+/// secrets and stand in the way of the right key. webhookd stops, naming
+/// the key file, and writes nothing.
+#[actix_web::test]
+async fn a_database_without_its_key_file_is_not_given_a_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(with_token(command(dir.path())));
+    // An endpoint: a secret sealed with the key.
+    app_with_endpoint(&client(), &d.base, "http://127.0.0.1:9/hook").await;
+    d.signal("-TERM");
+    assert!(d.wait(SHUTDOWN_BOUND).success());
+    let key = dir.path().join("encryption-key");
+    let moved = dir.path().join("moved-key");
+    std::fs::rename(&key, &moved).unwrap();
+    let out = with_token(command(dir.path())).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(key.to_str().unwrap()), "{stderr}");
+    assert!(!key.exists(), "a new key was written");
+    // With its key back it starts.
+    std::fs::rename(&moved, &key).unwrap();
+    let d = Daemon::start(with_token(command(dir.path())));
+    d.signal("-TERM");
+    assert!(d.wait(SHUTDOWN_BOUND).success());
+}
+
 #[test]
 fn check_config_masks_the_token() {
     let dir = tempfile::tempdir().unwrap();
