@@ -744,12 +744,40 @@ impl Store {
     ) -> Result<Retained, StoreError> {
         let cutoff = now_ms - max_age_ms;
         let mut r = Retained::default();
-        let mut old: Vec<(sled::IVec, AttemptRecord)> = Vec::new();
+        // Deleted a thousand at a time as they are found: the records hold
+        // response bodies, and a first pass (a retention made shorter, or
+        // none for long) finds many. One that cannot be read goes by its
+        // key alone (its endpoint's index entry cannot be known), rather
+        // than stopping every pass at it.
+        let mut batch = sled::Batch::default();
+        let mut staged = 0;
+        let mut stage = |k: sled::IVec,
+                         v: sled::IVec,
+                         r: &mut Retained|
+         -> Result<(), StoreError> {
+            r.bytes_freed += (k.len() + v.len()) as u64;
+            r.attempts_deleted += 1;
+            match decode::<AttemptRecord>(&k, &v) {
+                Ok(a) => {
+                    batch.remove(keys::attempt_by_msg(&a.msg_id, &a.id));
+                    batch.remove(keys::attempt_by_ep(&a.ep_id, &a.id));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "an attempt record that cannot be read is deleted")
+                }
+            }
+            batch.remove(k);
+            staged += 1;
+            if staged == 1_000 {
+                self.tree.apply_batch(std::mem::take(&mut batch))?;
+                staged = 0;
+            }
+            Ok(())
+        };
         let legacy_end = keys::legacy_attempt(&AttemptId::lower_bound(cutoff));
         for e in self.tree.range(vec![keys::ns::ATTEMPT]..legacy_end) {
             let (k, v) = e?;
-            r.bytes_freed += (k.len() + v.len()) as u64;
-            old.push((k.clone(), decode(&k, &v)?));
+            stage(k, v, &mut r)?;
         }
         let end = keys::attempts_of_msg(&MessageId::lower_bound(cutoff));
         for e in self.tree.range(vec![keys::ns::ATTEMPT_BY_MSG]..end) {
@@ -759,19 +787,9 @@ impl Store {
             if v.is_empty() || id.is_none_or(|id| id.created_ms() >= cutoff) {
                 continue;
             }
-            r.bytes_freed += (k.len() + v.len()) as u64;
-            old.push((k.clone(), decode(&k, &v)?));
+            stage(k, v, &mut r)?;
         }
-        for chunk in old.chunks(1000) {
-            let mut batch = sled::Batch::default();
-            for (k, a) in chunk {
-                batch.remove(k.clone());
-                batch.remove(keys::attempt_by_msg(&a.msg_id, &a.id));
-                batch.remove(keys::attempt_by_ep(&a.ep_id, &a.id));
-                r.attempts_deleted += 1;
-            }
-            self.tree.apply_batch(batch)?;
-        }
+        self.tree.apply_batch(batch)?;
         // First attempts kept in the statuses of those messages, removed on
         // the writer thread (see `change_first_attempt`). Statuses stay after
         // their attempts go, so a pass starts about where the last one ended

@@ -1116,6 +1116,37 @@ async fn attempts_kept_by_attempt_id_by_an_earlier_release_are_read_and_deleted(
     assert!(s.get_attempt(&m.id, &old.id).unwrap().is_none());
 }
 
+/// An attempt record that cannot be read is deleted by its key when it is
+/// old enough, and the others with it: it stopped every retention pass (and
+/// the idempotency expiry and the disk bound after it).
+#[tokio::test]
+async fn an_unreadable_old_attempt_record_does_not_stop_attempt_retention() {
+    let (s, ep, m, t) = one_claimed(20, 100).await;
+    // Two later attempts of the message: one readable, one not.
+    let (good, bad) = (attempt(&t, false, 30), attempt(&t, false, 31));
+    s.tree
+        .insert(keys::attempt_by_msg(&m.id, &good.id), encode(&good))
+        .unwrap();
+    s.tree
+        .insert(
+            keys::attempt_by_ep(&ep.id, &good.id),
+            m.id.as_str().as_bytes(),
+        )
+        .unwrap();
+    s.tree
+        .insert(keys::attempt_by_msg(&m.id, &bad.id), &b"\xff\xff"[..])
+        .unwrap();
+    let r = s.delete_old_attempts(1_035, 1_000).unwrap();
+    assert_eq!(r.attempts_deleted, 2);
+    for k in [
+        keys::attempt_by_msg(&m.id, &good.id),
+        keys::attempt_by_ep(&ep.id, &good.id),
+        keys::attempt_by_msg(&m.id, &bad.id),
+    ] {
+        assert!(s.tree.get(k).unwrap().is_none());
+    }
+}
+
 #[tokio::test]
 async fn reconcile_removes_the_statuses_of_a_publish_cut_before_its_message() {
     let s = Store::temporary().unwrap();
