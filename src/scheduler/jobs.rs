@@ -140,31 +140,46 @@ pub fn endpoint_health(s: &Scheduler, now: i64) -> Result<Report, StoreError> {
         if now - clock.since_ms < window || clock.last_ms - clock.since_ms < window {
             continue;
         }
-        let since = &clock.since_ms;
-        let (Some(app), Some(mut ep)) = (
-            s.store.find_app(app_id.as_str())?,
-            s.store.get_endpoint(app_id, ep_id)?,
-        ) else {
+        // An error with one endpoint is logged and the others go on: the
+        // events of those disabled before it are still sent (their clocks
+        // are cleared: nothing would announce them again).
+        let disable = || -> Result<Option<serde_json::Value>, StoreError> {
+            let (Some(app), Some(mut ep)) = (
+                s.store.find_app(app_id.as_str())?,
+                s.store.get_endpoint(app_id, ep_id)?,
+            ) else {
+                s.store.clear_failing_since(ep_id)?;
+                return Ok(None);
+            };
+            // Not the operator's receiver of operational events: disabled, it
+            // would lose every event until the next start, which enables it.
+            if ep.disabled || s.ops.is_reserved(&app.id) {
+                s.store.clear_failing_since(ep_id)?;
+                return Ok(None);
+            }
+            ep.disabled = true;
+            ep.updated_ms = now;
+            if !s.store.put_endpoint(&ep)? {
+                return Ok(None); // deleted meanwhile
+            }
             s.store.clear_failing_since(ep_id)?;
-            continue;
+            let since = format_time(clock.since_ms);
+            tracing::warn!(endpoint_id = %ep.id, failing_since = %since, "endpoint disabled after failing every attempt");
+            let mut data = endpoint_data(&app, &ep);
+            data["reason"] = "failing".into();
+            data["failSince"] = since.into();
+            Ok(Some(data))
         };
-        s.store.clear_failing_since(ep_id)?;
-        // Not the operator's receiver of operational events: disabled, it
-        // would lose every event until the next start, which enables it.
-        if ep.disabled || s.ops.is_reserved(&app.id) {
-            continue;
+        match disable() {
+            Ok(Some(data)) => {
+                disabled += 1;
+                report.events.push(("endpoint.disabled", data));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, endpoint_id = %ep_id, "disabling a failing endpoint failed; tried again at the next run");
+            }
         }
-        ep.disabled = true;
-        ep.updated_ms = now;
-        if !s.store.put_endpoint(&ep)? {
-            continue; // deleted meanwhile
-        }
-        disabled += 1;
-        tracing::warn!(endpoint_id = %ep.id, failing_since = %format_time(*since), "endpoint disabled after failing every attempt");
-        let mut data = endpoint_data(&app, &ep);
-        data["reason"] = "failing".into();
-        data["failSince"] = format_time(*since).into();
-        report.events.push(("endpoint.disabled", data));
     }
     report.count("failing", failing.len());
     report.count("disabled", disabled);
