@@ -2333,6 +2333,19 @@ impl Store {
             {
                 let (k, v) = entry?;
                 for mut task in leased_tasks(&k, &v)? {
+                    // A claim's lease is kept whole until all its attempts
+                    // are over: a first attempt that succeeded before the
+                    // crash (or the error that kept the lease) is not
+                    // made again. (Retries look at their status when they
+                    // go.)
+                    if task.attempt == 0
+                        && task.trigger == AttemptTrigger::Scheduled
+                        && self
+                            .dest(&task.msg_id, &task.ep_id)?
+                            .is_some_and(|d| d.status == MessageStatus::Success)
+                    {
+                        continue;
+                    }
                     task.due_ms = due_ms;
                     batch.insert(keys::queue(due_ms, &task.id), encode(&task));
                     n += 1;

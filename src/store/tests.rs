@@ -1116,6 +1116,25 @@ async fn attempts_kept_by_attempt_id_by_an_earlier_release_are_read_and_deleted(
     assert!(s.get_attempt(&m.id, &old.id).unwrap().is_none());
 }
 
+/// A lease that outlived its claim (a crash before it was given back)
+/// brings back the deliveries of the claim, but not a first attempt that
+/// succeeded: it was delivered again.
+#[tokio::test]
+async fn a_released_lease_does_not_bring_back_a_delivered_first_attempt() {
+    let (s, _ep, _m, t) = one_claimed(20, 100).await;
+    s.record_attempt(&t, &attempt(&t, true, 30), Next::Done)
+        .await
+        .unwrap();
+    assert_eq!(s.release_expired_leases(1_000, 1_000).unwrap(), 0);
+    assert_eq!(s.queue_depth().0, 0);
+    // One that failed comes back.
+    let (s, _ep, _m, t) = one_claimed(20, 100).await;
+    s.record_attempt(&t, &attempt(&t, false, 30), Next::Done)
+        .await
+        .unwrap();
+    assert_eq!(s.release_expired_leases(1_000, 1_000).unwrap(), 1);
+}
+
 /// An attempt record that cannot be read is deleted by its key when it is
 /// old enough, and the others with it: it stopped every retention pass (and
 /// the idempotency expiry and the disk bound after it).
