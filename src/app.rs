@@ -210,6 +210,34 @@ pub(crate) fn data_keys(config: &Config) -> anyhow::Result<Keyring> {
     Ok(ring)
 }
 
+/// What `serve` reads besides the configuration, read without writing
+/// anything (for `check-config`): the extra CA file and the encryption key
+/// (a missing key file is only an error where `serve` would refuse it).
+pub fn check_files(config: &Config) -> anyhow::Result<()> {
+    delivery::client::TlsRoots::load(config.delivery.extra_ca_file.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    match key_path(config) {
+        None => {
+            let EncryptionConfig::Key(text) = &config.encryption else {
+                unreachable!("key_path is None only for a configured key");
+            };
+            DataKey::parse(text).context("configuration key encryption.key")?;
+        }
+        Some(path) => {
+            if read_key(&path)?.is_none() {
+                anyhow::ensure!(
+                    !config.data_dir.join("db").exists(),
+                    "the database in {} exists but its encryption key is not at {}",
+                    config.data_dir.display(),
+                    path.display()
+                );
+            }
+            read_key(&next_key_path(&path))?;
+        }
+    }
+    Ok(())
+}
+
 /// Replaces the encryption key kept in a file and re-encrypts every secret with
 /// it. webhookd must be stopped. Crash-safe: the new key is written beside the
 /// old one first, and whichever key a record is sealed with stays readable until

@@ -97,7 +97,13 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => {
             println!("{}", config.masked());
-            ExitCode::SUCCESS
+            match webhookd::app::check_files(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("webhookd: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Command::Backup { to, server } => {
             match webhookd::commands::backup(&config, &to, server.as_deref()) {

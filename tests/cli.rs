@@ -207,6 +207,42 @@ async fn a_database_without_its_key_file_is_not_given_a_new_key() {
     assert!(d.wait(SHUTDOWN_BOUND).success());
 }
 
+/// `check-config` reads the files `serve` would and refuses what `serve`
+/// would refuse (it passed a missing CA file or a malformed key file).
+#[test]
+fn check_config_reads_the_ca_and_key_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "not a key").unwrap();
+    for (name, value, named) in [
+        (
+            "WEBHOOKD_DELIVERY__EXTRA_CA_FILE",
+            "/nonexistent/ca.pem",
+            "extra_ca_file",
+        ),
+        (
+            "WEBHOOKD_ENCRYPTION__KEY_FILE",
+            key.to_str().unwrap(),
+            key.to_str().unwrap(),
+        ),
+    ] {
+        let out = command(dir.path())
+            .env(name, value)
+            .arg("check-config")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{name}={value} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(named), "{name}: {stderr}");
+    }
+    let out = command(dir.path()).arg("check-config").output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !dir.path().join("encryption-key").exists(),
+        "check-config wrote a key"
+    );
+}
+
 #[test]
 fn check_config_masks_the_token() {
     let dir = tempfile::tempdir().unwrap();
