@@ -180,16 +180,7 @@ pub(crate) fn data_keys(config: &Config) -> anyhow::Result<Keyring> {
     let key = match read_key(&path)? {
         Some(k) => k,
         None => {
-            // A database made with another key (restored from a backup, a
-            // key file moved away): a new key would open none of its
-            // secrets, and be left in the way of the right one.
-            anyhow::ensure!(
-                !config.data_dir.join("db").exists(),
-                "the database in {} exists but its encryption key is not at {}: put the key \
-                 file it was made with there (or set encryption.key_file); nothing was changed",
-                config.data_dir.display(),
-                path.display()
-            );
+            no_database_without(config, &path)?;
             let key = DataKey::generate();
             write_private_file(&path, &key.encode())
                 .with_context(|| format!("creating the encryption key file {}", path.display()))?;
@@ -210,6 +201,21 @@ pub(crate) fn data_keys(config: &Config) -> anyhow::Result<Keyring> {
     Ok(ring)
 }
 
+/// With no key file at `path`, a key may be generated only for a new data
+/// dir. A database made with another key (restored from a backup, a key
+/// file moved away) would get one that opens none of its secrets and is
+/// left in the way of the right one.
+fn no_database_without(config: &Config, path: &Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !config.data_dir.join("db").exists(),
+        "the database in {} exists but its encryption key is not at {}: put the key \
+         file it was made with there (or set encryption.key_file); nothing was changed",
+        config.data_dir.display(),
+        path.display()
+    );
+    Ok(())
+}
+
 /// What `serve` reads besides the configuration, read without writing
 /// anything (for `check-config`): the extra CA file and the encryption key
 /// (a missing key file is only an error where `serve` would refuse it).
@@ -225,12 +231,7 @@ pub fn check_files(config: &Config) -> anyhow::Result<()> {
         }
         Some(path) => {
             if read_key(&path)?.is_none() {
-                anyhow::ensure!(
-                    !config.data_dir.join("db").exists(),
-                    "the database in {} exists but its encryption key is not at {}",
-                    config.data_dir.display(),
-                    path.display()
-                );
+                no_database_without(config, &path)?;
             }
             read_key(&next_key_path(&path))?;
         }
