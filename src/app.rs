@@ -169,6 +169,12 @@ fn read_key(path: &Path) -> anyhow::Result<Option<DataKey>> {
 /// file is generated on first start), plus the key of a rotation that was
 /// interrupted, so that every record opens.
 pub(crate) fn data_keys(config: &Config) -> anyhow::Result<Keyring> {
+    keys(config, true)
+}
+
+/// `data_keys`; with `write` false a key file that would be generated is
+/// not written (for `check-config`).
+fn keys(config: &Config, write: bool) -> anyhow::Result<Keyring> {
     let Some(path) = key_path(config) else {
         let EncryptionConfig::Key(text) = &config.encryption else {
             unreachable!("key_path is None only for a configured key");
@@ -180,16 +186,28 @@ pub(crate) fn data_keys(config: &Config) -> anyhow::Result<Keyring> {
     let key = match read_key(&path)? {
         Some(k) => k,
         None => {
-            no_database_without(config, &path)?;
+            // A database made with another key (restored from a backup, a
+            // key file moved away): a new key would open none of its
+            // secrets, and be left in the way of the right one.
+            anyhow::ensure!(
+                !config.data_dir.join("db").exists(),
+                "the database in {} exists but its encryption key is not at {}: put the key \
+                 file it was made with there (or set encryption.key_file); nothing was changed",
+                config.data_dir.display(),
+                path.display()
+            );
             let key = DataKey::generate();
-            write_private_file(&path, &key.encode())
-                .with_context(|| format!("creating the encryption key file {}", path.display()))?;
-            if path.starts_with(&config.data_dir) {
-                tracing::warn!(
-                    path = %path.display(),
-                    "generated the encryption key inside the data dir; move it elsewhere \
-                     (encryption.key_file) so that the data alone reveals no secret"
-                );
+            if write {
+                write_private_file(&path, &key.encode()).with_context(|| {
+                    format!("creating the encryption key file {}", path.display())
+                })?;
+                if path.starts_with(&config.data_dir) {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "generated the encryption key inside the data dir; move it elsewhere \
+                         (encryption.key_file) so that the data alone reveals no secret"
+                    );
+                }
             }
             key
         }
@@ -201,41 +219,13 @@ pub(crate) fn data_keys(config: &Config) -> anyhow::Result<Keyring> {
     Ok(ring)
 }
 
-/// With no key file at `path`, a key may be generated only for a new data
-/// dir. A database made with another key (restored from a backup, a key
-/// file moved away) would get one that opens none of its secrets and is
-/// left in the way of the right one.
-fn no_database_without(config: &Config, path: &Path) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !config.data_dir.join("db").exists(),
-        "the database in {} exists but its encryption key is not at {}: put the key \
-         file it was made with there (or set encryption.key_file); nothing was changed",
-        config.data_dir.display(),
-        path.display()
-    );
-    Ok(())
-}
-
 /// What `serve` reads besides the configuration, read without writing
 /// anything (for `check-config`): the extra CA file and the encryption key
 /// (a missing key file is only an error where `serve` would refuse it).
 pub fn check_files(config: &Config) -> anyhow::Result<()> {
     delivery::client::TlsRoots::load(config.delivery.extra_ca_file.as_deref())
         .map_err(anyhow::Error::msg)?;
-    match key_path(config) {
-        None => {
-            let EncryptionConfig::Key(text) = &config.encryption else {
-                unreachable!("key_path is None only for a configured key");
-            };
-            DataKey::parse(text).context("configuration key encryption.key")?;
-        }
-        Some(path) => {
-            if read_key(&path)?.is_none() {
-                no_database_without(config, &path)?;
-            }
-            read_key(&next_key_path(&path))?;
-        }
-    }
+    keys(config, false)?;
     Ok(())
 }
 
