@@ -1204,9 +1204,6 @@ mod tests {
     use super::slow_endpoint_deferral as deferral;
     use crate::domain::AppId;
 
-    /// A claim that fails after deciding gives back the slots it counted:
-    /// else each failure kept them taken, until the worker had none left
-    /// and delivered nothing more until a restart.
     /// What the claiming loop shares, with the default configuration.
     fn shared_with(store: &super::Store) -> super::Shared {
         use super::*;
@@ -1264,6 +1261,9 @@ mod tests {
         book.mean_ms.insert(ep.clone(), mean_ms);
     }
 
+    /// A claim that fails after deciding gives back the slots it counted:
+    /// else each failure kept them taken, until the worker had none left
+    /// and delivered nothing more until a restart.
     #[tokio::test]
     async fn a_failed_claim_frees_the_slots_it_counted() {
         use super::*;
