@@ -104,9 +104,9 @@ const STUCK_AFTER_MS: i64 = 100;
 /// how long a backlog may wait once its endpoint is fast again.
 const BACKLOG_HORIZON_MS: i64 = 600_000;
 /// A claim leaves at most this many deliveries in place (their endpoints
-/// fast, at their caps); further ones of endpoints at their caps are moved
-/// back like a slow endpoint's, spread over the time their endpoints need
-/// for them. So a long backlog of one busy endpoint is neither read again on
+/// fast, at their caps or waiting for the slow share); further ones are
+/// moved back like a slow endpoint's, spread over the time their endpoints
+/// need for them. So a long backlog of one busy endpoint is neither read again on
 /// every wake-up nor in front of what is due behind it for other endpoints.
 const SKIP_BUDGET: usize = 64;
 /// With at least this many attempts in flight, a freed slot does not start a
@@ -152,6 +152,8 @@ struct SlotBook {
     throttles: HashMap<EndpointId, Throttle>,
     throttles_at: u64,
     in_flight: usize,
+    /// Requests in flight that count in the slow share (see `slow_share`).
+    slow_in_flight: usize,
 }
 
 /// Where an endpoint's deliveries moved back at its cap go next.
@@ -170,6 +172,10 @@ impl SlotBook {
     fn give_back(&mut self, ep: &EndpointId, ended_ms: Option<i64>) {
         if let Some(slots) = self.per_endpoint.get_mut(ep) {
             slots.in_flight -= 1;
+            if slots.counted_slow > 0 {
+                slots.counted_slow -= 1;
+                self.slow_in_flight -= 1;
+            }
             if let Some(at) = ended_ms {
                 slots.progress_ms = at;
             }
@@ -289,6 +295,8 @@ struct ClaimLease {
 /// One endpoint's requests in flight.
 struct Slots {
     in_flight: usize,
+    /// How many of them count in the slow share.
+    counted_slow: usize,
     /// When it last finished an attempt (or, before the first, began one).
     progress_ms: i64,
 }
@@ -551,6 +559,7 @@ impl Shared {
         let cap = self.cfg.max_per_endpoint;
         let lease = self.store.lease_clock_ms() + self.lease_ms;
         let longest_defer = self.cfg.request_timeout.as_millis() as i64;
+        let slow_share = slow_share(self.cfg.max_in_flight);
         let mut skipped = 0;
         // Whether `decide` is asked about deliveries from the queue (else
         // handed over by their publishes).
@@ -565,11 +574,24 @@ impl Shared {
             let book = &mut *guard;
             let slots = book.per_endpoint.entry(t.ep_id.clone()).or_insert(Slots {
                 in_flight: 0,
+                counted_slow: 0,
                 progress_ms: now,
             });
-            let mean_of =
-                |means: &HashMap<EndpointId, f64>| means.get(&t.ep_id).map_or(0, |m| *m as i64);
-            if slots.in_flight < cap {
+            let known_mean = book.mean_ms.get(&t.ep_id).map(|m| *m as i64);
+            let mean = known_mean.unwrap_or(0);
+            let slow_by = slow_endpoint_deferral(mean, now - slots.progress_ms, longest_defer);
+            // Slow, stopped answering, or not known yet (none of its
+            // attempts finished): beyond its first request, it shares
+            // `slow_share` with the others such.
+            let counts_slow = slow_by.is_some() || known_mean.is_none();
+            if slow_by.is_some() && slots.counted_slow < slots.in_flight {
+                // It stopped answering: what it has under way counts too.
+                book.slow_in_flight += slots.in_flight - slots.counted_slow;
+                slots.counted_slow = slots.in_flight;
+            }
+            let room = slots.in_flight < cap
+                && (!counts_slow || slots.in_flight == 0 || book.slow_in_flight < slow_share);
+            if room {
                 if let Err(due) = self.throttle(&mut book.throttles, t, now, from_queue.get()) {
                     if slots.in_flight == 0 {
                         book.per_endpoint.remove(&t.ep_id);
@@ -579,35 +601,38 @@ impl Shared {
                 }
                 slots.in_flight += 1;
                 book.in_flight += 1;
+                if counts_slow {
+                    slots.counted_slow += 1;
+                    book.slow_in_flight += 1;
+                }
                 if from_queue.get() {
                     queue_taken.borrow_mut().push(t.ep_id.clone());
                 }
                 // A backlog it moves back later starts afresh once those
                 // moved back are due, or once it is fast again.
                 if !book.backlogs.is_empty()
-                    && book.backlogs.get(&t.ep_id).is_some_and(|b| {
-                        b.next_ms <= now || b.slow && mean_of(&book.mean_ms) < SLOW_AFTER_MS
-                    })
+                    && book
+                        .backlogs
+                        .get(&t.ep_id)
+                        .is_some_and(|b| b.next_ms <= now || b.slow && mean < SLOW_AFTER_MS)
                 {
                     book.backlogs.remove(&t.ep_id);
                 }
                 return Claim::Take;
             }
-            let mean = mean_of(&book.mean_ms);
-            let (by, slow) =
-                match slow_endpoint_deferral(mean, now - slots.progress_ms, longest_defer) {
-                    Some(by) => (by, true),
-                    None if skipped < SKIP_BUDGET => {
-                        skipped += 1;
-                        if book.backlogs.get(&t.ep_id).is_some_and(|b| b.slow) {
-                            book.backlogs.remove(&t.ep_id);
-                        }
-                        return Claim::Skip;
+            let (by, slow) = match slow_by {
+                Some(by) => (by, true),
+                None if skipped < SKIP_BUDGET => {
+                    skipped += 1;
+                    if book.backlogs.get(&t.ep_id).is_some_and(|b| b.slow) {
+                        book.backlogs.remove(&t.ep_id);
                     }
-                    // Fast, but more is waiting in place than a claim
-                    // looks through: moved back by about one attempt's time.
-                    None => (mean.max(1), false),
-                };
+                    return Claim::Skip;
+                }
+                // Fast, but more is waiting in place than a claim
+                // looks through: moved back by about one attempt's time.
+                None => (mean.max(1), false),
+            };
             let backlog = book
                 .backlogs
                 .entry(t.ep_id.clone())
@@ -880,6 +905,15 @@ impl Drop for EndpointSlot {
     fn drop(&mut self) {
         self.release();
     }
+}
+
+/// How many requests in flight endpoints that are slow, stopped answering
+/// or not known yet may hold together, beyond one each: half the overall
+/// cap. The rest is kept for endpoints known to answer in time, so that a
+/// few endpoints that take connections and never answer cannot hold every
+/// slot until the request timeout, again and again.
+fn slow_share(max_in_flight: usize) -> usize {
+    (max_in_flight / 2).max(1)
 }
 
 /// How far to move back a due delivery of an endpoint at its cap, whose
@@ -1254,6 +1288,7 @@ mod tests {
             ep.clone(),
             super::Slots {
                 in_flight,
+                counted_slow: 0,
                 progress_ms,
             },
         );
@@ -1364,6 +1399,46 @@ mod tests {
             .unwrap();
         assert_eq!(moved, 1);
         assert!(shared.book().throttles[&ep].line.is_empty());
+    }
+
+    /// Endpoints that stopped answering, and ones not known yet, share
+    /// half the slots beyond one request each; endpoints known to answer in
+    /// time are not held back by them. Here four fast endpoints stopped
+    /// answering with 64 requests each under way: half the slots, so an
+    /// endpoint with no attempt finished yet gets its first request only,
+    /// and a known one all it has. (Before, the four held their slots as
+    /// fast ones, and a few more such took every slot until the timeout.)
+    #[tokio::test]
+    async fn endpoints_that_stopped_answering_share_half_the_slots() {
+        use super::*;
+        let store = Store::temporary().unwrap();
+        let shared = shared_with(&store);
+        let cap = shared.cfg.max_per_endpoint;
+        assert_eq!(shared.cfg.max_in_flight, 4 * cap * 2);
+        let now = now_ms();
+        let hung: Vec<EndpointId> = (0..4).map(|i| EndpointId::new(now + i)).collect();
+        let (new, known) = (EndpointId::new(now + 10), EndpointId::new(now + 11));
+        for ep in &hung {
+            // 5 ms an attempt, and nothing finished for a second.
+            busy(&shared, ep, cap, now - 1_000, 5.0);
+            queue_task(&store, ep, 0, now - 2);
+        }
+        shared.book().mean_ms.insert(known.clone(), 5.0);
+        for i in 0..3 {
+            queue_task(&store, &new, i, now - 1);
+            queue_task(&store, &known, i + 10, now);
+        }
+        let mut handed = Vec::new();
+        shared
+            .claim(now, true, &mut |t, _| handed.push(t.ep_id))
+            .await
+            .unwrap();
+        assert_eq!(handed, [new.clone(), known.clone(), known.clone(), known]);
+        assert_eq!(shared.book().slow_in_flight, 4 * cap + 1);
+        // As they finish, what they held no longer counts.
+        shared.endpoint_done(&hung[0], Duration::from_secs(15));
+        shared.endpoint_done(&new, Duration::from_millis(5));
+        assert_eq!(shared.book().slow_in_flight, 4 * cap - 1);
     }
 
     #[test]

@@ -392,6 +392,74 @@ async fn held_endpoint_does_not_delay_others(threads: &str) {
     app.stop().await;
 }
 
+/// Endpoints that take a request and never answer hold at most half the
+/// slots (beyond one request each): another application's endpoint still
+/// gets its message at once, not after the request timeout. (Before, two
+/// such endpoints at their caps held all eight slots for 30 s.)
+#[actix_web::test]
+async fn endpoints_that_never_answer_do_not_take_every_slot() {
+    let app = spawn_app_with(&[
+        ("WEBHOOKD_DELIVERY__MAX_IN_FLIGHT", "8"),
+        ("WEBHOOKD_DELIVERY__MAX_PER_ENDPOINT", "4"),
+        ("WEBHOOKD_REQUEST_TIMEOUT", "30s"),
+    ])
+    .await;
+    let gate = Gate::new();
+    let mut hung = [TestReceiver::start().await, TestReceiver::start().await];
+    let a = app.create_app().await;
+    for rx in &hung {
+        rx.set_default(Reply::status(200).gate(&gate));
+        app.endpoint_to(&a, rx).await;
+    }
+    let mut msgs = BTreeSet::new();
+    for i in 0..6 {
+        msgs.insert(app.publish_simple(&a, &format!("e.n{i}")).await);
+    }
+    // Wait for what the hung endpoints may hold: their share (4) at least.
+    let [h0, h1] = &mut hung;
+    let mut got: [Vec<String>; 2] = Default::default();
+    while got[0].len() + got[1].len() < 4 {
+        let arrived = tokio::time::timeout(WAIT, async {
+            tokio::select! {
+                a = h0.rx.recv() => (0, a),
+                a = h1.rx.recv() => (1, a),
+            }
+        })
+        .await
+        .expect("the hung endpoints get requests");
+        got[arrived.0].push(arrived.1.expect("the receiver runs").msg_id());
+    }
+
+    let b = app.create_app().await;
+    let mut healthy = TestReceiver::start().await;
+    app.endpoint_to(&b, &healthy).await;
+    let m = app.publish_simple(&b, "e.t").await;
+    assert_eq!(healthy.next().await.msg_id(), m, "delivered at once");
+    for (i, rx) in hung.iter_mut().enumerate() {
+        got[i].extend(rx.pending().iter().map(|x| x.msg_id()));
+    }
+    assert!(
+        got[0].len() + got[1].len() <= 5,
+        "the hung endpoints hold half the slots and one more: {got:?}"
+    );
+
+    // Answering again, they get every message once.
+    gate.release();
+    for (i, rx) in hung.iter_mut().enumerate() {
+        let rest = 6 - got[i].len();
+        got[i].extend(rx.take(rest).await.iter().map(|x| x.msg_id()));
+        assert_eq!(got[i].iter().cloned().collect::<BTreeSet<_>>(), msgs);
+    }
+    for rx in &mut hung {
+        rx.assert_nothing_more();
+    }
+    let [h0, h1] = hung;
+    for rx in [h0, h1, healthy] {
+        rx.stop().await;
+    }
+    app.stop().await;
+}
+
 /// An endpoint's `throttleRate`, else its app's, spaces its deliveries: at
 /// most that many a second, evenly (here 10/s: 100 ms apart). A rate set
 /// after deliveries were made applies from then on; an endpoint's own rate
