@@ -186,13 +186,28 @@ pub fn endpoint_health(s: &Scheduler, now: i64) -> Result<Report, StoreError> {
     Ok(report)
 }
 
+/// An event type of an application that the silence watchdog watches.
+struct Watched {
+    app: AppId,
+    event_type: String,
+    /// Its last message; `None`: never seen (an explicit expectation).
+    last_ms: Option<i64>,
+    /// Since when it is silent: its last message, else its app's creation.
+    since_ms: i64,
+    /// The longest gap that is still normal for it.
+    threshold_ms: i64,
+}
+
 pub fn silence_watchdog(s: &Scheduler, now: i64) -> Result<Report, StoreError> {
     let w = &s.cfg.watchdog;
-    // Explicit expectations, by app id.
-    let mut expected: HashMap<(AppId, String), i64> = HashMap::new();
+    // Explicit expectations, by app id, with when the app was created.
+    let mut expected: HashMap<(AppId, String), (i64, i64)> = HashMap::new();
     for e in &w.expect {
-        if let Some(app) = s.store.find_app(&e.app)? {
-            expected.insert((app.id, e.event_type.clone()), e.every.as_millis() as i64);
+        if let Some(app) = s.store.find_app(&e.app)?
+            && !s.ops.is_reserved(&app.id)
+        {
+            let every = e.every.as_millis() as i64;
+            expected.insert((app.id, e.event_type.clone()), (every, app.created_ms));
         }
     }
     let alerts: HashMap<(AppId, String), SilenceAlert> = s
@@ -201,71 +216,118 @@ pub fn silence_watchdog(s: &Scheduler, now: i64) -> Result<Report, StoreError> {
         .into_iter()
         .map(|a| ((a.app_id.clone(), a.event_type.clone()), a))
         .collect();
-    let mut report = Report::default();
-    let (mut watched, mut raised, mut cleared) = (0, 0, 0);
+    let mut watch = Vec::new();
     for (app, event_type, cadence) in s.store.cadences()? {
         if s.ops.is_reserved(&app) {
             continue;
         }
-        let key = (app.clone(), event_type.clone());
-        let threshold = match expected.get(&key) {
-            Some(every) => *every,
+        let key = (app, event_type);
+        let threshold_ms = match expected.remove(&key) {
+            Some((every, _)) => every,
             None if cadence.count >= MIN_HISTORY => {
                 ((cadence.mean_gap_ms * w.factor) as i64).max(w.min_silence.as_millis() as i64)
             }
             None => continue,
         };
-        watched += 1;
-        let silent = now - cadence.last_ms;
-        let app_uid = || {
-            s.store
-                .find_app(app.as_str())
-                .map(|a| a.and_then(|a| a.uid))
-        };
-        match alerts.get(&key) {
-            None if silent > threshold => {
-                let alert = SilenceAlert {
-                    app_id: app.clone(),
-                    event_type: event_type.clone(),
-                    last_ms: cadence.last_ms,
-                    threshold_ms: threshold,
-                    raised_ms: now,
-                };
-                s.store.put_silence_alert(&alert)?;
-                raised += 1;
-                tracing::warn!(app_id = %app, event_type, silent_s = silent / 1000, "event type went quiet");
-                report.events.push((
-                    "watchdog.silence",
-                    json!({
-                        "appId": app.as_str(),
-                        "appUid": app_uid()?,
-                        "eventType": event_type,
-                        "lastMessageAt": format_time(cadence.last_ms),
-                        "silentForSeconds": silent / 1000,
-                        "thresholdSeconds": threshold / 1000,
-                    }),
-                ));
+        let (app, event_type) = key;
+        watch.push(Watched {
+            app,
+            event_type,
+            last_ms: Some(cadence.last_ms),
+            since_ms: cadence.last_ms,
+            threshold_ms,
+        });
+    }
+    // An expected kind never seen is silent since its app was created.
+    for ((app, event_type), (every, created_ms)) in expected {
+        watch.push(Watched {
+            app,
+            event_type,
+            last_ms: None,
+            since_ms: created_ms,
+            threshold_ms: every,
+        });
+    }
+    let mut report = Report::default();
+    report.count("watched", watch.len());
+    for kind in &watch {
+        // An error with one kind is logged and the others go on: the
+        // events of alerts raised or cleared before it are still sent
+        // (their records are written: nothing would announce them again).
+        match watch_one(
+            s,
+            kind,
+            alerts.get(&(kind.app.clone(), kind.event_type.clone())),
+            now,
+        ) {
+            Ok(Some(event)) => report.events.push(event),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, app_id = %kind.app, event_type = kind.event_type, "watching an event type failed; tried again at the next run");
             }
-            Some(alert) if cadence.last_ms > alert.last_ms => {
-                s.store.clear_silence_alert(&app, &event_type)?;
-                cleared += 1;
-                tracing::info!(app_id = %app, event_type, "event type resumed");
-                report.events.push((
-                    "watchdog.resumed",
-                    json!({
-                        "appId": app.as_str(),
-                        "appUid": app_uid()?,
-                        "eventType": event_type,
-                        "resumedAt": format_time(cadence.last_ms),
-                        "silentForSeconds": (cadence.last_ms - alert.last_ms) / 1000,
-                    }),
-                ));
-            }
-            _ => {}
         }
     }
-    report.count("watched", watched);
+    let sent = |name| report.events.iter().filter(|(e, _)| *e == name).count();
+    let (raised, cleared) = (sent("watchdog.silence"), sent("watchdog.resumed"));
     report.count("raised", raised);
     report.count("cleared", cleared);
     Ok(report)
+}
+
+/// Raises an alert for `kind` if it went quiet, or clears its `alert` if
+/// it has messages again: the event to send.
+fn watch_one(
+    s: &Scheduler,
+    kind: &Watched,
+    alert: Option<&SilenceAlert>,
+    now: i64,
+) -> Result<Option<(&'static str, serde_json::Value)>, StoreError> {
+    let Watched {
+        app,
+        event_type,
+        last_ms,
+        since_ms,
+        threshold_ms,
+    } = kind;
+    let silent = now - since_ms;
+    let resumed = alert.filter(|a| last_ms.is_some_and(|last| last > a.last_ms));
+    if (alert.is_some() || silent <= *threshold_ms) && resumed.is_none() {
+        return Ok(None);
+    }
+    // Read before the alert is written: once written, nothing would
+    // announce it again.
+    let app_uid = s.store.find_app(app.as_str())?.and_then(|a| a.uid);
+    if let Some(alert) = resumed {
+        s.store.clear_silence_alert(app, event_type)?;
+        tracing::info!(app_id = %app, event_type, "event type resumed");
+        return Ok(Some((
+            "watchdog.resumed",
+            json!({
+                "appId": app.as_str(),
+                "appUid": app_uid,
+                "eventType": event_type,
+                "resumedAt": format_time(*since_ms),
+                "silentForSeconds": (since_ms - alert.last_ms) / 1000,
+            }),
+        )));
+    }
+    s.store.put_silence_alert(&SilenceAlert {
+        app_id: app.clone(),
+        event_type: event_type.clone(),
+        last_ms: *since_ms,
+        threshold_ms: *threshold_ms,
+        raised_ms: now,
+    })?;
+    tracing::warn!(app_id = %app, event_type, silent_s = silent / 1000, "event type went quiet");
+    Ok(Some((
+        "watchdog.silence",
+        json!({
+            "appId": app.as_str(),
+            "appUid": app_uid,
+            "eventType": event_type,
+            "lastMessageAt": last_ms.map(format_time),
+            "silentForSeconds": silent / 1000,
+            "thresholdSeconds": threshold_ms / 1000,
+        }),
+    )))
 }

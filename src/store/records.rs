@@ -310,7 +310,8 @@ pub enum JobOutcome {
 pub struct SilenceAlert {
     pub app_id: AppId,
     pub event_type: String,
-    /// When the last message of this kind was published.
+    /// When the last message of this kind was published (of a kind
+    /// expected and never seen: when its application was created).
     pub last_ms: i64,
     /// The longest gap that was still considered normal.
     pub threshold_ms: i64,

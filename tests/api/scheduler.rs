@@ -348,6 +348,48 @@ async fn the_silence_watchdog_raises_and_clears_an_alert() {
     app.stop().await;
 }
 
+/// An expected event type that never had a message is silent since its
+/// application was created. (Only kinds with messages were watched: an
+/// expectation for one that never came could never fire.)
+#[actix_web::test]
+async fn an_expected_event_type_never_seen_raises_an_alert() {
+    let clock = Arc::new(ManualClock::at(now_ms()));
+    let mut ops = TestReceiver::start().await;
+    let app = with_ops(
+        &clock,
+        &ops,
+        &[("WEBHOOKD_WATCHDOG__EXPECT", "watched:never.sent:5m")],
+    )
+    .await;
+    let (status, _) = app
+        .post("/app", json!({"name": "shop", "uid": "watched"}))
+        .await;
+    assert_eq!(status, 201);
+    app.publish_simple("watched", "other.event").await;
+    clock.advance(4 * 60_000);
+    let rec = app.run_job(Job::SilenceWatchdog).await;
+    assert_eq!(count(&rec, "watched"), 1);
+    assert_eq!(count(&rec, "raised"), 0, "not quiet for 5 min yet");
+
+    clock.advance(2 * 60_000);
+    let rec = app.run_job(Job::SilenceWatchdog).await;
+    assert_eq!(count(&rec, "raised"), 1);
+    let data = ops_event(&mut ops, "watchdog.silence").await;
+    assert_eq!(data["eventType"], "never.sent");
+    assert_eq!(data["lastMessageAt"], Value::Null, "{data}");
+    assert_eq!(data["thresholdSeconds"], 300);
+    assert!(data["silentForSeconds"].as_i64().unwrap() >= 350, "{data}");
+    let rec = app.run_job(Job::SilenceWatchdog).await;
+    assert_eq!(count(&rec, "raised"), 0, "raised once");
+
+    app.publish_simple("watched", "never.sent").await;
+    let rec = app.run_job(Job::SilenceWatchdog).await;
+    assert_eq!(count(&rec, "cleared"), 1);
+    let data = ops_event(&mut ops, "watchdog.resumed").await;
+    assert_eq!(data["eventType"], "never.sent");
+    app.stop().await;
+}
+
 #[actix_web::test]
 async fn every_operational_event_arrives_signed() {
     let clock = Arc::new(ManualClock::at(now_ms()));
