@@ -94,7 +94,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match cli.command.unwrap_or(Command::Serve) {
+    let format = cli.log_format.unwrap_or(if config.log_json {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    });
+    let command = cli.command.unwrap_or(Command::Serve);
+    if matches!(command, Command::Serve) {
+        telemetry::init(format);
+    } else {
+        telemetry::init_command(format);
+    }
+    match command {
         Command::CheckConfig => {
             println!("{}", config.masked());
             match webhookd::app::check_files(&config) {
@@ -148,20 +159,12 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
-        Command::Serve => {
-            let format = cli.log_format.unwrap_or(if config.log_json {
-                LogFormat::Json
-            } else {
-                LogFormat::Text
-            });
-            telemetry::init(format);
-            match actix_web::rt::System::new().block_on(webhookd::app::run(config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("webhookd: {e:#}");
-                    ExitCode::FAILURE
-                }
+        Command::Serve => match actix_web::rt::System::new().block_on(webhookd::app::run(config)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("webhookd: {e:#}");
+                ExitCode::FAILURE
             }
-        }
+        },
     }
 }

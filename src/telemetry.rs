@@ -1,4 +1,5 @@
-//! Logging: one tracing subscriber, filtered by `RUST_LOG` (default `info`), to stdout for journald,
+//! Logging: one tracing subscriber, filtered by `RUST_LOG` (default `info`), to stdout for journald
+//! (a one-shot command's: `warn`, to stderr),
 //! and the span every HTTP request is handled in.
 
 use actix_web::body::MessageBody;
@@ -18,15 +19,41 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. Call once, before anything logs.
+/// Installs the global subscriber of `serve`: `info` and up, on stdout.
+/// Call once, before anything logs.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    install(
+        format,
+        "info",
+        std::io::stdout,
+        std::io::stdout().is_terminal(),
+    );
+}
+
+/// Installs the global subscriber of a one-shot command (`backup`,
+/// `rotate-key`, ...): its warnings and errors, on stderr, apart from what
+/// it prints on stdout. (Without one, a command's warnings were dropped.)
+pub fn init_command(format: LogFormat) {
+    install(
+        format,
+        "warn",
+        std::io::stderr,
+        std::io::stderr().is_terminal(),
+    );
+}
+
+fn install<W>(format: LogFormat, default: &str, writer: W, terminal: bool)
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // Colours only on a terminal: journald keeps a line with escape codes
     // as binary data (`journalctl` shows `[N blob data]`).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_ansi(std::io::stdout().is_terminal());
+        .with_writer(writer)
+        .with_ansi(terminal);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

@@ -1020,6 +1020,32 @@ async fn backup_under_load_restores_and_delivers_the_pending_messages() {
     assert!(!dir.path().join("d").join("db").exists());
 }
 
+/// A one-shot command logs on stderr (here sled's debug lines, asked for
+/// with `RUST_LOG`), apart from its result on stdout. (Commands other than
+/// `serve` installed no logger: their warnings were dropped.)
+#[test]
+fn commands_log_on_stderr_apart_from_their_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let daemon = Daemon::start(command(&data));
+    daemon.signal("-TERM");
+    assert!(daemon.wait(SHUTDOWN_BOUND).success());
+    let out = command(&data)
+        .env("RUST_LOG", "debug")
+        .args(["backup", "--to"])
+        .arg(dir.path().join("backup"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.starts_with("webhookd: backup of "), "{stdout}");
+    assert!(stderr.contains("DEBUG"), "{stderr}");
+}
+
 /// `webhookd token rotate` replaces the generated admin token: through the
 /// running daemon (which uses it at once), or in a stopped data dir; a
 /// configured token is refused.
