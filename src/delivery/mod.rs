@@ -2,7 +2,7 @@
 //! every attempt and schedules retries.
 //!
 //! One loop (`run`) claims due deliveries and hands them out, in turn, to the
-//! delivery threads (`delivery.threads`, default 1). Each
+//! delivery threads (`delivery.threads`, default 2). Each
 //! thread has its own HTTP client (`awc::Client` is `!Send`) and runs its
 //! attempts as local tasks. The slots are shared: attempts in flight are capped
 //! overall (`max_in_flight`, until each is recorded) and requests in flight per
