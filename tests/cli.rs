@@ -1020,6 +1020,27 @@ async fn backup_under_load_restores_and_delivers_the_pending_messages() {
     assert!(!dir.path().join("d").join("db").exists());
 }
 
+/// A second webhookd on a data dir in use stops at once, saying why, once.
+/// (Each cause of the error was printed twice: its message carries its
+/// cause, and the cause was printed again after it.)
+#[test]
+fn a_second_instance_on_the_same_data_dir_says_why_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let daemon = Daemon::start(command(&data));
+    let out = command(&data).output().unwrap();
+    daemon.signal("-TERM");
+    assert!(daemon.wait(SHUTDOWN_BOUND).success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("opening the database in"), "{stderr}");
+    assert_eq!(
+        stderr.matches("could not acquire lock").count(),
+        1,
+        "{stderr}"
+    );
+}
+
 /// A one-shot command logs on stderr (here sled's debug lines, asked for
 /// with `RUST_LOG`), apart from its result on stdout. (Commands other than
 /// `serve` installed no logger: their warnings were dropped.)

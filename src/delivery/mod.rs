@@ -378,7 +378,7 @@ pub async fn run(
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("starting a delivery thread: {0}")]
-    Thread(#[source] std::io::Error),
+    Thread(std::io::Error),
 }
 
 /// The claiming loop: until `shutdown`, claims what is due and free to go and

@@ -52,11 +52,18 @@ pub enum RestoreError {
     #[error("{0} is not empty: restore only into a new data directory")]
     NotEmpty(String),
     #[error("reading the backup: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     #[error("putting the restored database in place: {0}")]
     Place(io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Like `StoreError`, the message carries the cause, with no `source`.
+impl From<io::Error> for RestoreError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
 }
 
 impl Store {

@@ -48,30 +48,30 @@ pub use sealed::{DataKey, KeyError, Keyring, SealError};
 pub use tokens::{TOKEN_PREFIX, token_hash};
 pub use views::QueueSummary;
 
+/// A store error. Its message carries its cause, and it gives no `source`:
+/// a report of the whole chain (`{:#}`) printed each cause twice.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("corrupt record under key {key:?}: {source}")]
-    Decode {
-        key: String,
-        #[source]
-        source: postcard::Error,
-    },
+    Sled(sled::Error),
+    #[error("corrupt record under key {key:?}: {error}")]
+    Decode { key: String, error: postcard::Error },
     #[error("grouped write failed: {0}")]
-    Grouped(#[source] Arc<StoreError>),
+    Grouped(Arc<StoreError>),
     #[error("the write was not applied (its job failed, or the writer thread stopped)")]
     WriteLost,
     #[error("could not make writes durable: {0}")]
-    Commit(#[source] Arc<std::io::Error>),
+    Commit(Arc<std::io::Error>),
     #[error("opening the database: {0}")]
-    Open(#[source] std::io::Error),
-    #[error("encrypted record under key {key:?}: {source}")]
-    Sealed {
-        key: String,
-        #[source]
-        source: SealError,
-    },
+    Open(std::io::Error),
+    #[error("encrypted record under key {key:?}: {error}")]
+    Sealed { key: String, error: SealError },
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        Self::Sled(e)
+    }
 }
 
 impl StoreError {
@@ -527,9 +527,9 @@ fn encode_with_room<T: Serialize>(value: &T, extra: usize) -> Vec<u8> {
 }
 
 fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|source| StoreError::Decode {
+    postcard::from_bytes(bytes).map_err(|error| StoreError::Decode {
         key: String::from_utf8_lossy(key).into_owned(),
-        source,
+        error,
     })
 }
 
@@ -545,9 +545,9 @@ fn dest_value(dest: &DestRecord) -> Vec<u8> {
 
 fn decode_dest(key: &[u8], bytes: &[u8]) -> Result<DestRecord, StoreError> {
     let (mut dest, rest): (DestRecord, _) =
-        postcard::take_from_bytes(bytes).map_err(|source| StoreError::Decode {
+        postcard::take_from_bytes(bytes).map_err(|error| StoreError::Decode {
             key: String::from_utf8_lossy(key).into_owned(),
-            source,
+            error,
         })?;
     dest.first_attempt = (!rest.is_empty()).then(|| Arc::from(rest));
     Ok(dest)
@@ -1289,9 +1289,9 @@ impl Store {
         let plain = self
             .keys
             .open(key, value)
-            .map_err(|source| StoreError::Sealed {
+            .map_err(|error| StoreError::Sealed {
                 key: String::from_utf8_lossy(key).into_owned(),
-                source,
+                error,
             })?;
         let ep: EndpointRecord = decode(key, &plain)?;
         let mut cache = opened();
