@@ -542,8 +542,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
         )
     };
+    let log_json = config.log_json;
     let running = start(config).await?;
-    println!("{}", running.banner());
+    // Whatever `RUST_LOG` filters out: it says where to go.
+    if log_json {
+        // Shaped like the log's other lines, so that a reader of the log
+        // can take every line as JSON.
+        let line = serde_json::json!({
+            "timestamp": crate::domain::format_time(crate::domain::now_ms()),
+            "level": "INFO",
+            "fields": {
+                "message": running.banner(),
+                "api": format!("{}/api/v1", running.base_url()),
+                "dashboard": format!("{}/", running.base_url()),
+            },
+        });
+        println!("{line}");
+    } else {
+        println!("{}", running.banner());
+    }
     // Listening, leases recovered, worker and scheduler started: ready.
     systemd_notify(&[sd_notify::NotifyState::Ready]);
     let watchdog = sd_notify::watchdog_enabled().map(|every| {

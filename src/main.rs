@@ -87,7 +87,7 @@ fn fail(e: anyhow::Error) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref()) {
+    let mut config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("webhookd: {e}");
@@ -99,6 +99,8 @@ fn main() -> ExitCode {
     } else {
         LogFormat::Text
     });
+    // What is in effect, for the startup line.
+    config.log_json = format == LogFormat::Json;
     let command = cli.command.unwrap_or(Command::Serve);
     if matches!(command, Command::Serve) {
         telemetry::init(format);

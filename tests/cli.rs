@@ -328,6 +328,14 @@ async fn logs_are_json_when_configured_and_never_hold_the_token() {
         .env("WEBHOOKD_RETRY_SCHEDULE", "")
         .env("RUST_LOG", "info");
     let d = Daemon::start(cmd);
+    // The startup line too is a JSON object (it was the one plain line).
+    for line in d.early.iter().chain([&d.banner]) {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        if line == &d.banner {
+            assert_eq!(v["fields"]["api"], format!("{}/api/v1", d.base), "{line}");
+            assert_eq!(v["level"], "INFO", "{line}");
+        }
+    }
     // A delivery that fails (nothing listens at the port) is logged with
     // the id of its attempt record.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
