@@ -48,7 +48,8 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         to: PathBuf,
         /// Ask the webhookd at this URL (default: the configured listen address,
-        /// when the data dir is in use).
+        /// when the data dir is in use). The admin token: WEBHOOKD_ADMIN_TOKEN,
+        /// else the token file of the configured data dir.
         #[arg(long, value_name = "URL")]
         server: Option<String>,
     },
