@@ -291,7 +291,8 @@ fn watch_one(
     } = kind;
     let silent = now - since_ms;
     let resumed = alert.filter(|a| last_ms.is_some_and(|last| last > a.last_ms));
-    if (alert.is_some() || silent <= *threshold_ms) && resumed.is_none() {
+    let went_quiet = alert.is_none() && silent > *threshold_ms;
+    if resumed.is_none() && !went_quiet {
         return Ok(None);
     }
     // Read before the alert is written: once written, nothing would
