@@ -544,7 +544,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let log_json = config.log_json;
     let running = start(config).await?;
-    // Whatever `RUST_LOG` filters out: it says where to go.
+    // Printed whatever `RUST_LOG` lets through: it says where the API and
+    // the dashboard are.
     if log_json {
         // Shaped like the log's other lines, so that a reader of the log
         // can take every line as JSON.
