@@ -3,6 +3,7 @@
 //! bounded range or an index, and reports what it changed.
 
 use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -35,6 +36,56 @@ const ORPHAN_AFTER_MS: i64 = 60_000;
 /// Statuses a reconciliation sweep checks between two calls of its
 /// `between_chunks`.
 pub const RECONCILE_CHUNK: usize = 1_000;
+
+/// The deliveries queued, leased or held in memory as a pass began, each
+/// kept as a 64-bit hash of its (message, endpoint), or of its message
+/// alone. Kept as ids they took 130–170 bytes each for as long as the pass
+/// ran, so a queue of millions (an endpoint down for a day) held hundreds
+/// of MB at every pass (BENCHMARKS.md, item 52); a hash takes 8 and its
+/// place in the table. Every pass hashes with new keys, so the rare
+/// collision (about one in 2^64 per look-up and queued delivery) makes a
+/// delivery look waiting for one pass only: a lost one is queued again at
+/// the next, a message is kept until the next.
+struct Waiting {
+    keys: RandomState,
+    /// Hashes of messages alone, not of (message, endpoint).
+    by_message: bool,
+    hashes: HashSet<u64>,
+}
+
+impl Waiting {
+    fn new(by_message: bool) -> Self {
+        Waiting {
+            keys: RandomState::new(),
+            by_message,
+            hashes: HashSet::new(),
+        }
+    }
+
+    fn hash(&self, msg: &MessageId, ep: &EndpointId) -> u64 {
+        if self.by_message {
+            self.keys.hash_one(msg)
+        } else {
+            self.keys.hash_one((msg, ep))
+        }
+    }
+
+    fn insert(&mut self, msg: &MessageId, ep: &EndpointId) {
+        self.hashes.insert(self.hash(msg, ep));
+    }
+
+    /// Whether the delivery is waiting (only if not `by_message`).
+    fn contains(&self, msg: &MessageId, ep: &EndpointId) -> bool {
+        debug_assert!(!self.by_message);
+        self.hashes.contains(&self.hash(msg, ep))
+    }
+
+    /// Whether any delivery of the message is waiting (only `by_message`).
+    fn contains_message(&self, msg: &MessageId) -> bool {
+        debug_assert!(self.by_message);
+        self.hashes.contains(&self.keys.hash_one(msg))
+    }
+}
 
 /// Messages of one (app, event type): when the last one came and the usual gap.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -293,7 +344,7 @@ impl Store {
             leases_released: self.release_expired_leases(self.lease_clock_ms(), now_ms)?,
             ..Reconciled::default()
         };
-        let (waiting, overdue) = self.waiting_tasks(now_ms - overdue_ms)?;
+        let (waiting, overdue) = self.waiting_tasks(now_ms - overdue_ms, false)?;
         r.overdue = overdue;
         // Deliveries that look lost: requeued only if still so after a second look.
         let mut suspects: Vec<(sled::IVec, sled::IVec, DestRecord)> = Vec::new();
@@ -328,7 +379,7 @@ impl Store {
                 gone.push(d);
                 continue;
             }
-            let queued = waiting.contains(&(d.msg_id.clone(), d.ep_id.clone()));
+            let queued = waiting.contains(&d.msg_id, &d.ep_id);
             // A failed one missing from the dead-letter index is indexed here;
             // an index entry whose status is not failed is removed by the
             // look at the whole index below, at the end of the sweep (most
@@ -396,27 +447,38 @@ impl Store {
         Ok(n)
     }
 
-    /// (message, endpoint) of every queued, leased or handed-over delivery,
-    /// and how many of the queued ones were due before `overdue_before_ms`.
-    /// The hand-off is read first: a delivery leaves it for the queue (an
-    /// endpoint at its cap) only once its queue entry is written.
+    /// Every queued, leased or handed-over delivery (by message alone if
+    /// `by_message`), and how many of the queued ones were due before
+    /// `overdue_before_ms`. The hand-off is read first: a delivery leaves it
+    /// for the queue (an endpoint at its cap) only once its queue entry is
+    /// written.
     fn waiting_tasks(
         &self,
         overdue_before_ms: i64,
-    ) -> Result<(HashSet<(MessageId, EndpointId)>, usize), StoreError> {
-        let mut waiting: HashSet<_> = self.handoff.held().into_iter().collect();
+        by_message: bool,
+    ) -> Result<(Waiting, usize), StoreError> {
+        let mut waiting = Waiting::new(by_message);
+        for (msg, ep) in self.handoff.held() {
+            waiting.insert(&msg, &ep);
+        }
         let mut overdue = 0;
         for entry in self.queued() {
-            for t in entry?.tasks() {
-                if t.due_ms < overdue_before_ms {
-                    overdue += 1;
+            let entry = entry?;
+            if entry.due_ms() < overdue_before_ms {
+                overdue += entry.len();
+            }
+            match &entry {
+                super::Queued::One(t) => waiting.insert(&t.msg_id, &t.ep_id),
+                super::Queued::Fan(fan) => {
+                    for ep in &fan.ep_ids {
+                        waiting.insert(&fan.msg_id, ep);
+                    }
                 }
-                waiting.insert((t.msg_id, t.ep_id));
             }
         }
         for t in self.leased() {
             let t = t?;
-            waiting.insert((t.msg_id, t.ep_id));
+            waiting.insert(&t.msg_id, &t.ep_id);
         }
         Ok((waiting, overdue))
     }
@@ -434,11 +496,10 @@ impl Store {
         if suspects.is_empty() {
             return Ok(0);
         }
-        let (waiting, _) = self.waiting_tasks(now_ms)?;
+        let (waiting, _) = self.waiting_tasks(now_ms, false)?;
         let mut requeued = 0;
         for (key, seen, d) in suspects {
-            if waiting.contains(&(d.msg_id.clone(), d.ep_id.clone()))
-                || self.tree.get(&key)?.as_ref() != Some(&seen)
+            if waiting.contains(&d.msg_id, &d.ep_id) || self.tree.get(&key)?.as_ref() != Some(&seen)
             {
                 continue;
             }
@@ -486,9 +547,9 @@ impl Store {
                 }
                 let waiting = match &mut waiting {
                     Some(w) => w,
-                    None => waiting.insert(self.waiting_tasks(now_ms)?.0),
+                    None => waiting.insert(self.waiting_tasks(now_ms, false)?.0),
                 };
-                if waiting.contains(&(d.msg_id.clone(), d.ep_id.clone())) {
+                if waiting.contains(&d.msg_id, &d.ep_id) {
                     continue;
                 }
                 if self
@@ -857,12 +918,7 @@ impl Store {
         let mut r = Retained::default();
         // Queued or leased as the pass begins; a resend queued after this
         // is seen in its status by `stage_delete_delivered`.
-        let waiting: HashSet<MessageId> = self
-            .waiting_tasks(i64::MIN)?
-            .0
-            .into_iter()
-            .map(|(msg, _)| msg)
-            .collect();
+        let (waiting, _) = self.waiting_tasks(i64::MIN, true)?;
         // Counted by the jobs, which run one after the other: the last one
         // needed stops the rest of its chunk.
         let freed = Arc::new(AtomicU64::new(0));
@@ -882,7 +938,7 @@ impl Store {
                 // is recorded (see `handoff`), so its message would look
                 // delivered. It is let go only after its status is written:
                 // asked before the statuses are read, the hand-off misses none.
-                if waiting.contains(&id) || !self.handoff.held_of(&id).is_empty() {
+                if waiting.contains_message(&id) || !self.handoff.held_of(&id).is_empty() {
                     continue;
                 }
                 chunk.push((app, id));
