@@ -560,6 +560,7 @@ impl Shared {
         let lease = self.store.lease_clock_ms() + self.lease_ms;
         let longest_defer = self.cfg.request_timeout.as_millis() as i64;
         let slow_share = slow_share(self.cfg.max_in_flight);
+        let slow_ceiling = slow_ceiling(self.cfg.max_in_flight);
         let mut skipped = 0;
         // Whether `decide` is asked about deliveries from the queue (else
         // handed over by their publishes).
@@ -582,7 +583,8 @@ impl Shared {
             let slow_by = slow_endpoint_deferral(mean, now - slots.progress_ms, longest_defer);
             // Slow, stopped answering, or not known yet (none of its
             // attempts finished): beyond its first request, it shares
-            // `slow_share` with the others such.
+            // `slow_share` with the others such, and its first request
+            // waits too once they hold `slow_ceiling`.
             let counts_slow = slow_by.is_some() || known_mean.is_none();
             if slow_by.is_some() && slots.counted_slow < slots.in_flight {
                 // It stopped answering: what it has under way counts too.
@@ -590,7 +592,9 @@ impl Shared {
                 slots.counted_slow = slots.in_flight;
             }
             let room = slots.in_flight < cap
-                && (!counts_slow || slots.in_flight == 0 || book.slow_in_flight < slow_share);
+                && (!counts_slow
+                    || book.slow_in_flight < slow_share
+                    || slots.in_flight == 0 && book.slow_in_flight < slow_ceiling);
             if room {
                 if let Err(due) = self.throttle(&mut book.throttles, t, now, from_queue.get()) {
                     if slots.in_flight == 0 {
@@ -914,6 +918,15 @@ impl Drop for EndpointSlot {
 /// slot until the request timeout, again and again.
 fn slow_share(max_in_flight: usize) -> usize {
     (max_in_flight / 2).max(1)
+}
+
+/// How many requests in flight those endpoints may hold together with the
+/// first request each may have beyond `slow_share`: three quarters of the
+/// overall cap. Hundreds of endpoints that never answer, each with its
+/// first request, would otherwise hold every slot; a quarter stays for
+/// endpoints known to answer in time.
+fn slow_ceiling(max_in_flight: usize) -> usize {
+    (max_in_flight - max_in_flight / 4).max(slow_share(max_in_flight))
 }
 
 /// How far to move back a due delivery of an endpoint at its cap, whose

@@ -460,6 +460,56 @@ async fn endpoints_that_never_answer_do_not_take_every_slot() {
     app.stop().await;
 }
 
+/// Many endpoints that never answer, each with its first request under
+/// way, hold at most three quarters of the slots: an endpoint known to
+/// answer in time still gets its message at once. (Before, eight such
+/// endpoints took all eight slots with one request each until the timeout.)
+#[actix_web::test]
+async fn many_endpoints_that_never_answer_leave_a_quarter_of_the_slots() {
+    let app = spawn_app_with(&[
+        ("WEBHOOKD_DELIVERY__MAX_IN_FLIGHT", "8"),
+        ("WEBHOOKD_DELIVERY__MAX_PER_ENDPOINT", "4"),
+        ("WEBHOOKD_REQUEST_TIMEOUT", "30s"),
+    ])
+    .await;
+    // Known to answer in time: one delivery made.
+    let b = app.create_app().await;
+    let mut healthy = TestReceiver::start().await;
+    let ep = app.endpoint_to(&b, &healthy).await;
+    let first = app.publish_simple(&b, "e.t").await;
+    assert_eq!(healthy.next().await.msg_id(), first);
+    app.wait_status(&b, &first, &ep, 0).await;
+
+    let gate = Gate::new();
+    let mut hung = TestReceiver::start().await;
+    hung.set_default(Reply::status(200).gate(&gate));
+    let a = app.create_app().await;
+    for i in 0..8 {
+        app.create_endpoint(&a, &format!("{}/{i}", hung.url()), json!({}))
+            .await;
+    }
+    let m = app.publish_simple(&a, "e.n").await;
+    let mut got = hung.take(6).await;
+    let second = app.publish_simple(&b, "e.t").await;
+    assert_eq!(healthy.next().await.msg_id(), second, "delivered at once");
+    assert!(
+        hung.pending().is_empty(),
+        "the first requests of two of them wait for a slot"
+    );
+
+    // Answering again, every one of them gets the message once.
+    gate.release();
+    got.extend(hung.take(2).await);
+    assert!(got.iter().all(|x| x.msg_id() == m));
+    let paths: BTreeSet<_> = got.iter().map(|x| x.path.clone()).collect();
+    assert_eq!(paths.len(), 8, "{paths:?}");
+    hung.assert_nothing_more();
+    healthy.assert_nothing_more();
+    hung.stop().await;
+    healthy.stop().await;
+    app.stop().await;
+}
+
 /// An endpoint's `throttleRate`, else its app's, spaces its deliveries: at
 /// most that many a second, evenly (here 10/s: 100 ms apart). A rate set
 /// after deliveries were made applies from then on; an endpoint's own rate
