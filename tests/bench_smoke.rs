@@ -134,6 +134,13 @@ fn smoke_run_reports_every_figure_and_counts_every_delivery() {
         assert!(uint(dashboard, &format!("/page_bytes/{i}")) > 0);
     }
 
+    let backlog = &r["backlog"];
+    assert_eq!(uint(backlog, "/published"), 200);
+    assert_eq!(uint(backlog, "/publish_errors"), 0);
+    assert!(backlog["skipped"].is_null());
+    assert!(uint(backlog, "/reconcile_passes") >= 3);
+    assert!(uint(backlog, "/rss_peak_bytes") >= uint(backlog, "/rss_peak_published_bytes"));
+
     // Every figure of the table has a value; the targeted ones a verdict, or a
     // note saying why not.
     let figures = r["figures"].as_array().expect("figures is a list");
@@ -151,6 +158,7 @@ fn smoke_run_reports_every_figure_and_counts_every_delivery() {
         "stored_graceful_stop_s",
         "stored_dashboard_message_list_p99_ms",
         "stored_dashboard_message_page_p99_ms",
+        "backlog_rss_peak_mb",
     ] {
         assert!(keys.contains(&key), "no figure {key} in {keys:?}");
     }

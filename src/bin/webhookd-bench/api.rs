@@ -173,6 +173,27 @@ impl Api {
         Ok(resp.json().limit(BODY_LIMIT).await?)
     }
 
+    /// Finished runs of the scheduler's `job`, from `GET /metrics`.
+    pub async fn job_runs(&self, job: &str) -> anyhow::Result<u64> {
+        let url = format!("{}/metrics", self.base);
+        let mut resp = self
+            .client
+            .get(&url)
+            .insert_header((header::AUTHORIZATION, self.auth.as_str()))
+            .send()
+            .await
+            .map_err(|e| anyhow!("GET {url}: {e}"))?;
+        let body = resp.body().limit(BODY_LIMIT).await?;
+        if resp.status().as_u16() != 200 {
+            bail!("GET {url}: {}", resp.status());
+        }
+        let series = format!("webhookd_scheduler_job_runs_total{{job=\"{job}\"}} ");
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+            .ok_or_else(|| anyhow!("GET {url}: no {series}series"))
+    }
+
     /// `GET /api/v1/health`: its status, or an error when nothing answered.
     pub async fn health(&self) -> anyhow::Result<u16> {
         let url = format!("{}/api/v1/health", self.base);

@@ -35,6 +35,8 @@ enum Scenario {
     Failing,
     /// A large store: disk, memory, restart time, dashboard pages.
     Stored,
+    /// A queue that does not drain (`deliverAt` an hour ahead): memory.
+    Backlog,
     /// A few seconds of every scenario (for CI).
     Smoke,
     /// Every scenario, one table.
@@ -60,7 +62,7 @@ pub struct Opts {
     /// Publishes per second of the open-loop scenarios.
     #[arg(long, default_value_t = 1000)]
     pub rate: u32,
-    /// Messages to preload for `stored`.
+    /// Messages to preload for `stored`, or to queue for `backlog`.
     #[arg(long, default_value_t = 100_000)]
     pub messages: u64,
     /// Endpoints of the `failing` scenario, besides the slow one.
@@ -241,6 +243,7 @@ async fn run(mut opts: Opts) -> anyhow::Result<Report> {
         latency: None,
         failing: None,
         stored: None,
+        backlog: None,
         figures: Vec::new(),
     };
     let every = matches!(scenario, Scenario::All | Scenario::Smoke);
@@ -285,6 +288,12 @@ async fn run(mut opts: Opts) -> anyhow::Result<Report> {
         say(format!("stored: preloading {} messages", o.messages));
         report.stored =
             Some(scenarios::stored(&b, o.messages, o.concurrency, o.dashboard_requests).await?);
+    }
+    // Not part of `all`: it measures memory only, and waits for the
+    // scheduler.
+    if matches!(scenario, Scenario::Backlog | Scenario::Smoke) {
+        say(format!("backlog: queueing {} messages", o.messages));
+        report.backlog = Some(scenarios::backlog(&b, o.messages, o.concurrency).await?);
     }
     report.figures = report.figures();
     Ok(report)

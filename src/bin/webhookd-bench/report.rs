@@ -257,6 +257,23 @@ pub struct Stored {
     pub dashboard: Dashboard,
 }
 
+/// A queue that does not drain (`backlog`).
+#[derive(Serialize)]
+pub struct Backlog {
+    pub messages: u64,
+    pub published: u64,
+    pub publish_errors: u64,
+    pub publishes_per_s: f64,
+    /// Why the process figures below are null, if they are.
+    pub skipped: Option<String>,
+    /// VmHWM by the end of the publishing.
+    pub rss_peak_published_bytes: Option<u64>,
+    /// VmHWM after the reconcile passes below.
+    pub rss_peak_bytes: Option<u64>,
+    /// Passes of the reconcile job that ended after the last publish.
+    pub reconcile_passes: u64,
+}
+
 #[derive(Serialize)]
 pub struct Report {
     pub schema: u32,
@@ -268,6 +285,7 @@ pub struct Report {
     pub latency: Option<OpenLoop>,
     pub failing: Option<Failing>,
     pub stored: Option<Stored>,
+    pub backlog: Option<Backlog>,
     pub figures: Vec<Figure>,
 }
 
@@ -645,6 +663,25 @@ impl Report {
                 None,
             )
             .note = with_cpu(incomplete(&s.deliveries), &s.preload_cpu, external);
+        }
+        if let Some(q) = &self.backlog {
+            let n = q.published;
+            r.push(
+                "backlog_rss_peak_mb",
+                format!("peak RSS, {n} deliveries queued, reconcile passes included"),
+                q.rss_peak_bytes.map(|b| b as f64 / MB),
+                "MB",
+                None,
+            )
+            .note = q.skipped.clone().or_else(|| {
+                q.rss_peak_published_bytes.map(|p| {
+                    format!(
+                        "{:.0} MB by the last publish, then {} passes",
+                        p as f64 / MB,
+                        q.reconcile_passes
+                    )
+                })
+            });
         }
         r.figures
     }

@@ -24,7 +24,8 @@ use crate::api::{self, Api};
 use crate::daemon::{self, CpuMark, Daemon, Spawn};
 use crate::receiver::{Receiver, Recorder};
 use crate::report::{
-    Dashboard, Deliveries, Direct, Duplicate, Failing, Hist, OpenLoop, Restart, Stored, Throughput,
+    Backlog, Dashboard, Deliveries, Direct, Duplicate, Failing, Hist, OpenLoop, Restart, Stored,
+    Throughput,
 };
 
 /// Size of each message's payload, the body webhookd delivers.
@@ -195,6 +196,12 @@ impl Bench {
     }
 
     async fn target(&self) -> anyhow::Result<Target> {
+        self.target_with(Vec::new()).await
+    }
+
+    /// A target whose webhookd also gets `env` (before `--daemon-env`,
+    /// which may override it).
+    async fn target_with(&self, mut env: Vec<(String, String)>) -> anyhow::Result<Target> {
         let Some(bin) = &self.bin else {
             let (url, token) = (
                 self.opts
@@ -225,7 +232,11 @@ impl Bench {
             config,
             listen: "127.0.0.1:0".into(),
             token: token.clone(),
-            env: self.daemon_env(),
+            env: {
+                let mut all = self.daemon_env();
+                env.append(&mut all);
+                env
+            },
             log: dir.path().join("webhookd.log"),
         };
         let daemon = Daemon::start(spawn, START_LIMIT).await?;
@@ -840,5 +851,86 @@ pub async fn stored(
         rss_peak_bytes: again.peak_rss()?,
     });
     again.stop(Duration::from_secs(120)).await?;
+    Ok(result)
+}
+
+/// How often the reconcile job runs in `backlog`, instead of every minute.
+const BACKLOG_RECONCILE: &str = "*/2 * * * * *";
+
+/// A queue that does not drain: `messages` published by `concurrency`
+/// publishers to one endpoint with `deliverAt` an hour ahead, then passes
+/// of the reconcile job (every 2 s here), which reads the whole queue:
+/// webhookd's peak RSS by the end of the publishing and after two passes
+/// that began after it. Nothing is delivered; the data dir goes with it.
+pub async fn backlog(b: &Bench, messages: u64, concurrency: usize) -> anyhow::Result<Backlog> {
+    let mut result = Backlog {
+        messages,
+        published: 0,
+        publish_errors: 0,
+        publishes_per_s: 0.0,
+        skipped: None,
+        rss_peak_published_bytes: None,
+        rss_peak_bytes: None,
+        reconcile_passes: 0,
+    };
+    if b.bin.is_none() {
+        // Its messages would stay queued for an hour on someone's server.
+        result.skipped = Some("skipped: webhookd runs elsewhere (--server)".into());
+        return Ok(result);
+    }
+    let target = b
+        .target_with(vec![(
+            "WEBHOOKD_SCHEDULER__RECONCILE".into(),
+            BACKLOG_RECONCILE.into(),
+        )])
+        .await?;
+    let daemon = target.daemon.as_ref().expect("spawned");
+    let app = target.api.create_app("bench-backlog").await?;
+    // Nothing listens there, and nothing is sent before the hour is up.
+    target
+        .api
+        .create_endpoint(&app, "http://127.0.0.1:9/backlog")
+        .await?;
+    let url = target.api.msg_url(&app);
+    let at =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3600));
+    let later = Bodies::new(
+        (0..crate::DISTINCT_BODIES)
+            .map(|_| {
+                let body = b.message.next();
+                let rest = body.strip_prefix(b"{").expect("a message is a JSON object");
+                let mut with = format!(r#"{{"deliverAt":"{at}","#).into_bytes();
+                with.extend_from_slice(rest);
+                Bytes::from(with)
+            })
+            .collect(),
+    );
+    let log = Rc::new(RefCell::new(PubLog::default()));
+    let stop = Stop::Count(Cell::new(0), messages);
+    closed_loop(&target.api, &url, &later, concurrency, stop, &log).await;
+    let log = log.take();
+    result.published = log.sent.len() as u64;
+    result.publish_errors = log.errors;
+    result.publishes_per_s = per_s(result.published, log.span());
+    result.rss_peak_published_bytes = Some(daemon.peak_rss()?);
+    // A pass under way now began before the last publish: two more.
+    let runs = target.api.job_runs("reconcile").await?;
+    let deadline = Instant::now() + b.opts.drain_timeout;
+    loop {
+        let now = target.api.job_runs("reconcile").await?;
+        if now >= runs + 3 {
+            result.reconcile_passes = now - runs;
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "backlog: the reconcile job ran {} times in {:?}",
+            now - runs,
+            b.opts.drain_timeout
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    result.rss_peak_bytes = Some(daemon.peak_rss()?);
+    target.finish().await?;
     Ok(result)
 }
