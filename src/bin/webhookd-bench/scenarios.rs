@@ -233,8 +233,7 @@ impl Bench {
             listen: "127.0.0.1:0".into(),
             token: token.clone(),
             env: {
-                let mut all = self.daemon_env();
-                env.append(&mut all);
+                env.extend(self.daemon_env());
                 env
             },
             log: dir.path().join("webhookd.log"),
@@ -860,8 +859,9 @@ const BACKLOG_RECONCILE: &str = "*/2 * * * * *";
 /// A queue that does not drain: `messages` published by `concurrency`
 /// publishers to one endpoint with `deliverAt` an hour ahead, then passes
 /// of the reconcile job (every 2 s here), which reads the whole queue:
-/// webhookd's peak RSS by the end of the publishing and after two passes
-/// that began after it. Nothing is delivered; the data dir goes with it.
+/// webhookd's peak RSS by the end of the publishing and after three more
+/// passes (the one under way, and two begun after the last publish).
+/// Nothing is delivered; the data dir goes with it.
 pub async fn backlog(b: &Bench, messages: u64, concurrency: usize) -> anyhow::Result<Backlog> {
     let mut result = Backlog {
         messages,
