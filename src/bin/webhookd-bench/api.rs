@@ -143,7 +143,16 @@ impl Api {
         struct List {
             data: Vec<Attempt>,
         }
-        let url = format!("{}/api/v1/app/{app}/attempt/msg/{msg}?limit=100", self.base);
+        let (request, resp) = self
+            .get_with_token(&format!("/api/v1/app/{app}/attempt/msg/{msg}?limit=100"))
+            .await?;
+        Ok(json_answer::<List>(&request, resp).await?.data)
+    }
+
+    /// `GET` of `path` (from the base URL on) with the token: the request as
+    /// errors name it (`GET URL`), and the answer.
+    async fn get_with_token(&self, path: &str) -> anyhow::Result<(String, awc::ClientResponse)> {
+        let url = format!("{}{path}", self.base);
         let resp = self
             .client
             .get(&url)
@@ -151,22 +160,15 @@ impl Api {
             .send()
             .await
             .map_err(|e| anyhow!("GET {url}: {e}"))?;
-        Ok(json_answer::<List>(&format!("GET {url}"), resp).await?.data)
+        Ok((format!("GET {url}"), resp))
     }
 
     /// `GET /api/v1/webhookd/health`, the full report (with the token).
     pub async fn health_report(&self) -> anyhow::Result<Value> {
-        let url = format!("{}/api/v1/webhookd/health", self.base);
-        let mut resp = self
-            .client
-            .get(&url)
-            .insert_header((header::AUTHORIZATION, self.auth.as_str()))
-            .send()
-            .await
-            .map_err(|e| anyhow!("GET {url}: {e}"))?;
+        let (request, mut resp) = self.get_with_token("/api/v1/webhookd/health").await?;
         if resp.status() == 401 {
             bail!(
-                "GET {url}: 401; the health report's queue needs the admin token \
+                "{request}: 401; the health report's queue needs the admin token \
                  (or metrics.token where that is set) as --token"
             );
         }
@@ -175,23 +177,16 @@ impl Api {
 
     /// Finished runs of the scheduler's `job`, from `GET /metrics`.
     pub async fn job_runs(&self, job: &str) -> anyhow::Result<u64> {
-        let url = format!("{}/metrics", self.base);
-        let mut resp = self
-            .client
-            .get(&url)
-            .insert_header((header::AUTHORIZATION, self.auth.as_str()))
-            .send()
-            .await
-            .map_err(|e| anyhow!("GET {url}: {e}"))?;
+        let (request, mut resp) = self.get_with_token("/metrics").await?;
         let body = resp.body().limit(BODY_LIMIT).await?;
         if resp.status().as_u16() != 200 {
-            bail!("GET {url}: {}", resp.status());
+            bail!("{request}: {}", resp.status());
         }
         let series = format!("webhookd_scheduler_job_runs_total{{job=\"{job}\"}} ");
         String::from_utf8_lossy(&body)
             .lines()
             .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
-            .ok_or_else(|| anyhow!("GET {url}: no {series}series"))
+            .ok_or_else(|| anyhow!("{request}: no {series}series"))
     }
 
     /// `GET /api/v1/health`: its status, or an error when nothing answered.
